@@ -1,0 +1,90 @@
+# FusionBench-C build. `make demo` and `make test` are the two commands a fresh machine needs:
+# each first installs missing Debian packages (as root) or says which to install.
+
+CC       ?= gcc
+BUILD    ?= build
+PYTHON   ?= /usr/bin/python3
+PKGS     := yaml-0.1 libcjson openblas
+DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev
+DEB_TEST := python3-torch python3-numpy
+
+OPT      ?= -O3
+WARN     := -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off \
+            -Iinclude -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDFLAGS  += -fopenmp
+
+LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c)
+CLI_SRC  := $(wildcard src/cli/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+LIB      := $(BUILD)/libfusionbench.a
+CLI      := $(BUILD)/fusion_bench
+TESTS    := $(BUILD)/fb_tests
+EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
+BENCHES  := $(BUILD)/bench_merge
+DEPS_OK  := $(BUILD)/.deps-ok
+TDEPS_OK := $(BUILD)/.test-deps-ok
+
+.SECONDARY:
+.PHONY: all deps test-deps test demo bench clean format
+all: $(CLI) $(EXAMPLES)
+
+# Missing Debian packages: installed when root, else named. The stamp keeps it to one check.
+define need_debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+endef
+
+$(DEPS_OK):
+	@mkdir -p $(BUILD)
+	$(call need_debs,$(DEB_LIBS))
+	@touch $@
+$(TDEPS_OK): $(DEPS_OK)
+	$(call need_debs,$(DEB_TEST))
+	@touch $@
+deps: $(DEPS_OK)
+test-deps: $(TDEPS_OK)
+
+$(BUILD)/%.o: %.c $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	$(AR) rcs $@ $^
+$(CLI): $(CLI_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(TESTS): $(TEST_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/%: $(BUILD)/examples/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/bench_%: $(BUILD)/bench/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# Reference data from PyTorch, then every test; the runner's last line is "N passed, N failed".
+test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES)
+	@rm -rf $(BUILD)/ref && mkdir -p $(BUILD)/ref
+	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
+	$(TESTS) --ref $(BUILD)/ref --cli $(CLI) --bin $(BUILD)
+
+demo: $(CLI) $(EXAMPLES)
+	@sh examples/demo.sh $(BUILD)
+
+bench: $(BENCHES) $(CLI)
+	$(BUILD)/bench_merge --cli $(CLI)
+
+format:
+	clang-format -i include/*.h src/*/*.[ch] tests/*.[ch] bench/*.c examples/*.c
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

@@ -1,0 +1,435 @@
+/*
+ * main.c: the fusion_bench command.
+ *
+ *     fusion_bench [--options] [group=name ...] [dotted.key=value ...]
+ *
+ * As FusionBench (Hydra): config/fusion_bench.yaml is the root; its `defaults` list picks an
+ * option for each group (method, modelpool), `group=name` on the command line picks another
+ * (config/<group>/<name>.yaml, or a path to a YAML file), and `dotted.key=value` overrides
+ * any key after composition. Every key is then validated, the pool is opened, the method runs
+ * and the merged model is streamed to merged_model_save_path.
+ *
+ * Exit status: 0 success, 1 the run failed, 2 bad command line or configuration.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "core/alloc.h"
+#include "core/status.h"
+#include "io/writer.h"
+#include "method/method.h"
+#include "pool/modelpool.h"
+#include "report.h"
+
+static const char *const groups[] = {"method", "modelpool"};
+enum { NUM_GROUPS = 2 };
+
+/* Root keys the configuration may hold after composition. */
+static const char *const root_keys[] = {
+    "method", "modelpool", "merged_model_save_path", "merged_model_max_shard_size",
+    "dtype", "report_save_path", "print_config",
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: fusion_bench [options] [group=name ...] [key.path=value ...]\n"
+            "\n"
+            "Merges the models of a model pool with a fusion method, as FusionBench does.\n"
+            "\n"
+            "groups (config/<group>/<name>.yaml, or a path to a .yaml file):\n"
+            "  method=NAME                 the fusion method (see --list-methods)\n"
+            "  modelpool=NAME_OR_PATH      the models: {models: {_pretrained_: path, a: path}}\n"
+            "\n"
+            "keys (Hydra syntax: numbers, true/false, null, strings, [lists]):\n"
+            "  method.KEY=VALUE            a method parameter, e.g. method.scaling_factor=0.5\n"
+            "  merged_model_save_path=P    write the merged model (P.safetensors, or a folder)\n"
+            "  merged_model_max_shard_size=S  shard the output folder (bytes, or 5GB, 500MB)\n"
+            "  dtype=D                     output dtype of float tensors (f32, f16, bf16, f64)\n"
+            "  report_save_path=P          write a JSON report (config, models, timings, memory)\n"
+            "  print_config=true           print the composed config, then run\n"
+            "\n"
+            "options:\n"
+            "  --help                      this text\n"
+            "  --list-methods              the methods and what they do\n"
+            "  --print-config              print the composed config and exit\n"
+            "  --threads N                 threads to use (results never depend on it)\n"
+            "  --config-dir DIR            where fusion_bench.yaml and the groups live\n"
+            "  --version                   the version\n"
+            "\n"
+            "example:\n"
+            "  fusion_bench method=task_arithmetic method.scaling_factor=0.3 \\\n"
+            "      modelpool=pool.yaml merged_model_save_path=merged.safetensors\n");
+}
+
+static int fail(int code, const char *what)
+{
+    fprintf(stderr, "fusion_bench: error: %s\n", what);
+    return code;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* --config-dir, else $FUSION_BENCH_CONFIG_DIR, else <exe>/../config, else the source tree's. */
+static char *find_config_dir(const char *given)
+{
+    if (given) return fb_strdup(given);
+    const char *env = getenv("FUSION_BENCH_CONFIG_DIR");
+    if (env && *env) return fb_strdup(env);
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *dir = fb_path_dirname(exe);
+        char *cand = dir ? fb_path_join(dir, "../config") : NULL;
+        char *root = cand ? fb_path_join(cand, "fusion_bench.yaml") : NULL;
+        int ok = root && file_exists(root);
+        fb_free(dir);
+        fb_free(root);
+        if (ok) return cand;
+        fb_free(cand);
+    }
+#ifdef FB_CONFIG_DIR
+    return fb_strdup(FB_CONFIG_DIR);
+#else
+    return fb_strdup("config");
+#endif
+}
+
+static int is_group(const char *key)
+{
+    for (int g = 0; g < NUM_GROUPS; g++)
+        if (strcmp(groups[g], key) == 0) return g;
+    return -1;
+}
+
+/* Loads a group option: a YAML path as given, or <config_dir>/<group>/<name>.yaml. */
+static fb_status load_group(const char *config_dir, const char *group, const char *name,
+                            fb_config **out)
+{
+    size_t n = strlen(name);
+    int looks_like_path = strchr(name, '/') || (n > 5 && strcmp(name + n - 5, ".yaml") == 0) ||
+                          (n > 4 && strcmp(name + n - 4, ".yml") == 0);
+    if (looks_like_path && file_exists(name)) return fb_config_load(name, out);
+    char rel[PATH_MAX];
+    int has_ext = n > 5 && strcmp(name + n - 5, ".yaml") == 0;
+    snprintf(rel, sizeof rel, "%s/%s/%s%s", config_dir, group, name, has_ext ? "" : ".yaml");
+    if (!file_exists(rel))
+        return fb_set_error(FB_ERR_NOT_FOUND,
+                            "%s=%s: no such config (looked for %s%s)", group, name, rel,
+                            looks_like_path ? " and the path as given" : "");
+    return fb_config_load(rel, out);
+}
+
+/* Reads the root's `defaults` list into selections and removes it from the tree. */
+static fb_status read_defaults(fb_config *root, const char **selection)
+{
+    const fb_config *defs = fb_cfg_map_get(root, "defaults");
+    if (!defs) return FB_OK;
+    if (defs->kind != FB_CFG_SEQ)
+        return fb_set_error(FB_ERR_CONFIG, "%s: 'defaults' must be a list", fb_cfg_where(defs));
+    for (int i = 0; i < defs->count; i++) {
+        const fb_config *d = defs->items[i];
+        if (d->kind == FB_CFG_SCALAR && strcmp(d->value, "_self_") == 0) continue;
+        if (d->kind != FB_CFG_MAP || d->count != 1 || is_group(d->keys[0]) < 0)
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: a defaults entry must be 'group: option' with group one "
+                                "of method, modelpool",
+                                fb_cfg_where(d));
+        const fb_config *v = d->items[0];
+        selection[is_group(d->keys[0])] = fb_cfg_is_null(v) ? NULL : v->value;
+    }
+    return FB_OK;
+}
+
+/* "5GB", "500MB", "1GiB" or a byte count; Hugging Face's units (GB = 10^9). */
+static fb_status parse_size(const fb_config *n, size_t *out)
+{
+    const char *s;
+    fb_status st = fb_cfg_string(n, "merged_model_max_shard_size", &s);
+    if (st) return st;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    static const struct {
+        const char *unit;
+        double scale;
+    } units[] = {{"", 1},       {"B", 1},         {"KB", 1e3},         {"MB", 1e6},
+                 {"GB", 1e9},   {"TB", 1e12},     {"KiB", 1024.0},     {"MiB", 1048576.0},
+                 {"GiB", 1073741824.0}};
+    if (end != s && v > 0 && errno == 0) {
+        for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+            if (strcmp(end, units[i].unit) == 0) {
+                *out = (size_t)(v * units[i].scale);
+                return FB_OK;
+            }
+        }
+    }
+    return fb_set_error(FB_ERR_CONFIG,
+                        "merged_model_max_shard_size: '%s' is not a size (e.g. 5GB, 500MB, "
+                        "1073741824)",
+                        s);
+}
+
+typedef struct cli {
+    const char *config_dir_opt;
+    int print_config_only, threads;
+    fb_config *root;
+    fb_method *method;
+    fb_modelpool *pool;
+} cli;
+
+/* Builds and validates the configuration from the arguments; exit code or 0. */
+static int compose(cli *c, int argc, char **argv)
+{
+    const char *selection[NUM_GROUPS] = {NULL, NULL};
+    char *config_dir = find_config_dir(c->config_dir_opt);
+    char *root_path = config_dir ? fb_path_join(config_dir, "fusion_bench.yaml") : NULL;
+    int rc = 0;
+    if (!root_path) {
+        rc = fail(1, "out of memory");
+        goto done;
+    }
+    if (fb_config_load(root_path, &c->root) || read_defaults(c->root, selection)) {
+        rc = fail(2, fb_last_error());
+        goto done;
+    }
+    fb_cfg_map_remove(c->root, "defaults");
+    /* group selections first, as Hydra does, whatever their place on the line */
+    for (int i = 0; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (!eq) continue;
+        *eq = '\0';
+        int g = is_group(argv[i]);
+        *eq = '=';
+        if (g < 0) continue;
+        selection[g] = eq + 1;
+    }
+    for (int g = 0; g < NUM_GROUPS; g++) {
+        fb_config *node = NULL;
+        fb_status st = FB_OK;
+        const char *sel = selection[g];
+        if (sel && *sel && strcmp(sel, "null") != 0) st = load_group(config_dir, groups[g], sel, &node);
+        else st = fb_cfg_new(FB_CFG_NULL, NULL, &node);
+        if (!st) st = fb_cfg_map_set(c->root, groups[g], node);
+        if (st) {
+            rc = fail(2, fb_last_error());
+            goto done;
+        }
+    }
+    for (int i = 0; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (!eq || eq == argv[i]) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "'%s' is not an override (expected key=value; see --help)",
+                     argv[i]);
+            rc = fail(2, msg);
+            goto done;
+        }
+        *eq = '\0';
+        int g = is_group(argv[i]);
+        fb_status st = g >= 0 ? FB_OK : fb_cfg_override(c->root, argv[i], eq + 1);
+        *eq = '=';
+        if (st) {
+            rc = fail(2, fb_last_error());
+            goto done;
+        }
+    }
+    for (int i = 0; i < c->root->count; i++) {
+        int known = 0;
+        for (size_t k = 0; k < sizeof root_keys / sizeof root_keys[0]; k++)
+            known |= strcmp(c->root->keys[i], root_keys[k]) == 0;
+        if (!known) {
+            char msg[512];
+            snprintf(msg, sizeof msg,
+                     "unknown config key '%s' (known: method, modelpool, merged_model_save_path, "
+                     "merged_model_max_shard_size, dtype, report_save_path, print_config)",
+                     c->root->keys[i]);
+            rc = fail(2, msg);
+            goto done;
+        }
+    }
+    /* the method, with its parameters checked and defaults filled in */
+    const fb_config *mnode = fb_cfg_map_get(c->root, "method");
+    if (fb_cfg_is_null(mnode)) {
+        rc = fail(2, "no method selected (method=NAME; see --list-methods)");
+        goto done;
+    }
+    if (fb_method_create_from_config(mnode, &c->method)) {
+        rc = fail(2, fb_last_error());
+        goto done;
+    }
+    /* the composed method node becomes {name, every parameter with defaults filled in} */
+    fb_config *named = NULL, *nm = NULL;
+    const fb_config *params = fb_method_params(c->method);
+    fb_status st = fb_cfg_new(FB_CFG_MAP, NULL, &named);
+    if (!st && !(st = fb_cfg_new(FB_CFG_SCALAR, fb_method_name(c->method), &nm)))
+        st = fb_cfg_map_set(named, "name", nm);
+    for (int i = 0; !st && i < params->count; i++) {
+        fb_config *cp;
+        if (!(st = fb_cfg_copy(params->items[i], &cp))) st = fb_cfg_map_set(named, params->keys[i], cp);
+    }
+    if (!st) st = fb_cfg_map_set(c->root, "method", named);
+    else fb_config_free(named);
+    if (st) rc = fail(1, fb_last_error());
+done:
+    fb_free(config_dir);
+    fb_free(root_path);
+    return rc;
+}
+
+static void print_config(const fb_config *root)
+{
+    char *y = fb_config_to_yaml(root);
+    if (y) fputs(y, stdout);
+    free(y);
+    fflush(stdout);
+}
+
+static int list_methods(void)
+{
+    for (int i = 0; i < fb_method_registry_count(); i++)
+        printf("%-20s %s\n", fb_method_registry_name(i), fb_method_registry_summary(i));
+    return 0;
+}
+
+static const char *optional_string(const fb_config *root, const char *key, int *rc)
+{
+    const fb_config *n = fb_cfg_map_get(root, key);
+    const char *s = NULL;
+    if (fb_cfg_is_null(n)) return NULL;
+    if (fb_cfg_string(n, key, &s)) *rc = fail(2, fb_last_error());
+    return s;
+}
+
+static int run(cli *c)
+{
+    int rc = 0;
+    double t0 = now();
+    const fb_config *root = c->root;
+    const char *out_path = optional_string(root, "merged_model_save_path", &rc);
+    const char *report_path = optional_string(root, "report_save_path", &rc);
+    const char *dtype_name = optional_string(root, "dtype", &rc);
+    if (rc) return rc;
+    fb_run_options ro = {0};
+    if (dtype_name) {
+        if (fb_dtype_from_name(dtype_name, &ro.out_dtype)) return fail(2, fb_last_error());
+        ro.out_dtype_set = 1;
+    }
+    fb_save_options so = {0};
+    const fb_config *shard = fb_cfg_map_get(root, "merged_model_max_shard_size");
+    if (!fb_cfg_is_null(shard) && parse_size(shard, &so.max_shard_bytes))
+        return fail(2, fb_last_error());
+    int show = 0;
+    const fb_config *pc = fb_cfg_map_get(root, "print_config");
+    if (!fb_cfg_is_null(pc) && fb_cfg_bool(pc, "print_config", &show)) return fail(2, fb_last_error());
+    if (show) print_config(root);
+
+    const fb_config *pnode = fb_cfg_map_get(root, "modelpool");
+    if (fb_cfg_is_null(pnode))
+        return fail(2, "no model pool selected (modelpool=NAME_OR_PATH; see --help)");
+    if (fb_modelpool_from_config(pnode, &c->pool)) return fail(1, fb_last_error());
+    double t1 = now();
+
+    fb_status st = fb_method_run_to_file(c->method, c->pool, &ro, out_path, &so);
+    if (st) return fail(1, fb_last_error());
+    double t2 = now();
+
+    const fb_model *ref = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, 0));
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    fb_run_report rep = {
+        .config = root,
+        .pool = c->pool,
+        .method = fb_method_name(c->method),
+        .output_path = out_path,
+        .merged_tensors = fb_model_num_tensors(ref),
+        .merged_params = fb_model_num_params(ref),
+        .load_seconds = t1 - t0,
+        .merge_seconds = t2 - t1,
+        .total_seconds = t2 - t0,
+        .peak_rss_bytes = ru.ru_maxrss * 1024L,
+        .threads = fb_get_num_threads(),
+    };
+    int n = fb_modelpool_num_models(c->pool);
+    printf("fusion_bench: %s merged %d model%s%s: %lld tensors, %.2f M parameters\n",
+           rep.method, n, n == 1 ? "" : "s",
+           fb_modelpool_has_pretrained(c->pool) ? " (+ _pretrained_)" : "",
+           (long long)rep.merged_tensors, (double)rep.merged_params / 1e6);
+    printf("  output: %s\n", out_path ? out_path : "(not saved: set merged_model_save_path=PATH)");
+    printf("  time: load %.3f s, merge %.3f s; peak RSS %.1f MB; %d thread%s\n",
+           rep.load_seconds, rep.merge_seconds, (double)rep.peak_rss_bytes / 1e6, rep.threads,
+           rep.threads == 1 ? "" : "s");
+    if (report_path) {
+        if (fb_report_write(&rep, report_path)) return fail(1, fb_last_error());
+        printf("  report: %s\n", report_path);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli c = {0};
+    int first = 1;
+    for (; first < argc && strncmp(argv[first], "--", 2) == 0; first++) {
+        const char *a = argv[first];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--version")) {
+            printf("fusion_bench %s\n", FB_VERSION_STRING);
+            return 0;
+        } else if (!strcmp(a, "--list-methods")) {
+            return list_methods();
+        } else if (!strcmp(a, "--print-config")) {
+            c.print_config_only = 1;
+        } else if (!strcmp(a, "--threads") || !strcmp(a, "--config-dir")) {
+            if (first + 1 >= argc) {
+                fprintf(stderr, "fusion_bench: error: %s needs a value\n", a);
+                return 2;
+            }
+            const char *v = argv[++first];
+            if (!strcmp(a, "--config-dir")) {
+                c.config_dir_opt = v;
+                continue;
+            }
+            char *end;
+            long t = strtol(v, &end, 10);
+            if (*end || t < 1 || t > 4096) {
+                fprintf(stderr, "fusion_bench: error: --threads needs a positive integer, got '%s'\n", v);
+                return 2;
+            }
+            c.threads = (int)t;
+        } else {
+            fprintf(stderr, "fusion_bench: error: unknown option '%s' (see --help)\n", a);
+            return 2;
+        }
+    }
+    if (c.threads) fb_set_num_threads(c.threads);
+    int rc = compose(&c, argc - first, argv + first);
+    if (!rc && c.print_config_only) print_config(c.root);
+    else if (!rc) rc = run(&c);
+    fb_modelpool_free(c.pool);
+    fb_method_free(c.method);
+    fb_config_free(c.root);
+    return rc;
+}

@@ -1,0 +1,134 @@
+/*
+ * report.c: the run report as JSON (cJSON), written atomically so a failed run never leaves a
+ * half report behind.
+ */
+#include "report.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "io/writer.h"
+
+/* Unquoted scalars become JSON numbers, booleans or null when they read as such. */
+static cJSON *config_to_json(const fb_config *n)
+{
+    if (!n || n->kind == FB_CFG_NULL) return cJSON_CreateNull();
+    if (n->kind == FB_CFG_SCALAR) {
+        double d;
+        int b;
+        if (!n->quoted && fb_cfg_bool(n, "", &b) == FB_OK) return cJSON_CreateBool(b);
+        if (!n->quoted && fb_cfg_double(n, "", &d) == FB_OK) return cJSON_CreateNumber(d);
+        return cJSON_CreateString(n->value);
+    }
+    cJSON *out = n->kind == FB_CFG_MAP ? cJSON_CreateObject() : cJSON_CreateArray();
+    for (int i = 0; out && i < n->count; i++) {
+        cJSON *c = config_to_json(n->items[i]);
+        if (!c) {
+            cJSON_Delete(out);
+            return NULL;
+        }
+        if (n->kind == FB_CFG_MAP) cJSON_AddItemToObject(out, n->keys[i], c);
+        else cJSON_AddItemToArray(out, c);
+    }
+    return out;
+}
+
+static cJSON *models_json(const fb_modelpool *pool)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; arr && i < pool->count; i++) {
+        const fb_model *m = pool->models[i];
+        cJSON *o = cJSON_CreateObject();
+        if (!o) break;
+        cJSON_AddStringToObject(o, "name", pool->names[i]);
+        if (m->path) cJSON_AddStringToObject(o, "path", m->path);
+        else cJSON_AddNullToObject(o, "path");
+        cJSON_AddNumberToObject(o, "num_tensors", (double)m->count);
+        cJSON_AddNumberToObject(o, "num_parameters", (double)fb_model_num_params(m));
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static fb_status write_atomic(const char *path, const char *text)
+{
+    char *dir = fb_path_dirname(path);
+    char *tmp = dir ? fb_path_join(dir, ".report.tmp-XXXXXX") : NULL;
+    fb_free(dir);
+    if (!tmp) return FB_ERR_NOMEM;
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        fb_status st = fb_set_error(FB_ERR_IO, "%s: cannot create report: %s", path,
+                                    strerror(errno));
+        fb_free(tmp);
+        return st;
+    }
+    size_t n = strlen(text), done = 0;
+    fb_status st = FB_OK;
+    while (done < n) {
+        ssize_t w = write(fd, text + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) {
+            st = fb_set_error(FB_ERR_IO, "%s: cannot write report: %s", path, strerror(errno));
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (!st && fsync(fd) != 0)
+        st = fb_set_error(FB_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    fchmod(fd, 0644);
+    close(fd);
+    if (!st && rename(tmp, path) != 0)
+        st = fb_set_error(FB_ERR_IO, "%s: cannot rename report into place: %s", path,
+                          strerror(errno));
+    if (st) unlink(tmp);
+    fb_free(tmp);
+    return st;
+}
+
+fb_status fb_report_write(const fb_run_report *r, const char *path)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return fb_set_error(FB_ERR_NOMEM, "out of memory building the report");
+    cJSON_AddStringToObject(root, "fusion_bench_version", FB_VERSION_STRING);
+    cJSON_AddStringToObject(root, "method", r->method);
+    cJSON_AddItemToObject(root, "config", config_to_json(r->config));
+    cJSON_AddItemToObject(root, "models", models_json(r->pool));
+    cJSON *merged = cJSON_AddObjectToObject(root, "merged_model");
+    if (merged) {
+        if (r->output_path) cJSON_AddStringToObject(merged, "path", r->output_path);
+        else cJSON_AddNullToObject(merged, "path");
+        cJSON_AddNumberToObject(merged, "num_tensors", (double)r->merged_tensors);
+        cJSON_AddNumberToObject(merged, "num_parameters", (double)r->merged_params);
+    }
+    cJSON *t = cJSON_AddObjectToObject(root, "timings_s");
+    if (t) {
+        cJSON_AddNumberToObject(t, "load", r->load_seconds);
+        cJSON_AddNumberToObject(t, "merge", r->merge_seconds);
+        cJSON_AddNumberToObject(t, "total", r->total_seconds);
+    }
+    cJSON_AddNumberToObject(root, "peak_rss_bytes", (double)r->peak_rss_bytes);
+    cJSON_AddNumberToObject(root, "threads", r->threads);
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return fb_set_error(FB_ERR_NOMEM, "out of memory rendering the report");
+    size_t n = strlen(text);
+    char *with_nl = fb_malloc(n + 2);
+    fb_status st = FB_ERR_NOMEM;
+    if (with_nl) {
+        memcpy(with_nl, text, n);
+        with_nl[n] = '\n';
+        with_nl[n + 1] = '\0';
+        st = write_atomic(path, with_nl);
+    }
+    fb_free(with_nl);
+    cJSON_free(text);
+    return st;
+}

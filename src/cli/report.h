@@ -1,0 +1,24 @@
+/*
+ * report.h: the JSON report of a fusion_bench run (config, models, timings, peak memory).
+ */
+#ifndef FB_CLI_REPORT_H
+#define FB_CLI_REPORT_H
+
+#include "config/config.h"
+#include "pool/modelpool.h"
+
+typedef struct fb_run_report {
+    const fb_config *config;  /* the composed configuration, method parameters filled in */
+    const fb_modelpool *pool;
+    const char *method;
+    const char *output_path;  /* NULL when the merge was not saved */
+    int64_t merged_tensors, merged_params;
+    double load_seconds, merge_seconds, total_seconds;
+    long peak_rss_bytes;
+    int threads;
+} fb_run_report;
+
+/* Writes the report as JSON to path, atomically (temporary file, fsync, rename). */
+fb_status fb_report_write(const fb_run_report *r, const char *path);
+
+#endif

@@ -1,0 +1,21 @@
+/*
+ * alloc.h: the one allocator hook. Every allocation in the library goes through these, so
+ * tests can make the Nth allocation fail and check that the error path frees what it took.
+ * They set FB_ERR_NOMEM's message themselves; callers just return FB_ERR_NOMEM.
+ */
+#ifndef FB_CORE_ALLOC_H
+#define FB_CORE_ALLOC_H
+
+#include <stddef.h>
+
+void *fb_malloc(size_t size);
+void *fb_calloc(size_t count, size_t size);
+void *fb_realloc(void *ptr, size_t size);
+char *fb_strdup(const char *s);
+char *fb_strndup(const char *s, size_t n);
+void fb_free(void *ptr);
+
+/* Test hook: the allocation after `n` more succeed fails (n < 0 disables). Process-wide. */
+void fb_alloc_fail_after(long n);
+
+#endif

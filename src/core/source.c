@@ -1,0 +1,99 @@
+/*
+ * source.c: read-only, reference-counted input files (see source.h).
+ */
+#include "source.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "status.h"
+
+fb_status fb_source_open(const char *path, fb_source **out)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fb_set_error(FB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return fb_set_error(FB_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return fb_set_error(FB_ERR_IO, "%s: not a regular file", path);
+    }
+    fb_source *s = fb_calloc(1, sizeof *s);
+    char *p = fb_strdup(path);
+    if (!s || !p) {
+        fb_free(s);
+        fb_free(p);
+        close(fd);
+        return FB_ERR_NOMEM;
+    }
+    s->path = p;
+    s->fd = fd;
+    s->size = (uint64_t)st.st_size;
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    s->refs = 1;
+    pthread_mutex_init(&s->lock, NULL);
+    *out = s;
+    return FB_OK;
+}
+
+void fb_source_ref(fb_source *s) { __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED); }
+
+void fb_source_unref(fb_source *s)
+{
+    if (!s || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    if (s->map) munmap(s->map, s->size);
+    close(s->fd);
+    pthread_mutex_destroy(&s->lock);
+    fb_free(s->path);
+    fb_free(s);
+}
+
+fb_status fb_source_pread(fb_source *s, uint64_t offset, size_t n, void *dst)
+{
+    uint8_t *p = dst;
+    while (n > 0) {
+        ssize_t got = pread(s->fd, p, n, (off_t)offset);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return fb_set_error(FB_ERR_IO, "%s: read failed at offset %llu: %s", s->path,
+                                (unsigned long long)offset, strerror(errno));
+        }
+        if (got == 0)
+            return fb_set_error(FB_ERR_IO,
+                                "%s: file ended at offset %llu while reading (it was "
+                                "truncated after it was opened)",
+                                s->path, (unsigned long long)offset);
+        p += got;
+        n -= (size_t)got;
+        offset += (uint64_t)got;
+    }
+    return FB_OK;
+}
+
+fb_status fb_source_map(fb_source *s, const uint8_t **base)
+{
+    fb_status st = FB_OK;
+    pthread_mutex_lock(&s->lock);
+    if (!s->map && s->size > 0) {
+        void *m = mmap(NULL, s->size, PROT_READ, MAP_SHARED, s->fd, 0);
+        if (m == MAP_FAILED)
+            st = fb_set_error(FB_ERR_IO, "%s: cannot map: %s", s->path, strerror(errno));
+        else
+            s->map = m;
+    }
+    pthread_mutex_unlock(&s->lock);
+    *base = s->map;
+    return st;
+}

@@ -1,0 +1,418 @@
+/*
+ * merge.c: the streaming merge driver behind fb_method_run and fb_method_run_to_file.
+ *
+ * Plan: collect the inputs (the models to merge in pool order, then "_pretrained_" when the
+ * method uses it), check that they agree on every tensor's name, dtype and shape (naming the
+ * model and tensor when they do not), and lay out the output. Allocate: per-thread scratch
+ * for one chunk of every input, sized once. Execute: tensor by tensor, cut into fixed chunks
+ * of FB_MERGE_CHUNK elements scheduled on OpenMP threads; each chunk of each input is read
+ * (pread, or a pointer when the model is in memory), widened to f32, merged by the method,
+ * narrowed to the output dtype, and written at its final offset. Peak memory is
+ * O(threads x inputs x chunk) for file outputs, whatever the model size.
+ *
+ * Determinism: chunks are the same for any thread count and each output element depends only
+ * on the same elements of the inputs, so the bytes out never depend on threads. An error in a
+ * worker is recorded with its chunk number; the lowest chunk's error is raised afterwards.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/status.h"
+#include "io/writer.h"
+#include "method.h"
+
+typedef struct job {
+    const fb_method *method;
+    int num_models, has_base, num_inputs; /* inputs = models, then the base */
+    const fb_model **inputs;
+    const char **names;
+    const fb_model *ref;     /* the model others are checked against */
+    const char *ref_name;
+    fb_model *out;           /* the output: real tensors (memory) or declared (file) */
+    int to_memory;
+    fb_writer *writer;       /* file output, or NULL */
+    int64_t chunk;           /* elements per chunk */
+    int threads;
+    float *f32;              /* threads x (inputs + 1) x chunk */
+    uint8_t *raw;            /* threads x (inputs + 1) x chunk x 8 bytes */
+    const float **ptrs;      /* threads x inputs */
+    const fb_tensor **tensors; /* inputs: the current tensor of each input */
+} job;
+
+static const char *label(const job *J, int k)
+{
+    return J->names[k];
+}
+
+/* ---------------------------------------------------------------------- planning -- */
+
+static void list_names(fb_buf *b, const char **names, int n, int total)
+{
+    for (int i = 0; i < n; i++) fb_buf_printf(b, "%s'%s'", i ? ", " : "", names[i]);
+    if (total > n) fb_buf_printf(b, " (and %d more)", total - n);
+}
+
+/* Input k must have exactly the reference's tensors, with the same dtypes and shapes. */
+static fb_status check_agreement(const job *J, int k)
+{
+    const fb_model *a = J->ref, *b = J->inputs[k];
+    enum { SHOW = 3 };
+    const char *missing[SHOW], *extra[SHOW];
+    int nmissing = 0, nextra = 0;
+    for (int64_t i = 0; i < a->count; i++) {
+        const fb_tensor *ta = a->tensors[i], *tb = fb_model_find(b, ta->name);
+        if (!tb) {
+            if (nmissing < SHOW) missing[nmissing] = ta->name;
+            nmissing++;
+            continue;
+        }
+        if (ta->dtype != tb->dtype)
+            return fb_set_error(FB_ERR_MISMATCH,
+                                "tensor '%s' is %s in model '%s' (%s) but %s in model '%s' (%s)",
+                                ta->name, fb_dtype_name(tb->dtype), label(J, k),
+                                fb_model_label(b), fb_dtype_name(ta->dtype), J->ref_name,
+                                fb_model_label(a));
+        int same = ta->ndim == tb->ndim;
+        for (int d = 0; same && d < ta->ndim; d++) same = ta->shape[d] == tb->shape[d];
+        if (!same) {
+            fb_buf sa, sb;
+            fb_buf_init(&sa);
+            fb_buf_init(&sb);
+            for (int d = 0; d < ta->ndim; d++)
+                fb_buf_printf(&sa, "%s%lld", d ? ", " : "", (long long)ta->shape[d]);
+            for (int d = 0; d < tb->ndim; d++)
+                fb_buf_printf(&sb, "%s%lld", d ? ", " : "", (long long)tb->shape[d]);
+            fb_status st = fb_set_error(
+                FB_ERR_MISMATCH, "tensor '%s' has shape [%s] in model '%s' (%s) but [%s] in "
+                                 "model '%s' (%s)",
+                ta->name, sb.data ? sb.data : "", label(J, k), fb_model_label(b),
+                sa.data ? sa.data : "", J->ref_name, fb_model_label(a));
+            fb_buf_free(&sa);
+            fb_buf_free(&sb);
+            return st;
+        }
+    }
+    for (int64_t i = 0; i < b->count; i++) {
+        if (fb_model_find(a, b->tensors[i]->name)) continue;
+        if (nextra < SHOW) extra[nextra] = b->tensors[i]->name;
+        nextra++;
+    }
+    if (!nmissing && !nextra) return FB_OK;
+    fb_buf msg;
+    fb_buf_init(&msg);
+    fb_buf_printf(&msg, "model '%s' (%s) does not have the same tensors as model '%s' (%s):",
+                  label(J, k), fb_model_label(b), J->ref_name, fb_model_label(a));
+    if (nmissing) {
+        fb_buf_printf(&msg, " it lacks %d: ", nmissing);
+        list_names(&msg, missing, nmissing < SHOW ? nmissing : SHOW, nmissing);
+    }
+    if (nextra) {
+        fb_buf_printf(&msg, "%s it has %d extra: ", nmissing ? ";" : "", nextra);
+        list_names(&msg, extra, nextra < SHOW ? nextra : SHOW, nextra);
+    }
+    fb_status st = fb_set_error(FB_ERR_MISMATCH, "%s", msg.failed ? "tensor sets differ" : msg.data);
+    fb_buf_free(&msg);
+    return st;
+}
+
+static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *pool)
+{
+    J->num_models = fb_modelpool_num_models(pool);
+    J->has_base = m->ops->needs_base;
+    if (J->num_models == 0)
+        return fb_set_error(FB_ERR_ARG, "method %s: the model pool has no models to merge "
+                                        "(names like _pretrained_ are not merged)",
+                            m->ops->name);
+    if (J->has_base && !fb_modelpool_has_pretrained(pool))
+        return fb_set_error(FB_ERR_ARG,
+                            "method %s needs the base model: add '%s' to the model pool",
+                            m->ops->name, FB_PRETRAINED);
+    J->num_inputs = J->num_models + J->has_base;
+    J->inputs = fb_calloc((size_t)J->num_inputs, sizeof *J->inputs);
+    J->names = fb_calloc((size_t)J->num_inputs, sizeof *J->names);
+    if (!J->inputs || !J->names) return FB_ERR_NOMEM;
+    for (int k = 0; k < J->num_models; k++) {
+        J->names[k] = fb_modelpool_model_name(pool, k);
+        J->inputs[k] = fb_modelpool_get(pool, J->names[k]);
+    }
+    if (J->has_base) {
+        J->names[J->num_models] = FB_PRETRAINED;
+        J->inputs[J->num_models] = fb_modelpool_get(pool, FB_PRETRAINED);
+    }
+    int r = J->has_base ? J->num_models : 0;
+    J->ref = J->inputs[r];
+    J->ref_name = J->names[r];
+    for (int k = 0; k < J->num_inputs; k++) {
+        if (k == r) continue;
+        fb_status st = check_agreement(J, k);
+        if (st) return st;
+    }
+    if (m->ops->setup) {
+        fb_merge_setup s = {J->num_models, J->names, J->has_base};
+        fb_status st = m->ops->setup(m->state, &s);
+        if (st) return fb_error_prefix(st, "method %s", m->ops->name);
+    }
+    return FB_OK;
+}
+
+static fb_status output_dtype(const fb_tensor *t, const fb_run_options *opts, fb_dtype *out)
+{
+    *out = t->dtype;
+    if (!fb_dtype_is_float(t->dtype)) return FB_OK;
+    if (opts && opts->out_dtype_set) *out = opts->out_dtype;
+    if (*out == FB_F64 || *out == FB_F32 || *out == FB_F16 || *out == FB_BF16) return FB_OK;
+    return fb_set_error(FB_ERR_UNSUPPORTED,
+                        "tensor '%s': cannot write %s output; set the output dtype to F32, "
+                        "F16, BF16 or F64",
+                        t->name, fb_dtype_name(*out));
+}
+
+static fb_status plan_output(job *J, const fb_run_options *opts)
+{
+    fb_status st = fb_model_create(&J->out);
+    if (st) return st;
+    const fb_model *r = J->ref;
+    for (int64_t i = 0; i < r->count && !st; i++) {
+        const fb_tensor *t = r->tensors[i];
+        fb_dtype dt;
+        if ((st = output_dtype(t, opts, &dt))) break;
+        st = J->to_memory ? fb_model_add_tensor(J->out, t->name, dt, t->ndim, t->shape, NULL, NULL)
+                          : fb_model_declare_tensor(J->out, t->name, dt, t->ndim, t->shape);
+    }
+    for (int64_t i = 0; i < r->meta_count && !st; i++)
+        st = fb_model_set_metadata(J->out, r->meta_keys[i], r->meta_values[i]);
+    if (!st) st = fb_model_set_metadata(J->out, "fusion_bench_method", J->method->ops->name);
+    return st;
+}
+
+/* An output must not replace an input: not the same file, not the folder an input lives in. */
+static fb_status check_output_path(const job *J, const char *path)
+{
+    unsigned long long pdev, pino;
+    if (!fb_path_identity(path, &pdev, &pino)) return FB_OK;
+    for (int k = 0; k < J->num_inputs; k++) {
+        const fb_model *m = J->inputs[k];
+        const fb_source *prev = NULL;
+        for (int64_t i = 0; i < m->count; i++) {
+            const fb_source *s = m->tensors[i]->src;
+            if (!s || s == prev) continue; /* each file once (tensors of a file are adjacent) */
+            prev = s;
+            if ((unsigned long long)s->dev == pdev && (unsigned long long)s->ino == pino)
+                return fb_set_error(FB_ERR_ARG,
+                                    "output path %s is the input file of model '%s'; choose "
+                                    "another path",
+                                    path, J->names[k]);
+            char *dir = fb_path_dirname(s->path);
+            unsigned long long ddev, dino;
+            int same = dir && fb_path_identity(dir, &ddev, &dino) && ddev == pdev && dino == pino;
+            fb_free(dir);
+            if (same)
+                return fb_set_error(FB_ERR_ARG,
+                                    "output folder %s holds the input files of model '%s'; "
+                                    "choose another path",
+                                    path, J->names[k]);
+        }
+    }
+    return FB_OK;
+}
+
+static fb_status allocate_scratch(job *J)
+{
+#ifdef _OPENMP
+    J->threads = omp_get_max_threads();
+#else
+    J->threads = 1;
+#endif
+    J->chunk = FB_MERGE_CHUNK;
+    if (J->method->ops->whole_tensor) {
+        J->chunk = 1;
+        for (int64_t i = 0; i < J->ref->count; i++)
+            if (J->ref->tensors[i]->numel > J->chunk) J->chunk = J->ref->tensors[i]->numel;
+    }
+    size_t slots = (size_t)J->threads * (size_t)(J->num_inputs + 1);
+    J->f32 = fb_malloc(slots * (size_t)J->chunk * sizeof(float));
+    J->raw = fb_malloc(slots * (size_t)J->chunk * 8);
+    J->ptrs = fb_malloc((size_t)J->threads * (size_t)J->num_inputs * sizeof *J->ptrs);
+    J->tensors = fb_malloc((size_t)J->num_inputs * sizeof *J->tensors);
+    return J->f32 && J->raw && J->ptrs && J->tensors ? FB_OK : FB_ERR_NOMEM;
+}
+
+/* --------------------------------------------------------------------- execution -- */
+
+/* Merges chunk c of the current float tensor on thread tid. */
+static fb_status merge_chunk(const job *J, int64_t ti, int64_t c, int tid)
+{
+    const fb_tensor *rt = J->tensors[J->has_base ? J->num_models : 0];
+    fb_tensor *ot = J->out->tensors[ti];
+    int64_t begin = c * J->chunk;
+    int64_t n = rt->numel - begin < J->chunk ? rt->numel - begin : J->chunk;
+    size_t slot = (size_t)tid * (size_t)(J->num_inputs + 1);
+    const float **ptrs = J->ptrs + (size_t)tid * (size_t)J->num_inputs;
+    fb_status st;
+    for (int k = 0; k < J->num_inputs; k++) {
+        const fb_tensor *t = J->tensors[k];
+        float *fbuf = J->f32 + (slot + (size_t)k) * (size_t)J->chunk;
+        uint8_t *rbuf = J->raw + (slot + (size_t)k) * (size_t)J->chunk * 8;
+        size_t es = fb_dtype_size(t->dtype);
+        const void *p;
+        if (t->dtype == FB_F32) {
+            if ((st = fb_tensor_view(t, (size_t)begin * 4, (size_t)n * 4, fbuf, &p))) return st;
+            ptrs[k] = p;
+            continue;
+        }
+        if ((st = fb_tensor_view(t, (size_t)begin * es, (size_t)n * es, rbuf, &p))) return st;
+        if ((st = fb_convert_to_f32(t->dtype, p, fbuf, n))) return st;
+        ptrs[k] = fbuf;
+    }
+    float *obuf = J->f32 + (slot + (size_t)J->num_inputs) * (size_t)J->chunk;
+    uint8_t *orbuf = J->raw + (slot + (size_t)J->num_inputs) * (size_t)J->chunk * 8;
+    int direct = J->to_memory && ot->dtype == FB_F32;
+    float *out = direct ? (float *)ot->data + begin : obuf;
+    fb_merge_chunk mc = {
+        .tensor = rt,
+        .tensor_index = ti,
+        .begin = begin,
+        .count = n,
+        .base = J->has_base ? ptrs[J->num_models] : NULL,
+        .models = ptrs,
+        .num_models = J->num_models,
+        .out = out,
+    };
+    if ((st = J->method->ops->merge(J->method->state, &mc)))
+        return fb_error_prefix(st, "tensor '%s'", rt->name);
+    if (direct) return FB_OK;
+    size_t oes = fb_dtype_size(ot->dtype);
+    if (J->to_memory)
+        return fb_convert_from_f32(ot->dtype, out, (uint8_t *)ot->data + (size_t)begin * oes, n);
+    if (!J->writer) return FB_OK;
+    const void *bytes = out;
+    if (ot->dtype != FB_F32) {
+        if ((st = fb_convert_from_f32(ot->dtype, out, orbuf, n))) return st;
+        bytes = orbuf;
+    }
+    return fb_writer_write(J->writer, ti, (size_t)begin * oes, bytes, (size_t)n * oes);
+}
+
+static fb_status merge_float_tensor(job *J, int64_t ti)
+{
+    int64_t numel = J->tensors[0]->numel;
+    int64_t nchunks = (numel + J->chunk - 1) / J->chunk;
+    int64_t err_chunk = INT64_MAX;
+    fb_status err_status = FB_OK;
+    char err_msg[FB_ERROR_MAX] = "";
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        if (__atomic_load_n(&err_chunk, __ATOMIC_RELAXED) < c) continue;
+        fb_status st = merge_chunk(J, ti, c, tid);
+        if (st) {
+#pragma omp critical(fb_merge_error)
+            {
+                if (c < err_chunk) {
+                    __atomic_store_n(&err_chunk, c, __ATOMIC_RELAXED);
+                    err_status = st;
+                    memcpy(err_msg, fb_last_error(), sizeof err_msg);
+                }
+            }
+        }
+    }
+    if (err_chunk != INT64_MAX) return fb_set_error(err_status, "%s", err_msg);
+    return FB_OK;
+}
+
+/* Non-float tensors (int buffers, masks) are copied when every input holds the same bytes. */
+static fb_status copy_equal_tensor(job *J, int64_t ti)
+{
+    const fb_tensor *rt = J->tensors[J->has_base ? J->num_models : 0];
+    fb_tensor *ot = J->out->tensors[ti];
+    size_t step = (size_t)J->chunk * 8, es = fb_dtype_size(rt->dtype);
+    uint8_t *a = J->raw, *b = J->raw + step;
+    fb_status st;
+    for (size_t off = 0; off < rt->nbytes; off += step) {
+        size_t n = rt->nbytes - off < step ? rt->nbytes - off : step;
+        if ((st = fb_tensor_read(rt, off, n, a))) return st;
+        for (int k = 0; k < J->num_inputs; k++) {
+            const fb_tensor *t = J->tensors[k];
+            if (t == rt) continue;
+            if ((st = fb_tensor_read(t, off, n, b))) return st;
+            if (memcmp(a, b, n) == 0) continue;
+            size_t i = 0;
+            while (a[i] == b[i]) i++;
+            return fb_set_error(FB_ERR_MISMATCH,
+                                "tensor '%s' is %s, which is copied rather than merged, but "
+                                "model '%s' differs from model '%s' at element %zu",
+                                rt->name, fb_dtype_name(rt->dtype), J->names[k],
+                                label(J, J->has_base ? J->num_models : 0), (off + i) / es);
+        }
+        if (J->to_memory) memcpy((uint8_t *)ot->data + off, a, n);
+        else if (J->writer && (st = fb_writer_write(J->writer, ti, off, a, n))) return st;
+    }
+    return FB_OK;
+}
+
+static fb_status execute(job *J)
+{
+    for (int64_t ti = 0; ti < J->out->count; ti++) {
+        const char *name = J->out->tensors[ti]->name;
+        for (int k = 0; k < J->num_inputs; k++) J->tensors[k] = fb_model_find(J->inputs[k], name);
+        fb_status st = fb_dtype_is_float(J->tensors[0]->dtype) ? merge_float_tensor(J, ti)
+                                                               : copy_equal_tensor(J, ti);
+        if (st) return st;
+    }
+    return FB_OK;
+}
+
+static void job_free(job *J)
+{
+    fb_free(J->inputs);
+    fb_free(J->names);
+    fb_free(J->f32);
+    fb_free(J->raw);
+    fb_free(J->ptrs);
+    fb_free(J->tensors);
+    fb_model_free(J->out);
+}
+
+static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opts, int to_memory,
+                     const char *path, const fb_save_options *save, fb_model **merged)
+{
+    job J = {.method = m, .to_memory = to_memory};
+    fb_status st = collect_inputs(&J, m, pool);
+    if (!st) st = plan_output(&J, opts);
+    if (!st && path) st = check_output_path(&J, path);
+    if (!st) st = allocate_scratch(&J);
+    if (!st && path) st = fb_writer_open(path, save, J.out, &J.writer);
+    if (!st) st = execute(&J);
+    if (J.writer) {
+        if (st) fb_writer_abort(J.writer);
+        else st = fb_writer_commit(J.writer);
+    }
+    if (!st && merged) {
+        *merged = J.out;
+        J.out = NULL;
+    }
+    job_free(&J);
+    return st;
+}
+
+fb_status fb_method_run(fb_method *m, fb_modelpool *pool, const fb_run_options *opts,
+                        fb_model **merged)
+{
+    *merged = NULL;
+    return run(m, pool, opts, 1, NULL, NULL, merged);
+}
+
+fb_status fb_method_run_to_file(fb_method *m, fb_modelpool *pool, const fb_run_options *opts,
+                                const char *path, const fb_save_options *save)
+{
+    return run(m, pool, opts, 0, path, save, NULL);
+}

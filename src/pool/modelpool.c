@@ -1,0 +1,199 @@
+/*
+ * modelpool.c: the model pool, as FusionBench has it: named models in order, with the base
+ * model under "_pretrained_". Models from files are opened lazily (headers only), so a pool
+ * of checkpoints larger than memory costs almost nothing until a merge streams through it.
+ */
+#include "modelpool.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "io/writer.h"
+
+int fb_modelpool_is_special(const char *name)
+{
+    size_t n = strlen(name);
+    return n >= 2 && name[0] == '_' && name[n - 1] == '_';
+}
+
+fb_status fb_modelpool_create(fb_modelpool **out)
+{
+    *out = fb_calloc(1, sizeof **out);
+    return *out ? FB_OK : FB_ERR_NOMEM;
+}
+
+void fb_modelpool_free(fb_modelpool *pool)
+{
+    if (!pool) return;
+    for (int i = 0; i < pool->count; i++) {
+        fb_free(pool->names[i]);
+        fb_model_free(pool->models[i]);
+    }
+    fb_free(pool->names);
+    fb_free(pool->models);
+    fb_free(pool);
+}
+
+static int find(const fb_modelpool *pool, const char *name)
+{
+    for (int i = 0; i < pool->count; i++)
+        if (strcmp(pool->names[i], name) == 0) return i;
+    return -1;
+}
+
+fb_status fb_modelpool_add_model(fb_modelpool *pool, const char *name, fb_model *model)
+{
+    fb_status st = FB_OK;
+    if (!name || !*name) st = fb_set_error(FB_ERR_ARG, "model name is empty");
+    else if (!model) st = fb_set_error(FB_ERR_ARG, "model '%s' is NULL", name);
+    else if (find(pool, name) >= 0)
+        st = fb_set_error(FB_ERR_ARG, "model '%s' is already in the pool", name);
+    if (st) {
+        fb_model_free(model);
+        return st;
+    }
+    if (pool->count == pool->cap) {
+        int cap = pool->cap ? 2 * pool->cap : 8;
+        char **names = fb_realloc(pool->names, (size_t)cap * sizeof *names);
+        if (names) pool->names = names;
+        fb_model **models = names ? fb_realloc(pool->models, (size_t)cap * sizeof *models) : NULL;
+        if (models) pool->models = models;
+        if (!names || !models) {
+            fb_model_free(model);
+            return FB_ERR_NOMEM;
+        }
+        pool->cap = cap;
+    }
+    char *n = fb_strdup(name);
+    if (!n) {
+        fb_model_free(model);
+        return FB_ERR_NOMEM;
+    }
+    pool->names[pool->count] = n;
+    pool->models[pool->count++] = model;
+    return FB_OK;
+}
+
+fb_status fb_modelpool_add_path(fb_modelpool *pool, const char *name, const char *path)
+{
+    if (find(pool, name) >= 0)
+        return fb_set_error(FB_ERR_ARG, "model '%s' is already in the pool", name);
+    fb_model *m;
+    fb_status st = fb_model_load(path, &m);
+    if (st) return fb_error_prefix(st, "model '%s'", name);
+    return fb_modelpool_add_model(pool, name, m);
+}
+
+int fb_modelpool_num_models(const fb_modelpool *pool)
+{
+    int n = 0;
+    for (int i = 0; i < pool->count; i++) n += !fb_modelpool_is_special(pool->names[i]);
+    return n;
+}
+
+const char *fb_modelpool_model_name(const fb_modelpool *pool, int index)
+{
+    for (int i = 0; i < pool->count; i++) {
+        if (fb_modelpool_is_special(pool->names[i])) continue;
+        if (index-- == 0) return pool->names[i];
+    }
+    return NULL;
+}
+
+const fb_model *fb_modelpool_get(const fb_modelpool *pool, const char *name)
+{
+    int i = find(pool, name);
+    return i >= 0 ? pool->models[i] : NULL;
+}
+
+int fb_modelpool_has_pretrained(const fb_modelpool *pool)
+{
+    return find(pool, FB_PRETRAINED) >= 0;
+}
+
+const char *fb_modelpool_path(const fb_modelpool *pool, const char *name)
+{
+    const fb_model *m = fb_modelpool_get(pool, name);
+    return m ? m->path : NULL;
+}
+
+/* A model entry is a path, or FusionBench's mapping form with the path under
+ * pretrained_model_name_or_path (or path). */
+static fb_status entry_path(const char *name, const fb_config *v, const char **path)
+{
+    if (v && v->kind == FB_CFG_MAP) {
+        for (int i = 0; i < v->count; i++) {
+            const char *k = v->keys[i];
+            if (strcmp(k, "_target_") && strcmp(k, "pretrained_model_name_or_path") &&
+                strcmp(k, "path"))
+                return fb_set_error(FB_ERR_CONFIG,
+                                    "%s: model '%s': unknown key '%s' (expected "
+                                    "pretrained_model_name_or_path or path)",
+                                    fb_cfg_where(v), name, k);
+        }
+        const fb_config *p = fb_cfg_map_get(v, "pretrained_model_name_or_path");
+        if (!p) p = fb_cfg_map_get(v, "path");
+        if (!p)
+            return fb_set_error(FB_ERR_CONFIG, "%s: model '%s' has no path", fb_cfg_where(v),
+                                name);
+        v = p;
+    }
+    char key[300];
+    snprintf(key, sizeof key, "models.%s", name);
+    return fb_cfg_string(v, key, path);
+}
+
+fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
+{
+    *out = NULL;
+    if (!node || node->kind != FB_CFG_MAP)
+        return fb_set_error(FB_ERR_CONFIG, "%s: a modelpool must be a mapping with 'models'",
+                            fb_cfg_where(node));
+    for (int i = 0; i < node->count; i++) {
+        const char *k = node->keys[i];
+        if (strcmp(k, "models") && strcmp(k, "_target_") && strcmp(k, "_recursive_") &&
+            strcmp(k, "_usage_"))
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: unknown modelpool key '%s' (known: models, _target_, "
+                                "_recursive_, _usage_)",
+                                fb_cfg_where(node->items[i]), k);
+    }
+    const fb_config *models = fb_cfg_map_get(node, "models");
+    if (!models || models->kind != FB_CFG_MAP || models->count == 0)
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: modelpool needs 'models', a mapping of name: path",
+                            fb_cfg_where(models ? models : node));
+    fb_modelpool *pool;
+    fb_status st = fb_modelpool_create(&pool);
+    if (st) return st;
+    for (int i = 0; i < models->count && !st; i++) {
+        const fb_config *v = models->items[i];
+        const char *rel;
+        if ((st = entry_path(models->keys[i], v, &rel))) break;
+        char *dir = v->origin ? fb_path_dirname(v->origin) : NULL;
+        char *path = fb_path_join(dir, rel);
+        fb_free(dir);
+        if (!path) st = FB_ERR_NOMEM;
+        else st = fb_modelpool_add_path(pool, models->keys[i], path);
+        fb_free(path);
+    }
+    if (st) {
+        fb_modelpool_free(pool);
+        return st;
+    }
+    *out = pool;
+    return FB_OK;
+}
+
+fb_status fb_modelpool_load_config(const char *yaml_path, fb_modelpool **out)
+{
+    *out = NULL;
+    fb_config *cfg;
+    fb_status st = fb_config_load(yaml_path, &cfg);
+    if (st) return st;
+    st = fb_modelpool_from_config(cfg, out);
+    fb_config_free(cfg);
+    return st;
+}
