@@ -120,7 +120,7 @@ void fb_model_free(fb_model *m)
     fb_free(m);
 }
 
-const char *fb_model_label(const fb_model *m) { return m->path ? m->path : "(in memory)"; }
+const char *fb_model_label(const fb_model *m) { return m->path ? m->path : "in memory"; }
 
 /* Makes a tensor record with name, dtype and shape checked; no bytes yet. */
 static fb_status tensor_new(const fb_model *m, const char *name, fb_dtype dtype, int ndim,

@@ -53,7 +53,7 @@ fb_status fb_tensor_read(const fb_tensor *t, size_t offset, size_t n, void *dst)
 fb_status fb_tensor_view(const fb_tensor *t, size_t offset, size_t n, void *scratch,
                          const void **out);
 
-/* A label for messages: the model's path, or "(in memory)". */
+/* A label for messages: the model's path, or "in memory". */
 const char *fb_model_label(const fb_model *model);
 
 #endif

@@ -286,7 +286,7 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
     if (!is_folder) {
         int fd = mkstemp(w->tmp_path);
         if (fd < 0) {
-            st = fb_set_error(FB_ERR_IO, "%s: cannot create output: %s", w->tmp_path,
+            st = fb_set_error(FB_ERR_IO, "%s: cannot create output: %s", path,
                               strerror(errno));
             w->tmp_path[0] = '\0';
             goto fail;
@@ -295,7 +295,7 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
         if ((st = open_shard(w, 0, w->tmp_path, fd))) goto fail;
     } else {
         if (!mkdtemp(w->tmp_path)) {
-            st = fb_set_error(FB_ERR_IO, "%s: cannot create output folder: %s", w->tmp_path,
+            st = fb_set_error(FB_ERR_IO, "%s: cannot create output folder: %s", path,
                               strerror(errno));
             w->tmp_path[0] = '\0';
             goto fail;

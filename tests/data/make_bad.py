@@ -1,0 +1,154 @@
+"""Writes the malformed checkpoints of tests/data/bad/ and their expected errors.
+
+    python3 tests/data/make_bad.py     (the files are committed; rerun only to change them)
+
+Each case is a file (or a sharded folder) and a piece of text its one-line error must contain.
+"""
+import json
+import os
+import shutil
+import struct
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bad")
+
+
+def st_bytes(header, data=b"", pad=True, raw_header=None):
+    h = raw_header if raw_header is not None else json.dumps(header).encode()
+    if pad:
+        h += b" " * ((8 - (len(h) + 8) % 8) % 8)
+    return struct.pack("<Q", len(h)) + h + data
+
+
+def f32(name, shape, begin, end):
+    return {name: {"dtype": "F32", "shape": shape, "data_offsets": [begin, end]}}
+
+
+ok_header = f32("w", [2], 0, 8)
+cases = []
+
+
+def case(name, content, expect):
+    cases.append((name, expect))
+    with open(os.path.join(HERE, name), "wb") as f:
+        f.write(content)
+
+
+def merge(*ds):
+    out = {}
+    for d in ds:
+        out.update(d)
+    return out
+
+
+shutil.rmtree(HERE, ignore_errors=True)
+os.makedirs(HERE)
+
+case("empty.safetensors", b"", "too short for the 8-byte header length")
+case("short.safetensors", b"\x10\x00\x00", "too short for the 8-byte header length")
+case("header_past_end.safetensors", struct.pack("<Q", 4096) + b"{}", "runs past the end of the file")
+case("header_too_big.safetensors", struct.pack("<Q", 200_000_000) + b"{}" + b" " * 6,
+     "exceeds the limit")
+case("truncated.safetensors", st_bytes(ok_header, b"\0" * 8)[:-3],
+     "run past the end of the data section")
+case("bad_json.safetensors", st_bytes(None, b"", raw_header=b'{"w": {"dtype": "F32",'),
+     "not valid JSON")
+case("not_json_at_all.safetensors", st_bytes(None, b"", raw_header=b"PK\x03\x04garbage!"),
+     "does not start with '{'")
+case("json_array.safetensors", st_bytes(None, b"", raw_header=b"[1, 2, 3]"),
+     "does not start with '{'")
+case("trailing_garbage.safetensors", st_bytes(None, b"\0" * 8,
+     raw_header=json.dumps(ok_header).encode() + b" xyz"), "bytes after the JSON object")
+case("entry_not_object.safetensors", st_bytes({"w": [1, 2]}), "entry is not a JSON object")
+case("unknown_dtype.safetensors",
+     st_bytes({"w": {"dtype": "F7", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+     "unknown dtype 'F7'")
+case("dtype_not_string.safetensors",
+     st_bytes({"w": {"dtype": 4, "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+     "dtype is not a string")
+case("missing_offsets.safetensors", st_bytes({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8),
+     "missing field 'data_offsets'")
+case("missing_shape.safetensors",
+     st_bytes({"w": {"dtype": "F32", "data_offsets": [0, 8]}}, b"\0" * 8),
+     "missing field 'shape'")
+case("extra_field.safetensors",
+     st_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}}, b"\0" * 8),
+     "unexpected or repeated field 'x'")
+case("shape_not_array.safetensors",
+     st_bytes({"w": {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}}, b"\0" * 8),
+     "shape is not an array")
+case("negative_dim.safetensors", st_bytes(f32("w", [-2], 0, 8), b"\0" * 8),
+     "shape entry 0 is not a non-negative integer")
+case("fractional_dim.safetensors", st_bytes(f32("w", [2.5], 0, 10), b"\0" * 10),
+     "shape entry 0 is not a non-negative integer")
+case("rank_too_high.safetensors", st_bytes(f32("w", [1] * 9, 0, 4), b"\0" * 4),
+     "rank 9 exceeds the limit")
+case("shape_overflow.safetensors", st_bytes(f32("w", [2**40, 2**40, 2**40], 0, 8), b"\0" * 8),
+     "overflows")
+case("offsets_one_number.safetensors",
+     st_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, b"\0" * 8),
+     "data_offsets must be [begin, end]")
+case("offsets_negative.safetensors", st_bytes(f32("w", [2], -8, 0), b"\0" * 8),
+     "data_offsets must be [begin, end]")
+case("offsets_reversed.safetensors", st_bytes(f32("w", [0], 8, 0), b"\0" * 8),
+     "end before they begin")
+case("size_mismatch.safetensors", st_bytes(f32("w", [2, 3], 0, 20), b"\0" * 20),
+     "need 24 bytes but data_offsets [0, 20] span 20")
+case("out_of_range.safetensors", st_bytes(f32("w", [2], 0, 8), b"\0" * 4),
+     "run past the end of the data section")
+case("overlap.safetensors",
+     st_bytes(merge(f32("a", [2], 0, 8), f32("b", [2], 4, 12)), b"\0" * 12), "overlap tensor 'a'")
+case("hole.safetensors", st_bytes(merge(f32("a", [2], 0, 8), f32("b", [2], 12, 20)), b"\0" * 20),
+     "unused bytes before tensor 'b'")
+case("trailing_data.safetensors", st_bytes(f32("a", [2], 0, 8), b"\0" * 16),
+     "after the last tensor are not used")
+case("duplicate_name.safetensors",
+     st_bytes(None, b"\0" * 16, raw_header=b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+              b'"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}'), "'a' is defined twice")
+case("metadata_not_strings.safetensors",
+     st_bytes(merge({"__metadata__": {"format": 1}}, ok_header), b"\0" * 8),
+     "__metadata__ value 'format' is not a string")
+case("metadata_not_object.safetensors",
+     st_bytes(merge({"__metadata__": "pt"}, ok_header), b"\0" * 8), "__metadata__ is not a JSON")
+case("header_tiny.safetensors", struct.pack("<Q", 1) + b"{", "too short for a JSON object")
+
+
+def sharded(name, index, shards, expect):
+    d = os.path.join(HERE, name)
+    os.makedirs(d)
+    if index is not None:
+        with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+            f.write(index if isinstance(index, str) else json.dumps(index))
+    for fname, content in shards.items():
+        with open(os.path.join(d, fname), "wb") as f:
+            f.write(content)
+    cases.append((name, expect))
+
+
+shard_a = st_bytes(f32("a", [2], 0, 8), b"\0" * 8)
+shard_b = st_bytes(f32("b", [2], 0, 8), b"\0" * 8)
+sharded("sharded_no_weight_map", {"metadata": {}}, {"s1.safetensors": shard_a},
+        "missing 'weight_map'")
+sharded("sharded_bad_json", '{"weight_map": {', {}, "not a JSON object")
+sharded("sharded_escape", {"weight_map": {"a": "../empty.safetensors"}}, {},
+        "not a plain file name")
+sharded("sharded_missing_shard", {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}},
+        {"s1.safetensors": shard_a}, "cannot open")
+sharded("sharded_unlisted_tensor", {"weight_map": {"a": "s1.safetensors"}},
+        {"s1.safetensors": st_bytes(merge(f32("a", [2], 0, 8), f32("z", [2], 8, 16)), b"\0" * 16)},
+        "holds tensor 'z', which the weight_map does not list")
+sharded("sharded_wrong_shard", {"weight_map": {"a": "s2.safetensors", "b": "s1.safetensors"}},
+        {"s1.safetensors": shard_a, "s2.safetensors": shard_b}, "but the weight_map says")
+sharded("sharded_bad_shard", {"weight_map": {"a": "s1.safetensors"}},
+        {"s1.safetensors": b"\x00\x01"}, "too short for the 8-byte header length")
+sharded("sharded_duplicate", {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}},
+        {"s1.safetensors": shard_a, "s2.safetensors": st_bytes(merge(f32("a", [2], 0, 8),
+                                                                    f32("b", [2], 8, 16)),
+                                                              b"\0" * 16)},
+        "is defined twice")
+sharded("folder_without_model", None, {"readme.txt": b"hello"}, "neither model.safetensors")
+
+with open(os.path.join(HERE, "expected.txt"), "w") as f:
+    f.write("# file<TAB>text its error must contain (written by tests/data/make_bad.py)\n")
+    for name, expect in cases:
+        f.write(f"{name}\t{expect}\n")
+print(f"make_bad: {len(cases)} cases in {HERE}")

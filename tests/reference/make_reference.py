@@ -1,0 +1,251 @@
+"""Reference data for the C tests, computed with PyTorch from the papers' formulas.
+
+    /usr/bin/python3 tests/reference/make_reference.py OUT_DIR
+
+Writes model pools (f32, f16, bf16), the merges each method must produce (computed here with
+torch ops in the order FusionBench applies them), dtype and conversion tables, and a sharded
+checkpoint, plus cases.json describing every merge case for the C tests.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import st  # noqa: E402
+
+torch.manual_seed(0)
+OUT = sys.argv[1]
+os.makedirs(OUT, exist_ok=True)
+
+# Shapes with awkward sizes: a matrix larger than one 16384-element chunk (so chunk edges are
+# crossed), primes, a conv kernel, a 0-d scalar, an empty tensor, and non-float buffers that
+# are equal in every model (copied, not merged).
+SHAPES = {
+    "embeddings.position_ids": None,  # I64 buffer
+    "encoder.layers.0.mlp.fc1.weight": (211, 197),
+    "encoder.layers.0.mlp.fc1.bias": (211,),
+    "encoder.layers.0.mlp.fc2.weight": (13, 211),
+    "patch_embedding.weight": (5, 3, 4, 4),
+    "logit_scale": (),
+    "empty.weight": (0, 7),
+    "attention.mask": None,  # BOOL buffer
+}
+NUM_MODELS = 3
+
+
+def make_pool(dtype):
+    """_pretrained_ + 3 fine-tuned models: base + a task-specific change."""
+    base = {}
+    for name, shape in SHAPES.items():
+        if name == "embeddings.position_ids":
+            base[name] = torch.arange(50, dtype=torch.int64).reshape(1, 50)
+        elif name == "attention.mask":
+            base[name] = torch.rand(4, 4) > 0.5
+        else:
+            base[name] = (torch.randn(shape) * 0.5).to(dtype)
+    models = []
+    for _ in range(NUM_MODELS):
+        m = {}
+        for name, t in base.items():
+            if t.dtype.is_floating_point:
+                m[name] = (t.float() + torch.randn(t.shape) * 0.1).to(dtype)
+            else:
+                m[name] = t.clone()
+        models.append(m)
+    return base, models
+
+
+# The merges, each from its formula, in f32, in the order FusionBench applies the ops; then
+# rounded once to the output dtype.
+def simple_average(base, models):
+    out = {}
+    for k in models[0]:
+        acc = models[0][k].float()
+        for m in models[1:]:
+            acc = acc + m[k].float()
+        out[k] = acc / float(len(models))
+    return out
+
+
+def weighted_average(base, models, weights, normalize):
+    w = np.asarray(weights, dtype=np.float64)
+    if normalize:
+        w = w / w.sum()
+    wf = [torch.tensor(x, dtype=torch.float32) for x in w]  # torch uses f32 scalars here
+    out = {}
+    for k in models[0]:
+        acc = wf[0] * models[0][k].float()
+        for i in range(1, len(models)):
+            acc = acc + wf[i] * models[i][k].float()
+        out[k] = acc
+    return out
+
+
+def task_arithmetic(base, models, scaling_factor):
+    lam = torch.tensor(scaling_factor, dtype=torch.float32)
+    out = {}
+    for k in base:
+        b = base[k].float()
+        tau = models[0][k].float() - b
+        for m in models[1:]:
+            tau = tau + (m[k].float() - b)
+        out[k] = b + lam * tau
+    return out
+
+
+def finish(merged, base):
+    """Non-float tensors are copied from the base; floats rounded to the input dtype."""
+    return {k: (merged[k].to(base[k].dtype) if base[k].dtype.is_floating_point else base[k])
+            for k in base}
+
+
+cases = []
+for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
+    pool_dir = os.path.join(OUT, "pool_" + dname)
+    os.makedirs(pool_dir, exist_ok=True)
+    base, models = make_pool(dtype)
+    names = ["task_a", "task_b", "task_c"]
+    st.save(os.path.join(pool_dir, "pretrained.safetensors"), base, {"format": "pt"})
+    for n, m in zip(names, models):
+        st.save(os.path.join(pool_dir, n + ".safetensors"), m, {"format": "pt"})
+    with open(os.path.join(pool_dir, "pool.yaml"), "w") as f:
+        f.write("models:\n  _pretrained_: pretrained.safetensors\n")
+        for n in names:
+            f.write(f"  {n}: {n}.safetensors\n")
+
+    runs = [
+        ("simple_average", None, [], simple_average(base, models)),
+        ("weighted_average", "{weights: [0.5, 0.3, 0.2], normalize: true}",
+         ["method.weights=[0.5,0.3,0.2]", "method.normalize=true"],
+         weighted_average(base, models, [0.5, 0.3, 0.2], True)),
+        ("weighted_average", "{weights: [0.2, 1.0, -0.5], normalize: false}",
+         ["method.weights=[0.2,1.0,-0.5]", "method.normalize=false"],
+         weighted_average(base, models, [0.2, 1.0, -0.5], False)),
+        ("task_arithmetic", "{scaling_factor: 0.3}", ["method.scaling_factor=0.3"],
+         task_arithmetic(base, models, 0.3)),
+        ("task_arithmetic", "{scaling_factor: 0.7}", ["method.scaling_factor=0.7"],
+         task_arithmetic(base, models, 0.7)),
+    ]
+    for i, (method, params, overrides, merged) in enumerate(runs):
+        exp = os.path.join(pool_dir, f"expected_{i}_{method}.safetensors")
+        st.save(exp, finish(merged, base))
+        cases.append({"pool": os.path.join(pool_dir, "pool.yaml"), "dtype": dname,
+                      "method": method, "params": params, "overrides": overrides,
+                      "expected": exp})
+    # Output in another dtype: computed in f32, rounded once to bf16.
+    if dname == "f32":
+        exp = os.path.join(pool_dir, "expected_ta_as_bf16.safetensors")
+        merged = task_arithmetic(base, models, 0.3)
+        st.save(exp, {k: (v.to(torch.bfloat16) if base[k].dtype.is_floating_point else base[k])
+                      for k, v in merged.items()})
+        cases.append({"pool": os.path.join(pool_dir, "pool.yaml"), "dtype": "f32",
+                      "out_dtype": "bf16", "method": "task_arithmetic",
+                      "params": "{scaling_factor: 0.3}", "overrides": ["dtype=bf16"],
+                      "expected": exp})
+
+with open(os.path.join(OUT, "cases.json"), "w") as f:
+    json.dump(cases, f, indent=1)
+
+# --- dtypes: one tensor of each, with the values the C reader must see as f32 -------------
+special = [0.0, -0.0, 1.0, -2.5, 65504.0, 6.103515625e-05, 5.960464477539063e-08,
+           float("inf"), float("-inf"), 3.140625, -1e-3, 1e5]
+dt = {}
+for name in ["F64", "F32", "F16", "BF16"]:
+    dt[name] = torch.tensor(special, dtype=torch.float64).to(st.TORCH_DTYPES[name])
+dt["I64"] = torch.tensor([-(2**62), -1, 0, 1, 2**62], dtype=torch.int64)
+dt["I32"] = torch.tensor([-(2**31), -1, 0, 2**31 - 1], dtype=torch.int32)
+dt["I16"] = torch.tensor([-32768, -1, 0, 32767], dtype=torch.int16)
+dt["I8"] = torch.tensor([-128, -1, 0, 127], dtype=torch.int8).reshape(2, 2)
+dt["U8"] = torch.tensor([0, 1, 200, 255], dtype=torch.uint8)
+dt["BOOL"] = torch.tensor([True, False, True], dtype=torch.bool)
+raw = {k: v for k, v in dt.items()}
+raw["U16"] = ("U16", [3], np.array([0, 1, 65535], dtype=np.uint16).tobytes())
+raw["U32"] = ("U32", [2], np.array([7, 2**32 - 1], dtype=np.uint32).tobytes())
+raw["U64"] = ("U64", [2], np.array([9, 2**64 - 1], dtype=np.uint64).tobytes())
+
+
+# F8: every byte, decoded here from the format definitions (OCP FP8: E4M3 "fn" with bias 7
+# and no infinities, E5M2 with bias 15 like IEEE half).
+def e4m3(b):
+    s = -1.0 if b & 0x80 else 1.0
+    e, m = (b >> 3) & 0xF, b & 7
+    if e == 15 and m == 7:
+        return float("nan")
+    if e == 0:
+        return s * m / 8.0 * 2.0 ** -6
+    return s * (1 + m / 8.0) * 2.0 ** (e - 7)
+
+
+def e5m2(b):
+    s = -1.0 if b & 0x80 else 1.0
+    e, m = (b >> 2) & 0x1F, b & 3
+    if e == 31:
+        return s * float("inf") if m == 0 else float("nan")
+    if e == 0:
+        return s * m / 4.0 * 2.0 ** -14
+    return s * (1 + m / 4.0) * 2.0 ** (e - 15)
+
+
+allbytes = bytes(range(256))
+raw["F8_E4M3"] = ("F8_E4M3", [256], allbytes)
+raw["F8_E5M2"] = ("F8_E5M2", [16, 16], allbytes)
+st.save(os.path.join(OUT, "dtypes.safetensors"), raw, {"written_by": "make_reference.py",
+                                                       "quote\"and\\slash": "x\ny"})
+f8 = {"F8_E4M3": torch.tensor([e4m3(b) for b in range(256)], dtype=torch.float32),
+      "F8_E5M2": torch.tensor([e5m2(b) for b in range(256)], dtype=torch.float32)}
+f32_of = {k: dt[k].float() for k in ["F64", "F32", "F16", "BF16"]}
+f32_of.update(f8)
+st.save(os.path.join(OUT, "dtypes_as_f32.safetensors"), f32_of)
+
+# --- conversions: every f16 and bf16 bit pattern to f32, and f32 -> f16/bf16 by torch -----
+all16 = torch.arange(65536, dtype=torch.int32).to(torch.int16)
+conv = {
+    "f16_bits": all16.clone(),
+    "f16_as_f32": all16.view(torch.float16).float(),
+    "bf16_bits": all16.clone(),
+    "bf16_as_f32": all16.view(torch.bfloat16).float(),
+}
+# f32 inputs: random bit patterns, values next to every rounding boundary of both formats,
+# overflow and subnormal ranges, and exact ties.
+g = torch.Generator().manual_seed(1)
+rnd = torch.randint(-(2**31), 2**31 - 1, (200000,), generator=g, dtype=torch.int64).to(torch.int32)
+ties = []
+vals = all16.view(torch.float16).float().double()
+finite = vals[torch.isfinite(vals)].sort().values.unique()
+mid = (finite[1:] + finite[:-1]) / 2
+ties.append(mid.float())
+bvals = all16.view(torch.bfloat16).float().double()
+bfinite = bvals[torch.isfinite(bvals)].sort().values.unique()
+ties.append(((bfinite[1:] + bfinite[:-1]) / 2).float())
+src = torch.cat([rnd.view(torch.float32),
+                 torch.tensor([65504.0, 65519.99, 65520.0, 65536.0, 1e-8, 2.9802322e-08,
+                               2.9802326e-08, -0.0, 3e38, float("inf"), float("nan")])]
+                + ties)
+src = src[~torch.isnan(src)]  # NaN payloads are compared separately
+conv["f32_src"] = src
+conv["f32_to_f16"] = src.to(torch.float16)
+conv["f32_to_bf16"] = src.to(torch.bfloat16)
+st.save(os.path.join(OUT, "conversions.safetensors"), conv)
+
+# --- a sharded checkpoint (Hugging Face layout) and the same model in one file --------------
+sh = os.path.join(OUT, "sharded")
+os.makedirs(sh, exist_ok=True)
+model = {f"layers.{i}.weight": torch.randn(17, 9) for i in range(5)}
+model["norm.bias"] = torch.randn(9)
+names = list(model)
+parts = [names[0:2], names[2:4], names[4:]]
+weight_map = {}
+for i, part in enumerate(parts):
+    fname = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+    # shards list their tensors in another order than the index, as real ones may
+    st.save(os.path.join(sh, fname), {k: model[k] for k in reversed(part)}, {"format": "pt"})
+    for k in part:
+        weight_map[k] = fname
+with open(os.path.join(sh, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": sum(v.numel() * 4 for v in model.values())},
+               "weight_map": weight_map}, f, indent=2)
+st.save(os.path.join(OUT, "sharded_single.safetensors"), model)
+print(f"make_reference: {len(cases)} merge cases and format data in {OUT}")
