@@ -83,6 +83,25 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Peak resident memory of this process. VmHWM belongs to this address space, so unlike
+ * getrusage's ru_maxrss it does not include a parent's memory when we were spawned with
+ * vfork semantics (posix_spawn), which Linux carries across exec. */
+static long peak_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
+    if (f) fclose(f);
+    if (kb < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        kb = ru.ru_maxrss;
+    }
+    return kb * 1024L;
+}
+
 static int file_exists(const char *path)
 {
     struct stat st;
@@ -355,8 +374,6 @@ static int run(cli *c)
     double t2 = now();
 
     const fb_model *ref = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, 0));
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
     fb_run_report rep = {
         .config = root,
         .pool = c->pool,
@@ -367,7 +384,7 @@ static int run(cli *c)
         .load_seconds = t1 - t0,
         .merge_seconds = t2 - t1,
         .total_seconds = t2 - t0,
-        .peak_rss_bytes = ru.ru_maxrss * 1024L,
+        .peak_rss_bytes = peak_rss_bytes(),
         .threads = fb_get_num_threads(),
     };
     int n = fb_modelpool_num_models(c->pool);

@@ -32,15 +32,21 @@ static fb_status create(const fb_config *p, void **out)
     return FB_OK;
 }
 
+/* out accumulates tau, then becomes theta; model-outer loops vectorise and keep each
+ * element's f32 operations in the order above. */
 static fb_status merge(const void *p, const fb_merge_chunk *c)
 {
     const float lambda = ((const state *)p)->scaling_factor;
-    const float *base = c->base;
-    for (int64_t j = 0; j < c->count; j++) {
-        float tau = c->models[0][j] - base[j];
-        for (int i = 1; i < c->num_models; i++) tau += c->models[i][j] - base[j];
-        c->out[j] = base[j] + lambda * tau;
+    float *restrict out = c->out;
+    const float *restrict base = c->base;
+    const int64_t n = c->count;
+    const float *restrict m0 = c->models[0];
+    for (int64_t j = 0; j < n; j++) out[j] = m0[j] - base[j];
+    for (int i = 1; i < c->num_models; i++) {
+        const float *restrict mi = c->models[i];
+        for (int64_t j = 0; j < n; j++) out[j] += mi[j] - base[j];
     }
+    for (int64_t j = 0; j < n; j++) out[j] = base[j] + lambda * out[j];
     return FB_OK;
 }
 

@@ -78,10 +78,15 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 static fb_status merge(const void *p, const fb_merge_chunk *c)
 {
     const state *s = p;
-    for (int64_t j = 0; j < c->count; j++) {
-        float acc = s->weights[0] * c->models[0][j];
-        for (int i = 1; i < c->num_models; i++) acc += s->weights[i] * c->models[i][j];
-        c->out[j] = acc;
+    float *restrict out = c->out;
+    const int64_t n = c->count;
+    const float w0 = s->weights[0];
+    const float *restrict m0 = c->models[0];
+    for (int64_t j = 0; j < n; j++) out[j] = w0 * m0[j];
+    for (int i = 1; i < c->num_models; i++) {
+        const float wi = s->weights[i];
+        const float *restrict mi = c->models[i];
+        for (int64_t j = 0; j < n; j++) out[j] += wi * mi[j];
     }
     return FB_OK;
 }
