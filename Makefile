@@ -30,7 +30,7 @@ DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 
 .SECONDARY:
-.PHONY: all deps test-deps test demo bench clean format
+.PHONY: all deps test-deps test test-sanitize demo bench clean format
 all: $(CLI) $(EXAMPLES)
 
 # Missing Debian packages: installed when root, else named. The stamp keeps it to one check.
@@ -74,6 +74,12 @@ test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES)
 	@rm -rf $(BUILD)/ref && mkdir -p $(BUILD)/ref
 	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
 	$(TESTS) --ref $(BUILD)/ref --cli $(CLI) --bin $(BUILD)
+
+# The whole suite under AddressSanitizer, UndefinedBehaviorSanitizer and LeakSanitizer, in a
+# separate build folder.
+test-sanitize: $(TDEPS_OK)
+	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    LDFLAGS="-fopenmp -fsanitize=address,undefined" test
 
 demo: $(CLI) $(EXAMPLES)
 	@sh examples/demo.sh $(BUILD)

@@ -12,6 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 enum { MAX_TESTS = 1024 };
 typedef struct test_case {
     const char *name;
@@ -101,6 +105,10 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             tests[i].fn();
+#if defined(__SANITIZE_ADDRESS__)
+            /* _exit skips LeakSanitizer's exit-time check: run it for this test now */
+            if (__lsan_do_recoverable_leak_check()) fb_test_fail(__FILE__, __LINE__, "leaks");
+#endif
             fflush(stdout);
             fflush(stderr);
             _exit(failures ? 1 : 0);

@@ -28,6 +28,19 @@ TEST(every_dtype_round_trips_through_write_and_read)
     REQUIRE_OK(fb_model_load(out, &back));
     EXPECT(fb_test_models_match(back, m, 0));
     EXPECT(fb_model_num_tensors(back) == 15);
+    /* files written here keep every tensor aligned for its dtype (data sorted by size) */
+    for (int64_t i = 0; i < fb_model_num_tensors(back); i++) {
+        const fb_tensor *t = fb_model_tensor(back, i);
+        if (t->src_offset % fb_dtype_size(t->dtype))
+            fb_test_fail(__FILE__, __LINE__, "tensor '%s' at misaligned offset %llu", t->name,
+                         (unsigned long long)t->src_offset);
+    }
+    /* a file from elsewhere with a misaligned tensor still yields an aligned pointer */
+    const fb_tensor *u64 = fb_model_find(m, "U64");
+    const void *p;
+    REQUIRE(u64);
+    EXPECT_OK(fb_tensor_data(u64, &p));
+    EXPECT((uintptr_t)p % 8 == 0 && ((const uint64_t *)p)[1] == UINT64_MAX);
     EXPECT(!strcmp(fb_model_get_metadata(back, "quote\"and\\slash"), "x\ny"));
     /* the header is padded so the data starts on an 8-byte boundary */
     size_t len;

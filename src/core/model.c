@@ -27,8 +27,27 @@ fb_status fb_tensor_data(const fb_tensor *t, const void **data)
     const uint8_t *base;
     fb_status st = fb_source_map(t->src, &base);
     if (st) return fb_error_prefix(st, "tensor '%s'", t->name);
-    *data = base + t->src_offset;
-    return FB_OK;
+    const uint8_t *p = base + t->src_offset;
+    size_t align = fb_dtype_size(t->dtype);
+    if ((uintptr_t)p % align == 0) {
+        *data = p;
+        return FB_OK;
+    }
+    /* safetensors does not pad between tensors, so a file written elsewhere may hold a
+     * tensor at an offset its dtype cannot be read from: hand out an aligned private copy,
+     * kept with the tensor (under the file's lock, as several threads may ask at once). */
+    pthread_mutex_lock(&t->src->lock);
+    if (!t->data) {
+        void *copy = fb_malloc(t->nbytes);
+        if (copy) {
+            memcpy(copy, p, t->nbytes);
+            ((fb_tensor *)t)->data = copy;
+            ((fb_tensor *)t)->owns_data = 1;
+        }
+    }
+    pthread_mutex_unlock(&t->src->lock);
+    *data = t->data;
+    return t->data ? FB_OK : FB_ERR_NOMEM;
 }
 
 fb_status fb_tensor_read(const fb_tensor *t, size_t offset, size_t n, void *dst)

@@ -306,7 +306,18 @@ fb_status fb_safetensors_header(const fb_model *layout, int64_t first, int64_t c
         fb_buf_puts(&json, "}");
         need_comma = 1;
     }
+    /* Data goes in order of decreasing element size (stable), so with the 8-byte aligned
+     * data start every tensor is aligned for its dtype; the header keeps model order. */
     uint64_t offset = 0;
+    for (size_t es = 8; es >= 1; es /= 2) {
+        for (int64_t i = 0; i < count; i++) {
+            const fb_tensor *t = layout->tensors[first + i];
+            size_t size = fb_dtype_size(t->dtype);
+            if (size != es) continue;
+            rel_offsets[i] = offset;
+            offset += t->nbytes;
+        }
+    }
     for (int64_t i = 0; i < count; i++) {
         const fb_tensor *t = layout->tensors[first + i];
         if (need_comma) fb_buf_puts(&json, ",");
@@ -315,10 +326,9 @@ fb_status fb_safetensors_header(const fb_model *layout, int64_t first, int64_t c
         fb_buf_printf(&json, ":{\"dtype\":\"%s\",\"shape\":[", fb_dtype_name(t->dtype));
         for (int d = 0; d < t->ndim; d++)
             fb_buf_printf(&json, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-        fb_buf_printf(&json, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
-                      (unsigned long long)(offset + t->nbytes));
-        rel_offsets[i] = offset;
-        offset += t->nbytes;
+        fb_buf_printf(&json, "],\"data_offsets\":[%llu,%llu]}",
+                      (unsigned long long)rel_offsets[i],
+                      (unsigned long long)(rel_offsets[i] + t->nbytes));
     }
     fb_buf_puts(&json, "}");
     while ((json.len + 8) % 8) fb_buf_puts(&json, " ");

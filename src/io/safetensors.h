@@ -19,7 +19,8 @@ fb_status fb_safetensors_read(const char *path, fb_model *model);
 
 /* Builds the header for tensors [first, first + count) of layout (and the layout's metadata,
  * when with_metadata): JSON padded with spaces so that 8 + header length is a multiple of 8.
- * rel_offsets[i] receives the data offset of tensor first + i, relative to the data start.
+ * rel_offsets[i] receives the data offset of tensor first + i, relative to the data start;
+ * data is laid out by decreasing element size so every tensor is aligned for its dtype.
  * out receives the full prefix: the 8-byte length and the JSON. */
 fb_status fb_safetensors_header(const fb_model *layout, int64_t first, int64_t count,
                                 int with_metadata, fb_buf *out, uint64_t *rel_offsets);
