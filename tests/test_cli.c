@@ -202,7 +202,8 @@ TEST(cli_bad_input_gives_one_line_error_and_no_output)
         const char *args[8];
         const char *expect;
     } cases[] = {
-        {{"method=ties_mergin", f32pool, save}, "no such config"},
+        {{"method=ties_mergin", f32pool, save}, "unknown method 'ties_mergin'"},
+        {{"method=no/such.yaml", f32pool, save}, "no such config"},
         {{"method=simple_average", f32pool, "unknown_key=1", save}, "unknown config key 'unknown_key'"},
         {{"method=task_arithmetic", f32pool, "method.k=20", save}, "no parameter 'k'"},
         {{"method=task_arithmetic", f32pool, "method.scaling_factor=abc", save}, "must be a number"},

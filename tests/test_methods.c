@@ -117,12 +117,19 @@ TEST(same_bytes_for_one_and_two_threads)
 {
     const char *methods[][2] = {{"simple_average", NULL},
                                 {"weighted_average", "{weights: [1, 2, 3, 4, 5]}"},
-                                {"task_arithmetic", "{scaling_factor: 0.45}"}};
+                                {"task_arithmetic", "{scaling_factor: 0.45}"},
+                                {"ties_merging", "{threshold: 30}"},
+                                {"ties_merging", "{merge_func: mean, remove_keys: [layer2.weight]}"},
+                                {"dare_task_arithmetic", "{seed: 5}"},
+                                {"dare_ties_merging", "{seed: 9}"},
+                                {"dare_simple_average", NULL},
+                                {"magmax", NULL}};
+    const int num_methods = sizeof methods / sizeof methods[0];
     fb_dtype dtypes[] = {FB_F32, FB_BF16};
     for (int d = 0; d < 2; d++) {
         fb_modelpool *pool = random_pool(5, dtypes[d], 42 + (uint64_t)d);
         REQUIRE(pool);
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < num_methods; i++) {
             fb_method *m;
             REQUIRE_OK(fb_method_create(methods[i][0], methods[i][1], &m));
             char *bytes[2];
@@ -134,7 +141,9 @@ TEST(same_bytes_for_one_and_two_threads)
                 bytes[t] = fb_test_read_file(p, &len[t]);
             }
             fb_set_num_threads(0);
-            EXPECT(bytes[0] && bytes[1] && len[0] == len[1] && !memcmp(bytes[0], bytes[1], len[0]));
+            if (!(bytes[0] && bytes[1] && len[0] == len[1] && !memcmp(bytes[0], bytes[1], len[0])))
+                fb_test_fail(__FILE__, __LINE__, "%s %s: 1 and 2 threads differ", methods[i][0],
+                             methods[i][1] ? methods[i][1] : "");
             free(bytes[0]);
             free(bytes[1]);
             fb_method_free(m);
@@ -242,6 +251,18 @@ TEST(bad_method_names_and_parameters_are_errors)
                  "weights[1]");
     EXPECT_ERROR(fb_method_create("simple_average", "[1, 2]", &m), FB_ERR_CONFIG,
                  "must be a mapping");
+    EXPECT_ERROR(fb_method_create("ties_merging", "{threshold: 0}", &m), FB_ERR_ARG,
+                 "'threshold' is 0");
+    EXPECT_ERROR(fb_method_create("ties_merging", "{threshold: 120}", &m), FB_ERR_ARG,
+                 "'threshold' is 120; it must be in [0, 100]");
+    EXPECT_ERROR(fb_method_create("ties_merging", "{merge_func: median}", &m), FB_ERR_ARG,
+                 "'merge_func' is 'median'");
+    EXPECT_ERROR(fb_method_create("dare_task_arithmetic", "{sparsity_ratio: -0.1}", &m),
+                 FB_ERR_ARG, "'sparsity_ratio' is -0.1");
+    EXPECT_ERROR(fb_method_create("linear_interpolation", "{t: 1.5}", &m), FB_ERR_ARG,
+                 "'t' is 1.5; it must be in [0, 1]");
+    EXPECT_ERROR(fb_method_create("ties_merging", "{remove_keys: ['(']}", &m), FB_ERR_CONFIG,
+                 "not a valid pattern");
     EXPECT(m == NULL);
 
     fb_modelpool *pool;
@@ -251,6 +272,11 @@ TEST(bad_method_names_and_parameters_are_errors)
     fb_modelpool_add_model(pool, "c", tiny("w", FB_F32, 4, 3));
     EXPECT_ERROR(merge_pool("weighted_average", "{weights: [0.5, 0.5]}", pool), FB_ERR_ARG,
                  "got 2 weights for 3 models");
+    EXPECT_ERROR(merge_pool("linear_interpolation", NULL, pool), FB_ERR_ARG,
+                 "needs exactly two models");
+    fb_modelpool_add_model(pool, "_pretrained_", tiny("w", FB_F32, 4, 0));
+    EXPECT_ERROR(merge_pool("expo", NULL, pool), FB_ERR_ARG,
+                 "method expo merges exactly 1 model; the pool has 3");
     fb_modelpool_free(pool);
 }
 

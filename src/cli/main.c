@@ -152,6 +152,19 @@ static fb_status load_group(const char *config_dir, const char *group, const cha
     char rel[PATH_MAX];
     int has_ext = n > 5 && strcmp(name + n - 5, ".yaml") == 0;
     snprintf(rel, sizeof rel, "%s/%s/%s%s", config_dir, group, name, has_ext ? "" : ".yaml");
+    if (!file_exists(rel) && strcmp(group, "method") == 0 && !looks_like_path) {
+        /* every registered method works without a file: its declared defaults */
+        if (!fb_method_lookup(name)) return fb_method_unknown(name);
+        fb_config *node, *v;
+        fb_status st = fb_cfg_new(FB_CFG_MAP, NULL, &node);
+        if (!st && !(st = fb_cfg_new(FB_CFG_SCALAR, name, &v))) st = fb_cfg_map_set(node, "name", v);
+        if (st) {
+            fb_config_free(node);
+            return st;
+        }
+        *out = node;
+        return FB_OK;
+    }
     if (!file_exists(rel))
         return fb_set_error(FB_ERR_NOT_FOUND,
                             "%s=%s: no such config (looked for %s%s)", group, name, rel,
@@ -327,7 +340,7 @@ static void print_config(const fb_config *root)
 static int list_methods(void)
 {
     for (int i = 0; i < fb_method_registry_count(); i++)
-        printf("%-20s %s\n", fb_method_registry_name(i), fb_method_registry_summary(i));
+        printf("%-22s %s\n", fb_method_registry_name(i), fb_method_registry_summary(i));
     return 0;
 }
 

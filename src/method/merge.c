@@ -43,7 +43,13 @@ typedef struct job {
     uint8_t *raw;            /* threads x (inputs + 1) x chunk x 8 bytes */
     const float **ptrs;      /* threads x inputs */
     const fb_tensor **tensors; /* inputs: the current tensor of each input */
+    size_t raw_es;           /* bytes per element of the raw buffers */
+    uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
+    void **accs;             /* prepare passes: one accumulator per thread */
+    size_t acc_bytes;
 } job;
+
+enum { COPY_BYTES = 1 << 20 };
 
 static const char *label(const job *J, int k)
 {
@@ -124,11 +130,24 @@ static fb_status check_agreement(const job *J, int k)
 static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *pool)
 {
     J->num_models = fb_modelpool_num_models(pool);
-    J->has_base = m->ops->needs_base;
+    J->has_base = m->ops->needs_base || (m->ops->optional_base && fb_modelpool_has_pretrained(pool));
     if (J->num_models == 0)
         return fb_set_error(FB_ERR_ARG, "method %s: the model pool has no models to merge "
                                         "(names like _pretrained_ are not merged)",
                             m->ops->name);
+    const fb_method_ops *ops = m->ops;
+    if ((ops->min_models && J->num_models < ops->min_models) ||
+        (ops->max_models && J->num_models > ops->max_models)) {
+        if (ops->min_models == ops->max_models)
+            return fb_set_error(FB_ERR_ARG, "method %s merges exactly %d model%s; the pool has %d",
+                                ops->name, ops->min_models, ops->min_models == 1 ? "" : "s",
+                                J->num_models);
+        if (ops->max_models && J->num_models > ops->max_models)
+            return fb_set_error(FB_ERR_ARG, "method %s merges at most %d models; the pool has %d",
+                                ops->name, ops->max_models, J->num_models);
+        return fb_set_error(FB_ERR_ARG, "method %s needs at least %d models; the pool has %d",
+                            ops->name, ops->min_models, J->num_models);
+    }
     if (J->has_base && !fb_modelpool_has_pretrained(pool))
         return fb_set_error(FB_ERR_ARG,
                             "method %s needs the base model: add '%s' to the model pool",
@@ -224,32 +243,55 @@ static fb_status check_output_path(const job *J, const char *path)
 
 static fb_status allocate_scratch(job *J)
 {
+    const fb_method_ops *ops = J->method->ops;
 #ifdef _OPENMP
     J->threads = omp_get_max_threads();
 #else
     J->threads = 1;
 #endif
     J->chunk = FB_MERGE_CHUNK;
-    if (J->method->ops->whole_tensor) {
+    if (ops->whole_tensor) {
+        J->threads = 1; /* whole tensors are merged on the calling thread */
         J->chunk = 1;
         for (int64_t i = 0; i < J->ref->count; i++)
             if (J->ref->tensors[i]->numel > J->chunk) J->chunk = J->ref->tensors[i]->numel;
     }
+    /* raw buffers hold inputs that need widening and outputs that need narrowing */
+    J->raw_es = 0;
+    for (int64_t i = 0; i < J->ref->count; i++) {
+        const fb_tensor *in = J->ref->tensors[i], *out = J->out->tensors[i];
+        if (!fb_dtype_is_float(in->dtype)) continue;
+        if (in->dtype != FB_F32 && fb_dtype_size(in->dtype) > J->raw_es)
+            J->raw_es = fb_dtype_size(in->dtype);
+        if (out->dtype != FB_F32 && fb_dtype_size(out->dtype) > J->raw_es)
+            J->raw_es = fb_dtype_size(out->dtype);
+    }
     size_t slots = (size_t)J->threads * (size_t)(J->num_inputs + 1);
     J->f32 = fb_malloc(slots * (size_t)J->chunk * sizeof(float));
-    J->raw = fb_malloc(slots * (size_t)J->chunk * 8);
+    J->raw = fb_malloc(slots * (size_t)J->chunk * (J->raw_es ? J->raw_es : 1));
     J->ptrs = fb_malloc((size_t)J->threads * (size_t)J->num_inputs * sizeof *J->ptrs);
     J->tensors = fb_malloc((size_t)J->num_inputs * sizeof *J->tensors);
-    return J->f32 && J->raw && J->ptrs && J->tensors ? FB_OK : FB_ERR_NOMEM;
+    J->copy_buf = fb_malloc(2 * (size_t)COPY_BYTES);
+    if (!J->f32 || !J->raw || !J->ptrs || !J->tensors || !J->copy_buf) return FB_ERR_NOMEM;
+    if (ops->prepare_passes) {
+        J->acc_bytes = ops->prepare_bytes(J->method->state);
+        J->accs = fb_calloc((size_t)J->threads, sizeof *J->accs);
+        if (!J->accs) return FB_ERR_NOMEM;
+        for (int t = 0; t < J->threads; t++)
+            if (!(J->accs[t] = fb_malloc(J->acc_bytes ? J->acc_bytes : 1))) return FB_ERR_NOMEM;
+    }
+    return FB_OK;
 }
 
 /* --------------------------------------------------------------------- execution -- */
 
-/* Merges chunk c of the current float tensor on thread tid. */
-static fb_status merge_chunk(const job *J, int64_t ti, int64_t c, int tid)
+/* What a pass over a tensor's chunks does with each chunk. */
+enum { DO_MERGE = -1, DO_COPY_SOURCE = -2 }; /* >= 0: prepare pass number */
+
+/* Reads chunk c of every input of the current tensor as f32 (thread tid's buffers). */
+static fb_status load_chunk(const job *J, int64_t c, int tid, fb_merge_chunk *mc)
 {
     const fb_tensor *rt = J->tensors[J->has_base ? J->num_models : 0];
-    fb_tensor *ot = J->out->tensors[ti];
     int64_t begin = c * J->chunk;
     int64_t n = rt->numel - begin < J->chunk ? rt->numel - begin : J->chunk;
     size_t slot = (size_t)tid * (size_t)(J->num_inputs + 1);
@@ -258,7 +300,7 @@ static fb_status merge_chunk(const job *J, int64_t ti, int64_t c, int tid)
     for (int k = 0; k < J->num_inputs; k++) {
         const fb_tensor *t = J->tensors[k];
         float *fbuf = J->f32 + (slot + (size_t)k) * (size_t)J->chunk;
-        uint8_t *rbuf = J->raw + (slot + (size_t)k) * (size_t)J->chunk * 8;
+        uint8_t *rbuf = J->raw + (slot + (size_t)k) * (size_t)J->chunk * J->raw_es;
         size_t es = fb_dtype_size(t->dtype);
         const void *p;
         if (t->dtype == FB_F32) {
@@ -270,39 +312,72 @@ static fb_status merge_chunk(const job *J, int64_t ti, int64_t c, int tid)
         if ((st = fb_convert_to_f32(t->dtype, p, fbuf, n))) return st;
         ptrs[k] = fbuf;
     }
-    float *obuf = J->f32 + (slot + (size_t)J->num_inputs) * (size_t)J->chunk;
-    uint8_t *orbuf = J->raw + (slot + (size_t)J->num_inputs) * (size_t)J->chunk * 8;
-    int direct = J->to_memory && ot->dtype == FB_F32;
-    float *out = direct ? (float *)ot->data + begin : obuf;
-    fb_merge_chunk mc = {
+    *mc = (fb_merge_chunk){
         .tensor = rt,
-        .tensor_index = ti,
         .begin = begin,
         .count = n,
         .base = J->has_base ? ptrs[J->num_models] : NULL,
         .models = ptrs,
         .num_models = J->num_models,
-        .out = out,
     };
-    if ((st = J->method->ops->merge(J->method->state, &mc)))
-        return fb_error_prefix(st, "tensor '%s'", rt->name);
-    if (direct) return FB_OK;
+    return FB_OK;
+}
+
+/* Stores a merged f32 chunk into the output tensor ti (memory, file, or nowhere). */
+static fb_status store_chunk(const job *J, int64_t ti, const fb_merge_chunk *mc, int tid)
+{
+    fb_tensor *ot = J->out->tensors[ti];
+    size_t slot = (size_t)tid * (size_t)(J->num_inputs + 1) + (size_t)J->num_inputs;
+    uint8_t *orbuf = J->raw + slot * (size_t)J->chunk * J->raw_es;
     size_t oes = fb_dtype_size(ot->dtype);
-    if (J->to_memory)
-        return fb_convert_from_f32(ot->dtype, out, (uint8_t *)ot->data + (size_t)begin * oes, n);
+    int64_t begin = mc->begin, n = mc->count;
+    if (J->to_memory) {
+        if (ot->dtype == FB_F32 && mc->out == (float *)ot->data + begin) return FB_OK;
+        return fb_convert_from_f32(ot->dtype, mc->out, (uint8_t *)ot->data + (size_t)begin * oes,
+                                   n);
+    }
     if (!J->writer) return FB_OK;
-    const void *bytes = out;
+    const void *bytes = mc->out;
+    fb_status st;
     if (ot->dtype != FB_F32) {
-        if ((st = fb_convert_from_f32(ot->dtype, out, orbuf, n))) return st;
+        if ((st = fb_convert_from_f32(ot->dtype, mc->out, orbuf, n))) return st;
         bytes = orbuf;
     }
     return fb_writer_write(J->writer, ti, (size_t)begin * oes, bytes, (size_t)n * oes);
 }
 
-static fb_status merge_float_tensor(job *J, int64_t ti)
+/* Does `what` to chunk c of the current float tensor ti on thread tid. */
+static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int what)
+{
+    fb_merge_chunk mc;
+    fb_status st = load_chunk(J, c, tid, &mc);
+    if (st) return st;
+    mc.tensor_index = ti;
+    const fb_method_ops *ops = J->method->ops;
+    if (what >= 0) {
+        st = ops->prepare(J->method->state, what, &mc, J->accs[tid]);
+        return st ? fb_error_prefix(st, "tensor '%s'", mc.tensor->name) : FB_OK;
+    }
+    fb_tensor *ot = J->out->tensors[ti];
+    size_t slot = (size_t)tid * (size_t)(J->num_inputs + 1) + (size_t)J->num_inputs;
+    float *obuf = J->f32 + slot * (size_t)J->chunk;
+    mc.out = J->to_memory && ot->dtype == FB_F32 ? (float *)ot->data + mc.begin : obuf;
+    if (what == DO_COPY_SOURCE) {
+        /* an unmerged tensor: the base model's (or the first model's) values */
+        const float *src = mc.base ? mc.base : mc.models[0];
+        memcpy(mc.out, src, (size_t)mc.count * sizeof(float));
+    } else if ((st = ops->merge(J->method->state, &mc))) {
+        return fb_error_prefix(st, "tensor '%s'", mc.tensor->name);
+    }
+    return store_chunk(J, ti, &mc, tid);
+}
+
+/* Runs every chunk of float tensor ti, in parallel unless the method takes whole tensors. */
+static fb_status run_tensor(job *J, int64_t ti, int what)
 {
     int64_t numel = J->tensors[0]->numel;
     int64_t nchunks = (numel + J->chunk - 1) / J->chunk;
+    if (J->method->ops->whole_tensor) return nchunks ? run_chunk(J, ti, 0, 0, what) : FB_OK;
     int64_t err_chunk = INT64_MAX;
     fb_status err_status = FB_OK;
     char err_msg[FB_ERROR_MAX] = "";
@@ -313,7 +388,7 @@ static fb_status merge_float_tensor(job *J, int64_t ti)
         tid = omp_get_thread_num();
 #endif
         if (__atomic_load_n(&err_chunk, __ATOMIC_RELAXED) < c) continue;
-        fb_status st = merge_chunk(J, ti, c, tid);
+        fb_status st = run_chunk(J, ti, c, tid, what);
         if (st) {
 #pragma omp critical(fb_merge_error)
             {
@@ -334,11 +409,11 @@ static fb_status copy_equal_tensor(job *J, int64_t ti)
 {
     const fb_tensor *rt = J->tensors[J->has_base ? J->num_models : 0];
     fb_tensor *ot = J->out->tensors[ti];
-    size_t step = (size_t)J->chunk * 8, es = fb_dtype_size(rt->dtype);
-    uint8_t *a = J->raw, *b = J->raw + step;
+    size_t es = fb_dtype_size(rt->dtype);
+    uint8_t *a = J->copy_buf, *b = J->copy_buf + COPY_BYTES;
     fb_status st;
-    for (size_t off = 0; off < rt->nbytes; off += step) {
-        size_t n = rt->nbytes - off < step ? rt->nbytes - off : step;
+    for (size_t off = 0; off < rt->nbytes; off += COPY_BYTES) {
+        size_t n = rt->nbytes - off < COPY_BYTES ? rt->nbytes - off : COPY_BYTES;
         if ((st = fb_tensor_read(rt, off, n, a))) return st;
         for (int k = 0; k < J->num_inputs; k++) {
             const fb_tensor *t = J->tensors[k];
@@ -359,13 +434,38 @@ static fb_status copy_equal_tensor(job *J, int64_t ti)
     return FB_OK;
 }
 
+static void select_tensor(job *J, int64_t ti)
+{
+    const char *name = J->out->tensors[ti]->name;
+    for (int k = 0; k < J->num_inputs; k++) J->tensors[k] = fb_model_find(J->inputs[k], name);
+}
+
+static int is_merged(const job *J, int64_t ti)
+{
+    const fb_tensor *t = J->ref->tensors[ti];
+    const fb_method_ops *ops = J->method->ops;
+    return fb_dtype_is_float(t->dtype) &&
+           (!ops->merges_tensor || ops->merges_tensor(J->method->state, t));
+}
+
 static fb_status execute(job *J)
 {
+    const fb_method_ops *ops = J->method->ops;
+    fb_status st;
+    for (int pass = 0; pass < ops->prepare_passes; pass++) {
+        for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
+        for (int64_t ti = 0; ti < J->out->count; ti++) {
+            if (!is_merged(J, ti)) continue;
+            select_tensor(J, ti);
+            if ((st = run_tensor(J, ti, pass))) return st;
+        }
+        st = ops->prepare_finish(J->method->state, pass, J->accs, J->threads);
+        if (st) return fb_error_prefix(st, "method %s", ops->name);
+    }
     for (int64_t ti = 0; ti < J->out->count; ti++) {
-        const char *name = J->out->tensors[ti]->name;
-        for (int k = 0; k < J->num_inputs; k++) J->tensors[k] = fb_model_find(J->inputs[k], name);
-        fb_status st = fb_dtype_is_float(J->tensors[0]->dtype) ? merge_float_tensor(J, ti)
-                                                               : copy_equal_tensor(J, ti);
+        select_tensor(J, ti);
+        if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
+        else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE);
         if (st) return st;
     }
     return FB_OK;
@@ -379,6 +479,9 @@ static void job_free(job *J)
     fb_free(J->raw);
     fb_free(J->ptrs);
     fb_free(J->tensors);
+    fb_free(J->copy_buf);
+    for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
+    fb_free(J->accs);
     fb_model_free(J->out);
 }
 

@@ -47,11 +47,26 @@ typedef struct fb_method_ops {
     const char *summary;       /* one line for --list-methods */
     const fb_param_spec *params; /* terminated by {NULL} */
     int needs_base;            /* the pool must have "_pretrained_" */
-    int whole_tensor;          /* chunks are whole tensors */
+    int optional_base;         /* "_pretrained_" is used as the base when the pool has it */
+    int min_models, max_models; /* models to merge (0: no limit) */
+    int whole_tensor;          /* chunks are whole tensors, merged on the calling thread (the
+                                * method may use OpenMP inside, with fixed-order reductions) */
     /* Parses the full parameter mapping (given values and defaults) into *state. */
     fb_status (*create)(const fb_config *params, void **state);
     /* Checks the method against the pool's models before any work (e.g. one weight each). */
     fb_status (*setup)(void *state, const fb_merge_setup *setup);
+    /* Whether the method merges this float tensor (NULL: all). Others are copied from the
+     * base model (or the first model when there is none), as FusionBench's remove_keys. */
+    int (*merges_tensor)(const void *state, const fb_tensor *tensor);
+    /* Global statistics, when the merge needs them (TIES's top-k over the whole task vector):
+     * prepare_passes passes over every merged chunk before the merge. Each thread accumulates
+     * into its own zeroed buffer of prepare_bytes(state); after each pass prepare_finish gets
+     * the buffers in thread order and updates the state. Accumulate integers (or otherwise
+     * order-free values) so the result does not depend on the thread count. */
+    int prepare_passes;
+    size_t (*prepare_bytes)(const void *state);
+    fb_status (*prepare)(const void *state, int pass, const fb_merge_chunk *chunk, void *acc);
+    fb_status (*prepare_finish)(void *state, int pass, void *const *accs, int num_accs);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);
@@ -65,8 +80,28 @@ struct fb_method {
 
 /* The registry: every method, in the order --list-methods shows them. */
 const fb_method_ops *fb_method_lookup(const char *name);
+/* Sets the "unknown method 'x' (known: ...)" error and returns FB_ERR_NOT_FOUND. */
+fb_status fb_method_unknown(const char *name);
 extern const fb_method_ops *const fb_method_registry[];
 extern const int fb_method_registry_size;
+
+/* Helpers shared by method files (params.c). */
+
+/* A list of regular expressions (POSIX extended, matched against the whole tensor name). */
+typedef struct fb_name_filter fb_name_filter;
+/* Builds a filter from a config node: null or [] is an empty filter; `key` names it in errors. */
+fb_status fb_name_filter_create(const fb_config *node, const char *key, fb_name_filter **out);
+int fb_name_filter_matches(const fb_name_filter *f, const char *name); /* 0 when empty */
+int fb_name_filter_empty(const fb_name_filter *f);
+void fb_name_filter_free(fb_name_filter *f);
+
+/* Whether a tensor is the weight of a linear layer, judged from the state dict alone: a 2-D
+ * tensor named "*.weight" that is not an embedding table (no "embed" in its name). */
+int fb_is_linear_weight(const fb_tensor *t);
+
+/* Reads a number parameter and checks lo <= value <= hi (either bound may be NAN: none). */
+fb_status fb_param_double(const fb_config *params, const char *key, double lo, double hi,
+                          double *out);
 
 /* The full parameter mapping of a method (for reports and --print-config). */
 const fb_config *fb_method_params(const fb_method *m);

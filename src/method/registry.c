@@ -14,11 +14,20 @@
 extern const fb_method_ops fb_method_simple_average;
 extern const fb_method_ops fb_method_weighted_average;
 extern const fb_method_ops fb_method_task_arithmetic;
+extern const fb_method_ops fb_method_ties_merging;
+extern const fb_method_ops fb_method_dare_task_arithmetic;
+extern const fb_method_ops fb_method_dare_ties_merging;
+extern const fb_method_ops fb_method_dare_simple_average;
+extern const fb_method_ops fb_method_magmax;
+extern const fb_method_ops fb_method_linear_interpolation;
+extern const fb_method_ops fb_method_expo;
 
 const fb_method_ops *const fb_method_registry[] = {
-    &fb_method_simple_average,
-    &fb_method_weighted_average,
-    &fb_method_task_arithmetic,
+    &fb_method_simple_average,       &fb_method_weighted_average,
+    &fb_method_task_arithmetic,      &fb_method_ties_merging,
+    &fb_method_dare_task_arithmetic, &fb_method_dare_ties_merging,
+    &fb_method_dare_simple_average,  &fb_method_magmax,
+    &fb_method_linear_interpolation, &fb_method_expo,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 
@@ -53,7 +62,7 @@ static const fb_method_ops *lookup_target(const char *target)
     return NULL;
 }
 
-static fb_status unknown_method(const char *name)
+fb_status fb_method_unknown(const char *name)
 {
     fb_buf b;
     fb_buf_init(&b);
@@ -128,7 +137,7 @@ fb_status fb_method_create(const char *name, const char *params_yaml, fb_method 
 {
     *out = NULL;
     const fb_method_ops *ops = fb_method_lookup(name);
-    if (!ops) return unknown_method(name);
+    if (!ops) return fb_method_unknown(name);
     fb_config *given = NULL;
     if (params_yaml) {
         fb_status st = fb_config_parse(params_yaml, &given);
@@ -153,7 +162,7 @@ fb_status fb_method_create_from_config(const fb_config *node, fb_method **out)
     fb_status st;
     if (name && !fb_cfg_is_null(name)) {
         if ((st = fb_cfg_string(name, "method.name", &s))) return st;
-        if (!(ops = fb_method_lookup(s))) return unknown_method(s);
+        if (!(ops = fb_method_lookup(s))) return fb_method_unknown(s);
     } else if (target && !fb_cfg_is_null(target)) {
         if ((st = fb_cfg_string(target, "method._target_", &s))) return st;
         if (!(ops = lookup_target(s)))

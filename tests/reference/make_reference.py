@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import methods_ref as R  # noqa: E402
 import st  # noqa: E402
 
 torch.manual_seed(0)
@@ -102,6 +103,25 @@ def finish(merged, base):
             for k in base}
 
 
+# --- TIES's majority rule: entries whose trimmed task vectors cancel exactly take the sign
+# most elected entries have. Base 0; model values chosen so that entries 0-3 cancel, and
+# positive sums outnumber negative ones.
+ties_dir = os.path.join(OUT, "pool_ties")
+os.makedirs(ties_dir, exist_ok=True)
+vals = [[1.0, 2.0, -4.0, 0.5, 3.0, 3.0, 3.0, -1.0, 2.0, 2.0, 0.25, 5.0],
+        [-1.0, -2.0, 4.0, -0.5, 1.0, 2.0, 1.0, -2.0, 1.0, 3.0, 0.5, 1.0],
+        [0.0, 0.0, 0.0, 0.0, -1.0, 1.0, 2.0, 0.5, -3.0, 1.0, -0.75, 2.0]]
+tbase = {"w": torch.zeros(12)}
+tmodels = [{"w": torch.tensor(v)} for v in vals]
+st.save(os.path.join(ties_dir, "pretrained.safetensors"), tbase)
+for i, m in enumerate(tmodels):
+    st.save(os.path.join(ties_dir, f"m{i}.safetensors"), m)
+with open(os.path.join(ties_dir, "pool.yaml"), "w") as f:
+    f.write("models:\n  _pretrained_: pretrained.safetensors\n")
+    for i in range(3):
+        f.write(f"  m{i}: m{i}.safetensors\n")
+
+
 cases = []
 for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)]:
     pool_dir = os.path.join(OUT, "pool_" + dname)
@@ -129,10 +149,53 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
         ("task_arithmetic", "{scaling_factor: 0.7}", ["method.scaling_factor=0.7"],
          task_arithmetic(base, models, 0.7)),
     ]
-    for i, (method, params, overrides, merged) in enumerate(runs):
+    pair = os.path.join(pool_dir, "pool_pair.yaml")  # _pretrained_ + one model
+    with open(pair, "w") as f:
+        f.write("models:\n  _pretrained_: pretrained.safetensors\n  task_a: task_a.safetensors\n")
+    two = os.path.join(pool_dir, "pool_two.yaml")  # two models, no base
+    with open(two, "w") as f:
+        f.write("models:\n  task_a: task_a.safetensors\n  task_b: task_b.safetensors\n")
+    dare_opts = dict(p=0.3, rescale=True, only_linear=False, seed=7)
+    runs += [
+        ("ties_merging", "{scaling_factor: 0.3, threshold: 20}", [],
+         R.ties(base, models, 0.3, 20)),
+        ("ties_merging", "{scaling_factor: 0.6, threshold: 50, merge_func: mean, "
+         "remove_keys: [logit_scale, 'encoder\\.layers\\.0\\.mlp\\.fc1\\.bias']}",
+         ["method.scaling_factor=0.6", "method.threshold=50", "method.merge_func=mean",
+          "method.remove_keys=[logit_scale,encoder.layers.0.mlp.fc1.bias]"],
+         R.ties(base, models, 0.6, 50, "mean",
+                remove_keys=["logit_scale", r"encoder\.layers\.0\.mlp\.fc1\.bias"])),
+        ("ties_merging", "{threshold: 0.1, merge_func: max}",
+         ["method.threshold=0.1", "method.merge_func=max"], R.ties(base, models, 0.3, 0.1, "max")),
+        ("dare_task_arithmetic", "{scaling_factor: 0.5, sparsity_ratio: 0.3, seed: 7}",
+         ["method.scaling_factor=0.5", "method.sparsity_ratio=0.3", "method.seed=7"],
+         R.dare_task_arithmetic(base, models, 0.5, 0.3, seed=7)),
+        ("dare_task_arithmetic", "{sparsity_ratio: 0.6, rescale: false, "
+         "only_on_linear_weights: true, seed: 3}",
+         ["method.sparsity_ratio=0.6", "method.rescale=false", "method.only_on_linear_weights=true",
+          "method.seed=3"],
+         R.dare_task_arithmetic(base, models, 0.3, 0.6, rescale=False,
+                                only_on_linear_weights=True, seed=3)),
+        ("dare_simple_average", "{sparsity_ratio: 0.5, seed: 11}",
+         ["method.sparsity_ratio=0.5", "method.seed=11"],
+         R.dare_task_arithmetic(base, models, 1.0 / 3, 0.5, seed=11)),
+        ("dare_ties_merging", "{sparsity_ratio: 0.3, seed: 7, threshold: 40}",
+         ["method.sparsity_ratio=0.3", "method.seed=7", "method.threshold=40"],
+         R.ties(base, models, 0.5, 40, dare=dare_opts)),
+        ("magmax", "{scaling_factor: 0.5}", [], R.magmax(base, models, 0.5)),
+        ("linear_interpolation", "{t: 0.25}", ["method.t=0.25"],
+         R.linear_interpolation(base, models[0], 0.25), pair),
+        ("linear_interpolation", "{t: 0.7}", ["method.t=0.7"],
+         R.linear_interpolation(models[0], models[1], 0.7), two),
+        ("expo", "{extrapolation_factor: 0.4}", ["method.extrapolation_factor=0.4"],
+         R.expo(base, models[0], 0.4), pair),
+    ]
+    for i, run in enumerate(runs):
+        method, params, overrides, merged = run[:4]
+        pool_yaml = run[4] if len(run) > 4 else os.path.join(pool_dir, "pool.yaml")
         exp = os.path.join(pool_dir, f"expected_{i}_{method}.safetensors")
         st.save(exp, finish(merged, base))
-        cases.append({"pool": os.path.join(pool_dir, "pool.yaml"), "dtype": dname,
+        cases.append({"pool": pool_yaml, "dtype": dname,
                       "method": method, "params": params, "overrides": overrides,
                       "expected": exp})
     # Output in another dtype: computed in f32, rounded once to bf16.
@@ -145,6 +208,16 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
                       "out_dtype": "bf16", "method": "task_arithmetic",
                       "params": "{scaling_factor: 0.3}", "overrides": ["dtype=bf16"],
                       "expected": exp})
+
+for i, (params, thr, mf) in enumerate([("{threshold: 100, scaling_factor: 1.0}", 100, "sum"),
+                                       ("{threshold: 100, scaling_factor: 1.0, merge_func: max}",
+                                        100, "max")]):
+    exp = os.path.join(ties_dir, f"expected_{i}.safetensors")
+    st.save(exp, finish(R.ties(tbase, tmodels, 1.0, thr, mf), tbase))
+    cases.append({"pool": os.path.join(ties_dir, "pool.yaml"), "dtype": "f32",
+                  "method": "ties_merging", "params": params,
+                  "overrides": ["method.threshold=100", "method.scaling_factor=1.0"]
+                  + (["method.merge_func=max"] if mf == "max" else []), "expected": exp})
 
 with open(os.path.join(OUT, "cases.json"), "w") as f:
     json.dump(cases, f, indent=1)

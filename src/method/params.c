@@ -1,0 +1,109 @@
+/*
+ * params.c: helpers method files share: tensor-name filters (regular expressions, as
+ * FusionBench's remove_keys and extract_names), the linear-weight rule, bounded numbers.
+ */
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "method.h"
+
+struct fb_name_filter {
+    regex_t *res;
+    int count;
+};
+
+fb_status fb_name_filter_create(const fb_config *node, const char *key, fb_name_filter **out)
+{
+    *out = NULL;
+    fb_name_filter *f = fb_calloc(1, sizeof *f);
+    if (!f) return FB_ERR_NOMEM;
+    if (fb_cfg_is_null(node)) {
+        *out = f;
+        return FB_OK;
+    }
+    if (node->kind != FB_CFG_SEQ) {
+        fb_free(f);
+        return fb_set_error(FB_ERR_CONFIG, "%s: '%s' must be a list of tensor-name patterns",
+                            fb_cfg_where(node), key);
+    }
+    f->res = fb_calloc((size_t)(node->count ? node->count : 1), sizeof *f->res);
+    if (!f->res) {
+        fb_free(f);
+        return FB_ERR_NOMEM;
+    }
+    fb_status st = FB_OK;
+    for (int i = 0; i < node->count && !st; i++) {
+        const char *pattern;
+        char k[300];
+        snprintf(k, sizeof k, "%s[%d]", key, i);
+        if ((st = fb_cfg_string(node->items[i], k, &pattern))) break;
+        /* anchored: a pattern matches the whole name, so a plain name matches itself */
+        size_t n = strlen(pattern);
+        char *anchored = fb_malloc(n + 5);
+        if (!anchored) {
+            st = FB_ERR_NOMEM;
+            break;
+        }
+        snprintf(anchored, n + 5, "^(%s)$", pattern);
+        int rc = regcomp(&f->res[f->count], anchored, REG_EXTENDED | REG_NOSUB);
+        fb_free(anchored);
+        if (rc != 0) {
+            char msg[200];
+            regerror(rc, NULL, msg, sizeof msg);
+            st = fb_set_error(FB_ERR_CONFIG, "%s: %s: '%s' is not a valid pattern: %s",
+                              fb_cfg_where(node->items[i]), k, pattern, msg);
+            break;
+        }
+        f->count++;
+    }
+    if (st) {
+        fb_name_filter_free(f);
+        return st;
+    }
+    *out = f;
+    return FB_OK;
+}
+
+int fb_name_filter_matches(const fb_name_filter *f, const char *name)
+{
+    for (int i = 0; f && i < f->count; i++)
+        if (regexec(&f->res[i], name, 0, NULL, 0) == 0) return 1;
+    return 0;
+}
+
+int fb_name_filter_empty(const fb_name_filter *f) { return !f || f->count == 0; }
+
+void fb_name_filter_free(fb_name_filter *f)
+{
+    if (!f) return;
+    for (int i = 0; i < f->count; i++) regfree(&f->res[i]);
+    fb_free(f->res);
+    fb_free(f);
+}
+
+int fb_is_linear_weight(const fb_tensor *t)
+{
+    const char *name = fb_tensor_name(t);
+    size_t n = strlen(name);
+    return fb_tensor_ndim(t) == 2 && n >= 7 && strcmp(name + n - 7, ".weight") == 0 &&
+           !strstr(name, "embed");
+}
+
+fb_status fb_param_double(const fb_config *params, const char *key, double lo, double hi,
+                          double *out)
+{
+    fb_status st = fb_cfg_double(fb_cfg_map_get(params, key), key, out);
+    if (st) return st;
+    if ((!isnan(lo) && !(*out >= lo)) || (!isnan(hi) && !(*out <= hi))) {
+        char range[64];
+        if (isnan(lo)) snprintf(range, sizeof range, "at most %g", hi);
+        else if (isnan(hi)) snprintf(range, sizeof range, "at least %g", lo);
+        else snprintf(range, sizeof range, "in [%g, %g]", lo, hi);
+        return fb_set_error(FB_ERR_ARG, "'%s' is %g; it must be %s", key, *out, range);
+    }
+    return FB_OK;
+}

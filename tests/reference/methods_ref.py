@@ -1,0 +1,161 @@
+"""Reference implementations of the data-free methods, written with torch from the papers'
+formulas (and FusionBench's conventions where it fixes a detail). Every function takes the
+base state dict (or None) and the list of model state dicts, and returns the merged state
+dict in f32; make_reference.py rounds it to the output dtype.
+
+Operations are written out in the order the C code documents (sums over models in pool
+order, f32 scalars), so f32 results agree to the bit."""
+import re
+
+import numpy as np
+import torch
+
+M64 = (1 << 64) - 1
+
+
+# --- the counter-based generator of src/core/rng.h, recomputed -----------------------------
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def rng_key(seed, name, stream):
+    h = 0xCBF29CE484222325
+    for b in name.encode():
+        h = ((h ^ b) * 0x100000001B3) & M64
+    return mix64(mix64(seed & M64) ^ mix64((h + 0x632BE59BD9B4E019) & M64)
+                 ^ mix64((stream * 0x9E3779B97F4A7C15 + 1) & M64))
+
+
+def rng_uniform(key, n):
+    with np.errstate(over="ignore"):
+        i = np.arange(n, dtype=np.uint64)
+        z = np.uint64(key) + (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24))
+
+
+def f32(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def is_float(t):
+    return t.dtype.is_floating_point
+
+
+def is_linear_weight(name, t):
+    return t.dim() == 2 and name.endswith(".weight") and "embed" not in name
+
+
+def dare_drop(name, t, k, p, rescale, only_linear, seed):
+    """Task vector t of model k after DARE: kept where u > p, divided by (1 - p)."""
+    if only_linear and not is_linear_weight(name, t):
+        return t
+    u = rng_uniform(rng_key(seed, name, k), t.numel()).reshape(t.shape)
+    kept = torch.where(u > f32(p), t, torch.zeros_like(t))
+    if rescale and p < 1.0:
+        kept = kept / f32(1.0 - p)
+    return kept
+
+
+def task_vectors(base, models):
+    return [{k: m[k].float() - base[k].float() for k in base if is_float(base[k])} for m in models]
+
+
+def dare_task_arithmetic(base, models, scaling_factor, sparsity_ratio, rescale=True,
+                         only_on_linear_weights=False, seed=0):
+    out = {}
+    for name in base:
+        if not is_float(base[name]):
+            continue
+        b = base[name].float()
+        acc = None
+        for k, m in enumerate(models):
+            t = dare_drop(name, m[name].float() - b, k, sparsity_ratio, rescale,
+                          only_on_linear_weights, seed)
+            acc = t if acc is None else acc + t
+        out[name] = b + f32(scaling_factor) * acc
+    return out
+
+
+def ties(base, models, scaling_factor, threshold, merge_func="sum", remove_keys=(), dare=None):
+    names = [n for n in base if is_float(base[n])
+             and not any(re.fullmatch(p, n) for p in remove_keys)]
+    taus = []
+    for k, m in enumerate(models):
+        tv = {}
+        for n in names:
+            t = m[n].float() - base[n].float()
+            if dare:
+                t = dare_drop(n, t, k, **dare)
+            tv[n] = t
+        taus.append(tv)
+    K = threshold / 100 if threshold > 1 else threshold
+    # trim: per model, the k-th smallest |tau| over the whole flattened vector
+    cuts = []
+    for tv in taus:
+        flat = torch.cat([tv[n].reshape(-1) for n in names]).abs()
+        d = flat.numel()
+        k = d - int(d * K)
+        cuts.append(flat.kthvalue(k).values if k > 0 else f32(0.0))
+    trimmed = [{n: torch.where(tv[n].abs() >= c, tv[n], torch.zeros_like(tv[n]))
+                for n in names} for tv, c in zip(taus, cuts)]
+    # elect
+    sums = {}
+    for n in names:
+        s = trimmed[0][n]
+        for t in trimmed[1:]:
+            s = s + t[n]
+        sums[n] = s
+    pos = sum(int((sums[n] > 0).sum()) for n in names)
+    neg = sum(int((sums[n] < 0).sum()) for n in names)
+    majority = 1.0 if pos > neg else -1.0 if pos < neg else 0.0
+    out = {}
+    for n in names:
+        sign = torch.sign(sums[n])
+        sign = torch.where(sign == 0, f32(majority), sign)
+        sel = [torch.where(torch.where(sign > 0, t[n] > 0, t[n] < 0), t[n], torch.zeros_like(t[n]))
+               for t in trimmed]
+        if merge_func == "max":
+            agg = torch.stack([s.abs() for s in sel]).max(dim=0).values * sign
+        else:
+            agg = sel[0]
+            for s in sel[1:]:
+                agg = agg + s
+            if merge_func == "mean":
+                count = torch.zeros_like(agg)
+                for s in sel:
+                    count = count + (s != 0).float()
+                agg = agg / torch.clamp(count, min=1.0)
+        out[n] = base[n].float() + f32(scaling_factor) * agg
+    for n in base:
+        if is_float(base[n]) and n not in out:
+            out[n] = base[n].float()  # removed keys keep the base's values
+    return out
+
+
+def magmax(base, models, scaling_factor):
+    out = {}
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        best = models[0][n].float() - b
+        for m in models[1:]:
+            t = m[n].float() - b
+            best = torch.where(t.abs() > best.abs(), t, best)
+        out[n] = b + f32(scaling_factor) * best
+    return out
+
+
+def linear_interpolation(a, b, t):
+    w1, w2 = f32(1.0 - t), f32(t)
+    return {n: w1 * a[n].float() + w2 * b[n].float() for n in a if is_float(a[n])}
+
+
+def expo(pre, ft, alpha):
+    return {n: ft[n].float() + f32(alpha) * (ft[n].float() - pre[n].float())
+            for n in pre if is_float(pre[n])}
