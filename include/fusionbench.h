@@ -227,7 +227,8 @@ typedef struct fb_run_options {
     fb_dtype out_dtype;
 } fb_run_options;
 
-/* Merges the pool into a new in-memory model (the caller frees it). */
+/* Merges the pool into a new in-memory model (the caller frees it). A method object may run
+ * any number of merges, one at a time (not concurrently from several threads). */
 fb_status fb_method_run(fb_method *method, fb_modelpool *pool, const fb_run_options *opts,
                         fb_model **merged);
 

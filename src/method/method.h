@@ -53,7 +53,8 @@ typedef struct fb_method_ops {
                                 * method may use OpenMP inside, with fixed-order reductions) */
     /* Parses the full parameter mapping (given values and defaults) into *state. */
     fb_status (*create)(const fb_config *params, void **state);
-    /* Checks the method against the pool's models before any work (e.g. one weight each). */
+    /* Checks the method against the pool's models before any work (e.g. one weight each).
+     * Called at the start of every merge: free what an earlier merge's setup allocated. */
     fb_status (*setup)(void *state, const fb_merge_setup *setup);
     /* Whether the method merges this float tensor (NULL: all). Others are copied from the
      * base model (or the first model when there is none), as FusionBench's remove_keys. */

@@ -113,6 +113,9 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 {
     state *s = p;
     s->n = m->num_models;
+    fb_free(s->hi); /* a method object may run several merges */
+    fb_free(s->rank);
+    fb_free(s->cut);
     s->hi = fb_calloc((size_t)s->n, sizeof *s->hi);
     s->rank = fb_calloc((size_t)s->n, sizeof *s->rank);
     s->cut = fb_calloc((size_t)s->n, sizeof *s->cut);
