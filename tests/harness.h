@@ -91,5 +91,8 @@ int fb_test_exists(const char *path);
 /* Every tensor of a and b: same names, dtypes, shapes; and elements that differ by at most
  * max_ulps units in the last place of the dtype (0: identical bytes). Reports the worst. */
 int fb_test_models_match(const fb_model *got, const fb_model *want, int max_ulps);
+/* Float tensors agree within rtol times the largest |value| of the expected tensor (plus one
+ * rounding step of a half-precision dtype); other tensors are identical. */
+int fb_test_models_close(const fb_model *got, const fb_model *want, double rtol);
 
 #endif

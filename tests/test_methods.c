@@ -48,7 +48,10 @@ static void run_case(const cJSON *c, const char *path)
         EXPECT_OK(fb_method_run(m, pool, &ro, &got));
     }
     REQUIRE_OK(fb_model_load(str(c, "expected"), &want));
-    if (got && !fb_test_models_match(got, want, 1))
+    const cJSON *rtol = cJSON_GetObjectItem(c, "rtol");
+    int same = cJSON_IsNumber(rtol) ? fb_test_models_close(got, want, rtol->valuedouble)
+                                    : fb_test_models_match(got, want, 1);
+    if (got && !same)
         fb_test_fail(__FILE__, __LINE__, "case %s %s on %s (%s) differs from PyTorch",
                      str(c, "method"), str(c, "params") ? str(c, "params") : "",
                      str(c, "dtype"), path ? "file" : "memory");

@@ -161,3 +161,52 @@ int fb_test_models_match(const fb_model *got, const fb_model *want, int max_ulps
     }
     return ok;
 }
+
+int fb_test_models_close(const fb_model *got, const fb_model *want, double rtol)
+{
+    int ok = 1;
+    if (fb_model_num_tensors(got) != fb_model_num_tensors(want)) {
+        fb_test_fail(__FILE__, __LINE__, "tensor count %lld, expected %lld",
+                     (long long)fb_model_num_tensors(got), (long long)fb_model_num_tensors(want));
+        return 0;
+    }
+    for (int64_t i = 0; i < fb_model_num_tensors(want); i++) {
+        const fb_tensor *w = fb_model_tensor(want, i);
+        const fb_tensor *g = fb_model_find(got, fb_tensor_name(w));
+        if (!g || fb_tensor_numel(g) != fb_tensor_numel(w) ||
+            fb_tensor_dtype(g) != fb_tensor_dtype(w)) {
+            fb_test_fail(__FILE__, __LINE__, "tensor '%s' missing or of another shape/dtype",
+                         fb_tensor_name(w));
+            ok = 0;
+            continue;
+        }
+        if (!fb_dtype_is_float(fb_tensor_dtype(w))) {
+            ok &= fb_test_models_match(got, want, 0);
+            continue;
+        }
+        int64_t n = fb_tensor_numel(w);
+        float *a = malloc((size_t)(n ? n : 1) * 4), *b = malloc((size_t)(n ? n : 1) * 4);
+        fb_tensor_to_f32(g, a);
+        fb_tensor_to_f32(w, b);
+        double scale = 0, worst = 0;
+        int64_t at = -1;
+        for (int64_t j = 0; j < n; j++) scale = fabs(b[j]) > scale ? fabs(b[j]) : scale;
+        for (int64_t j = 0; j < n; j++) {
+            double e = fabs((double)a[j] - (double)b[j]);
+            if (e > worst) {
+                worst = e;
+                at = j;
+            }
+        }
+        /* half-precision outputs round to their own grid: allow one step of it */
+        double eps = fb_tensor_dtype(w) == FB_BF16 ? 0x1p-8 : fb_tensor_dtype(w) == FB_F16 ? 0x1p-11 : 0;
+        if (worst > (rtol + eps) * scale) {
+            fb_test_fail(__FILE__, __LINE__, "tensor '%s': element %lld off by %.3g (%.3g of max |value| %.3g)",
+                         fb_tensor_name(w), (long long)at, worst, scale ? worst / scale : 0, scale);
+            ok = 0;
+        }
+        free(a);
+        free(b);
+    }
+    return ok;
+}

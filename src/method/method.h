@@ -104,6 +104,9 @@ int fb_is_linear_weight(const fb_tensor *t);
 fb_status fb_param_double(const fb_config *params, const char *key, double lo, double hi,
                           double *out);
 
+/* sum_j a[j] * b[j], accumulated in double in index order (whole-tensor methods). */
+double fb_dot(const float *a, const float *b, int64_t n);
+
 /* The full parameter mapping of a method (for reports and --print-config). */
 const fb_config *fb_method_params(const fb_method *m);
 

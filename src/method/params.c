@@ -107,3 +107,10 @@ fb_status fb_param_double(const fb_config *params, const char *key, double lo, d
     }
     return FB_OK;
 }
+
+double fb_dot(const float *a, const float *b, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t j = 0; j < n; j++) s += (double)a[j] * (double)b[j];
+    return s;
+}

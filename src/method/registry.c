@@ -21,6 +21,10 @@ extern const fb_method_ops fb_method_dare_simple_average;
 extern const fb_method_ops fb_method_magmax;
 extern const fb_method_ops fb_method_linear_interpolation;
 extern const fb_method_ops fb_method_expo;
+extern const fb_method_ops fb_method_slerp;
+extern const fb_method_ops fb_method_karcher;
+extern const fb_method_ops fb_method_model_stock;
+extern const fb_method_ops fb_method_magnitude_diff_pruning;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -28,6 +32,8 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_dare_task_arithmetic, &fb_method_dare_ties_merging,
     &fb_method_dare_simple_average,  &fb_method_magmax,
     &fb_method_linear_interpolation, &fb_method_expo,
+    &fb_method_slerp,                &fb_method_karcher,
+    &fb_method_model_stock,          &fb_method_magnitude_diff_pruning,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

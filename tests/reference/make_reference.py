@@ -189,15 +189,29 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
          R.linear_interpolation(models[0], models[1], 0.7), two),
         ("expo", "{extrapolation_factor: 0.4}", ["method.extrapolation_factor=0.4"],
          R.expo(base, models[0], 0.4), pair),
+        # scalars from double reductions: compared with a value-scaled tolerance (rtol)
+        ("slerp", "{t: 0.3}", ["method.t=0.3"], R.slerp(models[0], models[1], 0.3), two, 1e-6),
+        ("slerp", "{t: 0.6}", ["method.t=0.6"], R.slerp(base, models[0], 0.6), pair, 1e-6),
+        ("karcher", "{max_iter: 10}", [], R.karcher(models), None, 1e-5),
+        ("model_stock", "{}", [], R.model_stock(base, models), None, 1e-6),
+        ("model_stock", "{ignore_keys: [logit_scale, 'patch_embedding\\..*']}",
+         ["method.ignore_keys=[logit_scale,patch_embedding..*]"],
+         R.model_stock(base, models, ignore_keys=["logit_scale", r"patch_embedding\..*"]), None, 1e-6),
+        ("magnitude_diff_pruning", "{prune_ratio: 0.5}", [],
+         R.magnitude_diff_pruning(base, models[0], 0.5), pair),
+        ("magnitude_diff_pruning", "{prune_ratio: 0.3, rescale: true, extract_names: ['.*weight']}",
+         ["method.prune_ratio=0.3", "method.rescale=true", "method.extract_names=[.*weight]"],
+         R.magnitude_diff_pruning(base, models[0], 0.3, True, [".*weight"]), pair),
     ]
     for i, run in enumerate(runs):
         method, params, overrides, merged = run[:4]
-        pool_yaml = run[4] if len(run) > 4 else os.path.join(pool_dir, "pool.yaml")
+        pool_yaml = run[4] if len(run) > 4 and run[4] else os.path.join(pool_dir, "pool.yaml")
+        rtol = run[5] if len(run) > 5 else None
         exp = os.path.join(pool_dir, f"expected_{i}_{method}.safetensors")
         st.save(exp, finish(merged, base))
         cases.append({"pool": pool_yaml, "dtype": dname,
                       "method": method, "params": params, "overrides": overrides,
-                      "expected": exp})
+                      "expected": exp, "rtol": rtol})
     # Output in another dtype: computed in f32, rounded once to bf16.
     if dname == "f32":
         exp = os.path.join(pool_dir, "expected_ta_as_bf16.safetensors")

@@ -159,3 +159,114 @@ def linear_interpolation(a, b, t):
 def expo(pre, ft, alpha):
     return {n: ft[n].float() + f32(alpha) * (ft[n].float() - pre[n].float())
             for n in pre if is_float(pre[n])}
+
+
+def ddot(a, b):
+    return float((a.double() * b.double()).sum())
+
+
+def slerp(a, b, t, dot_threshold=0.9995, epsilon=1e-8):
+    out = {}
+    for n in a:
+        if not is_float(a[n]):
+            continue
+        v0, v1 = a[n].float(), b[n].float()
+        n0, n1 = ddot(v0, v0) ** 0.5, ddot(v1, v1) ** 0.5
+        d = ddot(v0, v1) / ((n0 if n0 > epsilon else 1.0) * (n1 if n1 > epsilon else 1.0))
+        if abs(d) > dot_threshold:
+            w0, w1 = 1.0 - t, t
+        else:
+            import math
+            w = math.acos(d)
+            w0, w1 = math.sin(w - w * t) / math.sin(w), math.sin(w * t) / math.sin(w)
+        out[n] = f32(w0) * v0 + f32(w1) * v1
+    return out
+
+
+def karcher(models, max_iter=10, tol=1e-5):
+    import math
+    out = {}
+    N = len(models)
+    for n in models[0]:
+        if not is_float(models[0][n]):
+            continue
+        ts = [m[n].float().reshape(-1) for m in models]
+        norms = [ddot(t, t) ** 0.5 for t in ts]
+        scale = sum((1.0 / N) * r for r in norms)
+        units = [t / f32(r) for t, r in zip(ts, norms) if r > tol]
+        if not units:
+            out[n] = torch.zeros_like(models[0][n].float())
+            continue
+        a = f32((1.0 / N) / (len(units) / N))
+        mu = torch.zeros_like(units[0])
+        for u in units:
+            mu = mu + a * u
+        if ddot(mu, mu) ** 0.5 < tol:
+            mu = units[0].clone()
+        else:
+            mu = mu / f32(ddot(mu, mu) ** 0.5)
+        for _ in range(max_iter):
+            tan = torch.zeros_like(mu)
+            for u in units:
+                d = min(1.0, max(-1.0, ddot(mu, u)))
+                w = math.acos(d)
+                if w < tol:
+                    continue
+                tan = tan + f32(float(a) * (w / math.sin(w))) * (u - f32(d) * mu)
+            tn = ddot(tan, tan) ** 0.5
+            if tn < tol:
+                break
+            mu = f32(math.cos(tn)) * mu + f32(math.sin(tn) / tn) * tan
+            r = ddot(mu, mu) ** 0.5
+            if r > tol:
+                mu = mu / f32(r)
+        out[n] = (f32(scale) * mu).reshape(models[0][n].shape)
+    return out
+
+
+def model_stock(base, models, ignore_keys=()):
+    import math
+    out = {}
+    N = len(models)
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        avg = models[0][n].float()
+        for m in models[1:]:
+            avg = avg + m[n].float()
+        avg = avg / f32(N)
+        if any(re.fullmatch(p, n) for p in ignore_keys):
+            out[n] = avg
+            continue
+        b = base[n].float()
+        ds = [m[n].float() - b for m in models]
+        angles = []
+        for i in range(N):
+            for j in range(i + 1, N):
+                c = ddot(ds[i], ds[j]) / (math.sqrt(ddot(ds[i], ds[i]) * ddot(ds[j], ds[j])) + 1e-8)
+                c = min(1.0, max(-1.0, c))
+                angles.append(math.acos(c) * (180.0 / math.pi))
+        phi = (sum(angles) / len(angles)) * (math.pi / 180.0)
+        t = N * math.cos(phi) / ((N - 1) * math.cos(phi) + 1.0 + 1e-8)
+        out[n] = avg * f32(t) + b * f32(1.0 - t)
+    return out
+
+
+def magnitude_diff_pruning(base, ft, prune_ratio, rescale=False, names=None):
+    out = {}
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        chosen = (any(re.fullmatch(p, n) for p in names) if names is not None
+                  else is_linear_weight(n, base[n]))
+        if not chosen or base[n].numel() == 0:
+            out[n] = b
+            continue
+        d = ft[n].float() - b
+        q = torch.quantile(d.abs().reshape(-1), prune_ratio)
+        kept = torch.where(d.abs() > q, d, torch.zeros_like(d))
+        if rescale:
+            kept = kept / f32(1.0 - prune_ratio)
+        out[n] = b + kept
+    return out

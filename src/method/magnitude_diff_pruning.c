@@ -1,0 +1,185 @@
+/*
+ * magnitude_diff_pruning.c: magnitude pruning of the difference between a fine-tuned model and
+ * its base (as FusionBench's MagnitudeDiffPruningAlgorithm; magnitude pruning as in Han et al.
+ * 2015, applied to the task vector).
+ *
+ *     d = theta_ft - theta_0, per tensor matching extract_names (default: linear weights)
+ *     unstructured:   q = quantile(|d|, prune_ratio) (linear interpolation, as torch.quantile);
+ *                     keep d where |d| > q
+ *     semistructured: in every group of m consecutive entries of a row, keep the n largest |d|
+ *     rescale:        divide kept entries by the fraction kept (1 - prune_ratio, or n / m)
+ *     theta = theta_0 + kept d;  other tensors keep the base's values
+ *
+ * FusionBench's version with rescale: false multiplies the kept difference by zero (it returns
+ * the base); here rescale: false keeps the difference as it is, as magnitude pruning means.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "method.h"
+
+typedef struct state {
+    float ratio;
+    int rescale, semistructured;
+    int64_t n, m;
+    fb_name_filter *extract;
+    float *work;
+    int64_t work_len;
+} state;
+
+static const fb_param_spec params[] = {
+    {"prune_ratio", "0.5", "fraction of each tensor's difference set to zero, in [0, 1)"},
+    {"prune_type", "unstructured", "unstructured (per-tensor quantile) or semistructured (n:m)"},
+    {"n", "2", "semistructured: entries kept per group"},
+    {"m", "4", "semistructured: group size"},
+    {"rescale", "false", "divide kept entries by the fraction kept"},
+    {"extract_names", "null", "tensor-name patterns to prune (default: linear-layer weights)"},
+    {NULL, NULL, NULL},
+};
+
+static void destroy(void *p)
+{
+    state *s = p;
+    if (!s) return;
+    fb_name_filter_free(s->extract);
+    fb_free(s->work);
+    fb_free(s);
+}
+
+static fb_status create(const fb_config *p, void **out)
+{
+    state *s = fb_calloc(1, sizeof *s);
+    if (!s) return FB_ERR_NOMEM;
+    double ratio;
+    const char *type;
+    fb_status st = fb_param_double(p, "prune_ratio", 0.0, 1.0, &ratio);
+    if (!st && ratio >= 1.0) st = fb_set_error(FB_ERR_ARG, "'prune_ratio' is 1; it must be below 1");
+    if (!st) st = fb_cfg_string(fb_cfg_map_get(p, "prune_type"), "prune_type", &type);
+    if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "n"), "n", &s->n);
+    if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "m"), "m", &s->m);
+    if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "rescale"), "rescale", &s->rescale);
+    if (!st) st = fb_name_filter_create(fb_cfg_map_get(p, "extract_names"), "extract_names", &s->extract);
+    if (!st) {
+        if (!strcmp(type, "semistructured")) s->semistructured = 1;
+        else if (strcmp(type, "unstructured"))
+            st = fb_set_error(FB_ERR_ARG, "'prune_type' is '%s'; it must be unstructured or "
+                                          "semistructured", type);
+    }
+    if (!st && s->semistructured && !(s->m >= 1 && s->n >= 0 && s->n <= s->m))
+        st = fb_set_error(FB_ERR_ARG, "semistructured pruning needs 0 <= n <= m and m >= 1 (got "
+                                      "n=%lld, m=%lld)", (long long)s->n, (long long)s->m);
+    if (st) {
+        destroy(s);
+        return st;
+    }
+    s->ratio = (float)ratio;
+    *out = s;
+    return FB_OK;
+}
+
+static int merges_tensor(const void *p, const fb_tensor *t)
+{
+    const state *s = p;
+    if (!fb_name_filter_empty(s->extract)) return fb_name_filter_matches(s->extract, fb_tensor_name(t));
+    return fb_is_linear_weight(t);
+}
+
+/* The k-th smallest of v[0..n) (0-based), reordering v: Hoare's selection, O(n). */
+static float select_kth(float *v, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot) i++;
+            while (v[j] > pivot) j--;
+            if (i <= j) {
+                float t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return v[k];
+    }
+    return v[k];
+}
+
+/* torch.quantile(x, q) with linear interpolation, in f32 as torch computes it. */
+static float quantile(float *v, int64_t n, float q)
+{
+    float rank = q * (float)(n - 1);
+    int64_t below = (int64_t)rank, above = (int64_t)ceilf(rank);
+    float lo = select_kth(v, n, below);
+    float hi = lo;
+    if (above != below) { /* the smallest of the entries above `below` */
+        hi = v[below + 1];
+        for (int64_t j = below + 2; j < n; j++)
+            if (v[j] < hi) hi = v[j];
+    }
+    float w = rank - (float)below;
+    return w < 0.5f ? lo + w * (hi - lo) : hi - (hi - lo) * (1.0f - w);
+}
+
+static fb_status merge(const void *p, const fb_merge_chunk *c)
+{
+    state *s = (state *)p; /* the work buffer is reused from tensor to tensor */
+    const int64_t n = c->count;
+    const float *ft = c->models[0], *base = c->base;
+    float *d = c->out;
+    for (int64_t j = 0; j < n; j++) d[j] = ft[j] - base[j];
+    if (n == 0) return FB_OK;
+    if (n > s->work_len) {
+        float *w = fb_realloc(s->work, (size_t)n * sizeof *w);
+        if (!w) return FB_ERR_NOMEM;
+        s->work = w;
+        s->work_len = n;
+    }
+    if (!s->semistructured) {
+        for (int64_t j = 0; j < n; j++) s->work[j] = fabsf(d[j]);
+        float q = quantile(s->work, n, s->ratio);
+        float keep = (float)(1.0 - (double)s->ratio);
+        for (int64_t j = 0; j < n; j++) {
+            float v = fabsf(d[j]) > q ? d[j] : 0.0f;
+            c->out[j] = base[j] + (s->rescale ? v / keep : v);
+        }
+        return FB_OK;
+    }
+    /* n:m along each row (the last dimension), the first entries winning ties */
+    int64_t cols = c->tensor->ndim ? c->tensor->shape[c->tensor->ndim - 1] : 1;
+    float keep = (float)((double)s->n / (double)s->m);
+    for (int64_t row = 0; row < n; row += cols) {
+        for (int64_t g = 0; g < cols; g += s->m) {
+            int64_t len = cols - g < s->m ? cols - g : s->m;
+            float *x = d + row + g;
+            for (int64_t a = 0; a < len; a++) {
+                int64_t larger = 0; /* entries that beat x[a]: larger, or equal and earlier */
+                for (int64_t b = 0; b < len; b++)
+                    larger += fabsf(x[b]) > fabsf(x[a]) || (fabsf(x[b]) == fabsf(x[a]) && b < a);
+                s->work[row + g + a] = larger < s->n ? x[a] : 0.0f;
+            }
+        }
+    }
+    for (int64_t j = 0; j < n; j++)
+        c->out[j] = base[j] + (s->rescale && s->n ? s->work[j] / keep : s->work[j]);
+    return FB_OK;
+}
+
+const fb_method_ops fb_method_magnitude_diff_pruning = {
+    .name = "magnitude_diff_pruning",
+    .target_class = "MagnitudeDiffPruningAlgorithm",
+    .summary = "prune the smallest entries of a fine-tuned model's difference from _pretrained_",
+    .params = params,
+    .needs_base = 1,
+    .min_models = 1,
+    .max_models = 1,
+    .whole_tensor = 1,
+    .create = create,
+    .merges_tensor = merges_tensor,
+    .merge = merge,
+    .destroy = destroy,
+};
