@@ -4,8 +4,8 @@
 CC       ?= gcc
 BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
-PKGS     := yaml-0.1 libcjson openblas
-DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev
+PKGS     := yaml-0.1 libcjson openblas lapacke
+DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev liblapacke-dev
 DEB_TEST := python3-torch python3-numpy
 
 OPT      ?= -O3

@@ -126,7 +126,12 @@ TEST(same_bytes_for_one_and_two_threads)
                                 {"dare_task_arithmetic", "{seed: 5}"},
                                 {"dare_ties_merging", "{seed: 9}"},
                                 {"dare_simple_average", NULL},
-                                {"magmax", NULL}};
+                                {"magmax", NULL},
+                                {"model_stock", NULL},
+                                {"karcher", NULL},
+                                {"task_singular_vector", NULL},
+                                {"iso_c", NULL},
+                                {"iso_cts", NULL}};
     const int num_methods = sizeof methods / sizeof methods[0];
     fb_dtype dtypes[] = {FB_F32, FB_BF16};
     for (int d = 0; d < 2; d++) {

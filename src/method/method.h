@@ -104,6 +104,11 @@ int fb_is_linear_weight(const fb_tensor *t);
 fb_status fb_param_double(const fb_config *params, const char *key, double lo, double hi,
                           double *out);
 
+/* The mean of the chunk's task vectors (theta_i - theta_0) as a running mean, the way
+ * FusionBench averages tensors its SVD methods do not decompose:
+ * m_1 = tau_1, m_i = m_{i-1} + (tau_i - m_{i-1}) / i, each step in f32. */
+void fb_task_vector_running_mean(const fb_merge_chunk *c, float *out);
+
 /* sum_j a[j] * b[j], accumulated in double in index order (whole-tensor methods). */
 double fb_dot(const float *a, const float *b, int64_t n);
 

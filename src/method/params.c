@@ -114,3 +114,13 @@ double fb_dot(const float *a, const float *b, int64_t n)
     for (int64_t j = 0; j < n; j++) s += (double)a[j] * (double)b[j];
     return s;
 }
+
+void fb_task_vector_running_mean(const fb_merge_chunk *c, float *out)
+{
+    for (int64_t j = 0; j < c->count; j++) out[j] = c->models[0][j] - c->base[j];
+    for (int i = 1; i < c->num_models; i++) {
+        const float div = (float)(i + 1);
+        for (int64_t j = 0; j < c->count; j++)
+            out[j] += ((c->models[i][j] - c->base[j]) - out[j]) / div;
+    }
+}

@@ -25,6 +25,9 @@ extern const fb_method_ops fb_method_slerp;
 extern const fb_method_ops fb_method_karcher;
 extern const fb_method_ops fb_method_model_stock;
 extern const fb_method_ops fb_method_magnitude_diff_pruning;
+extern const fb_method_ops fb_method_task_singular_vector;
+extern const fb_method_ops fb_method_iso_c;
+extern const fb_method_ops fb_method_iso_cts;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -34,6 +37,8 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_linear_interpolation, &fb_method_expo,
     &fb_method_slerp,                &fb_method_karcher,
     &fb_method_model_stock,          &fb_method_magnitude_diff_pruning,
+    &fb_method_task_singular_vector, &fb_method_iso_c,
+    &fb_method_iso_cts,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

@@ -202,6 +202,16 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
         ("magnitude_diff_pruning", "{prune_ratio: 0.3, rescale: true, extract_names: ['.*weight']}",
          ["method.prune_ratio=0.3", "method.rescale=true", "method.extract_names=[.*weight]"],
          R.magnitude_diff_pruning(base, models[0], 0.3, True, [".*weight"]), pair),
+        ("task_singular_vector", "{alpha: 1.0}", [], R.tsv(base, models, 1.0), None, 1e-5),
+        ("task_singular_vector", "{alpha: [0.5, 1.0, 1.5], exclude_keys: ['encoder.*fc2.weight']}",
+         ["method.alpha=[0.5,1.0,1.5]", "method.exclude_keys=[encoder.*fc2.weight]"],
+         R.tsv(base, models, [0.5, 1.0, 1.5], ["encoder.*fc2.weight"]), None, 1e-5),
+        ("iso_c", "{scaling_factor: 1.5}", ["method.scaling_factor=1.5"],
+         R.iso(base, models, 1.5), None, 1e-5),
+        ("iso_cts", "{scaling_factor: 1.5, common_space_fraction: 0.8}",
+         ["method.scaling_factor=1.5"], R.iso(base, models, 1.5, cts=True), None, 1e-5),
+        ("iso_cts", "{common_space_fraction: 0.5}", ["method.common_space_fraction=0.5"],
+         R.iso(base, models, 1.0, cts=True, common_space_fraction=0.5), None, 1e-5),
     ]
     for i, run in enumerate(runs):
         method, params, overrides, merged = run[:4]

@@ -270,3 +270,92 @@ def magnitude_diff_pruning(base, ft, prune_ratio, rescale=False, names=None):
             kept = kept / f32(1.0 - prune_ratio)
         out[n] = b + kept
     return out
+
+
+def polar(a):
+    """The orthogonal polar factor U V^T of a (double)."""
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    return u @ vh
+
+
+def running_mean(tvs):
+    m = tvs[0].clone()
+    for i, t in enumerate(tvs[1:], start=1):
+        m = m + (t - m) / f32(i + 1)
+    return m
+
+
+def tsv(base, models, alpha=1.0, exclude_keys=()):
+    out = {}
+    T = len(models)
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        tvs = [m[n].float() - b for m in models]
+        if isinstance(alpha, (list, tuple)):
+            tvs = [t * f32(a) for t, a in zip(tvs, alpha)]
+            post = f32(1.0)
+        else:
+            post = f32(alpha)
+        if b.dim() != 2 or any(re.fullmatch(p, n) for p in exclude_keys):
+            out[n] = b + post * running_mean(tvs)
+            continue
+        k = min(b.shape)
+        r = int(k * (1.0 / T))
+        us, ss, vs = [], [], []
+        for t in tvs:
+            u, s, vh = torch.linalg.svd(t.double(), full_matrices=False)
+            us.append(u[:, :r]); ss.append(s[:r]); vs.append(vh[:r, :])
+        U, S, V = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 0)
+        delta = polar(U) @ torch.diag(S) @ polar(V)
+        out[n] = b + post * delta.float()
+    return out
+
+
+def iso(base, models, scaling_factor=1.0, cts=False, common_space_fraction=0.8, exclude_keys=()):
+    out = {}
+    T = len(models)
+    lam = f32(scaling_factor)
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        tvs = [m[n].float() - b for m in models]
+        if b.dim() != 2 or any(re.fullmatch(p, n) for p in exclude_keys):
+            if cts:
+                avg = running_mean(tvs)
+            else:
+                avg = tvs[0]
+                for t in tvs[1:]:
+                    avg = avg + t
+                avg = avg / f32(T)
+            out[n] = b + lam * avg
+            continue
+        M = tvs[0]
+        for t in tvs[1:]:
+            M = M + t
+        k = min(b.shape)
+        if not cts:
+            M = (M / f32(T)) * f32(T)
+            u, s, vh = torch.linalg.svd(M.double(), full_matrices=False)
+            delta = s.mean() * (u @ vh)
+            out[n] = b + lam * delta.float()
+            continue
+        c = int(k * common_space_fraction)
+        c = k - round((k - c) / T) * T
+        d = (k - c) // T
+        u, s, vh = torch.linalg.svd(M.double(), full_matrices=False)
+        uc, sc, vc = u[:, :c], s[:c], vh[:c, :]
+        us, ss, vs = [], [], []
+        for t in tvs:
+            w = t.double()
+            w = w - uc @ (uc.T @ w)
+            ut, st_, vt = torch.linalg.svd(w, full_matrices=False)
+            us.append(ut[:, :d]); ss.append(st_[:d]); vs.append(vt[:d, :])
+        U = torch.cat(us + [uc], 1)
+        S = torch.cat(ss + [sc])
+        V = torch.cat(vs + [vc], 0)
+        delta = S.mean() * (polar(U) @ polar(V))
+        out[n] = b + lam * delta.float()
+    return out
