@@ -10,7 +10,7 @@ DEB_TEST := python3-torch python3-numpy
 
 OPT      ?= -O3
 WARN     := -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation
-CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off \
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off -fno-trapping-math \
             -Iinclude -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 LDFLAGS  += -fopenmp

@@ -44,6 +44,8 @@ typedef struct job {
     const float **ptrs;      /* threads x inputs */
     const fb_tensor **tensors; /* inputs: the current tensor of each input */
     size_t raw_es;           /* bytes per element of the raw buffers */
+    float *kernel_scratch;   /* threads x scratch_per x chunk */
+    int scratch_per;
     uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
     void **accs;             /* prepare passes: one accumulator per thread */
     size_t acc_bytes;
@@ -272,6 +274,10 @@ static fb_status allocate_scratch(job *J)
     J->ptrs = fb_malloc((size_t)J->threads * (size_t)J->num_inputs * sizeof *J->ptrs);
     J->tensors = fb_malloc((size_t)J->num_inputs * sizeof *J->tensors);
     J->copy_buf = fb_malloc(2 * (size_t)COPY_BYTES);
+    J->scratch_per = ops->scratch_per_element ? ops->scratch_per_element(J->method->state) : 0;
+    size_t per = (size_t)J->scratch_per * (size_t)J->chunk;
+    J->kernel_scratch = fb_malloc((size_t)J->threads * (per ? per : 1) * sizeof(float));
+    if (!J->kernel_scratch) return FB_ERR_NOMEM;
     if (!J->f32 || !J->raw || !J->ptrs || !J->tensors || !J->copy_buf) return FB_ERR_NOMEM;
     if (ops->prepare_passes) {
         J->acc_bytes = ops->prepare_bytes(J->method->state);
@@ -354,6 +360,7 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
     if (st) return st;
     mc.tensor_index = ti;
     const fb_method_ops *ops = J->method->ops;
+    mc.scratch = J->kernel_scratch + (size_t)tid * (size_t)J->scratch_per * (size_t)J->chunk;
     if (what >= 0) {
         st = ops->prepare(J->method->state, what, &mc, J->accs[tid]);
         return st ? fb_error_prefix(st, "tensor '%s'", mc.tensor->name) : FB_OK;
@@ -480,6 +487,7 @@ static void job_free(job *J)
     fb_free(J->ptrs);
     fb_free(J->tensors);
     fb_free(J->copy_buf);
+    fb_free(J->kernel_scratch);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
     fb_model_free(J->out);

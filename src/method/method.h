@@ -32,6 +32,7 @@ typedef struct fb_merge_chunk {
     const float *const *models; /* num_models inputs, in pool order */
     int num_models;
     float *out;                 /* count merged elements go here */
+    float *scratch;             /* this thread's scratch: scratch_per_element x count floats */
 } fb_merge_chunk;
 
 /* What the driver tells a method before merging: the models it will see. */
@@ -49,6 +50,9 @@ typedef struct fb_method_ops {
     int needs_base;            /* the pool must have "_pretrained_" */
     int optional_base;         /* "_pretrained_" is used as the base when the pool has it */
     int min_models, max_models; /* models to merge (0: no limit) */
+    /* f32 scratch per chunk element the kernel needs in chunk.scratch (NULL: none); called
+     * after setup, so it may depend on the number of models */
+    int (*scratch_per_element)(const void *state);
     int whole_tensor;          /* chunks are whole tensors, merged on the calling thread (the
                                 * method may use OpenMP inside, with fixed-order reductions) */
     /* Parses the full parameter mapping (given values and defaults) into *state. */

@@ -122,6 +122,9 @@ static fb_status setup(void *p, const fb_merge_setup *m)
     return s->hi && s->rank && s->cut ? FB_OK : FB_ERR_NOMEM;
 }
 
+/* the trimmed vector of every model, and the elected signs */
+static int scratch_per_element(const void *p) { return ((const state *)p)->n + 1; }
+
 static int merges_tensor(const void *p, const fb_tensor *t)
 {
     return !fb_name_filter_matches(((const state *)p)->remove, fb_tensor_name(t));
@@ -145,6 +148,9 @@ static inline uint32_t magnitude_bits(float x)
     memcpy(&u, &x, 4);
     return u & 0x7fffffffu;
 }
+
+/* The same as a signed integer (magnitudes fit in 31 bits): SSE2 compares those directly. */
+static inline int32_t magnitude_key(float x) { return (int32_t)magnitude_bits(x); }
 
 /* Accumulator: pass 0/1 histograms (n x BINS), pass 2 two counters; then tau scratch. */
 static size_t prepare_bytes(const void *p)
@@ -179,21 +185,19 @@ static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void 
         }
         return FB_OK;
     }
-    /* pass 2: signs of the summed trimmed vectors, for the majority sign */
-    int64_t pos = 0, neg = 0;
-    float *sum = tau; /* the chunk's running sums */
-    for (int64_t j = 0; j < c->count; j++) sum[j] = 0.0f;
+    /* pass 2: signs of the summed trimmed vectors, for the majority sign (model-outer loops
+     * over the chunk scratch, as in merge) */
+    float *restrict sum = c->scratch, *restrict tk = c->scratch + c->count;
     for (int k = 0; k < s->n; k++) {
-        const float *m = c->models[k], *b = c->base;
-        int drop = fb_dare_applies(&s->dare, c->tensor);
-        uint64_t key = drop ? fb_rng_key(s->dare.seed, c->tensor->name, (uint64_t)k) : 0;
-        for (int64_t j = 0; j < c->count; j++) {
-            float v = m[j] - b[j];
-            if (drop) v = fb_dare_apply(&s->dare, key, c->begin + j, v);
-            v = trimmed(s, k, v);
-            sum[j] = k ? sum[j] + v : v;
+        task_vector(s, c, k, tk);
+        const int32_t cut = (int32_t)s->cut[k];
+        if (k == 0) {
+            for (int64_t j = 0; j < c->count; j++) sum[j] = magnitude_key(tk[j]) >= cut ? tk[j] : 0.0f;
+        } else {
+            for (int64_t j = 0; j < c->count; j++) sum[j] += magnitude_key(tk[j]) >= cut ? tk[j] : 0.0f;
         }
     }
+    int64_t pos = 0, neg = 0;
     for (int64_t j = 0; j < c->count; j++) {
         pos += sum[j] > 0.0f;
         neg += sum[j] < 0.0f;
@@ -252,48 +256,68 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
     return FB_OK;
 }
 
+/* Model-outer loops over the chunk (they vectorise); each entry sees the formula's sequence
+ * of f32 operations. scratch: the n trimmed vectors, then the elected signs. */
 static fb_status merge(const void *p, const fb_merge_chunk *c)
 {
     const state *s = p;
     const int n = s->n;
-    int drop = fb_dare_applies(&s->dare, c->tensor);
-    uint64_t keys[64];
-    for (int k = 0; k < n && k < 64; k++)
-        keys[k] = drop ? fb_rng_key(s->dare.seed, c->tensor->name, (uint64_t)k) : 0;
-    float t[64];
-    for (int64_t j = 0; j < c->count; j++) {
-        float sum = 0.0f;
-        for (int k = 0; k < n; k++) {
-            float v = c->models[k][j] - c->base[j];
-            if (drop) v = fb_dare_apply(&s->dare, keys[k], c->begin + j, v);
-            t[k] = trimmed(s, k, v);
-            sum = k ? sum + t[k] : t[k];
-        }
-        int sign = sum > 0.0f ? 1 : sum < 0.0f ? -1 : s->majority;
-        float agg = 0.0f, count = 0.0f, maxabs = 0.0f;
-        int first = 1;
-        for (int k = 0; k < n; k++) {
-            int agrees = sign > 0 ? t[k] > 0.0f : t[k] < 0.0f;
-            float sel = agrees ? t[k] : 0.0f;
-            agg = first ? sel : agg + sel;
-            first = 0;
-            count += sel != 0.0f;
-            if (fabsf(sel) > maxabs) maxabs = fabsf(sel);
-        }
-        if (s->merge_func == MERGE_MEAN) agg = agg / (count > 1.0f ? count : 1.0f);
-        else if (s->merge_func == MERGE_MAX) agg = maxabs * (float)sign;
-        c->out[j] = c->base[j] + s->lambda * agg;
+    const int64_t len = c->count;
+    float *restrict t = c->scratch, *restrict sign = c->scratch + (int64_t)n * len;
+    float *restrict out = c->out;
+    const float *restrict base = c->base;
+    for (int k = 0; k < n; k++) {
+        float *restrict tk = t + (int64_t)k * len;
+        task_vector(s, c, k, tk);
+        const int32_t cut = (int32_t)s->cut[k];
+        for (int64_t j = 0; j < len; j++) tk[j] = magnitude_key(tk[j]) >= cut ? tk[j] : 0.0f;
     }
+    /* elect: the sign of the summed trimmed vectors, else the majority sign */
+    for (int64_t j = 0; j < len; j++) out[j] = t[j];
+    for (int k = 1; k < n; k++)
+        for (int64_t j = 0; j < len; j++) out[j] += t[(int64_t)k * len + j];
+    const float majority = (float)s->majority;
+    for (int64_t j = 0; j < len; j++)
+        sign[j] = out[j] > 0.0f ? 1.0f : out[j] < 0.0f ? -1.0f : majority;
+    /* disjoint aggregate of the entries that agree with the elected sign: with the selection
+     * sign e = +1 for a positive elected sign and -1 otherwise (FusionBench picks the negative
+     * entries when the sign is 0), an entry agrees when e * t > 0 (e * t is exact). */
+    if (s->merge_func == MERGE_MAX) {
+        for (int64_t j = 0; j < len; j++) out[j] = 0.0f;
+        for (int k = 0; k < n; k++) {
+            const float *restrict tk = t + (int64_t)k * len;
+            for (int64_t j = 0; j < len; j++) {
+                float e = sign[j] > 0.0f ? 1.0f : -1.0f;
+                float sel = e * tk[j] > 0.0f ? fabsf(tk[j]) : 0.0f;
+                out[j] = sel > out[j] ? sel : out[j];
+            }
+        }
+        for (int64_t j = 0; j < len; j++) out[j] *= sign[j];
+    } else {
+        float *restrict count = t; /* model 0's trimmed values are read first, then reused */
+        for (int64_t j = 0; j < len; j++) {
+            float e = sign[j] > 0.0f ? 1.0f : -1.0f;
+            float sel = e * t[j] > 0.0f ? t[j] : 0.0f;
+            out[j] = sel;
+            count[j] = sel != 0.0f ? 1.0f : 0.0f;
+        }
+        for (int k = 1; k < n; k++) {
+            const float *restrict tk = t + (int64_t)k * len;
+            for (int64_t j = 0; j < len; j++) {
+                float e = sign[j] > 0.0f ? 1.0f : -1.0f;
+                float sel = e * tk[j] > 0.0f ? tk[j] : 0.0f;
+                out[j] += sel;
+                count[j] += sel != 0.0f ? 1.0f : 0.0f;
+            }
+        }
+        if (s->merge_func == MERGE_MEAN)
+            for (int64_t j = 0; j < len; j++) out[j] = out[j] / (count[j] > 1.0f ? count[j] : 1.0f);
+    }
+    const float lambda = s->lambda;
+    for (int64_t j = 0; j < len; j++) out[j] = base[j] + lambda * out[j];
     return FB_OK;
 }
 
-static fb_status check_models(void *p, const fb_merge_setup *m)
-{
-    if (m->num_models > 64)
-        return fb_set_error(FB_ERR_ARG, "TIES merges at most 64 models; the pool has %d",
-                            m->num_models);
-    return setup(p, m);
-}
 
 const fb_method_ops fb_method_ties_merging = {
     .name = "ties_merging",
@@ -302,7 +326,8 @@ const fb_method_ops fb_method_ties_merging = {
     .params = ties_params,
     .needs_base = 1,
     .create = create_ties,
-    .setup = check_models,
+    .setup = setup,
+    .scratch_per_element = scratch_per_element,
     .merges_tensor = merges_tensor,
     .prepare_passes = 3,
     .prepare_bytes = prepare_bytes,
@@ -319,7 +344,8 @@ const fb_method_ops fb_method_dare_ties_merging = {
     .params = dare_ties_params,
     .needs_base = 1,
     .create = create_dare_ties,
-    .setup = check_models,
+    .setup = setup,
+    .scratch_per_element = scratch_per_element,
     .merges_tensor = merges_tensor,
     .prepare_passes = 3,
     .prepare_bytes = prepare_bytes,
