@@ -225,6 +225,11 @@ const char *fb_method_registry_summary(int index);
 typedef struct fb_run_options {
     int out_dtype_set;  /* 1: write floating tensors as out_dtype; 0: as the inputs' dtype */
     fb_dtype out_dtype;
+    /* Called after each output tensor is done (index of count), with the seconds it took;
+     * for progress and per-tensor timing. May be NULL. */
+    void (*on_tensor)(void *user, const char *name, int64_t index, int64_t count,
+                      double seconds);
+    void *user;
 } fb_run_options;
 
 /* Merges the pool into a new in-memory model (the caller frees it). A method object may run

@@ -353,6 +353,33 @@ static const char *optional_string(const fb_config *root, const char *key, int *
     return s;
 }
 
+/* Per-tensor progress: a status line on a terminal, and the slowest tensors for the report. */
+typedef struct progress {
+    int tty;
+    double last_print;
+    fb_tensor_time slowest[FB_REPORT_SLOWEST];
+} progress;
+
+static void on_tensor(void *user, const char *name, int64_t index, int64_t count, double seconds)
+{
+    progress *p = user;
+    for (int i = 0; i < FB_REPORT_SLOWEST; i++) {
+        if (seconds <= p->slowest[i].seconds) continue;
+        memmove(&p->slowest[i + 1], &p->slowest[i],
+                (size_t)(FB_REPORT_SLOWEST - 1 - i) * sizeof p->slowest[0]);
+        snprintf(p->slowest[i].name, sizeof p->slowest[i].name, "%s", name);
+        p->slowest[i].seconds = seconds;
+        break;
+    }
+    if (!p->tty) return;
+    double t = now();
+    if (t - p->last_print < 0.2 && index + 1 < count) return;
+    p->last_print = t;
+    fprintf(stderr, "\r\033[K[%lld/%lld] %.60s", (long long)index + 1, (long long)count, name);
+    if (index + 1 == count) fputc('\n', stderr);
+    fflush(stderr);
+}
+
 static int run(cli *c)
 {
     int rc = 0;
@@ -362,7 +389,8 @@ static int run(cli *c)
     const char *report_path = optional_string(root, "report_save_path", &rc);
     const char *dtype_name = optional_string(root, "dtype", &rc);
     if (rc) return rc;
-    fb_run_options ro = {0};
+    progress prog = {.tty = isatty(2)};
+    fb_run_options ro = {.on_tensor = on_tensor, .user = &prog};
     if (dtype_name) {
         if (fb_dtype_from_name(dtype_name, &ro.out_dtype)) return fail(2, fb_last_error());
         ro.out_dtype_set = 1;
@@ -400,6 +428,7 @@ static int run(cli *c)
         .peak_rss_bytes = peak_rss_bytes(),
         .threads = fb_get_num_threads(),
     };
+    memcpy(rep.slowest, prog.slowest, sizeof rep.slowest);
     int n = fb_modelpool_num_models(c->pool);
     printf("fusion_bench: %s merged %d model%s%s: %lld tensors, %.2f M parameters\n",
            rep.method, n, n == 1 ? "" : "s",

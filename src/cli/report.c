@@ -114,6 +114,14 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
         cJSON_AddNumberToObject(t, "merge", r->merge_seconds);
         cJSON_AddNumberToObject(t, "total", r->total_seconds);
     }
+    cJSON *slow = cJSON_AddArrayToObject(root, "slowest_tensors");
+    for (int i = 0; slow && i < FB_REPORT_SLOWEST && r->slowest[i].seconds > 0; i++) {
+        cJSON *o = cJSON_CreateObject();
+        if (!o) break;
+        cJSON_AddStringToObject(o, "name", r->slowest[i].name);
+        cJSON_AddNumberToObject(o, "seconds", r->slowest[i].seconds);
+        cJSON_AddItemToArray(slow, o);
+    }
     cJSON_AddNumberToObject(root, "peak_rss_bytes", (double)r->peak_rss_bytes);
     cJSON_AddNumberToObject(root, "threads", r->threads);
     char *text = cJSON_Print(root);

@@ -7,6 +7,13 @@
 #include "config/config.h"
 #include "pool/modelpool.h"
 
+/* The slowest tensors of a run, kept for the report. */
+#define FB_REPORT_SLOWEST 10
+typedef struct fb_tensor_time {
+    char name[200];
+    double seconds;
+} fb_tensor_time;
+
 typedef struct fb_run_report {
     const fb_config *config;  /* the composed configuration, method parameters filled in */
     const fb_modelpool *pool;
@@ -16,6 +23,7 @@ typedef struct fb_run_report {
     double load_seconds, merge_seconds, total_seconds;
     long peak_rss_bytes;
     int threads;
+    fb_tensor_time slowest[FB_REPORT_SLOWEST]; /* by decreasing time; seconds 0 = unused */
 } fb_run_report;
 
 /* Writes the report as JSON to path, atomically (temporary file, fsync, rename). */

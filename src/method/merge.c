@@ -16,6 +16,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -46,6 +47,7 @@ typedef struct job {
     size_t raw_es;           /* bytes per element of the raw buffers */
     float *kernel_scratch;   /* threads x scratch_per x chunk */
     int scratch_per;
+    const fb_run_options *opts;
     uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
     void **accs;             /* prepare passes: one accumulator per thread */
     size_t acc_bytes;
@@ -441,6 +443,13 @@ static fb_status copy_equal_tensor(job *J, int64_t ti)
     return FB_OK;
 }
 
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static void select_tensor(job *J, int64_t ti)
 {
     const char *name = J->out->tensors[ti]->name;
@@ -470,10 +479,14 @@ static fb_status execute(job *J)
         if (st) return fb_error_prefix(st, "method %s", ops->name);
     }
     for (int64_t ti = 0; ti < J->out->count; ti++) {
+        double t0 = now_seconds();
         select_tensor(J, ti);
         if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
         else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE);
         if (st) return st;
+        if (J->opts && J->opts->on_tensor)
+            J->opts->on_tensor(J->opts->user, J->out->tensors[ti]->name, ti, J->out->count,
+                               now_seconds() - t0);
     }
     return FB_OK;
 }
@@ -496,7 +509,7 @@ static void job_free(job *J)
 static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opts, int to_memory,
                      const char *path, const fb_save_options *save, fb_model **merged)
 {
-    job J = {.method = m, .to_memory = to_memory};
+    job J = {.method = m, .to_memory = to_memory, .opts = opts};
     fb_status st = collect_inputs(&J, m, pool);
     if (!st) st = plan_output(&J, opts);
     if (!st && path) st = check_output_path(&J, path);

@@ -28,6 +28,7 @@ extern const fb_method_ops fb_method_magnitude_diff_pruning;
 extern const fb_method_ops fb_method_task_singular_vector;
 extern const fb_method_ops fb_method_iso_c;
 extern const fb_method_ops fb_method_iso_cts;
+extern const fb_method_ops fb_method_consensus_task_arithmetic;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -38,7 +39,7 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_slerp,                &fb_method_karcher,
     &fb_method_model_stock,          &fb_method_magnitude_diff_pruning,
     &fb_method_task_singular_vector, &fb_method_iso_c,
-    &fb_method_iso_cts,
+    &fb_method_iso_cts,              &fb_method_consensus_task_arithmetic,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

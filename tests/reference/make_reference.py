@@ -210,6 +210,11 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
          R.iso(base, models, 1.5), None, 1e-5),
         ("iso_cts", "{scaling_factor: 1.5, common_space_fraction: 0.8}",
          ["method.scaling_factor=1.5"], R.iso(base, models, 1.5, cts=True), None, 1e-5),
+        ("consensus_task_arithmetic", "{scaling_factor: 0.5, tall_mask_lambda: 0.4}",
+         ["method.scaling_factor=0.5", "method.tall_mask_lambda=0.4"],
+         R.consensus_task_arithmetic(base, models, 0.5, 0.4, 2)),
+        ("consensus_task_arithmetic", "{consensus_threshold: 1}", ["method.consensus_threshold=1"],
+         R.consensus_task_arithmetic(base, models, 0.3, 0.6, 1)),
         ("iso_cts", "{common_space_fraction: 0.5}", ["method.common_space_fraction=0.5"],
          R.iso(base, models, 1.0, cts=True, common_space_fraction=0.5), None, 1e-5),
     ]

@@ -359,3 +359,21 @@ def iso(base, models, scaling_factor=1.0, cts=False, common_space_fraction=0.8, 
         delta = S.mean() * (polar(U) @ polar(V))
         out[n] = b + lam * delta.float()
     return out
+
+
+def consensus_task_arithmetic(base, models, scaling_factor=0.3, tall_mask_lambda=0.6, k=2):
+    out = {}
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        tau = models[0][n].float() - b
+        for m in models[1:]:
+            tau = tau + (m[n].float() - b)
+        mt = b + tau
+        count = torch.zeros_like(b)
+        for m in models:
+            f = m[n].float()
+            count = count + ((b - f).abs() > (mt - f).abs() * f32(tall_mask_lambda)).float()
+        out[n] = b + f32(scaling_factor) * torch.where(count >= k, tau, torch.zeros_like(tau))
+    return out
