@@ -272,6 +272,15 @@ TEST(bad_method_names_and_parameters_are_errors)
                  "'t' is 1.5; it must be in [0, 1]");
     EXPECT_ERROR(fb_method_create("ties_merging", "{remove_keys: ['(']}", &m), FB_ERR_CONFIG,
                  "not a valid pattern");
+    EXPECT_ERROR(fb_method_create("ties_merging", "{threshold: [{filter: mlp, value: 10}, {value: 20}]}",
+                                  &m),
+                 FB_ERR_UNSUPPORTED, "per-tensor values of 'threshold' are not supported");
+    EXPECT_ERROR(fb_method_create("task_arithmetic",
+                                  "{scaling_factor: [{filter: mlp, value: 0.5}, {value: x}]}", &m),
+                 FB_ERR_CONFIG, "scaling_factor[1]");
+    EXPECT_ERROR(fb_method_create("task_arithmetic",
+                                  "{scaling_factor: [{filter: '(', value: 0.5}]}", &m),
+                 FB_ERR_CONFIG, "not a valid pattern");
     EXPECT(m == NULL);
 
     fb_modelpool *pool;

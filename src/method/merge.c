@@ -48,6 +48,8 @@ typedef struct job {
     float *kernel_scratch;   /* threads x scratch_per x chunk */
     int scratch_per;
     const fb_run_options *opts;
+    fb_merge_setup setup;
+    void **tstate;           /* per output tensor: the method state that merges it */
     uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
     void **accs;             /* prepare passes: one accumulator per thread */
     size_t acc_bytes;
@@ -176,9 +178,9 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
         fb_status st = check_agreement(J, k);
         if (st) return st;
     }
+    J->setup = (fb_merge_setup){J->num_models, J->names, J->has_base};
     if (m->ops->setup) {
-        fb_merge_setup s = {J->num_models, J->names, J->has_base};
-        fb_status st = m->ops->setup(m->state, &s);
+        fb_status st = m->ops->setup(m->state, &J->setup);
         if (st) return fb_error_prefix(st, "method %s", m->ops->name);
     }
     return FB_OK;
@@ -245,6 +247,20 @@ static fb_status check_output_path(const job *J, const char *path)
     return FB_OK;
 }
 
+/* Each tensor's method state: per-tensor parameters may give tensors their own. */
+static fb_status resolve_states(job *J)
+{
+    fb_method *m = (fb_method *)J->method;
+    fb_method_reset_variants(m);
+    J->tstate = fb_calloc((size_t)(J->out->count ? J->out->count : 1), sizeof *J->tstate);
+    if (!J->tstate) return FB_ERR_NOMEM;
+    for (int64_t ti = 0; ti < J->out->count; ti++) {
+        fb_status st = fb_method_state_for(m, J->out->tensors[ti]->name, &J->setup, &J->tstate[ti]);
+        if (st) return st;
+    }
+    return FB_OK;
+}
+
 static fb_status allocate_scratch(job *J)
 {
     const fb_method_ops *ops = J->method->ops;
@@ -276,7 +292,11 @@ static fb_status allocate_scratch(job *J)
     J->ptrs = fb_malloc((size_t)J->threads * (size_t)J->num_inputs * sizeof *J->ptrs);
     J->tensors = fb_malloc((size_t)J->num_inputs * sizeof *J->tensors);
     J->copy_buf = fb_malloc(2 * (size_t)COPY_BYTES);
-    J->scratch_per = ops->scratch_per_element ? ops->scratch_per_element(J->method->state) : 0;
+    J->scratch_per = 0;
+    for (int64_t ti = 0; ops->scratch_per_element && ti < J->out->count; ti++) {
+        int per = ops->scratch_per_element(J->tstate[ti]);
+        if (per > J->scratch_per) J->scratch_per = per;
+    }
     size_t per = (size_t)J->scratch_per * (size_t)J->chunk;
     J->kernel_scratch = fb_malloc((size_t)J->threads * (per ? per : 1) * sizeof(float));
     if (!J->kernel_scratch) return FB_ERR_NOMEM;
@@ -375,7 +395,7 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
         /* an unmerged tensor: the base model's (or the first model's) values */
         const float *src = mc.base ? mc.base : mc.models[0];
         memcpy(mc.out, src, (size_t)mc.count * sizeof(float));
-    } else if ((st = ops->merge(J->method->state, &mc))) {
+    } else if ((st = ops->merge(J->tstate[ti], &mc))) {
         return fb_error_prefix(st, "tensor '%s'", mc.tensor->name);
     }
     return store_chunk(J, ti, &mc, tid);
@@ -461,7 +481,7 @@ static int is_merged(const job *J, int64_t ti)
     const fb_tensor *t = J->ref->tensors[ti];
     const fb_method_ops *ops = J->method->ops;
     return fb_dtype_is_float(t->dtype) &&
-           (!ops->merges_tensor || ops->merges_tensor(J->method->state, t));
+           (!ops->merges_tensor || ops->merges_tensor(J->tstate[ti], t));
 }
 
 static fb_status execute(job *J)
@@ -501,6 +521,7 @@ static void job_free(job *J)
     fb_free(J->tensors);
     fb_free(J->copy_buf);
     fb_free(J->kernel_scratch);
+    fb_free(J->tstate);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
     fb_model_free(J->out);
@@ -513,6 +534,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     fb_status st = collect_inputs(&J, m, pool);
     if (!st) st = plan_output(&J, opts);
     if (!st && path) st = check_output_path(&J, path);
+    if (!st) st = resolve_states(&J);
     if (!st) st = allocate_scratch(&J);
     if (!st && path) st = fb_writer_open(path, save, J.out, &J.writer);
     if (!st) st = execute(&J);

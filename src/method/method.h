@@ -77,11 +77,27 @@ typedef struct fb_method_ops {
     void (*destroy)(void *state);
 } fb_method_ops;
 
+/* A parameter given per tensor: [{filter: REGEX, value: V}, ..., {value: DEFAULT}]. */
+typedef struct fb_param_rules fb_param_rules;
+
 struct fb_method {
     const fb_method_ops *ops;
-    fb_config *params; /* every parameter, defaults filled in */
-    void *state;
+    fb_config *params; /* every parameter, defaults filled in (per-tensor lists as given) */
+    void *state;       /* the state for tensors no per-tensor rule changes */
+    fb_param_rules *rules;   /* per-tensor parameters, or NULL */
+    int num_rules;
+    /* states made for other resolutions of the rules, for the current merge */
+    char **variant_keys;
+    void **variant_states;
+    int num_variants;
 };
+
+/* The state to merge tensor `name` with: m->state, or the state made for the values the
+ * per-tensor rules give this tensor (made and set up on first use in this merge). */
+fb_status fb_method_state_for(fb_method *m, const char *name, const fb_merge_setup *setup,
+                              void **state);
+/* Drops the per-tensor states of an earlier merge. */
+void fb_method_reset_variants(fb_method *m);
 
 /* The registry: every method, in the order --list-methods shows them. */
 const fb_method_ops *fb_method_lookup(const char *name);

@@ -4,6 +4,8 @@
  * Parameters are checked here for every method alike: a key the method does not declare is
  * an error naming the key and the known ones, and missing keys take the declared defaults.
  */
+#include <regex.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -93,6 +95,172 @@ static int is_meta_key(const char *k)
            !strcmp(k, "_partial_");
 }
 
+struct fb_param_rules {
+    const char *param;      /* borrowed from the method's params */
+    int count;
+    regex_t *filters;       /* count entries; unused where has_filter is 0 */
+    int *has_filter;
+    const fb_config **values;
+};
+
+/* A per-tensor parameter: a non-empty list of mappings with "value" and an optional "filter". */
+static int is_rule_list(const fb_config *v)
+{
+    if (!v || v->kind != FB_CFG_SEQ || v->count == 0) return 0;
+    for (int i = 0; i < v->count; i++) {
+        const fb_config *e = v->items[i];
+        if (e->kind != FB_CFG_MAP || !fb_cfg_map_get(e, "value")) return 0;
+        for (int k = 0; k < e->count; k++)
+            if (strcmp(e->keys[k], "value") && strcmp(e->keys[k], "filter")) return 0;
+    }
+    return 1;
+}
+
+static void free_rules(fb_param_rules *r, int n)
+{
+    for (int i = 0; r && i < n; i++) {
+        for (int k = 0; k < r[i].count; k++)
+            if (r[i].has_filter && r[i].has_filter[k]) regfree(&r[i].filters[k]);
+        fb_free(r[i].filters);
+        fb_free(r[i].has_filter);
+        fb_free(r[i].values);
+    }
+    fb_free(r);
+}
+
+static fb_status parse_rules(fb_method *m)
+{
+    const fb_config *p = m->params;
+    int n = 0;
+    for (int i = 0; i < p->count; i++) n += is_rule_list(p->items[i]);
+    if (!n) return FB_OK;
+    m->rules = fb_calloc((size_t)n, sizeof *m->rules);
+    if (!m->rules) return FB_ERR_NOMEM;
+    for (int i = 0; i < p->count; i++) {
+        const fb_config *v = p->items[i];
+        if (!is_rule_list(v)) continue;
+        fb_param_rules *r = &m->rules[m->num_rules++];
+        r->param = p->keys[i];
+        r->filters = fb_calloc((size_t)v->count, sizeof *r->filters);
+        r->has_filter = fb_calloc((size_t)v->count, sizeof *r->has_filter);
+        r->values = fb_calloc((size_t)v->count, sizeof *r->values);
+        if (!r->filters || !r->has_filter || !r->values) return FB_ERR_NOMEM;
+        for (int k = 0; k < v->count; k++) {
+            const fb_config *f = fb_cfg_map_get(v->items[k], "filter");
+            r->values[k] = fb_cfg_map_get(v->items[k], "value");
+            r->count = k + 1;
+            if (fb_cfg_is_null(f)) continue;
+            const char *pattern;
+            char key[300];
+            snprintf(key, sizeof key, "%s[%d].filter", r->param, k);
+            fb_status st = fb_cfg_string(f, key, &pattern);
+            if (st) return st;
+            int rc = regcomp(&r->filters[k], pattern, REG_EXTENDED | REG_NOSUB);
+            if (rc)
+                return fb_set_error(FB_ERR_CONFIG, "%s: %s: '%s' is not a valid pattern",
+                                    fb_cfg_where(f), key, pattern);
+            r->has_filter[k] = 1;
+        }
+    }
+    return FB_OK;
+}
+
+/* The parameters for tensor `name` (or, with name NULL, for a tensor no filter matches;
+ * `force` picks entry `force_entry` of rule `force_rule` instead, for validation). */
+static fb_status resolve(const fb_method *m, const char *name, int force_rule, int force_entry,
+                         fb_config **out)
+{
+    fb_config *r;
+    fb_status st = fb_cfg_copy(m->params, &r);
+    if (st) return st;
+    for (int i = 0; i < m->num_rules && !st; i++) {
+        const fb_param_rules *rule = &m->rules[i];
+        int pick = -1;
+        if (i == force_rule) pick = force_entry;
+        for (int k = 0; k < rule->count && pick < 0; k++) {
+            if (!rule->has_filter[k]) pick = k;
+            else if (name && regexec(&rule->filters[k], name, 0, NULL, 0) == 0) pick = k;
+        }
+        if (pick < 0) {
+            /* no default: a tensor no filter matches keeps the parameter's declared default */
+            const fb_param_spec *ps = m->ops->params;
+            while (ps->name && strcmp(ps->name, rule->param)) ps++;
+            fb_config *def;
+            if (!(st = fb_cfg_parse_text(ps->default_yaml, strlen(ps->default_yaml), NULL, &def)))
+                st = fb_cfg_map_set(r, rule->param, def);
+            continue;
+        }
+        fb_config *v;
+        if (!(st = fb_cfg_copy(rule->values[pick], &v))) st = fb_cfg_map_set(r, rule->param, v);
+    }
+    if (st) {
+        fb_config_free(r);
+        return st;
+    }
+    *out = r;
+    return FB_OK;
+}
+
+static void destroy_state(const fb_method_ops *ops, void *state)
+{
+    if (ops->destroy) ops->destroy(state);
+    else fb_free(state);
+}
+
+void fb_method_reset_variants(fb_method *m)
+{
+    for (int i = 0; i < m->num_variants; i++) {
+        fb_free(m->variant_keys[i]);
+        destroy_state(m->ops, m->variant_states[i]);
+    }
+    fb_free(m->variant_keys);
+    fb_free(m->variant_states);
+    m->variant_keys = NULL;
+    m->variant_states = NULL;
+    m->num_variants = 0;
+}
+
+fb_status fb_method_state_for(fb_method *m, const char *name, const fb_merge_setup *setup,
+                              void **state)
+{
+    *state = m->state;
+    if (!m->num_rules) return FB_OK;
+    fb_config *r;
+    fb_status st = resolve(m, name, -1, -1, &r);
+    if (st) return st;
+    char *key = fb_cfg_to_yaml(r);
+    if (!key) {
+        fb_config_free(r);
+        return FB_ERR_NOMEM;
+    }
+    for (int i = 0; i < m->num_variants; i++) {
+        if (strcmp(m->variant_keys[i], key) == 0) {
+            *state = m->variant_states[i];
+            fb_free(key);
+            fb_config_free(r);
+            return FB_OK;
+        }
+    }
+    void *s = NULL;
+    st = m->ops->create(r, &s);
+    fb_config_free(r);
+    if (!st && m->ops->setup) st = m->ops->setup(s, setup);
+    char **keys = st ? NULL : fb_realloc(m->variant_keys, (size_t)(m->num_variants + 1) * sizeof *keys);
+    if (keys) m->variant_keys = keys;
+    void **states = keys ? fb_realloc(m->variant_states, (size_t)(m->num_variants + 1) * sizeof *states) : NULL;
+    if (states) m->variant_states = states;
+    if (st || !keys || !states) {
+        if (s) destroy_state(m->ops, s);
+        fb_free(key);
+        return st ? fb_error_prefix(st, "method %s, tensor '%s'", m->ops->name, name)
+                  : FB_ERR_NOMEM;
+    }
+    m->variant_keys[m->num_variants] = key;
+    m->variant_states[m->num_variants++] = s;
+    *state = s;
+    return FB_OK;
+}
+
 static fb_status make_method(const fb_method_ops *ops, const fb_config *given, fb_method **out)
 {
     *out = NULL;
@@ -129,16 +297,40 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     }
     fb_method *m = NULL;
     if (!st && !(m = fb_calloc(1, sizeof *m))) st = FB_ERR_NOMEM;
+    if (st) {
+        fb_config_free(params);
+        return st;
+    }
+    m->ops = ops;
+    m->params = params;
+    st = parse_rules(m);
+    if (!st && m->num_rules && ops->prepare_passes)
+        st = fb_set_error(FB_ERR_UNSUPPORTED,
+                          "per-tensor values of '%s' are not supported: the method computes "
+                          "statistics over the whole model",
+                          m->rules[0].param);
+    /* every value of every per-tensor rule must make a valid method */
+    for (int i = 0; i < m->num_rules && !st; i++) {
+        for (int k = 0; k < m->rules[i].count && !st; k++) {
+            fb_config *r;
+            void *s = NULL;
+            if ((st = resolve(m, NULL, i, k, &r))) break;
+            st = ops->create(r, &s);
+            fb_config_free(r);
+            if (s) destroy_state(ops, s);
+            if (st) fb_error_prefix(st, "%s[%d]", m->rules[i].param, k);
+        }
+    }
     if (!st) {
-        m->ops = ops;
-        m->params = params;
-        st = ops->create(params, &m->state);
-        if (st) fb_error_prefix(st, "method %s", ops->name);
+        fb_config *r;
+        if (!(st = resolve(m, NULL, -1, -1, &r))) {
+            st = ops->create(r, &m->state);
+            fb_config_free(r);
+        }
     }
     if (st) {
-        if (m) m->params = NULL;
-        fb_free(m);
-        fb_config_free(params);
+        fb_error_prefix(st, "method %s", ops->name);
+        fb_method_free(m);
         return st;
     }
     *out = m;
@@ -193,8 +385,9 @@ fb_status fb_method_create_from_config(const fb_config *node, fb_method **out)
 void fb_method_free(fb_method *m)
 {
     if (!m) return;
-    if (m->ops->destroy) m->ops->destroy(m->state);
-    else fb_free(m->state);
+    fb_method_reset_variants(m);
+    if (m->state) destroy_state(m->ops, m->state);
+    free_rules(m->rules, m->num_rules);
     fb_config_free(m->params);
     fb_free(m);
 }

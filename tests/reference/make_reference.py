@@ -97,6 +97,19 @@ def task_arithmetic(base, models, scaling_factor):
     return out
 
 
+def per_tensor(base, rules):
+    """Each tensor from the first (pattern, merge) whose pattern is found in its name."""
+    import re
+    out = {}
+    for n in base:
+        for pattern, merged in rules:
+            if pattern is None or re.search(pattern, n):
+                if n in merged:
+                    out[n] = merged[n]
+                break
+    return out
+
+
 def finish(merged, base):
     """Non-float tensors are copied from the base; floats rounded to the input dtype."""
     return {k: (merged[k].to(base[k].dtype) if base[k].dtype.is_floating_point else base[k])
@@ -210,6 +223,21 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
          R.iso(base, models, 1.5), None, 1e-5),
         ("iso_cts", "{scaling_factor: 1.5, common_space_fraction: 0.8}",
          ["method.scaling_factor=1.5"], R.iso(base, models, 1.5, cts=True), None, 1e-5),
+        # per-tensor parameters: the first rule whose filter (a regex searched in the name)
+        # matches, else the rule without a filter
+        ("task_arithmetic",
+         "{scaling_factor: [{filter: 'mlp\\.fc1', value: 0.7}, {filter: patch, value: -0.2}, "
+         "{value: 0.3}]}",
+         ["method.scaling_factor=[{filter: 'mlp\\.fc1', value: 0.7}, {filter: patch, value: -0.2},"
+          " {value: 0.3}]"],
+         per_tensor(base, [(r"mlp\.fc1", task_arithmetic(base, models, 0.7)),
+                           ("patch", task_arithmetic(base, models, -0.2)),
+                           (None, task_arithmetic(base, models, 0.3))])),
+        ("weighted_average",
+         "{weights: [{filter: bias, value: [1, 0, 0]}, {value: [0.2, 0.3, 0.5]}]}",
+         ["method.weights=[{filter: bias, value: [1, 0, 0]}, {value: [0.2, 0.3, 0.5]}]"],
+         per_tensor(base, [("bias", weighted_average(base, models, [1, 0, 0], True)),
+                           (None, weighted_average(base, models, [0.2, 0.3, 0.5], True))])),
         ("consensus_task_arithmetic", "{scaling_factor: 0.5, tall_mask_lambda: 0.4}",
          ["method.scaling_factor=0.5", "method.tall_mask_lambda=0.4"],
          R.consensus_task_arithmetic(base, models, 0.5, 0.4, 2)),
