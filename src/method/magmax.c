@@ -45,7 +45,7 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
         const float *m = c->models[i];
         for (int64_t j = 0; j < c->count; j++) {
             float tau = m[j] - base[j];
-            if (fabsf(tau) > fabsf(out[j])) out[j] = tau;
+            out[j] = fabsf(tau) > fabsf(out[j]) ? tau : out[j];
         }
     }
     for (int64_t j = 0; j < c->count; j++) out[j] = base[j] + lambda * out[j];
