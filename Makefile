@@ -30,7 +30,7 @@ DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 
 .SECONDARY:
-.PHONY: all deps test-deps test test-sanitize demo bench clean format
+.PHONY: all deps test-deps test test-sanitize fuzz demo bench clean format
 all: $(CLI) $(EXAMPLES)
 
 # Missing Debian packages: installed when root, else named. The stamp keeps it to one check.
@@ -80,6 +80,28 @@ test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES)
 test-sanitize: $(TDEPS_OK)
 	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fopenmp -fsanitize=address,undefined" test
+
+# Fuzzing (clang's libFuzzer, with ASan and UBSan): each target runs FUZZ_SECONDS from the seeds
+# in tests/fuzz/corpus/<target>; crashes are saved as build-fuzz/crash-<target>-*. A crash
+# found becomes a file in tests/data/bad/ with the error it must give (run by make test).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := safetensors index config
+FUZZ_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
+fuzz: $(DEPS_OK)
+	$(MAKE) BUILD=build-fuzz CC=clang WARN="-Wall -Wextra -Werror -Wno-unknown-pragmas" \
+	    OPT="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libfusionbench.a
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -fsanitize=fuzzer -fopenmp -Iinclude -Isrc \
+	    $$(pkg-config --cflags $(PKGS)) tests/fuzz/fuzz_$$t.c build-fuzz/libfusionbench.a \
+	    $$(pkg-config --libs $(PKGS)) -lm -lpthread -o build-fuzz/fuzz_$$t; \
+	done
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus/$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build-fuzz/crash-$$t- build-fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+	    2>&1 | grep -E "^#[0-9]+ *DONE|stat::number_of_executed_units|cov:|ERROR|SUMMARY" | tail -4; \
+	done
 
 demo: $(CLI) $(EXAMPLES)
 	@sh examples/demo.sh $(BUILD)

@@ -159,12 +159,6 @@ static size_t prepare_bytes(const void *p)
     return (size_t)s->n * BINS * sizeof(uint64_t) + FB_MERGE_CHUNK * sizeof(float);
 }
 
-/* The trimmed value of entry j of model k: tau when |tau| >= cut, else 0. */
-static inline float trimmed(const state *s, int k, float tau)
-{
-    return magnitude_bits(tau) >= s->cut[k] ? tau : 0.0f;
-}
-
 static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void *acc)
 {
     const state *s = p;
