@@ -234,6 +234,7 @@ static fb_status check_output_path(const job *J, const char *path)
                                     "another path",
                                     path, J->names[k]);
             char *dir = fb_path_dirname(s->path);
+            if (!dir) return FB_ERR_NOMEM;
             unsigned long long ddev, dino;
             int same = dir && fb_path_identity(dir, &ddev, &dino) && ddev == pdev && dino == pino;
             fb_free(dir);

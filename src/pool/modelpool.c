@@ -173,7 +173,7 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
         const char *rel;
         if ((st = entry_path(models->keys[i], v, &rel))) break;
         char *dir = v->origin ? fb_path_dirname(v->origin) : NULL;
-        char *path = fb_path_join(dir, rel);
+        char *path = (v->origin && !dir) ? NULL : fb_path_join(dir, rel);
         fb_free(dir);
         if (!path) st = FB_ERR_NOMEM;
         else st = fb_modelpool_add_path(pool, models->keys[i], path);

@@ -1,0 +1,148 @@
+/*
+ * test_faults.c: what happens when things go wrong under a merge: the disk fills up, an input
+ * file shrinks after it was opened, an allocation fails, the process is killed. Each time: a
+ * clear error (or, when killed, the previous output or none), never a half file, inputs
+ * untouched.
+ */
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "harness.h"
+
+extern char **environ;
+
+/* Writes a pool of n models with one tensor of `elems` f32 each, and pool.yaml. */
+static void write_pool(int n, int64_t elems)
+{
+    char yaml[4096] = "models:\n";
+    float *v = malloc((size_t)elems * 4);
+    for (int k = 0; k <= n; k++) {
+        for (int64_t j = 0; j < elems; j++) v[j] = (float)((j * 7 + k * 13) % 101) / 101.0f;
+        fb_model *m;
+        fb_model_create(&m);
+        int64_t shape[2] = {elems / 64, 64};
+        fb_model_add_tensor(m, "layer.weight", FB_F32, 2, shape, v, NULL);
+        char name[64];
+        snprintf(name, sizeof name, k ? "m%d.safetensors" : "base.safetensors", k);
+        fb_model_save(m, fb_test_path(name), NULL);
+        fb_model_free(m);
+        char line[128];
+        snprintf(line, sizeof line, "  %s: %s\n", k ? (char[16]){0} : "_pretrained_", name);
+        if (k) snprintf(line, sizeof line, "  m%d: %s\n", k, name);
+        strcat(yaml, line);
+    }
+    free(v);
+    fb_test_write_file(fb_test_path("pool.yaml"), yaml, strlen(yaml));
+}
+
+static int no_temporaries(void)
+{
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "ls -A '%s' | grep -q tmp-", fb_test_tmp());
+    return system(cmd) != 0;
+}
+
+TEST(full_disk_fails_cleanly_and_keeps_the_old_output)
+{
+    write_pool(2, 64 * 1024);
+    fb_modelpool *pool;
+    fb_method *m;
+    REQUIRE_OK(fb_modelpool_load_config(fb_test_path("pool.yaml"), &pool));
+    REQUIRE_OK(fb_method_create("task_arithmetic", NULL, &m));
+    const char *out = fb_test_path("out.safetensors");
+    fb_test_write_file(out, "previous", 8);
+    /* a file-size limit stands in for a full disk: writes past it fail with EFBIG */
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl = {100 * 1024, 100 * 1024};
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &rl) == 0);
+    EXPECT_ERROR(fb_method_run_to_file(m, pool, NULL, out, NULL), FB_ERR_IO, "out.safetensors");
+    rl.rlim_cur = rl.rlim_max = RLIM_INFINITY;
+    setrlimit(RLIMIT_FSIZE, &rl);
+    char *kept = fb_test_read_file(out, NULL);
+    EXPECT(kept && !strcmp(kept, "previous"));
+    free(kept);
+    EXPECT(no_temporaries());
+    fb_method_free(m);
+    fb_modelpool_free(pool);
+}
+
+TEST(input_truncated_after_opening_is_an_error_not_a_crash)
+{
+    write_pool(2, 64 * 1024);
+    fb_modelpool *pool;
+    fb_method *m;
+    REQUIRE_OK(fb_modelpool_load_config(fb_test_path("pool.yaml"), &pool));
+    REQUIRE_OK(fb_method_create("simple_average", NULL, &m));
+    /* the header was read and checked; now the file loses its tail */
+    REQUIRE(truncate(fb_test_path("m2.safetensors"), 4096) == 0);
+    EXPECT_ERROR(fb_method_run_to_file(m, pool, NULL, fb_test_path("out.safetensors"), NULL),
+                 FB_ERR_IO, "m2.safetensors");
+    EXPECT(strstr(fb_last_error(), "truncated"));
+    EXPECT(!fb_test_exists(fb_test_path("out.safetensors")));
+    EXPECT(no_temporaries());
+    fb_method_free(m);
+    fb_modelpool_free(pool);
+}
+
+TEST(allocation_failure_anywhere_in_a_merge_is_an_error)
+{
+    write_pool(2, 64 * 64);
+    int failures = 0, successes = 0;
+    for (long n = 0; n < 200; n++) {
+        fb_modelpool *pool = NULL;
+        fb_method *m = NULL;
+        fb_alloc_fail_after(n);
+        fb_status st = fb_modelpool_load_config(fb_test_path("pool.yaml"), &pool);
+        if (!st) st = fb_method_create("ties_merging", "{threshold: 50}", &m);
+        if (!st) st = fb_method_run_to_file(m, pool, NULL, fb_test_path("out.safetensors"), NULL);
+        fb_alloc_fail_after(-1);
+        if (st == FB_OK) successes++;
+        else if (st == FB_ERR_NOMEM) failures++;
+        else fb_test_fail(__FILE__, __LINE__, "allocation %ld: %s (%s)", n, fb_status_str(st),
+                          fb_last_error());
+        fb_method_free(m);
+        fb_modelpool_free(pool);
+        EXPECT(no_temporaries());
+    }
+    EXPECT(failures > 20 && successes > 0); /* every early allocation was hit, then it passed */
+}
+
+TEST(killed_merge_leaves_the_previous_output_or_none)
+{
+    write_pool(3, 4 * 1024 * 1024); /* 16 MB models: a merge takes tens of milliseconds */
+    char pool_arg[4200], save_arg[4200];
+    snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", fb_test_path("pool.yaml"));
+    snprintf(save_arg, sizeof save_arg, "merged_model_save_path=%s", fb_test_path("out.safetensors"));
+    const char *argv[] = {fb_test_cli, "method=task_arithmetic", pool_arg, save_arg, NULL};
+    /* a complete output first, to compare against */
+    REQUIRE(fb_test_run(argv, NULL, NULL) == 0);
+    size_t want_len;
+    char *want = fb_test_read_file(fb_test_path("out.safetensors"), &want_len);
+    REQUIRE(want);
+    int killed = 0;
+    for (int i = 0; i < 25; i++) {
+        pid_t pid;
+        REQUIRE(posix_spawn(&pid, fb_test_cli, NULL, NULL, (char *const *)argv, environ) == 0);
+        struct timespec ts = {0, (long)(i % 13) * 4000000L}; /* 0 to 48 ms */
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int status;
+        waitpid(pid, &status, 0);
+        killed += WIFSIGNALED(status);
+        size_t len;
+        char *got = fb_test_read_file(fb_test_path("out.safetensors"), &len);
+        if (got && (len != want_len || memcmp(got, want, len)))
+            fb_test_fail(__FILE__, __LINE__, "kill %d left a different output (%zu bytes)", i, len);
+        free(got);
+    }
+    EXPECT(killed > 0);
+    free(want);
+}
