@@ -132,7 +132,9 @@ TEST(same_bytes_for_one_and_two_threads)
                                 {"task_singular_vector", NULL},
                                 {"iso_c", NULL},
                                 {"iso_cts", NULL},
-                                {"consensus_task_arithmetic", NULL}};
+                                {"consensus_task_arithmetic", NULL},
+                                {"breadcrumbs_ties", NULL},
+                                {"della", "{seed: 3}"}};
     const int num_methods = sizeof methods / sizeof methods[0];
     fb_dtype dtypes[] = {FB_F32, FB_BF16};
     for (int d = 0; d < 2; d++) {

@@ -31,6 +31,10 @@ extern const fb_method_ops fb_method_task_singular_vector;
 extern const fb_method_ops fb_method_iso_c;
 extern const fb_method_ops fb_method_iso_cts;
 extern const fb_method_ops fb_method_consensus_task_arithmetic;
+extern const fb_method_ops fb_method_breadcrumbs;
+extern const fb_method_ops fb_method_breadcrumbs_ties;
+extern const fb_method_ops fb_method_della;
+extern const fb_method_ops fb_method_della_linear;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -42,6 +46,8 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_model_stock,          &fb_method_magnitude_diff_pruning,
     &fb_method_task_singular_vector, &fb_method_iso_c,
     &fb_method_iso_cts,              &fb_method_consensus_task_arithmetic,
+    &fb_method_breadcrumbs,          &fb_method_breadcrumbs_ties,
+    &fb_method_della,                &fb_method_della_linear,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

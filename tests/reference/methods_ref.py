@@ -377,3 +377,65 @@ def consensus_task_arithmetic(base, models, scaling_factor=0.3, tall_mask_lambda
             count = count + ((b - f).abs() > (mt - f).abs() * f32(tall_mask_lambda)).float()
         out[n] = b + f32(scaling_factor) * torch.where(count >= k, tau, torch.zeros_like(tau))
     return out
+
+
+def _stable_order(x):
+    return torch.sort(x.abs().reshape(-1), stable=True).indices
+
+
+def sparse_task_arithmetic(base, models, kind, consensus, weights=None, density=0.9, gamma=0.01,
+                           epsilon=0.15, lam=1.0, normalize=False, rescale=True, seed=0):
+    out = {}
+    N = len(models)
+    ws = weights or [1.0] * N
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        ds = []
+        for i, m in enumerate(models):
+            tau = (m[n].float() - b).reshape(-1).clone()
+            cnt = tau.numel()
+            if density < 1.0 and kind == "breadcrumbs":
+                target, top = int(density * cnt), int(gamma * cnt)
+                bot = cnt - target - top
+                if bot < 0:
+                    top += bot
+                    bot = 0
+                order = _stable_order(tau)
+                tau[order[:bot]] = 0
+                if top > 0:
+                    tau[order[cnt - top:]] = 0
+            elif density < 1.0 and kind == "della":
+                rows = b.shape[0] if b.dim() >= 2 else 1
+                length = cnt // rows if rows else 0
+                u = rng_uniform(rng_key(seed, n, i), cnt)
+                for r in range(rows):
+                    x = tau[r * length:(r + 1) * length]
+                    order = _stable_order(x)
+                    rank = torch.empty(length, dtype=torch.float64)
+                    rank[order] = torch.arange(length, dtype=torch.float64)
+                    rn = rank / (length - 1) if length > 1 else torch.zeros(length, dtype=torch.float64)
+                    prob = (density - epsilon + 2.0 * epsilon * rn).float()
+                    keep = u[r * length:(r + 1) * length] < prob
+                    kept = x / prob if rescale else x
+                    tau[r * length:(r + 1) * length] = torch.where(keep, kept, torch.zeros_like(x))
+            ds.append(tau * f32(ws[i]))
+        total = ds[0]
+        for d in ds[1:]:
+            total = total + d
+        major = torch.where(total >= 0, f32(1.0), f32(-1.0))
+        mixed = torch.zeros_like(total)
+        divisor = torch.zeros_like(total)
+        for i, d in enumerate(ds):
+            sel = (torch.sign(d) == major) if consensus else torch.ones_like(d, dtype=torch.bool)
+            mixed = mixed + torch.where(sel, d, torch.zeros_like(d))
+            divisor = divisor + torch.where(sel, f32(ws[i]), f32(0.0))
+        if normalize:
+            if consensus:
+                divisor = torch.where(divisor == 0, f32(1.0), divisor)
+            else:
+                divisor = torch.where(divisor.abs() < 1e-8, f32(1.0), divisor)
+            mixed = mixed / divisor
+        out[n] = b + f32(lam) * mixed.reshape(b.shape)
+    return out
