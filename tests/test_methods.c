@@ -300,6 +300,31 @@ TEST(bad_method_names_and_parameters_are_errors)
     fb_modelpool_free(pool);
 }
 
+TEST(restructuring_errors_name_the_layer_or_model)
+{
+    char pool_path[4096];
+    snprintf(pool_path, sizeof pool_path, "%s/pool_llama/pool.yaml", fb_test_ref_dir);
+    fb_modelpool *pool;
+    REQUIRE_OK(fb_modelpool_load_config(pool_path, &pool));
+    EXPECT_ERROR(merge_pool("passthrough", "{slices: [{model: c, layer_range: [0, 1]}]}", pool),
+                 FB_ERR_NOT_FOUND, "base_model 'c' is not in the pool");
+    EXPECT_ERROR(merge_pool("passthrough", "{slices: [{model: a, layer_range: [2, 6]}]}", pool),
+                 FB_ERR_ARG, "model 'a' has no layer 4 under 'model.layers'");
+    EXPECT_ERROR(merge_pool("depth_upscaling", "{layer_indices: [0]}", pool), FB_ERR_ARG,
+                 "merges exactly 1 model");
+    EXPECT_ERROR(merge_pool("depth_upscaling", "{layer_indices: ['rang(3)']}", pool), FB_ERR_CONFIG,
+                 "neither an integer nor range");
+    EXPECT_ERROR(merge_pool("passthrough", "{slices: [{model: a, layer_range: [3, 1]}]}", pool),
+                 FB_ERR_CONFIG, "0 <= begin <= end");
+    fb_modelpool_free(pool);
+    /* a model without numbered layers */
+    fb_modelpool_create(&pool);
+    fb_modelpool_add_model(pool, "a", tiny("w", FB_F32, 4, 1));
+    EXPECT_ERROR(merge_pool("depth_upscaling", "{layer_indices: [0]}", pool), FB_ERR_ARG,
+                 "no numbered layers");
+    fb_modelpool_free(pool);
+}
+
 TEST(methods_come_from_fusionbench_config_nodes)
 {
     fb_config *node;

@@ -50,6 +50,7 @@ typedef struct job {
     const fb_run_options *opts;
     fb_merge_setup setup;
     void **tstate;           /* per output tensor: the method state that merges it */
+    fb_plan plan;            /* restructuring methods: where each output tensor comes from */
     uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
     void **accs;             /* prepare passes: one accumulator per thread */
     size_t acc_bytes;
@@ -173,7 +174,7 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
     int r = J->has_base ? J->num_models : 0;
     J->ref = J->inputs[r];
     J->ref_name = J->names[r];
-    for (int k = 0; k < J->num_inputs; k++) {
+    for (int k = 0; k < J->num_inputs && !m->ops->plan; k++) {
         if (k == r) continue;
         fb_status st = check_agreement(J, k);
         if (st) return st;
@@ -198,17 +199,33 @@ static fb_status output_dtype(const fb_tensor *t, const fb_run_options *opts, fb
                         t->name, fb_dtype_name(*out));
 }
 
+/* The input tensor output tensor i is made from (the reference's, or the plan's source). */
+static const fb_tensor *out_source(const job *J, int64_t i)
+{
+    return J->method->ops->plan ? J->plan.entries[i].source : J->ref->tensors[i];
+}
+
 static fb_status plan_output(job *J, const fb_run_options *opts)
 {
     fb_status st = fb_model_create(&J->out);
     if (st) return st;
     const fb_model *r = J->ref;
-    for (int64_t i = 0; i < r->count && !st; i++) {
-        const fb_tensor *t = r->tensors[i];
+    int64_t count = r->count;
+    if (J->method->ops->plan) {
+        st = J->method->ops->plan(J->method->state, &J->setup, J->inputs, &J->plan);
+        if (st) return fb_error_prefix(st, "method %s", J->method->ops->name);
+        count = J->plan.count;
+    }
+    for (int64_t i = 0; i < count && !st; i++) {
+        const fb_tensor *t = out_source(J, i);
+        const char *name = J->method->ops->plan ? J->plan.entries[i].name : t->name;
         fb_dtype dt;
         if ((st = output_dtype(t, opts, &dt))) break;
-        st = J->to_memory ? fb_model_add_tensor(J->out, t->name, dt, t->ndim, t->shape, NULL, NULL)
-                          : fb_model_declare_tensor(J->out, t->name, dt, t->ndim, t->shape);
+        st = J->to_memory ? fb_model_add_tensor(J->out, name, dt, t->ndim, t->shape, NULL, NULL)
+                          : fb_model_declare_tensor(J->out, name, dt, t->ndim, t->shape);
+        if (st == FB_ERR_ARG)
+            st = fb_set_error(FB_ERR_ARG, "method %s: the output would hold tensor '%s' twice",
+                              J->method->ops->name, name);
     }
     for (int64_t i = 0; i < r->meta_count && !st; i++)
         st = fb_model_set_metadata(J->out, r->meta_keys[i], r->meta_values[i]);
@@ -274,13 +291,13 @@ static fb_status allocate_scratch(job *J)
     if (ops->whole_tensor) {
         J->threads = 1; /* whole tensors are merged on the calling thread */
         J->chunk = 1;
-        for (int64_t i = 0; i < J->ref->count; i++)
-            if (J->ref->tensors[i]->numel > J->chunk) J->chunk = J->ref->tensors[i]->numel;
+        for (int64_t i = 0; i < J->out->count; i++)
+            if (out_source(J, i)->numel > J->chunk) J->chunk = out_source(J, i)->numel;
     }
     /* raw buffers hold inputs that need widening and outputs that need narrowing */
     J->raw_es = 0;
-    for (int64_t i = 0; i < J->ref->count; i++) {
-        const fb_tensor *in = J->ref->tensors[i], *out = J->out->tensors[i];
+    for (int64_t i = 0; i < J->out->count; i++) {
+        const fb_tensor *in = out_source(J, i), *out = J->out->tensors[i];
         if (!fb_dtype_is_float(in->dtype)) continue;
         if (in->dtype != FB_F32 && fb_dtype_size(in->dtype) > J->raw_es)
             J->raw_es = fb_dtype_size(in->dtype);
@@ -471,6 +488,41 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* A restructured output tensor: its source copied (scaled and converted where asked). */
+static fb_status copy_plan_tensor(job *J, int64_t ti)
+{
+    const fb_plan_entry *e = &J->plan.entries[ti];
+    const fb_tensor *src = e->source;
+    fb_tensor *ot = J->out->tensors[ti];
+    fb_status st;
+    if (!fb_dtype_is_float(src->dtype) || (src->dtype == ot->dtype && e->scale == 1.0f)) {
+        for (size_t off = 0; off < src->nbytes; off += COPY_BYTES) {
+            size_t n = src->nbytes - off < COPY_BYTES ? src->nbytes - off : COPY_BYTES;
+            if ((st = fb_tensor_read(src, off, n, J->copy_buf))) return st;
+            if (J->to_memory) memcpy((uint8_t *)ot->data + off, J->copy_buf, n);
+            else if (J->writer && (st = fb_writer_write(J->writer, ti, off, J->copy_buf, n))) return st;
+        }
+        return FB_OK;
+    }
+    /* elements per step: raw (<= 8 bytes each) fits a copy buffer, f32 fits one chunk slot */
+    const int64_t step = J->chunk < COPY_BYTES / 8 ? J->chunk : COPY_BYTES / 8;
+    float *f = J->f32;
+    uint8_t *raw = J->copy_buf, *outb = J->copy_buf + COPY_BYTES;
+    size_t ies = fb_dtype_size(src->dtype), oes = fb_dtype_size(ot->dtype);
+    for (int64_t begin = 0; begin < src->numel; begin += step) {
+        int64_t n = src->numel - begin < step ? src->numel - begin : step;
+        if ((st = fb_tensor_read(src, (size_t)begin * ies, (size_t)n * ies, raw))) return st;
+        if ((st = fb_convert_to_f32(src->dtype, raw, f, n))) return st;
+        for (int64_t j = 0; j < n; j++) f[j] *= e->scale;
+        if ((st = fb_convert_from_f32(ot->dtype, f, outb, n))) return st;
+        if (J->to_memory) memcpy((uint8_t *)ot->data + (size_t)begin * oes, outb, (size_t)n * oes);
+        else if (J->writer &&
+                 (st = fb_writer_write(J->writer, ti, (size_t)begin * oes, outb, (size_t)n * oes)))
+            return st;
+    }
+    return FB_OK;
+}
+
 static void select_tensor(job *J, int64_t ti)
 {
     const char *name = J->out->tensors[ti]->name;
@@ -501,9 +553,13 @@ static fb_status execute(job *J)
     }
     for (int64_t ti = 0; ti < J->out->count; ti++) {
         double t0 = now_seconds();
-        select_tensor(J, ti);
-        if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
-        else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE);
+        if (ops->plan) {
+            st = copy_plan_tensor(J, ti);
+        } else {
+            select_tensor(J, ti);
+            if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
+            else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE);
+        }
         if (st) return st;
         if (J->opts && J->opts->on_tensor)
             J->opts->on_tensor(J->opts->user, J->out->tensors[ti]->name, ti, J->out->count,
@@ -523,6 +579,7 @@ static void job_free(job *J)
     fb_free(J->copy_buf);
     fb_free(J->kernel_scratch);
     fb_free(J->tstate);
+    fb_plan_free(&J->plan);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
     fb_model_free(J->out);

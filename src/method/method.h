@@ -42,6 +42,30 @@ typedef struct fb_merge_setup {
     int has_base;
 } fb_merge_setup;
 
+/* One tensor of a restructured output (depth upscaling, passthrough slices): the tensor
+ * `source` of input `input` (an index into the models, or num_models for the base), scaled. */
+typedef struct fb_plan_entry {
+    char *name;            /* output name (owned) */
+    int input;
+    const fb_tensor *source;
+    float scale;           /* 1: copied as is */
+} fb_plan_entry;
+
+typedef struct fb_plan {
+    fb_plan_entry *entries;
+    int64_t count, cap;
+} fb_plan;
+
+/* Appends an entry (name is copied). */
+fb_status fb_plan_add(fb_plan *plan, const char *name, int input, const fb_tensor *source,
+                      float scale);
+void fb_plan_free(fb_plan *plan);
+
+/* Layer-structured names: "<prefix>.<index>.<rest>" where prefix ends in .layers, .h, .layer,
+ * .block or .blocks (model.layers.3.mlp.up_proj.weight). Returns 1 and fills the parts. */
+int fb_layer_name(const char *name, char *prefix, size_t prefix_size, int64_t *index,
+                  const char **rest);
+
 typedef struct fb_method_ops {
     const char *name;          /* registry name, as FusionBench's config file name */
     const char *target_class;  /* FusionBench's class, for "_target_: fusion_bench.method.X" */
@@ -72,6 +96,11 @@ typedef struct fb_method_ops {
     size_t (*prepare_bytes)(const void *state);
     fb_status (*prepare)(const void *state, int pass, const fb_merge_chunk *chunk, void *acc);
     fb_status (*prepare_finish)(void *state, int pass, void *const *accs, int num_accs);
+    /* Restructuring methods (depth upscaling, passthrough) plan the output instead of merging
+     * element by element: entries say which input tensor each output tensor copies. The inputs
+     * then need not agree on their tensors. */
+    fb_status (*plan)(void *state, const fb_merge_setup *setup, const fb_model *const *inputs,
+                      fb_plan *out);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -123,4 +124,54 @@ void fb_task_vector_running_mean(const fb_merge_chunk *c, float *out)
         for (int64_t j = 0; j < c->count; j++)
             out[j] += ((c->models[i][j] - c->base[j]) - out[j]) / div;
     }
+}
+
+fb_status fb_plan_add(fb_plan *plan, const char *name, int input, const fb_tensor *source,
+                      float scale)
+{
+    if (plan->count == plan->cap) {
+        int64_t cap = plan->cap ? 2 * plan->cap : 64;
+        fb_plan_entry *e = fb_realloc(plan->entries, (size_t)cap * sizeof *e);
+        if (!e) return FB_ERR_NOMEM;
+        plan->entries = e;
+        plan->cap = cap;
+    }
+    char *n = fb_strdup(name);
+    if (!n) return FB_ERR_NOMEM;
+    plan->entries[plan->count++] = (fb_plan_entry){n, input, source, scale};
+    return FB_OK;
+}
+
+void fb_plan_free(fb_plan *plan)
+{
+    for (int64_t i = 0; i < plan->count; i++) fb_free(plan->entries[i].name);
+    fb_free(plan->entries);
+    plan->entries = NULL;
+    plan->count = plan->cap = 0;
+}
+
+int fb_layer_name(const char *name, char *prefix, size_t prefix_size, int64_t *index,
+                  const char **rest)
+{
+    static const char *const containers[] = {"layers", "h", "layer", "block", "blocks"};
+    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
+        /* p points at the '.' before a candidate index */
+        const char *digits = p + 1, *end = digits;
+        while (*end >= '0' && *end <= '9') end++;
+        if (end == digits || *end != '.') continue;
+        const char *comp = p;
+        while (comp > name && comp[-1] != '.') comp--;
+        size_t clen = (size_t)(p - comp);
+        for (size_t i = 0; i < sizeof containers / sizeof containers[0]; i++) {
+            if (strlen(containers[i]) != clen || strncmp(comp, containers[i], clen)) continue;
+            size_t plen = (size_t)(p - name);
+            if (plen + 1 > prefix_size) return 0;
+            memcpy(prefix, name, plen);
+            prefix[plen] = '\0';
+            *index = strtoll(digits, NULL, 10);
+            *rest = end + 1;
+            return 1;
+        }
+    }
+    return 0;
 }

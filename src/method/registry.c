@@ -35,6 +35,8 @@ extern const fb_method_ops fb_method_breadcrumbs;
 extern const fb_method_ops fb_method_breadcrumbs_ties;
 extern const fb_method_ops fb_method_della;
 extern const fb_method_ops fb_method_della_linear;
+extern const fb_method_ops fb_method_depth_upscaling;
+extern const fb_method_ops fb_method_passthrough;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -48,6 +50,7 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_iso_cts,              &fb_method_consensus_task_arithmetic,
     &fb_method_breadcrumbs,          &fb_method_breadcrumbs_ties,
     &fb_method_della,                &fb_method_della_linear,
+    &fb_method_depth_upscaling,      &fb_method_passthrough,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

@@ -292,6 +292,62 @@ for i, (params, thr, mf) in enumerate([("{threshold: 100, scaling_factor: 1.0}",
                   "overrides": ["method.threshold=100", "method.scaling_factor=1.0"]
                   + (["method.merge_func=max"] if mf == "max" else []), "expected": exp})
 
+# --- restructuring: a Llama-layout pool (4 layers) for depth up-scaling and passthrough ------
+ll_dir = os.path.join(OUT, "pool_llama")
+os.makedirs(ll_dir, exist_ok=True)
+
+
+def llama(seed):
+    g = torch.Generator().manual_seed(seed)
+    m = {"model.embed_tokens.weight": torch.randn(10, 4, generator=g)}
+    for i in range(4):
+        m[f"model.layers.{i}.self_attn.q_proj.weight"] = torch.randn(4, 4, generator=g)
+        m[f"model.layers.{i}.mlp.up_proj.weight"] = torch.randn(8, 4, generator=g)
+        m[f"model.layers.{i}.input_layernorm.weight"] = torch.randn(4, generator=g)
+    m["model.norm.weight"] = torch.randn(4, generator=g)
+    m["lm_head.weight"] = torch.randn(10, 4, generator=g)
+    return m
+
+
+A, B = llama(1), llama(2)
+st.save(os.path.join(ll_dir, "a.safetensors"), A)
+st.save(os.path.join(ll_dir, "b.safetensors"), B)
+with open(os.path.join(ll_dir, "pool_one.yaml"), "w") as f:
+    f.write("models:\n  a: a.safetensors\n")
+with open(os.path.join(ll_dir, "pool.yaml"), "w") as f:
+    f.write("models:\n  a: a.safetensors\n  b: b.safetensors\n")
+
+
+def restack(rest_from, layers):
+    """rest_from's non-layer tensors, then layers [(model, index, scale)] renumbered."""
+    out = {k: v for k, v in rest_from.items() if ".layers." not in k}
+    for new, (m, old, scale) in enumerate(layers):
+        for k, v in m.items():
+            pre = f"model.layers.{old}."
+            if k.startswith(pre):
+                out[f"model.layers.{new}." + k[len(pre):]] = v * f32(scale) if scale != 1 else v
+    return out
+
+
+def f32(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+for i, (method, params, overrides, pool, expected) in enumerate([
+    ("depth_upscaling", "{layer_indices: [0, 1, 'range(1,4)']}",
+     ["method.layer_indices=[0,1,'range(1,4)']"], "pool_one.yaml",
+     restack(A, [(A, 0, 1), (A, 1, 1), (A, 1, 1), (A, 2, 1), (A, 3, 1)])),
+    ("passthrough", "{slices: [{model: a, layer_range: [0, 2]}, "
+     "{sources: [{model: b, layer_range: [1, 4], parameters: {scale: 0.5}}]}]}",
+     ["method.slices=[{model: a, layer_range: [0, 2]}, {model: b, layer_range: [1, 4], scale: 0.5}]"],
+     "pool.yaml",
+     restack(A, [(A, 0, 1), (A, 1, 1), (B, 1, 0.5), (B, 2, 0.5), (B, 3, 0.5)])),
+]):
+    exp = os.path.join(ll_dir, f"expected_{i}.safetensors")
+    st.save(exp, expected)
+    cases.append({"pool": os.path.join(ll_dir, pool), "dtype": "f32", "method": method,
+                  "params": params, "overrides": overrides, "expected": exp, "rtol": None})
+
 with open(os.path.join(OUT, "cases.json"), "w") as f:
     json.dump(cases, f, indent=1)
 
