@@ -134,7 +134,8 @@ TEST(same_bytes_for_one_and_two_threads)
                                 {"iso_cts", NULL},
                                 {"consensus_task_arithmetic", NULL},
                                 {"breadcrumbs_ties", NULL},
-                                {"della", "{seed: 3}"}};
+                                {"della", "{seed: 3}"},
+                                {"wudi", "{iter_num: 5}"}};
     const int num_methods = sizeof methods / sizeof methods[0];
     fb_dtype dtypes[] = {FB_F32, FB_BF16};
     for (int d = 0; d < 2; d++) {

@@ -254,6 +254,8 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
          ["method.density=0.7", "method.rescale=false", "method.lambda=0.5"],
          R.sparse_task_arithmetic(base, models, "della", False, density=0.7, rescale=False,
                                   lam=0.5)),
+        ("wudi", "{iter_num: 60, lr: 1e-3}", ["method.iter_num=60", "method.lr=1e-3"],
+         R.wudi(base, models, 60, 1e-3), None, 1e-6),
         ("consensus_task_arithmetic", "{scaling_factor: 0.5, tall_mask_lambda: 0.4}",
          ["method.scaling_factor=0.5", "method.tall_mask_lambda=0.4"],
          R.consensus_task_arithmetic(base, models, 0.5, 0.4, 2)),

@@ -439,3 +439,32 @@ def sparse_task_arithmetic(base, models, kind, consensus, weights=None, density=
             mixed = mixed / divisor
         out[n] = b + f32(lam) * mixed.reshape(b.shape)
     return out
+
+
+def wudi(base, models, iter_num=400, lr=1e-5, exclude_keys=()):
+    """The paper's loss with autograd and torch.optim.Adam, in float64."""
+    out = {}
+    N = len(models)
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        tvs = [m[n].float() - b for m in models]
+        if b.dim() != 2 or any(re.fullmatch(p, n) for p in exclude_keys):
+            s = tvs[0]
+            for t in tvs[1:]:
+                s = s + t
+            out[n] = b + s / f32(N)
+            continue
+        T = torch.stack([t.double() for t in tvs])
+        X = torch.nn.Parameter(T.sum(0).clone())
+        opt = torch.optim.Adam([X], lr=lr, weight_decay=0)
+        norms = torch.square(torch.norm(T.reshape(N, -1), p=2, dim=-1))
+        for _ in range(iter_num):
+            prod = torch.matmul(X.unsqueeze(0) - T, T.transpose(1, 2))
+            loss = torch.sum(torch.square(prod) / norms.unsqueeze(-1).unsqueeze(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[n] = b + X.detach().float()
+    return out
