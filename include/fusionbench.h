@@ -237,9 +237,16 @@ typedef struct fb_run_options {
 fb_status fb_method_run(fb_method *method, fb_modelpool *pool, const fb_run_options *opts,
                         fb_model **merged);
 
+/* As fb_method_run, for methods that also produce per-model data (emr_merging's masks and
+ * rescalers, tall_mask's masks): *extras receives it as a model of BOOL tensors
+ * "<model>/<tensor>" and F32 scalars "<model>/__rescaler__" (NULL for other methods). */
+fb_status fb_method_run_extras(fb_method *method, fb_modelpool *pool, const fb_run_options *opts,
+                               fb_model **merged, fb_model **extras);
+
 /* Merges the pool and streams the result to path (see fb_model_save for the layout), tensor
  * by tensor: memory stays O(models x chunk), not O(model size). path == NULL computes the
- * merge and discards it. Atomic: on failure nothing is left at path. */
+ * merge and discards it. Atomic: on failure nothing is left at path. A method's per-model
+ * data (see fb_method_run_extras) goes to "<path without .safetensors>.masks.safetensors". */
 fb_status fb_method_run_to_file(fb_method *method, fb_modelpool *pool,
                                 const fb_run_options *opts, const char *path,
                                 const fb_save_options *save);

@@ -61,6 +61,15 @@ TEST(cli_merges_match_pytorch)
             }
             fb_model_free(got);
         }
+        const cJSON *xe = cJSON_GetObjectItem(c, "expected_extras");
+        if (rc == 0 && cJSON_IsString(xe)) {
+            fb_model *gx = NULL, *wx = NULL;
+            if (fb_model_load(fb_test_path("out.masks.safetensors"), &gx) ||
+                fb_model_load(xe->valuestring, &wx) || !fb_test_models_close(gx, wx, 1e-6))
+                fb_test_fail(__FILE__, __LINE__, "CLI %s: extras missing or different", method);
+            fb_model_free(gx);
+            fb_model_free(wx);
+        }
         free(out);
         free(err);
     }

@@ -41,12 +41,29 @@ static void run_case(const cJSON *c, const char *path)
         ro.out_dtype_set = 1;
         EXPECT_OK(fb_dtype_from_name(str(c, "out_dtype"), &ro.out_dtype));
     }
+    fb_model *extras = NULL, *want_extras = NULL;
     if (path) {
         EXPECT_OK(fb_method_run_to_file(m, pool, &ro, path, NULL));
         EXPECT_OK(fb_model_load(path, &got));
+        if (str(c, "expected_extras")) {
+            char xp[4200];
+            snprintf(xp, sizeof xp, "%.*s.masks.safetensors", (int)(strlen(path) - 12), path);
+            EXPECT_OK(fb_model_load(xp, &extras));
+        }
     } else {
-        EXPECT_OK(fb_method_run(m, pool, &ro, &got));
+        EXPECT_OK(fb_method_run_extras(m, pool, &ro, &got, &extras));
     }
+    if (str(c, "expected_extras")) {
+        REQUIRE_OK(fb_model_load(str(c, "expected_extras"), &want_extras));
+        /* masks exactly; the rescalers (ratios of double sums) within 1e-6 */
+        if (!extras || !fb_test_models_close(extras, want_extras, 1e-6))
+            fb_test_fail(__FILE__, __LINE__, "extras of %s on %s differ", str(c, "method"),
+                         str(c, "dtype"));
+        fb_model_free(want_extras);
+    } else if (extras) {
+        fb_test_fail(__FILE__, __LINE__, "%s returned extras", str(c, "method"));
+    }
+    fb_model_free(extras);
     REQUIRE_OK(fb_model_load(str(c, "expected"), &want));
     const cJSON *rtol = cJSON_GetObjectItem(c, "rtol");
     int same = cJSON_IsNumber(rtol) ? fb_test_models_close(got, want, rtol->valuedouble)

@@ -429,20 +429,33 @@ static int run(cli *c)
         .threads = fb_get_num_threads(),
     };
     memcpy(rep.slowest, prog.slowest, sizeof rep.slowest);
+    /* methods with per-model extras wrote them beside the output */
+    char xpath[4200];
+    fb_model *extras = NULL;
+    if (out_path && (c->method->ops->model_masks || c->method->ops->model_scalars)) {
+        size_t n = strlen(out_path);
+        if (n >= 12 && !strcmp(out_path + n - 12, ".safetensors")) n -= 12;
+        while (n > 1 && out_path[n - 1] == '/') n--;
+        snprintf(xpath, sizeof xpath, "%.*s.masks.safetensors", (int)n, out_path);
+        rep.extras_path = xpath;
+        if (fb_model_load(xpath, &extras) == FB_OK) rep.extras = extras;
+    }
     int n = fb_modelpool_num_models(c->pool);
     printf("fusion_bench: %s merged %d model%s%s: %lld tensors, %.2f M parameters\n",
            rep.method, n, n == 1 ? "" : "s",
            fb_modelpool_has_pretrained(c->pool) ? " (+ _pretrained_)" : "",
            (long long)rep.merged_tensors, (double)rep.merged_params / 1e6);
     printf("  output: %s\n", out_path ? out_path : "(not saved: set merged_model_save_path=PATH)");
+    if (rep.extras_path) printf("  per-model masks and scales: %s\n", rep.extras_path);
     printf("  time: load %.3f s, merge %.3f s; peak RSS %.1f MB; %d thread%s\n",
            rep.load_seconds, rep.merge_seconds, (double)rep.peak_rss_bytes / 1e6, rep.threads,
            rep.threads == 1 ? "" : "s");
     if (report_path) {
-        if (fb_report_write(&rep, report_path)) return fail(1, fb_last_error());
-        printf("  report: %s\n", report_path);
+        if (fb_report_write(&rep, report_path)) rc = fail(1, fb_last_error());
+        else printf("  report: %s\n", report_path);
     }
-    return 0;
+    fb_model_free(extras);
+    return rc;
 }
 
 int main(int argc, char **argv)

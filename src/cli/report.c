@@ -108,6 +108,24 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
         cJSON_AddNumberToObject(merged, "num_tensors", (double)r->merged_tensors);
         cJSON_AddNumberToObject(merged, "num_parameters", (double)r->merged_params);
     }
+    if (r->extras_path) {
+        cJSON *x = cJSON_AddObjectToObject(root, "extras");
+        if (x) cJSON_AddStringToObject(x, "path", r->extras_path);
+        /* per-model scalars (emr_merging's rescalers): "<model>/<name>" F32 [1] tensors */
+        for (int64_t i = 0; x && r->extras && i < fb_model_num_tensors(r->extras); i++) {
+            const fb_tensor *t = fb_model_tensor(r->extras, i);
+            const char *slash = strrchr(fb_tensor_name(t), '/');
+            float v;
+            if (!slash || slash[1] != '_' || fb_tensor_dtype(t) != FB_F32 || fb_tensor_numel(t) != 1 ||
+                fb_tensor_to_f32(t, &v) != FB_OK)
+                continue;
+            cJSON *group = cJSON_GetObjectItem(x, slash + 1);
+            if (!group) group = cJSON_AddObjectToObject(x, slash + 1);
+            char model[512];
+            snprintf(model, sizeof model, "%.*s", (int)(slash - fb_tensor_name(t)), fb_tensor_name(t));
+            if (group) cJSON_AddNumberToObject(group, model, v);
+        }
+    }
     cJSON *t = cJSON_AddObjectToObject(root, "timings_s");
     if (t) {
         cJSON_AddNumberToObject(t, "load", r->load_seconds);

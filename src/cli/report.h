@@ -19,6 +19,8 @@ typedef struct fb_run_report {
     const fb_modelpool *pool;
     const char *method;
     const char *output_path;  /* NULL when the merge was not saved */
+    const char *extras_path;  /* per-model masks and scalars, or NULL */
+    const fb_model *extras;   /* the same, opened, for scalars to report; may be NULL */
     int64_t merged_tensors, merged_params;
     double load_seconds, merge_seconds, total_seconds;
     long peak_rss_bytes;

@@ -15,6 +15,7 @@
  * worker is recorded with its chunk number; the lowest chunk's error is raised afterwards.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -51,6 +52,11 @@ typedef struct job {
     fb_merge_setup setup;
     void **tstate;           /* per output tensor: the method state that merges it */
     fb_plan plan;            /* restructuring methods: where each output tensor comes from */
+    fb_model *extras;        /* per-model masks and scalars, for methods that make them */
+    fb_writer *extras_writer;
+    int64_t *merged_index;   /* per output tensor: its index among merged tensors, or -1 */
+    int64_t num_merged;
+    uint8_t *mask_scratch;   /* threads x models x chunk */
     uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
     void **accs;             /* prepare passes: one accumulator per thread */
     size_t acc_bytes;
@@ -265,6 +271,73 @@ static fb_status check_output_path(const job *J, const char *path)
     return FB_OK;
 }
 
+static int is_merged(const job *J, int64_t ti);
+
+/* The layout of the per-model extras: masks "<model>/<tensor>" (BOOL, the tensor's shape) for
+ * every merged tensor, then scalars "<model>/<name>" (F32 [1]). */
+static fb_status plan_extras(job *J)
+{
+    const fb_method_ops *ops = J->method->ops;
+    if (!ops->model_masks && !ops->model_scalars) return FB_OK;
+    J->merged_index = fb_malloc((size_t)(J->out->count ? J->out->count : 1) * sizeof *J->merged_index);
+    fb_status st = J->merged_index ? fb_model_create(&J->extras) : FB_ERR_NOMEM;
+    if (st) return st;
+    for (int64_t ti = 0; ti < J->out->count; ti++)
+        J->merged_index[ti] = is_merged(J, ti) ? J->num_merged++ : -1;
+    char name[1024];
+    for (int k = 0; k < J->num_models && ops->model_masks && !st; k++) {
+        for (int64_t ti = 0; ti < J->out->count && !st; ti++) {
+            if (J->merged_index[ti] < 0) continue;
+            const fb_tensor *t = J->out->tensors[ti];
+            snprintf(name, sizeof name, "%s/%s", J->names[k], t->name);
+            st = J->to_memory ? fb_model_add_tensor(J->extras, name, FB_BOOL, t->ndim, t->shape, NULL, NULL)
+                              : fb_model_declare_tensor(J->extras, name, FB_BOOL, t->ndim, t->shape);
+        }
+    }
+    int64_t one = 1;
+    for (int k = 0; k < J->num_models && !st; k++) {
+        for (int i = 0; i < ops->model_scalars && !st; i++) {
+            snprintf(name, sizeof name, "%s/%s", J->names[k], ops->scalar_names[i]);
+            st = J->to_memory ? fb_model_add_tensor(J->extras, name, FB_F32, 1, &one, NULL, NULL)
+                              : fb_model_declare_tensor(J->extras, name, FB_F32, 1, &one);
+        }
+    }
+    if (!st) st = fb_model_set_metadata(J->extras, "fusion_bench_method", ops->name);
+    return st;
+}
+
+/* After the merge: the per-model scalars into the extras. */
+static fb_status store_scalars(job *J)
+{
+    const fb_method_ops *ops = J->method->ops;
+    int64_t base = ops->model_masks ? (int64_t)J->num_models * J->num_merged : 0;
+    for (int k = 0; k < J->num_models; k++) {
+        for (int i = 0; i < ops->model_scalars; i++) {
+            float v;
+            fb_status st = ops->scalar(J->method->state, k, i, &v);
+            if (st) return st;
+            int64_t ei = base + (int64_t)k * ops->model_scalars + i;
+            if (J->to_memory) memcpy(J->extras->tensors[ei]->data, &v, 4);
+            else if (J->extras_writer && (st = fb_writer_write(J->extras_writer, ei, 0, &v, 4)))
+                return st;
+        }
+    }
+    return FB_OK;
+}
+
+/* Where a file output's extras go: "<path without .safetensors>.masks.safetensors". */
+static char *extras_path(const char *path)
+{
+    size_t n = strlen(path);
+    const char *suffix = ".safetensors";
+    size_t m = strlen(suffix);
+    if (n >= m && !strcmp(path + n - m, suffix)) n -= m;
+    while (n > 1 && path[n - 1] == '/') n--;
+    char *p = fb_malloc(n + 32);
+    if (p) snprintf(p, n + 32, "%.*s.masks.safetensors", (int)n, path);
+    return p;
+}
+
 /* Each tensor's method state: per-tensor parameters may give tensors their own. */
 static fb_status resolve_states(job *J)
 {
@@ -318,6 +391,10 @@ static fb_status allocate_scratch(job *J)
     size_t per = (size_t)J->scratch_per * (size_t)J->chunk;
     J->kernel_scratch = fb_malloc((size_t)J->threads * (per ? per : 1) * sizeof(float));
     if (!J->kernel_scratch) return FB_ERR_NOMEM;
+    if (ops->model_masks) {
+        J->mask_scratch = fb_malloc((size_t)J->threads * (size_t)J->num_models * (size_t)J->chunk);
+        if (!J->mask_scratch) return FB_ERR_NOMEM;
+    }
     if (!J->f32 || !J->raw || !J->ptrs || !J->tensors || !J->copy_buf) return FB_ERR_NOMEM;
     if (ops->prepare_passes) {
         J->acc_bytes = ops->prepare_bytes(J->method->state);
@@ -392,6 +469,23 @@ static fb_status store_chunk(const job *J, int64_t ti, const fb_merge_chunk *mc,
     return fb_writer_write(J->writer, ti, (size_t)begin * oes, bytes, (size_t)n * oes);
 }
 
+/* The chunk's per-model masks into the extras: tensor k * num_merged + merged index. */
+static fb_status store_masks(const job *J, int64_t ti, const fb_merge_chunk *mc)
+{
+    for (int k = 0; k < J->num_models; k++) {
+        int64_t ei = (int64_t)k * J->num_merged + J->merged_index[ti];
+        const uint8_t *m = mc->masks + (size_t)k * (size_t)mc->count;
+        if (J->to_memory) {
+            memcpy((uint8_t *)J->extras->tensors[ei]->data + mc->begin, m, (size_t)mc->count);
+        } else if (J->extras_writer) {
+            fb_status st = fb_writer_write(J->extras_writer, ei, (size_t)mc->begin, m,
+                                           (size_t)mc->count);
+            if (st) return st;
+        }
+    }
+    return FB_OK;
+}
+
 /* Does `what` to chunk c of the current float tensor ti on thread tid. */
 static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int what)
 {
@@ -413,8 +507,12 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
         /* an unmerged tensor: the base model's (or the first model's) values */
         const float *src = mc.base ? mc.base : mc.models[0];
         memcpy(mc.out, src, (size_t)mc.count * sizeof(float));
-    } else if ((st = ops->merge(J->tstate[ti], &mc))) {
-        return fb_error_prefix(st, "tensor '%s'", mc.tensor->name);
+    } else {
+        if (J->mask_scratch)
+            mc.masks = J->mask_scratch + (size_t)tid * (size_t)J->num_models * (size_t)J->chunk;
+        if ((st = ops->merge(J->tstate[ti], &mc)))
+            return fb_error_prefix(st, "tensor '%s'", mc.tensor->name);
+        if (mc.masks && (st = store_masks(J, ti, &mc))) return st;
     }
     return store_chunk(J, ti, &mc, tid);
 }
@@ -565,7 +663,7 @@ static fb_status execute(job *J)
             J->opts->on_tensor(J->opts->user, J->out->tensors[ti]->name, ti, J->out->count,
                                now_seconds() - t0);
     }
-    return FB_OK;
+    return ops->model_scalars ? store_scalars(J) : FB_OK;
 }
 
 static void job_free(job *J)
@@ -580,30 +678,51 @@ static void job_free(job *J)
     fb_free(J->kernel_scratch);
     fb_free(J->tstate);
     fb_plan_free(&J->plan);
+    fb_model_free(J->extras);
+    fb_free(J->merged_index);
+    fb_free(J->mask_scratch);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
     fb_model_free(J->out);
 }
 
 static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opts, int to_memory,
-                     const char *path, const fb_save_options *save, fb_model **merged)
+                     const char *path, const fb_save_options *save, fb_model **merged,
+                     fb_model **extras)
 {
     job J = {.method = m, .to_memory = to_memory, .opts = opts};
+    char *xpath = NULL;
     fb_status st = collect_inputs(&J, m, pool);
     if (!st) st = plan_output(&J, opts);
     if (!st && path) st = check_output_path(&J, path);
     if (!st) st = resolve_states(&J);
+    if (!st) st = plan_extras(&J);
+    if (!st && path && J.extras) {
+        if (!(xpath = extras_path(path))) st = FB_ERR_NOMEM;
+        else st = check_output_path(&J, xpath);
+    }
     if (!st) st = allocate_scratch(&J);
     if (!st && path) st = fb_writer_open(path, save, J.out, &J.writer);
+    if (!st && xpath) st = fb_writer_open(xpath, NULL, J.extras, &J.extras_writer);
     if (!st) st = execute(&J);
+    /* the merged model first, then its extras: each file is replaced atomically */
     if (J.writer) {
         if (st) fb_writer_abort(J.writer);
         else st = fb_writer_commit(J.writer);
+    }
+    if (J.extras_writer) {
+        if (st) fb_writer_abort(J.extras_writer);
+        else st = fb_writer_commit(J.extras_writer);
     }
     if (!st && merged) {
         *merged = J.out;
         J.out = NULL;
     }
+    if (!st && extras) {
+        *extras = J.extras;
+        J.extras = NULL;
+    }
+    fb_free(xpath);
     job_free(&J);
     return st;
 }
@@ -612,11 +731,19 @@ fb_status fb_method_run(fb_method *m, fb_modelpool *pool, const fb_run_options *
                         fb_model **merged)
 {
     *merged = NULL;
-    return run(m, pool, opts, 1, NULL, NULL, merged);
+    return run(m, pool, opts, 1, NULL, NULL, merged, NULL);
+}
+
+fb_status fb_method_run_extras(fb_method *m, fb_modelpool *pool, const fb_run_options *opts,
+                               fb_model **merged, fb_model **extras)
+{
+    *merged = NULL;
+    *extras = NULL;
+    return run(m, pool, opts, 1, NULL, NULL, merged, extras);
 }
 
 fb_status fb_method_run_to_file(fb_method *m, fb_modelpool *pool, const fb_run_options *opts,
                                 const char *path, const fb_save_options *save)
 {
-    return run(m, pool, opts, 0, path, save, NULL);
+    return run(m, pool, opts, 0, path, save, NULL, NULL);
 }

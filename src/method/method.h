@@ -33,6 +33,7 @@ typedef struct fb_merge_chunk {
     int num_models;
     float *out;                 /* count merged elements go here */
     float *scratch;             /* this thread's scratch: scratch_per_element x count floats */
+    uint8_t *masks;             /* methods with model_masks: num_models x count bytes to fill */
 } fb_merge_chunk;
 
 /* What the driver tells a method before merging: the models it will see. */
@@ -101,6 +102,13 @@ typedef struct fb_method_ops {
      * then need not agree on their tensors. */
     fb_status (*plan)(void *state, const fb_merge_setup *setup, const fb_model *const *inputs,
                       fb_plan *out);
+    /* Per-model outputs besides the merged model: a 0/1 mask per model and merged tensor
+     * (filled by merge in chunk.masks), and model_scalars F32 values per model, asked for with
+     * scalar() after every tensor is merged. */
+    int model_masks;
+    int model_scalars;
+    const char *const *scalar_names; /* model_scalars names: "<model>/<name>" in the extras */
+    fb_status (*scalar)(void *state, int model, int index, float *value);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);

@@ -264,6 +264,20 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
         ("iso_cts", "{common_space_fraction: 0.5}", ["method.common_space_fraction=0.5"],
          R.iso(base, models, 1.0, cts=True, common_space_fraction=0.5), None, 1e-5),
     ]
+    # methods with extras (per-task masks, rescalers): expected extras saved beside
+    extra_runs = [
+        ("tall_mask", "{tall_mask_lambda: 0.5}", ["method.tall_mask_lambda=0.5"],
+         R.tall_mask(base, models, names, 0.5)),
+        ("emr_merging", None, [], R.emr(base, models, names)),
+    ]
+    for method, params, overrides, (merged, extras) in extra_runs:
+        exp = os.path.join(pool_dir, f"expected_{method}.safetensors")
+        st.save(exp, finish(merged, base))
+        st.save(os.path.join(pool_dir, f"expected_{method}.masks.safetensors"), extras)
+        cases.append({"pool": os.path.join(pool_dir, "pool.yaml"), "dtype": dname,
+                      "method": method, "params": params, "overrides": overrides,
+                      "expected": exp, "rtol": None,
+                      "expected_extras": os.path.join(pool_dir, f"expected_{method}.masks.safetensors")})
     for i, run in enumerate(runs):
         method, params, overrides, merged = run[:4]
         pool_yaml = run[4] if len(run) > 4 and run[4] else os.path.join(pool_dir, "pool.yaml")

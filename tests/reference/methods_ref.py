@@ -468,3 +468,54 @@ def wudi(base, models, iter_num=400, lr=1e-5, exclude_keys=()):
             opt.step()
         out[n] = b + X.detach().float()
     return out
+
+
+def tall_mask(base, models, names, lam=0.6):
+    """The multi-task model, and the masks {"<task>/<tensor>": bool}."""
+    out, masks = {}, {}
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        tau = models[0][n].float() - b
+        for m in models[1:]:
+            tau = tau + (m[n].float() - b)
+        mt = b + tau
+        out[n] = mt
+        for name, m in zip(names, models):
+            f = m[n].float()
+            masks[f"{name}/{n}"] = (b - f).abs() > (mt - f).abs() * f32(lam)
+    return out, masks
+
+
+def emr(base, models, names):
+    """The unified model, the masks and the rescalers (FusionBench's EMR, sums in double)."""
+    out, masks = {}, {}
+    N = len(models)
+    scales, new_scales = [0.0] * N, [0.0] * N
+    for n in base:
+        if not is_float(base[n]):
+            continue
+        b = base[n].float()
+        tvs = [m[n].float() - b for m in models]
+        s = tvs[0]
+        for t in tvs[1:]:
+            s = s + t
+        gamma = torch.where(s > 0, f32(1.0), f32(-1.0))
+        mx = torch.zeros_like(b)
+        ms = []
+        for i, t in enumerate(tvs):
+            mask = t * gamma > 0
+            ms.append(mask)
+            mx = torch.maximum(mx, torch.where(mask, t.abs(), torch.zeros_like(t)))
+            scales[i] += float(t.double().abs().sum()) / t.numel() if t.numel() else 0.0
+        uni = mx * gamma
+        for i, mask in enumerate(ms):
+            new_scales[i] += (float(torch.where(mask, uni.double().abs(), torch.zeros_like(uni.double())).sum())
+                              / uni.numel() if uni.numel() else 0.0)
+            masks[f"{names[i]}/{n}"] = mask
+        out[n] = b + uni
+    for i in range(N):
+        masks[f"{names[i]}/__rescaler__"] = torch.tensor(
+            [scales[i] / new_scales[i] if new_scales[i] > 0 else 1.0], dtype=torch.float32)
+    return out, masks
