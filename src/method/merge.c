@@ -165,7 +165,9 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
         return fb_set_error(FB_ERR_ARG,
                             "method %s needs the base model: add '%s' to the model pool",
                             m->ops->name, FB_PRETRAINED);
-    J->num_inputs = J->num_models + J->has_base;
+    /* remove_keys copies from the base: bring it in even when the method does not use it */
+    int copy_base = !J->has_base && m->remove && fb_modelpool_has_pretrained(pool);
+    J->num_inputs = J->num_models + (J->has_base || copy_base);
     J->inputs = fb_calloc((size_t)J->num_inputs, sizeof *J->inputs);
     J->names = fb_calloc((size_t)J->num_inputs, sizeof *J->names);
     if (!J->inputs || !J->names) return FB_ERR_NOMEM;
@@ -173,7 +175,7 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
         J->names[k] = fb_modelpool_model_name(pool, k);
         J->inputs[k] = fb_modelpool_get(pool, J->names[k]);
     }
-    if (J->has_base) {
+    if (J->num_inputs > J->num_models) {
         J->names[J->num_models] = FB_PRETRAINED;
         J->inputs[J->num_models] = fb_modelpool_get(pool, FB_PRETRAINED);
     }
@@ -505,7 +507,8 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
     mc.out = J->to_memory && ot->dtype == FB_F32 ? (float *)ot->data + mc.begin : obuf;
     if (what == DO_COPY_SOURCE) {
         /* an unmerged tensor: the base model's (or the first model's) values */
-        const float *src = mc.base ? mc.base : mc.models[0];
+        const float *src = J->num_inputs > J->num_models ? J->ptrs[(size_t)tid * (size_t)J->num_inputs + (size_t)J->num_models]
+                                                          : mc.models[0];
         memcpy(mc.out, src, (size_t)mc.count * sizeof(float));
     } else {
         if (J->mask_scratch)
@@ -631,7 +634,7 @@ static int is_merged(const job *J, int64_t ti)
 {
     const fb_tensor *t = J->ref->tensors[ti];
     const fb_method_ops *ops = J->method->ops;
-    return fb_dtype_is_float(t->dtype) &&
+    return fb_dtype_is_float(t->dtype) && !fb_name_filter_matches(J->method->remove, t->name) &&
            (!ops->merges_tensor || ops->merges_tensor(J->tstate[ti], t));
 }
 

@@ -13,6 +13,8 @@
 #include "config/config.h"
 #include "pool/modelpool.h"
 
+typedef struct fb_name_filter fb_name_filter; /* tensor-name patterns (params.c) */
+
 /* Elements per chunk of the parallel driver: a chunk of every input plus the output fits in
  * a core's L2 cache for a typical pool. Fixed, so the work split never depends on threads. */
 #define FB_MERGE_CHUNK 16384
@@ -121,6 +123,7 @@ struct fb_method {
     const fb_method_ops *ops;
     fb_config *params; /* every parameter, defaults filled in (per-tensor lists as given) */
     void *state;       /* the state for tensors no per-tensor rule changes */
+    fb_name_filter *remove;  /* generic remove_keys: tensors copied from the base unmerged */
     fb_param_rules *rules;   /* per-tensor parameters, or NULL */
     int num_rules;
     /* states made for other resolutions of the rules, for the current merge */
@@ -146,7 +149,6 @@ extern const int fb_method_registry_size;
 /* Helpers shared by method files (params.c). */
 
 /* A list of regular expressions (POSIX extended, matched against the whole tensor name). */
-typedef struct fb_name_filter fb_name_filter;
 /* Builds a filter from a config node: null or [] is an empty filter; `key` names it in errors. */
 fb_status fb_name_filter_create(const fb_config *node, const char *key, fb_name_filter **out);
 int fb_name_filter_matches(const fb_name_filter *f, const char *name); /* 0 when empty */

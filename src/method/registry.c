@@ -283,10 +283,20 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     fb_config *params;
     fb_status st = fb_cfg_new(FB_CFG_MAP, NULL, &params);
     if (st) return st;
-    /* given keys first, each one checked against the declared parameters */
+    /* given keys first, each one checked against the declared parameters; remove_keys is
+     * accepted by every method (unless it declares its own) */
+    const fb_config *remove = NULL;
     for (int i = 0; given && i < given->count && !st; i++) {
         const char *k = given->keys[i];
         if (is_meta_key(k)) continue;
+        int declared = 0;
+        for (const fb_param_spec *q = ops->params; q->name; q++) declared |= !strcmp(q->name, k);
+        if (!declared && !strcmp(k, "remove_keys")) {
+            remove = given->items[i];
+            fb_config *c;
+            if (!(st = fb_cfg_copy(remove, &c))) st = fb_cfg_map_set(params, k, c);
+            continue;
+        }
         const fb_param_spec *p = ops->params;
         while (p->name && strcmp(p->name, k) != 0) p++;
         if (!p->name) {
@@ -317,7 +327,10 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     }
     m->ops = ops;
     m->params = params;
-    st = parse_rules(m);
+    if (remove) st = fb_name_filter_create(remove, "remove_keys", &m->remove);
+    if (!st && remove && ops->plan)
+        st = fb_set_error(FB_ERR_UNSUPPORTED, "remove_keys does not apply to a restructuring method");
+    if (!st) st = parse_rules(m);
     if (!st && m->num_rules && ops->prepare_passes)
         st = fb_set_error(FB_ERR_UNSUPPORTED,
                           "per-tensor values of '%s' are not supported: the method computes "
@@ -402,6 +415,7 @@ void fb_method_free(fb_method *m)
     fb_method_reset_variants(m);
     if (m->state) destroy_state(m->ops, m->state);
     free_rules(m->rules, m->num_rules);
+    fb_name_filter_free(m->remove);
     fb_config_free(m->params);
     fb_free(m);
 }

@@ -256,6 +256,11 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
                                   lam=0.5)),
         ("wudi", "{iter_num: 60, lr: 1e-3}", ["method.iter_num=60", "method.lr=1e-3"],
          R.wudi(base, models, 60, 1e-3), None, 1e-6),
+        # remove_keys, accepted by every method: those tensors keep the base's values
+        ("simple_average", "{remove_keys: [logit_scale, 'encoder.*bias']}",
+         ["method.remove_keys=[logit_scale,encoder.*bias]"],
+         {**simple_average(base, models),
+          **{k: base[k].float() for k in ["logit_scale", "encoder.layers.0.mlp.fc1.bias"]}}),
         ("consensus_task_arithmetic", "{scaling_factor: 0.5, tall_mask_lambda: 0.4}",
          ["method.scaling_factor=0.5", "method.tall_mask_lambda=0.4"],
          R.consensus_task_arithmetic(base, models, 0.5, 0.4, 2)),
