@@ -15,7 +15,7 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off 
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 LDFLAGS  += -fopenmp
 
-LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c)
+LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c src/nn/*.c)
 CLI_SRC  := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -73,6 +73,7 @@ $(BUILD)/bench_%: $(BUILD)/bench/%.o $(LIB)
 test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES)
 	@rm -rf $(BUILD)/ref && mkdir -p $(BUILD)/ref
 	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
+	$(PYTHON) tests/reference/nn_reference.py $(BUILD)/ref
 	$(TESTS) --ref $(BUILD)/ref --cli $(CLI) --bin $(BUILD)
 
 # The whole suite under AddressSanitizer, UndefinedBehaviorSanitizer and LeakSanitizer, in a

@@ -1,0 +1,310 @@
+/*
+ * kernels.c: forward and backward passes of the nn engine's layers (see kernels.h).
+ *
+ * Matrix products go through BLAS (sgemm); the rest are plain loops, parallel over rows with
+ * OpenMP where the work is per row. Each row's arithmetic is sequential, so results do not
+ * depend on the thread count; BLAS splits its output, not its sums (see core/threads.c).
+ */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void fb_linear_forward(float *out, const float *inp, const float *W, const float *b, int64_t N,
+                       int64_t IC, int64_t OC)
+{
+    if (N == 0 || OC == 0) return;
+    if (b) {
+#pragma omp parallel for
+        for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, b, (size_t)OC * sizeof *out);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp,
+                (int)IC, W, (int)IC, b ? 1.0f : 0.0f, out, (int)OC);
+}
+
+void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp,
+                        const float *W, int64_t N, int64_t IC, int64_t OC)
+{
+    if (N == 0) return;
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC, 1.0f,
+                    dout, (int)OC, W, (int)IC, 1.0f, dinp, (int)IC);
+    if (dW)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f, dout,
+                    (int)OC, inp, (int)IC, 1.0f, dW, (int)IC);
+    if (db) {
+#pragma omp parallel for
+        for (int64_t o = 0; o < OC; o++) {
+            float s = 0.0f;
+            for (int64_t n = 0; n < N; n++) s += dout[n * OC + o];
+            db[o] += s;
+        }
+    }
+}
+
+void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *w, const float *b, int64_t N, int64_t C, float eps)
+{
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *y = out + n * C;
+        float m = 0.0f;
+        for (int64_t c = 0; c < C; c++) m += x[c];
+        m /= (float)C;
+        float v = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            float d = x[c] - m;
+            v += d * d;
+        }
+        v /= (float)C;
+        float s = 1.0f / sqrtf(v + eps);
+        for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+void fb_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                           const float *inp, const float *w, const float *mean,
+                           const float *rstd, int64_t N, int64_t C)
+{
+    /* parameter gradients: sums over rows, column by column (no races, fixed order) */
+#pragma omp parallel for
+    for (int64_t c = 0; c < C; c++) {
+        float gw = 0.0f, gb = 0.0f;
+        for (int64_t n = 0; n < N; n++) {
+            float xhat = (inp[n * C + c] - mean[n]) * rstd[n];
+            gw += dout[n * C + c] * xhat;
+            gb += dout[n * C + c];
+        }
+        dw[c] += gw;
+        db[c] += gb;
+    }
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C, *dy = dout + n * C;
+        float *dx = dinp + n * C;
+        float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            float xhat = (x[c] - mean[n]) * rstd[n];
+            float dnorm = w[c] * dy[c];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * xhat;
+        }
+        dnorm_mean /= (float)C;
+        dnorm_norm_mean /= (float)C;
+        for (int64_t c = 0; c < C; c++) {
+            float xhat = (x[c] - mean[n]) * rstd[n];
+            float dnorm = w[c] * dy[c];
+            dx[c] += (dnorm - dnorm_mean - xhat * dnorm_norm_mean) * rstd[n];
+        }
+    }
+}
+
+void fb_gelu_forward(float *out, const float *inp, int64_t n)
+{
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * (float)M_SQRT1_2));
+}
+
+void fb_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
+{
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+void fb_quick_gelu_forward(float *out, const float *inp, int64_t n)
+{
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
+}
+
+void fb_quick_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
+{
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) {
+        float s = 1.0f / (1.0f + expf(-1.702f * inp[i]));
+        dinp[i] += dout[i] * (s + 1.702f * inp[i] * s * (1.0f - s));
+    }
+}
+
+void fb_relu_forward(float *out, const float *inp, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+void fb_relu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+void fb_softmax_forward(float *probs, const float *logits, int64_t N, int64_t C)
+{
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = logits + n * C;
+        float *p = probs + n * C;
+        float mx = -INFINITY;
+        for (int64_t c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+        float s = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            p[c] = expf(x[c] - mx);
+            s += p[c];
+        }
+        for (int64_t c = 0; c < C; c++) p[c] /= s;
+    }
+}
+
+void fb_softmax_backward(float *dlogits, const float *probs, const float *dprobs, int64_t N,
+                         int64_t C)
+{
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; n++) {
+        const float *p = probs + n * C, *dp = dprobs + n * C;
+        float dot = 0.0f;
+        for (int64_t c = 0; c < C; c++) dot += p[c] * dp[c];
+        for (int64_t c = 0; c < C; c++) dlogits[n * C + c] += p[c] * (dp[c] - dot);
+    }
+}
+
+float fb_cross_entropy_forward(float *probs, const float *logits, const int32_t *targets,
+                               int64_t N, int64_t C)
+{
+    fb_softmax_forward(probs, logits, N, C);
+    double loss = 0.0; /* rows summed in order, in double */
+    for (int64_t n = 0; n < N; n++) loss -= log((double)probs[n * C + targets[n]]);
+    return N ? (float)(loss / (double)N) : 0.0f;
+}
+
+void fb_cross_entropy_backward(float *dlogits, const float *probs, const int32_t *targets,
+                               int64_t N, int64_t C, float dloss)
+{
+    const float s = N ? dloss / (float)N : 0.0f;
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            dlogits[n * C + c] += (probs[n * C + c] - (c == targets[n] ? 1.0f : 0.0f)) * s;
+}
+
+float fb_entropy_forward(float *probs, const float *logits, int64_t N, int64_t C)
+{
+    fb_softmax_forward(probs, logits, N, C);
+    double h = 0.0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) {
+            double p = probs[n * C + c];
+            if (p > 0.0) h -= p * log(p);
+        }
+    return N ? (float)(h / (double)N) : 0.0f;
+}
+
+/* dH/dz_c = -p_c (log p_c + H_row) per row, H_row = -sum p log p. */
+void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t C, float dloss)
+{
+    const float s = N ? dloss / (float)N : 0.0f;
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; n++) {
+        const float *p = probs + n * C;
+        float hrow = 0.0f;
+        for (int64_t c = 0; c < C; c++) hrow -= p[c] > 0.0f ? p[c] * logf(p[c]) : 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            float lp = p[c] > 0.0f ? logf(p[c]) : 0.0f;
+            dlogits[n * C + c] += -p[c] * (lp + hrow) * s;
+        }
+    }
+}
+
+void fb_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                          int64_t B, int64_t T, int64_t H, int64_t D, int causal)
+{
+    const int64_t C = H * D;
+    const float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t h = 0; h < H; h++) {
+            float *A = att + (b * H + h) * T * T;
+            for (int64_t t = 0; t < T; t++) {
+                const float *qt = q + (b * T + t) * C + h * D;
+                float mx = -INFINITY;
+                int64_t end = causal ? t + 1 : T;
+                for (int64_t s = 0; s < T; s++) {
+                    float dot = 0.0f;
+                    if (s < end) {
+                        const float *ks = k + (b * T + s) * C + h * D;
+                        for (int64_t d = 0; d < D; d++) dot += qt[d] * ks[d];
+                        dot *= scale;
+                        mx = dot > mx ? dot : mx;
+                    }
+                    A[t * T + s] = dot;
+                }
+                float sum = 0.0f;
+                for (int64_t s = 0; s < T; s++) {
+                    float e = s < end ? expf(A[t * T + s] - mx) : 0.0f;
+                    A[t * T + s] = e;
+                    sum += e;
+                }
+                for (int64_t s = 0; s < T; s++) A[t * T + s] /= sum;
+                float *ot = out + (b * T + t) * C + h * D;
+                for (int64_t d = 0; d < D; d++) ot[d] = 0.0f;
+                for (int64_t s = 0; s < end; s++) {
+                    const float *vs = v + (b * T + s) * C + h * D;
+                    float a = A[t * T + s];
+                    for (int64_t d = 0; d < D; d++) ot[d] += a * vs[d];
+                }
+            }
+        }
+    }
+}
+
+void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout,
+                           const float *att, const float *q, const float *k, const float *v,
+                           int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    const int64_t C = H * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    /* each (b, h) pair owns its slices of dq, dk, dv: no races across the parallel loop */
+#pragma omp parallel for collapse(2)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t h = 0; h < H; h++) {
+            const float *A = att + (b * H + h) * T * T;
+            float *dA = datt + (b * H + h) * T * T;
+            for (int64_t t = 0; t < T; t++) {
+                const float *dot_ = dout + (b * T + t) * C + h * D;
+                /* out_t = sum_s A[t,s] v_s */
+                for (int64_t s = 0; s < T; s++) {
+                    const float *vs = v + (b * T + s) * C + h * D;
+                    float *dvs = dv + (b * T + s) * C + h * D;
+                    float g = 0.0f;
+                    for (int64_t d = 0; d < D; d++) {
+                        g += dot_[d] * vs[d];
+                        dvs[d] += A[t * T + s] * dot_[d];
+                    }
+                    dA[t * T + s] = g;
+                }
+                /* softmax backward, then the scaled dot products */
+                float sum = 0.0f;
+                for (int64_t s = 0; s < T; s++) sum += A[t * T + s] * dA[t * T + s];
+                const float *qt = q + (b * T + t) * C + h * D;
+                float *dqt = dq + (b * T + t) * C + h * D;
+                for (int64_t s = 0; s < T; s++) {
+                    float g = A[t * T + s] * (dA[t * T + s] - sum) * scale;
+                    if (g == 0.0f) continue;
+                    const float *ks = k + (b * T + s) * C + h * D;
+                    float *dks = dk + (b * T + s) * C + h * D;
+                    for (int64_t d = 0; d < D; d++) {
+                        dqt[d] += g * ks[d];
+                        dks[d] += g * qt[d];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+/*
+ * kernels.h: forward and backward passes of the layers the nn engine is built from, in the
+ * manner of llm.c: one function per layer and direction over contiguous f32 arrays, shapes in
+ * the argument list, no allocation. Backward functions ACCUMULATE (+=) into parameter
+ * gradients and input gradients, so callers zero gradients once per step and layers can share
+ * inputs (residual branches). Row-major everywhere; linear weights are [out, in] as PyTorch.
+ */
+#ifndef FB_NN_KERNELS_H
+#define FB_NN_KERNELS_H
+
+#include <stdint.h>
+
+/* out[N,OC] = inp[N,IC] W[OC,IC]^T + b[OC] (b may be NULL). */
+void fb_linear_forward(float *out, const float *inp, const float *W, const float *b, int64_t N,
+                       int64_t IC, int64_t OC);
+/* dinp[N,IC] += dout W;  dW[OC,IC] += dout^T inp;  db[OC] += sum_n dout (each may be NULL). */
+void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp,
+                        const float *W, int64_t N, int64_t IC, int64_t OC);
+
+/* Layer normalisation over the last dimension C of N rows; mean and rstd ([N]) are saved. */
+void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *w, const float *b, int64_t N, int64_t C, float eps);
+void fb_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                           const float *inp, const float *w, const float *mean,
+                           const float *rstd, int64_t N, int64_t C);
+
+/* Activations, element-wise over n: GELU (the exact erf form, HF "gelu"), quick GELU
+ * (x sigmoid(1.702 x), CLIP's "quick_gelu"), ReLU. Backward: dinp += dout * f'(inp). */
+void fb_gelu_forward(float *out, const float *inp, int64_t n);
+void fb_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+void fb_quick_gelu_forward(float *out, const float *inp, int64_t n);
+void fb_quick_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+void fb_relu_forward(float *out, const float *inp, int64_t n);
+void fb_relu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+
+/* Row-wise softmax over C, N rows (numerically stable); backward from the saved output. */
+void fb_softmax_forward(float *probs, const float *logits, int64_t N, int64_t C);
+void fb_softmax_backward(float *dlogits, const float *probs, const float *dprobs, int64_t N,
+                         int64_t C);
+
+/* Mean cross-entropy of logits[N,C] against integer targets; probs[N,C] saved. Returns the
+ * loss. Backward: dlogits += (probs - onehot) / N * dloss. */
+float fb_cross_entropy_forward(float *probs, const float *logits, const int32_t *targets,
+                               int64_t N, int64_t C);
+void fb_cross_entropy_backward(float *dlogits, const float *probs, const int32_t *targets,
+                               int64_t N, int64_t C, float dloss);
+
+/* Mean Shannon entropy of softmax(logits) over N rows (AdaMerging's objective):
+ * H = -(1/N) sum_n sum_c p log p. probs saved. Backward: dlogits += dH dH/dlogits. */
+float fb_entropy_forward(float *probs, const float *logits, int64_t N, int64_t C);
+void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t C, float dloss);
+
+/* Multi-head self-attention core: q, k, v, out are [B, T, H*D] (heads interleaved as in
+ * PyTorch's view(B, T, H, D)); att [B, H, T, T] holds the saved softmax. scale = 1/sqrt(D).
+ * causal masks future positions. Backward accumulates into dq, dk, dv; datt is scratch of
+ * att's size. */
+void fb_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                          int64_t B, int64_t T, int64_t H, int64_t D, int causal);
+void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout,
+                           const float *att, const float *q, const float *k, const float *v,
+                           int64_t B, int64_t T, int64_t H, int64_t D);
+
+#endif

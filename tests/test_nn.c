@@ -1,0 +1,248 @@
+/*
+ * test_nn.c: the nn kernels against PyTorch's autograd (tests/reference/nn_reference.py) on
+ * the same inputs: outputs within 1e-5 and gradients within 1e-4 of the largest value; and
+ * every backward against central finite differences of its forward.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "harness.h"
+#include "nn/kernels.h"
+
+static fb_model *load_nn(const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nn/%s.safetensors", fb_test_ref_dir, name);
+    fb_model *m = NULL;
+    if (fb_model_load(path, &m)) fb_test_fail(__FILE__, __LINE__, "%s", fb_last_error());
+    return m;
+}
+
+static const float *get(const fb_model *m, const char *name, int64_t *n)
+{
+    const fb_tensor *t = fb_model_find(m, name);
+    const void *p = NULL;
+    if (!t || fb_tensor_data(t, &p)) {
+        fb_test_fail(__FILE__, __LINE__, "reference tensor '%s' missing", name);
+        return NULL;
+    }
+    if (n) *n = fb_tensor_numel(t);
+    return p;
+}
+
+/* max |got - want| <= tol * max |want| (or tol when want is all zeros) */
+static void close_to(const char *what, const float *got, const float *want, int64_t n, float tol)
+{
+    float scale = 0.0f, worst = 0.0f;
+    int64_t at = 0;
+    for (int64_t i = 0; i < n; i++) scale = fabsf(want[i]) > scale ? fabsf(want[i]) : scale;
+    for (int64_t i = 0; i < n; i++) {
+        float e = fabsf(got[i] - want[i]);
+        if (e > worst) {
+            worst = e;
+            at = i;
+        }
+    }
+    if (worst > tol * (scale > 0 ? scale : 1.0f))
+        fb_test_fail(__FILE__, __LINE__, "%s: element %lld off by %g (max |value| %g)", what,
+                     (long long)at, worst, scale);
+}
+
+static float *zeros(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(float)); }
+
+TEST(linear_matches_pytorch)
+{
+    fb_model *m = load_nn("linear");
+    REQUIRE(m);
+    const float *x = get(m, "x", NULL), *W = get(m, "W", NULL), *b = get(m, "b", NULL);
+    const float *dout = get(m, "dout", NULL);
+    REQUIRE(x && W && b && dout);
+    float out[15], *dx = zeros(35), *dW = zeros(21), *db = zeros(3);
+    fb_linear_forward(out, x, W, b, 5, 7, 3);
+    close_to("linear out", out, get(m, "out", NULL), 15, 1e-5f);
+    fb_linear_backward(dx, dW, db, dout, x, W, 5, 7, 3);
+    close_to("linear dx", dx, get(m, "dx", NULL), 35, 1e-4f);
+    close_to("linear dW", dW, get(m, "dW", NULL), 21, 1e-4f);
+    close_to("linear db", db, get(m, "db", NULL), 3, 1e-4f);
+    free(dx);
+    free(dW);
+    free(db);
+    fb_model_free(m);
+}
+
+TEST(layernorm_matches_pytorch)
+{
+    fb_model *m = load_nn("layernorm");
+    REQUIRE(m);
+    const float *x = get(m, "x", NULL), *w = get(m, "w", NULL), *b = get(m, "b", NULL);
+    const float *dout = get(m, "dout", NULL);
+    REQUIRE(x && w && b && dout);
+    float out[40], mean[4], rstd[4], *dx = zeros(40), *dw = zeros(10), *db = zeros(10);
+    fb_layernorm_forward(out, mean, rstd, x, w, b, 4, 10, 1e-5f);
+    close_to("layernorm out", out, get(m, "out", NULL), 40, 1e-5f);
+    fb_layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, 4, 10);
+    close_to("layernorm dx", dx, get(m, "dx", NULL), 40, 1e-4f);
+    close_to("layernorm dw", dw, get(m, "dw", NULL), 10, 1e-4f);
+    close_to("layernorm db", db, get(m, "db", NULL), 10, 1e-4f);
+    free(dx);
+    free(dw);
+    free(db);
+    fb_model_free(m);
+}
+
+typedef void (*act_fwd)(float *, const float *, int64_t);
+typedef void (*act_bwd)(float *, const float *, const float *, int64_t);
+
+TEST(activations_match_pytorch)
+{
+    const char *names[] = {"gelu", "quick_gelu", "relu"};
+    act_fwd fwd[] = {fb_gelu_forward, fb_quick_gelu_forward, fb_relu_forward};
+    act_bwd bwd[] = {fb_gelu_backward, fb_quick_gelu_backward, fb_relu_backward};
+    for (int i = 0; i < 3; i++) {
+        fb_model *m = load_nn(names[i]);
+        REQUIRE(m);
+        int64_t n = 0;
+        const float *x = get(m, "x", &n), *dout = get(m, "dout", NULL);
+        float *out = zeros(n), *dx = zeros(n);
+        fwd[i](out, x, n);
+        close_to(names[i], out, get(m, "out", NULL), n, 1e-5f);
+        bwd[i](dx, x, dout, n);
+        close_to(names[i], dx, get(m, "dx", NULL), n, 1e-4f);
+        free(out);
+        free(dx);
+        fb_model_free(m);
+    }
+}
+
+TEST(softmax_cross_entropy_and_entropy_match_pytorch)
+{
+    fb_model *m = load_nn("softmax");
+    REQUIRE(m);
+    const float *x = get(m, "x", NULL), *dout = get(m, "dout", NULL);
+    float p[18], dx[18] = {0};
+    fb_softmax_forward(p, x, 3, 6);
+    close_to("softmax", p, get(m, "out", NULL), 18, 1e-5f);
+    fb_softmax_backward(dx, p, dout, 3, 6);
+    close_to("softmax dx", dx, get(m, "dx", NULL), 18, 1e-4f);
+    fb_model_free(m);
+
+    m = load_nn("cross_entropy");
+    REQUIRE(m);
+    x = get(m, "x", NULL);
+    const int32_t *targets = (const int32_t *)get(m, "targets", NULL);
+    float probs[20], dce[20] = {0};
+    float loss = fb_cross_entropy_forward(probs, x, targets, 4, 5);
+    close_to("cross entropy", &loss, get(m, "out", NULL), 1, 1e-5f);
+    fb_cross_entropy_backward(dce, probs, targets, 4, 5, get(m, "dout", NULL)[0]);
+    close_to("cross entropy dx", dce, get(m, "dx", NULL), 20, 1e-4f);
+    fb_model_free(m);
+
+    m = load_nn("entropy");
+    REQUIRE(m);
+    x = get(m, "x", NULL);
+    float dh[20] = {0};
+    float h = fb_entropy_forward(probs, x, 4, 5);
+    close_to("entropy", &h, get(m, "out", NULL), 1, 1e-5f);
+    fb_entropy_backward(dh, probs, 4, 5, get(m, "dout", NULL)[0]);
+    close_to("entropy dx", dh, get(m, "dx", NULL), 20, 1e-4f);
+    fb_model_free(m);
+}
+
+TEST(attention_matches_pytorch_causal_or_not)
+{
+    for (int causal = 0; causal < 2; causal++) {
+        fb_model *m = load_nn(causal ? "attention1" : "attention0");
+        REQUIRE(m);
+        const float *q = get(m, "q", NULL), *k = get(m, "k", NULL), *v = get(m, "v", NULL);
+        const float *dout = get(m, "dout", NULL);
+        float out[60], att[2 * 2 * 25], datt[2 * 2 * 25];
+        float dq[60] = {0}, dk[60] = {0}, dv[60] = {0};
+        fb_attention_forward(out, att, q, k, v, 2, 5, 2, 3, causal);
+        close_to("attention out", out, get(m, "out", NULL), 60, 1e-5f);
+        fb_attention_backward(dq, dk, dv, datt, dout, att, q, k, v, 2, 5, 2, 3);
+        close_to("attention dq", dq, get(m, "dq", NULL), 60, 1e-4f);
+        close_to("attention dk", dk, get(m, "dk", NULL), 60, 1e-4f);
+        close_to("attention dv", dv, get(m, "dv", NULL), 60, 1e-4f);
+        fb_model_free(m);
+    }
+}
+
+/* Finite differences: for L = sum(f(x) * r), dL/dx_i ~ (L(x + h e_i) - L(x - h e_i)) / 2h. */
+static double loss_of(void (*f)(float *, const float *, int64_t), const float *x, const float *r,
+                      int64_t n)
+{
+    float *y = zeros(n);
+    f(y, x, n);
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)y[i] * r[i];
+    free(y);
+    return s;
+}
+
+TEST(activation_gradients_match_finite_differences)
+{
+    act_fwd fwd[] = {fb_gelu_forward, fb_quick_gelu_forward};
+    act_bwd bwd[] = {fb_gelu_backward, fb_quick_gelu_backward};
+    float x[9] = {-3, -1.5f, -0.3f, 0.1f, 0.7f, 1.2f, 2.0f, 3.1f, -0.05f};
+    float r[9] = {1, -2, 0.5f, 1, 1, -1, 2, 0.3f, 1};
+    for (int a = 0; a < 2; a++) {
+        float g[9] = {0};
+        bwd[a](g, x, r, 9);
+        for (int i = 0; i < 9; i++) {
+            float xp[9], xm[9];
+            memcpy(xp, x, sizeof x);
+            memcpy(xm, x, sizeof x);
+            xp[i] += 1e-2f;
+            xm[i] -= 1e-2f;
+            double fd = (loss_of(fwd[a], xp, r, 9) - loss_of(fwd[a], xm, r, 9)) / 2e-2;
+            if (fabs(fd - g[i]) > 1e-3 * (1 + fabs(fd)))
+                fb_test_fail(__FILE__, __LINE__, "activation %d, x[%d]: %g vs finite difference %g",
+                             a, i, g[i], fd);
+        }
+    }
+}
+
+TEST(layernorm_and_attention_gradients_match_finite_differences)
+{
+    /* layer norm: one row of 6, loss = sum(out * r) */
+    float x[6] = {0.3f, -1.2f, 2.0f, 0.5f, -0.7f, 1.1f}, w[6] = {1, 0.5f, -1, 2, 1, 0.3f};
+    float b[6] = {0.1f, 0, -0.2f, 0, 0.3f, 0}, r[6] = {1, -1, 0.5f, 2, -0.3f, 1};
+    float out[6], mean, rstd, dx[6] = {0}, dw[6] = {0}, db[6] = {0};
+    fb_layernorm_forward(out, &mean, &rstd, x, w, b, 1, 6, 1e-5f);
+    fb_layernorm_backward(dx, dw, db, r, x, w, &mean, &rstd, 1, 6);
+    for (int i = 0; i < 6; i++) {
+        double l[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            float xx[6];
+            memcpy(xx, x, sizeof x);
+            xx[i] += sgn ? -1e-2f : 1e-2f;
+            float o[6], mm, rr;
+            fb_layernorm_forward(o, &mm, &rr, xx, w, b, 1, 6, 1e-5f);
+            l[sgn] = 0;
+            for (int c = 0; c < 6; c++) l[sgn] += (double)o[c] * r[c];
+        }
+        double fd = (l[0] - l[1]) / 2e-2;
+        if (fabs(fd - dx[i]) > 2e-3 * (1 + fabs(fd)))
+            fb_test_fail(__FILE__, __LINE__, "layernorm dx[%d]: %g vs %g", i, dx[i], fd);
+    }
+    /* attention: B=1, T=3, H=1, D=2; perturb q */
+    float q[6] = {0.2f, -0.5f, 1.0f, 0.3f, -0.8f, 0.4f}, k[6] = {0.5f, 0.1f, -0.3f, 0.9f, 0.7f, -0.2f};
+    float v[6] = {1, 2, -1, 0.5f, 0.3f, -0.7f}, ro[6] = {1, -1, 0.5f, 2, -0.3f, 1};
+    float o[6], att[9], datt[9], dq[6] = {0}, dk[6] = {0}, dv[6] = {0};
+    fb_attention_forward(o, att, q, k, v, 1, 3, 1, 2, 0);
+    fb_attention_backward(dq, dk, dv, datt, ro, att, q, k, v, 1, 3, 1, 2);
+    for (int i = 0; i < 6; i++) {
+        double l[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            float qq[6], oo[6], aa[9];
+            memcpy(qq, q, sizeof q);
+            qq[i] += sgn ? -1e-2f : 1e-2f;
+            fb_attention_forward(oo, aa, qq, k, v, 1, 3, 1, 2, 0);
+            l[sgn] = 0;
+            for (int c = 0; c < 6; c++) l[sgn] += (double)oo[c] * ro[c];
+        }
+        double fd = (l[0] - l[1]) / 2e-2;
+        if (fabs(fd - dq[i]) > 2e-3 * (1 + fabs(fd)))
+            fb_test_fail(__FILE__, __LINE__, "attention dq[%d]: %g vs %g", i, dq[i], fd);
+    }
+}
