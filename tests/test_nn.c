@@ -30,10 +30,12 @@ static const float *get(const fb_model *m, const char *name, int64_t *n)
     return p;
 }
 
-/* max |got - want| <= tol * max |want| (or tol when want is all zeros) */
-static void close_to(const char *what, const float *got, const float *want, int64_t n, float tol)
+/* max |got - want| <= tol * max(max |want|, floor): floor keeps tensors whose true values are
+ * ~0 (rounding noise on both sides) from being judged against their own noise */
+static void close_to_floor(const char *what, const float *got, const float *want, int64_t n,
+                           float tol, float floor)
 {
-    float scale = 0.0f, worst = 0.0f;
+    float scale = floor, worst = 0.0f;
     int64_t at = 0;
     for (int64_t i = 0; i < n; i++) scale = fabsf(want[i]) > scale ? fabsf(want[i]) : scale;
     for (int64_t i = 0; i < n; i++) {
@@ -46,6 +48,11 @@ static void close_to(const char *what, const float *got, const float *want, int6
     if (worst > tol * (scale > 0 ? scale : 1.0f))
         fb_test_fail(__FILE__, __LINE__, "%s: element %lld off by %g (max |value| %g)", what,
                      (long long)at, worst, scale);
+}
+
+static void close_to(const char *what, const float *got, const float *want, int64_t n, float tol)
+{
+    close_to_floor(what, got, want, n, tol, 0.0f);
 }
 
 static float *zeros(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(float)); }
@@ -245,4 +252,86 @@ TEST(layernorm_and_attention_gradients_match_finite_differences)
         if (fabs(fd - dq[i]) > 2e-3 * (1 + fabs(fd)))
             fb_test_fail(__FILE__, __LINE__, "attention dq[%d]: %g vs %g", i, dq[i], fd);
     }
+}
+
+#include "nn/clip_vit.h"
+
+/* The CLIP vision tower and a cosine head against PyTorch: features, logits, loss and the
+ * gradient of every parameter, for an RGB quick-GELU model with a projection and a grayscale
+ * GELU model without one. */
+static void check_clip(const char *name)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/nn/%s.config.json", fb_test_ref_dir, name);
+    fb_clip_config cfg;
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    fb_model *ref = load_nn(name);
+    REQUIRE(ref);
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 4, &net));
+    REQUIRE_OK(fb_clip_set_params(net, ref));
+    const float *images = get(ref, "input.images", NULL), *W = get(ref, "input.head", NULL);
+    const int32_t *targets = (const int32_t *)get(ref, "input.targets", NULL);
+    int64_t nf = 0, nl = 0;
+    const float *want_f = get(ref, "out.features", &nf), *want_l = get(ref, "out.logits", &nl);
+    REQUIRE(images && W && targets && want_f && want_l);
+    const int64_t B = 3, F = nf / B, K = nl / B;
+    const float *features;
+    REQUIRE_OK(fb_clip_forward(net, images, B, &features));
+    close_to("features", features, want_f, nf, 1e-5f);
+    float logits[64], normed[256], norms[4], probs[64], dlogits[64] = {0}, dfeat[256] = {0}, scratch[256];
+    fb_head_forward(logits, normed, norms, features, W, 10.0f, B, F, K);
+    close_to("logits", logits, want_l, nl, 1e-5f);
+    float loss = fb_cross_entropy_forward(probs, logits, targets, B, K);
+    close_to("loss", &loss, get(ref, "out.loss", NULL), 1, 1e-5f);
+    fb_cross_entropy_backward(dlogits, probs, targets, B, K, 1.0f);
+    fb_head_backward(dfeat, scratch, dlogits, normed, norms, W, 10.0f, B, F, K);
+    fb_clip_zero_grad(net);
+    REQUIRE_OK(fb_clip_backward(net, dfeat));
+    float gmax = 0.0f; /* the scale of the gradients overall */
+    for (int64_t i = 0; i < fb_clip_num_tensors(net); i++) {
+        int64_t n;
+        char gname[300];
+        snprintf(gname, sizeof gname, "grad.%s", fb_clip_tensor_name(net, i, &n));
+        const float *want = get(ref, gname, NULL);
+        for (int64_t j = 0; want && j < n; j++) gmax = fabsf(want[j]) > gmax ? fabsf(want[j]) : gmax;
+    }
+    for (int64_t i = 0; i < fb_clip_num_tensors(net); i++) {
+        int64_t n;
+        const char *pname = fb_clip_tensor_name(net, i, &n);
+        char gname[300];
+        snprintf(gname, sizeof gname, "grad.%s", pname);
+        const float *want = get(ref, gname, NULL);
+        if (want) close_to_floor(pname, fb_clip_grad(net, pname, NULL), want, n, 1e-4f, 1e-2f * gmax);
+    }
+    fb_clip_free(net);
+    fb_model_free(ref);
+}
+
+TEST(clip_vit_forward_and_gradients_match_pytorch) { check_clip("clip_rgb"); }
+TEST(clip_vit_grayscale_gelu_without_projection_matches_pytorch) { check_clip("clip_gray"); }
+
+TEST(clip_vit_bad_config_and_checkpoint_name_the_field_or_tensor)
+{
+    const char *p = fb_test_path("config.json");
+    const char *bad = "{\"hidden_size\": 10, \"intermediate_size\": 8, \"num_attention_heads\": 3,"
+                      " \"num_hidden_layers\": 1, \"image_size\": 8, \"patch_size\": 4}";
+    fb_test_write_file(p, bad, strlen(bad));
+    fb_clip_config cfg;
+    EXPECT_ERROR(fb_clip_config_load(p, &cfg), FB_ERR_FORMAT, "not a multiple of num_attention_heads");
+    const char *missing = "{\"hidden_size\": 12, \"num_attention_heads\": 3}";
+    fb_test_write_file(p, missing, strlen(missing));
+    EXPECT_ERROR(fb_clip_config_load(p, &cfg), FB_ERR_FORMAT, "missing field 'intermediate_size'");
+    /* a checkpoint missing a parameter */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/nn/clip_gray.config.json", fb_test_ref_dir);
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    fb_model *empty;
+    fb_model_create(&empty);
+    EXPECT_ERROR(fb_clip_set_params(net, empty), FB_ERR_NOT_FOUND,
+                 "lacks parameter 'vision_model.embeddings.class_embedding'");
+    fb_model_free(empty);
+    fb_clip_free(net);
 }

@@ -308,3 +308,29 @@ void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const f
         }
     }
 }
+
+void fb_patch_embed_forward(float *out, float *cols, const float *images, const float *W,
+                            int64_t B, int64_t Cin, int64_t S, int64_t P, int64_t E)
+{
+    const int64_t G = S / P, NP = G * G, K = Cin * P * P;
+#pragma omp parallel for collapse(2)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t pi = 0; pi < NP; pi++) {
+            int64_t gy = pi / G, gx = pi % G;
+            float *col = cols + (b * NP + pi) * K;
+            for (int64_t c = 0; c < Cin; c++)
+                for (int64_t y = 0; y < P; y++)
+                    memcpy(col + (c * P + y) * P,
+                           images + ((b * Cin + c) * S + gy * P + y) * S + gx * P,
+                           (size_t)P * sizeof(float));
+        }
+    }
+    fb_linear_forward(out, cols, W, NULL, B * NP, K, E);
+}
+
+void fb_patch_embed_backward(float *dW, const float *dout, const float *cols, int64_t B,
+                             int64_t Cin, int64_t S, int64_t P, int64_t E)
+{
+    const int64_t NP = (S / P) * (S / P), K = Cin * P * P;
+    fb_linear_backward(NULL, dW, NULL, dout, cols, NULL, B * NP, K, E);
+}

@@ -60,4 +60,12 @@ void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const f
                            const float *att, const float *q, const float *k, const float *v,
                            int64_t B, int64_t T, int64_t H, int64_t D);
 
+/* Patch embedding, a convolution with stride = kernel = P and no bias: images [B, Cin, S, S]
+ * (S a multiple of P) are cut into (S/P)^2 patches, flattened as [Cin, P, P] (im2col), and
+ * projected by W [E, Cin*P*P]. cols [B, NP, Cin*P*P] is saved for backward; out [B, NP, E]. */
+void fb_patch_embed_forward(float *out, float *cols, const float *images, const float *W,
+                            int64_t B, int64_t Cin, int64_t S, int64_t P, int64_t E);
+void fb_patch_embed_backward(float *dW, const float *dout, const float *cols, int64_t B,
+                             int64_t Cin, int64_t S, int64_t P, int64_t E);
+
 #endif

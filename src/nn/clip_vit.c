@@ -1,0 +1,511 @@
+/*
+ * clip_vit.c: the CLIP vision tower, forward and backward (see clip_vit.h).
+ *
+ *   x = [class; patches W_pe] + pos          embeddings ([B, T, E], T = patches + 1)
+ *   x = pre_layrnorm(x)
+ *   per layer:  x = x + out_proj(attn(layer_norm1(x)))
+ *               x = x + fc2(act(fc1(layer_norm2(x))))
+ *   f = visual_projection(post_layernorm(x[:, 0]))
+ *
+ * as transformers' CLIPVisionModelWithProjection: attention scores scaled by 1/sqrt(head_dim),
+ * hidden_act quick_gelu (OpenAI's checkpoints) or gelu. Every activation backward needs is
+ * kept in one arena; gradients accumulate in a buffer laid out like the parameters.
+ */
+#include "clip_vit.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "kernels.h"
+
+enum { MAX_LAYERS = 256 };
+
+typedef struct layer_params {
+    float *k_w, *k_b, *v_w, *v_b, *q_w, *q_b, *o_w, *o_b;
+    float *ln1_w, *ln1_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ln2_w, *ln2_b;
+} layer_params;
+
+typedef struct layer_acts {
+    float *in, *ln1, *mean1, *rstd1, *q, *k, *v, *att, *a, *x1, *ln2, *mean2, *rstd2, *h, *g, *out;
+} layer_acts;
+
+typedef struct view {
+    char name[160];
+    int64_t offset, numel;
+} view;
+
+struct fb_clip {
+    fb_clip_config c;
+    int64_t max_batch, batch, T, NP;
+    float *params, *grads;
+    int64_t num_params;
+    view *views;
+    int64_t num_views;
+    /* parameter pointers: the same storage, by role (grads: same offsets) */
+    float *cls, *pe_w, *pos, *pre_w, *pre_b, *post_w, *post_b, *proj_w;
+    layer_params L[MAX_LAYERS];
+    /* activations */
+    float *arena;
+    float *cols, *pe, *emb, *x0, *mean0, *rstd0, *pooled_in, *pooled, *meanp, *rstdp, *features;
+    layer_acts A[MAX_LAYERS];
+    /* backward scratch */
+    float *dx, *dx1, *dln, *dq, *dk, *dv, *da, *dh, *dg, *datt, *demb, *dpe, *dpooled, *dpooled_in;
+};
+
+/* ---------------------------------------------------------------- config.json -- */
+
+static fb_status get_int(const char *where, const cJSON *o, const char *key, int64_t def,
+                         int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) {
+        if (def < 0) return fb_set_error(FB_ERR_FORMAT, "%s: missing field '%s'", where, key);
+        *out = def;
+        return FB_OK;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble || v->valuedouble < 0)
+        return fb_set_error(FB_ERR_FORMAT, "%s: field '%s' must be a non-negative integer", where, key);
+    *out = (int64_t)v->valuedouble;
+    return FB_OK;
+}
+
+fb_status fb_clip_config_check(const fb_clip_config *c, const char *where)
+{
+    if (c->hidden <= 0 || c->intermediate <= 0 || c->heads <= 0 || c->layers <= 0 ||
+        c->image_size <= 0 || c->patch_size <= 0 || c->channels <= 0)
+        return fb_set_error(FB_ERR_FORMAT, "%s: sizes must be positive", where);
+    if (c->hidden % c->heads)
+        return fb_set_error(FB_ERR_FORMAT, "%s: hidden_size %lld is not a multiple of "
+                                           "num_attention_heads %lld",
+                            where, (long long)c->hidden, (long long)c->heads);
+    if (c->image_size % c->patch_size)
+        return fb_set_error(FB_ERR_FORMAT, "%s: image_size %lld is not a multiple of patch_size %lld",
+                            where, (long long)c->image_size, (long long)c->patch_size);
+    if (c->layers > MAX_LAYERS)
+        return fb_set_error(FB_ERR_FORMAT, "%s: num_hidden_layers %lld exceeds %d", where,
+                            (long long)c->layers, MAX_LAYERS);
+    if (!(c->eps > 0)) return fb_set_error(FB_ERR_FORMAT, "%s: layer_norm_eps must be positive", where);
+    return FB_OK;
+}
+
+fb_status fb_clip_config_load(const char *path, fb_clip_config *out)
+{
+    fb_source *src;
+    fb_status st = fb_source_open(path, &src);
+    if (st) return st;
+    char *text = src->size < (1u << 24) ? fb_malloc((size_t)src->size + 1) : NULL;
+    if (!text) {
+        fb_source_unref(src);
+        return fb_set_error(FB_ERR_FORMAT, "%s: too large for a config.json", path);
+    }
+    st = fb_source_pread(src, 0, (size_t)src->size, text);
+    text[src->size] = '\0';
+    fb_source_unref(src);
+    cJSON *root = st ? NULL : cJSON_Parse(text);
+    fb_free(text);
+    if (st) return st;
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fb_set_error(FB_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "vision_config");
+    const cJSON *o = cJSON_IsObject(v) ? v : root;
+    fb_clip_config c = {0};
+    st = get_int(path, o, "hidden_size", -1, &c.hidden);
+    if (!st) st = get_int(path, o, "intermediate_size", -1, &c.intermediate);
+    if (!st) st = get_int(path, o, "num_attention_heads", -1, &c.heads);
+    if (!st) st = get_int(path, o, "num_hidden_layers", -1, &c.layers);
+    if (!st) st = get_int(path, o, "image_size", -1, &c.image_size);
+    if (!st) st = get_int(path, o, "patch_size", -1, &c.patch_size);
+    if (!st) st = get_int(path, o, "num_channels", 3, &c.channels);
+    if (!st) {
+        int64_t proj = 0;
+        const cJSON *po = cJSON_GetObjectItemCaseSensitive(o, "projection_dim") ? o : root;
+        st = get_int(path, po, "projection_dim", 0, &proj);
+        c.projection = proj;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+    const char *a = cJSON_IsString(act) ? act->valuestring : "quick_gelu";
+    if (!st) {
+        if (!strcmp(a, "quick_gelu")) c.quick_gelu = 1;
+        else if (!strcmp(a, "gelu")) c.quick_gelu = 0;
+        else st = fb_set_error(FB_ERR_FORMAT, "%s: hidden_act '%s' is not quick_gelu or gelu", path, a);
+    }
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(o, "layer_norm_eps");
+    c.eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
+    cJSON_Delete(root);
+    if (!st) st = fb_clip_config_check(&c, path);
+    if (!st) *out = c;
+    return st;
+}
+
+/* ------------------------------------------------------------------ building -- */
+
+static float *add_view(fb_clip *n, const char *name, int64_t numel)
+{
+    view *v = &n->views[n->num_views++];
+    snprintf(v->name, sizeof v->name, "%s", name);
+    v->offset = n->num_params;
+    v->numel = numel;
+    n->num_params += numel;
+    return (float *)(uintptr_t)v->offset; /* an offset until the buffer exists */
+}
+
+#define AT(n, p) ((n)->params + (int64_t)(uintptr_t)(p))
+
+fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip **out)
+{
+    *out = NULL;
+    fb_status st = fb_clip_config_check(cfg, "clip config");
+    if (st) return st;
+    if (max_batch <= 0) return fb_set_error(FB_ERR_ARG, "batch size %lld must be positive", (long long)max_batch);
+    fb_clip *n = fb_calloc(1, sizeof *n);
+    if (!n) return FB_ERR_NOMEM;
+    n->c = *cfg;
+    n->max_batch = max_batch;
+    const int64_t E = cfg->hidden, I = cfg->intermediate, G = cfg->image_size / cfg->patch_size;
+    n->NP = G * G;
+    n->T = n->NP + 1;
+    n->views = fb_calloc((size_t)(16 * cfg->layers + 16), sizeof *n->views);
+    if (!n->views) {
+        fb_free(n);
+        return FB_ERR_NOMEM;
+    }
+    /* parameters in the order of transformers' state dict */
+    char name[160];
+    const char *vm = "vision_model";
+    snprintf(name, sizeof name, "%s.embeddings.class_embedding", vm);
+    n->cls = add_view(n, name, E);
+    snprintf(name, sizeof name, "%s.embeddings.patch_embedding.weight", vm);
+    n->pe_w = add_view(n, name, E * cfg->channels * cfg->patch_size * cfg->patch_size);
+    snprintf(name, sizeof name, "%s.embeddings.position_embedding.weight", vm);
+    n->pos = add_view(n, name, n->T * E);
+    snprintf(name, sizeof name, "%s.pre_layrnorm.weight", vm);
+    n->pre_w = add_view(n, name, E);
+    snprintf(name, sizeof name, "%s.pre_layrnorm.bias", vm);
+    n->pre_b = add_view(n, name, E);
+    for (int64_t l = 0; l < cfg->layers; l++) {
+        layer_params *p = &n->L[l];
+        struct {
+            const char *suffix;
+            float **slot;
+            int64_t numel;
+        } items[] = {
+            {"self_attn.k_proj.weight", &p->k_w, E * E}, {"self_attn.k_proj.bias", &p->k_b, E},
+            {"self_attn.v_proj.weight", &p->v_w, E * E}, {"self_attn.v_proj.bias", &p->v_b, E},
+            {"self_attn.q_proj.weight", &p->q_w, E * E}, {"self_attn.q_proj.bias", &p->q_b, E},
+            {"self_attn.out_proj.weight", &p->o_w, E * E}, {"self_attn.out_proj.bias", &p->o_b, E},
+            {"layer_norm1.weight", &p->ln1_w, E}, {"layer_norm1.bias", &p->ln1_b, E},
+            {"mlp.fc1.weight", &p->fc1_w, I * E}, {"mlp.fc1.bias", &p->fc1_b, I},
+            {"mlp.fc2.weight", &p->fc2_w, E * I}, {"mlp.fc2.bias", &p->fc2_b, E},
+            {"layer_norm2.weight", &p->ln2_w, E}, {"layer_norm2.bias", &p->ln2_b, E},
+        };
+        for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+            snprintf(name, sizeof name, "%s.encoder.layers.%lld.%s", vm, (long long)l, items[i].suffix);
+            *items[i].slot = add_view(n, name, items[i].numel);
+        }
+    }
+    snprintf(name, sizeof name, "%s.post_layernorm.weight", vm);
+    n->post_w = add_view(n, name, E);
+    snprintf(name, sizeof name, "%s.post_layernorm.bias", vm);
+    n->post_b = add_view(n, name, E);
+    if (cfg->projection) n->proj_w = add_view(n, "visual_projection.weight", cfg->projection * E);
+
+    n->params = fb_calloc((size_t)n->num_params, sizeof(float));
+    n->grads = fb_calloc((size_t)n->num_params, sizeof(float));
+    /* activations and backward scratch, sized for max_batch */
+    const int64_t Bm = max_batch, T = n->T, H = cfg->heads, K = cfg->channels * cfg->patch_size * cfg->patch_size;
+    const int64_t BTE = Bm * T * E, BTI = Bm * T * I, BHTT = Bm * H * T * T;
+    const int64_t F = cfg->projection ? cfg->projection : E;
+    int64_t total = Bm * n->NP * K + Bm * n->NP * E + 2 * BTE + 2 * Bm * T /* cols pe emb x0 stats */
+                    + cfg->layers * (8 * BTE + 4 * Bm * T + BHTT + 2 * BTI)    /* per layer */
+                    + 2 * Bm * E + 2 * Bm + Bm * F                              /* pooled, features */
+                    + 8 * BTE + 2 * BTI + BHTT + Bm * n->NP * E + 2 * Bm * E;   /* backward */
+    n->arena = fb_malloc((size_t)total * sizeof(float));
+    if (!n->params || !n->grads || !n->arena) {
+        fb_clip_free(n);
+        return FB_ERR_NOMEM;
+    }
+    /* turn the stored offsets into pointers */
+    n->cls = AT(n, n->cls);
+    n->pe_w = AT(n, n->pe_w);
+    n->pos = AT(n, n->pos);
+    n->pre_w = AT(n, n->pre_w);
+    n->pre_b = AT(n, n->pre_b);
+    n->post_w = AT(n, n->post_w);
+    n->post_b = AT(n, n->post_b);
+    if (n->proj_w) n->proj_w = AT(n, n->proj_w);
+    for (int64_t l = 0; l < cfg->layers; l++) {
+        float **f = (float **)&n->L[l];
+        for (size_t i = 0; i < sizeof(layer_params) / sizeof(float *); i++) f[i] = AT(n, f[i]);
+    }
+    float *a = n->arena;
+#define TAKE(ptr, count) ((ptr) = a, a += (count))
+    TAKE(n->cols, Bm * n->NP * K);
+    TAKE(n->pe, Bm * n->NP * E);
+    TAKE(n->emb, BTE);
+    TAKE(n->x0, BTE);
+    TAKE(n->mean0, Bm * T);
+    TAKE(n->rstd0, Bm * T);
+    for (int64_t l = 0; l < cfg->layers; l++) {
+        layer_acts *A = &n->A[l];
+        A->in = l ? n->A[l - 1].out : n->x0;
+        TAKE(A->ln1, BTE);
+        TAKE(A->mean1, Bm * T);
+        TAKE(A->rstd1, Bm * T);
+        TAKE(A->q, BTE);
+        TAKE(A->k, BTE);
+        TAKE(A->v, BTE);
+        TAKE(A->att, BHTT);
+        TAKE(A->a, BTE);
+        TAKE(A->x1, BTE);
+        TAKE(A->ln2, BTE);
+        TAKE(A->mean2, Bm * T);
+        TAKE(A->rstd2, Bm * T);
+        TAKE(A->h, BTI);
+        TAKE(A->g, BTI);
+        TAKE(A->out, BTE);
+    }
+    TAKE(n->pooled_in, Bm * E);
+    TAKE(n->pooled, Bm * E);
+    TAKE(n->meanp, Bm);
+    TAKE(n->rstdp, Bm);
+    TAKE(n->features, Bm * F);
+    TAKE(n->dx, BTE);
+    TAKE(n->dx1, BTE);
+    TAKE(n->dln, BTE);
+    TAKE(n->dq, BTE);
+    TAKE(n->dk, BTE);
+    TAKE(n->dv, BTE);
+    TAKE(n->da, BTE);
+    TAKE(n->demb, BTE);
+    TAKE(n->dh, BTI);
+    TAKE(n->dg, BTI);
+    TAKE(n->datt, BHTT);
+    TAKE(n->dpe, Bm * n->NP * E);
+    TAKE(n->dpooled, Bm * E);
+    TAKE(n->dpooled_in, Bm * E);
+#undef TAKE
+    *out = n;
+    return FB_OK;
+}
+
+void fb_clip_free(fb_clip *n)
+{
+    if (!n) return;
+    fb_free(n->params);
+    fb_free(n->grads);
+    fb_free(n->arena);
+    fb_free(n->views);
+    fb_free(n);
+}
+
+int64_t fb_clip_num_params(const fb_clip *n) { return n->num_params; }
+float *fb_clip_params(fb_clip *n) { return n->params; }
+float *fb_clip_grads(fb_clip *n) { return n->grads; }
+int64_t fb_clip_num_tensors(const fb_clip *n) { return n->num_views; }
+
+const char *fb_clip_tensor_name(const fb_clip *n, int64_t i, int64_t *numel)
+{
+    if (numel) *numel = n->views[i].numel;
+    return n->views[i].name;
+}
+
+static const view *find_view(const fb_clip *n, const char *name)
+{
+    for (int64_t i = 0; i < n->num_views; i++)
+        if (!strcmp(n->views[i].name, name)) return &n->views[i];
+    return NULL;
+}
+
+float *fb_clip_param(fb_clip *n, const char *name, int64_t *numel)
+{
+    const view *v = find_view(n, name);
+    if (!v) return NULL;
+    if (numel) *numel = v->numel;
+    return n->params + v->offset;
+}
+
+float *fb_clip_grad(fb_clip *n, const char *name, int64_t *numel)
+{
+    const view *v = find_view(n, name);
+    if (!v) return NULL;
+    if (numel) *numel = v->numel;
+    return n->grads + v->offset;
+}
+
+fb_status fb_clip_set_params(fb_clip *n, const fb_model *w)
+{
+    for (int64_t i = 0; i < n->num_views; i++) {
+        const view *v = &n->views[i];
+        const fb_tensor *t = fb_model_find(w, v->name);
+        if (!t)
+            return fb_set_error(FB_ERR_NOT_FOUND, "%s: checkpoint lacks parameter '%s'",
+                                fb_model_label(w), v->name);
+        if (fb_tensor_numel(t) != v->numel || !fb_dtype_is_float(fb_tensor_dtype(t)))
+            return fb_set_error(FB_ERR_MISMATCH,
+                                "%s: parameter '%s' has %lld %s elements, the config needs %lld",
+                                fb_model_label(w), v->name, (long long)fb_tensor_numel(t),
+                                fb_dtype_name(fb_tensor_dtype(t)), (long long)v->numel);
+        fb_status st = fb_tensor_to_f32(t, n->params + v->offset);
+        if (st) return st;
+    }
+    return FB_OK;
+}
+
+void fb_clip_zero_grad(fb_clip *n) { memset(n->grads, 0, (size_t)n->num_params * sizeof(float)); }
+
+#define G(n, p) ((n)->grads + ((p) - (n)->params)) /* the gradient view of a parameter */
+
+/* ------------------------------------------------------------------- forward -- */
+
+fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const float **features)
+{
+    if (B <= 0 || B > n->max_batch)
+        return fb_set_error(FB_ERR_ARG, "batch of %lld images; this network takes 1 to %lld",
+                            (long long)B, (long long)n->max_batch);
+    const fb_clip_config *c = &n->c;
+    const int64_t E = c->hidden, I = c->intermediate, H = c->heads, T = n->T, NP = n->NP;
+    n->batch = B;
+    fb_patch_embed_forward(n->pe, n->cols, images, n->pe_w, B, c->channels, c->image_size,
+                           c->patch_size, E);
+    for (int64_t b = 0; b < B; b++) {
+        float *e = n->emb + b * T * E;
+        for (int64_t j = 0; j < E; j++) e[j] = n->cls[j] + n->pos[j];
+        for (int64_t p = 0; p < NP; p++)
+            for (int64_t j = 0; j < E; j++)
+                e[(1 + p) * E + j] = n->pe[(b * NP + p) * E + j] + n->pos[(1 + p) * E + j];
+    }
+    fb_layernorm_forward(n->x0, n->mean0, n->rstd0, n->emb, n->pre_w, n->pre_b, B * T, E, c->eps);
+    for (int64_t l = 0; l < c->layers; l++) {
+        const layer_params *p = &n->L[l];
+        layer_acts *A = &n->A[l];
+        const int64_t BT = B * T;
+        fb_layernorm_forward(A->ln1, A->mean1, A->rstd1, A->in, p->ln1_w, p->ln1_b, BT, E, c->eps);
+        fb_linear_forward(A->q, A->ln1, p->q_w, p->q_b, BT, E, E);
+        fb_linear_forward(A->k, A->ln1, p->k_w, p->k_b, BT, E, E);
+        fb_linear_forward(A->v, A->ln1, p->v_w, p->v_b, BT, E, E);
+        fb_attention_forward(A->a, A->att, A->q, A->k, A->v, B, T, H, E / H, 0);
+        fb_linear_forward(A->x1, A->a, p->o_w, p->o_b, BT, E, E);
+        for (int64_t j = 0; j < BT * E; j++) A->x1[j] += A->in[j];
+        fb_layernorm_forward(A->ln2, A->mean2, A->rstd2, A->x1, p->ln2_w, p->ln2_b, BT, E, c->eps);
+        fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, BT, E, I);
+        if (c->quick_gelu) fb_quick_gelu_forward(A->g, A->h, BT * I);
+        else fb_gelu_forward(A->g, A->h, BT * I);
+        fb_linear_forward(A->out, A->g, p->fc2_w, p->fc2_b, BT, I, E);
+        for (int64_t j = 0; j < BT * E; j++) A->out[j] += A->x1[j];
+    }
+    const float *last = n->A[c->layers - 1].out;
+    for (int64_t b = 0; b < B; b++) memcpy(n->pooled_in + b * E, last + b * T * E, (size_t)E * sizeof(float));
+    fb_layernorm_forward(n->pooled, n->meanp, n->rstdp, n->pooled_in, n->post_w, n->post_b, B, E, c->eps);
+    if (n->proj_w) fb_linear_forward(n->features, n->pooled, n->proj_w, NULL, B, E, c->projection);
+    else memcpy(n->features, n->pooled, (size_t)(B * E) * sizeof(float));
+    *features = n->features;
+    return FB_OK;
+}
+
+/* ------------------------------------------------------------------ backward -- */
+
+fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
+{
+    const fb_clip_config *c = &n->c;
+    const int64_t B = n->batch, E = c->hidden, I = c->intermediate, H = c->heads, T = n->T;
+    const int64_t BT = B * T, NP = n->NP;
+    if (B <= 0) return fb_set_error(FB_ERR_ARG, "backward before a forward pass");
+    memset(n->dpooled, 0, (size_t)(B * E) * sizeof(float));
+    if (n->proj_w)
+        fb_linear_backward(n->dpooled, G(n, n->proj_w), NULL, dfeatures, n->pooled, n->proj_w, B, E,
+                           c->projection);
+    else
+        memcpy(n->dpooled, dfeatures, (size_t)(B * E) * sizeof(float));
+    memset(n->dpooled_in, 0, (size_t)(B * E) * sizeof(float));
+    fb_layernorm_backward(n->dpooled_in, G(n, n->post_w), G(n, n->post_b), n->dpooled, n->pooled_in,
+                          n->post_w, n->meanp, n->rstdp, B, E);
+    memset(n->dx, 0, (size_t)(BT * E) * sizeof(float));
+    for (int64_t b = 0; b < B; b++)
+        memcpy(n->dx + b * T * E, n->dpooled_in + b * E, (size_t)E * sizeof(float));
+    for (int64_t l = c->layers - 1; l >= 0; l--) {
+        const layer_params *p = &n->L[l];
+        const layer_acts *A = &n->A[l];
+        /* out = x1 + fc2(act(fc1(ln2(x1)))): dx is d out */
+        memcpy(n->dx1, n->dx, (size_t)(BT * E) * sizeof(float));
+        memset(n->dg, 0, (size_t)(BT * I) * sizeof(float));
+        fb_linear_backward(n->dg, G(n, p->fc2_w), G(n, p->fc2_b), n->dx, A->g, p->fc2_w, BT, I, E);
+        memset(n->dh, 0, (size_t)(BT * I) * sizeof(float));
+        if (c->quick_gelu) fb_quick_gelu_backward(n->dh, A->h, n->dg, BT * I);
+        else fb_gelu_backward(n->dh, A->h, n->dg, BT * I);
+        memset(n->dln, 0, (size_t)(BT * E) * sizeof(float));
+        fb_linear_backward(n->dln, G(n, p->fc1_w), G(n, p->fc1_b), n->dh, A->ln2, p->fc1_w, BT, E, I);
+        fb_layernorm_backward(n->dx1, G(n, p->ln2_w), G(n, p->ln2_b), n->dln, A->x1, p->ln2_w,
+                              A->mean2, A->rstd2, BT, E);
+        /* x1 = in + out_proj(attn(ln1(in))): dx1 is d x1; dx becomes d in */
+        memcpy(n->dx, n->dx1, (size_t)(BT * E) * sizeof(float));
+        memset(n->da, 0, (size_t)(BT * E) * sizeof(float));
+        fb_linear_backward(n->da, G(n, p->o_w), G(n, p->o_b), n->dx1, A->a, p->o_w, BT, E, E);
+        memset(n->dq, 0, (size_t)(BT * E) * sizeof(float));
+        memset(n->dk, 0, (size_t)(BT * E) * sizeof(float));
+        memset(n->dv, 0, (size_t)(BT * E) * sizeof(float));
+        fb_attention_backward(n->dq, n->dk, n->dv, n->datt, n->da, A->att, A->q, A->k, A->v, B, T,
+                              H, E / H);
+        memset(n->dln, 0, (size_t)(BT * E) * sizeof(float));
+        fb_linear_backward(n->dln, G(n, p->q_w), G(n, p->q_b), n->dq, A->ln1, p->q_w, BT, E, E);
+        fb_linear_backward(n->dln, G(n, p->k_w), G(n, p->k_b), n->dk, A->ln1, p->k_w, BT, E, E);
+        fb_linear_backward(n->dln, G(n, p->v_w), G(n, p->v_b), n->dv, A->ln1, p->v_w, BT, E, E);
+        fb_layernorm_backward(n->dx, G(n, p->ln1_w), G(n, p->ln1_b), n->dln, A->in, p->ln1_w,
+                              A->mean1, A->rstd1, BT, E);
+    }
+    memset(n->demb, 0, (size_t)(BT * E) * sizeof(float));
+    fb_layernorm_backward(n->demb, G(n, n->pre_w), G(n, n->pre_b), n->dx, n->emb, n->pre_w,
+                          n->mean0, n->rstd0, BT, E);
+    float *dcls = G(n, n->cls), *dpos = G(n, n->pos);
+    for (int64_t b = 0; b < B; b++) { /* batch sums in order */
+        const float *de = n->demb + b * T * E;
+        for (int64_t j = 0; j < E; j++) dcls[j] += de[j];
+        for (int64_t j = 0; j < T * E; j++) dpos[j] += de[j];
+        for (int64_t q = 0; q < NP; q++)
+            memcpy(n->dpe + (b * NP + q) * E, de + (1 + q) * E, (size_t)E * sizeof(float));
+    }
+    fb_patch_embed_backward(G(n, n->pe_w), n->dpe, n->cols, B, c->channels, c->image_size,
+                            c->patch_size, E);
+    return FB_OK;
+}
+
+/* -------------------------------------------------------------- cosine head -- */
+
+void fb_head_forward(float *logits, float *normed, float *norms, const float *features,
+                     const float *W, float scale, int64_t B, int64_t F, int64_t K)
+{
+    for (int64_t b = 0; b < B; b++) {
+        double s = 0.0;
+        for (int64_t f = 0; f < F; f++) s += (double)features[b * F + f] * features[b * F + f];
+        float r = (float)sqrt(s);
+        norms[b] = r;
+        for (int64_t f = 0; f < F; f++) normed[b * F + f] = r > 0 ? features[b * F + f] / r : 0.0f;
+    }
+    fb_linear_forward(logits, normed, W, NULL, B, F, K);
+    for (int64_t i = 0; i < B * K; i++) logits[i] *= scale;
+}
+
+void fb_head_backward(float *dfeatures, float *scratch, const float *dlogits, const float *normed,
+                      const float *norms, const float *W, float scale, int64_t B, int64_t F,
+                      int64_t K)
+{
+    for (int64_t b = 0; b < B; b++) {
+        /* d normed = scale * dlogits W;  d f = (d normed - normed <normed, d normed>) / |f| */
+        float *d = scratch;
+        for (int64_t f = 0; f < F; f++) d[f] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float g = scale * dlogits[b * K + k];
+            for (int64_t f = 0; f < F; f++) d[f] += g * W[k * F + f];
+        }
+        float dot = 0.0f;
+        for (int64_t f = 0; f < F; f++) dot += normed[b * F + f] * d[f];
+        if (norms[b] > 0)
+            for (int64_t f = 0; f < F; f++)
+                dfeatures[b * F + f] += (d[f] - normed[b * F + f] * dot) / norms[b];
+    }
+}

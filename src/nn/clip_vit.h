@@ -1,0 +1,68 @@
+/*
+ * clip_vit.h: the CLIP vision tower (Radford et al. 2021) exactly as Hugging Face's
+ * CLIPVisionModelWithProjection names and computes it, with forward and backward passes, and
+ * a cosine-similarity classification head (FusionBench's zero-shot heads).
+ *
+ * A network is a state dict: every parameter is a view into one f32 buffer under its Hugging
+ * Face name (vision_model.embeddings.patch_embedding.weight, ...), gradients share the layout,
+ * and activations live in one arena sized for a batch. Merged weights can be swapped in with
+ * fb_clip_set_params without rebuilding anything.
+ */
+#ifndef FB_NN_CLIP_VIT_H
+#define FB_NN_CLIP_VIT_H
+
+#include "core/model.h"
+
+typedef struct fb_clip_config {
+    int64_t hidden;       /* hidden_size */
+    int64_t intermediate; /* intermediate_size */
+    int64_t heads;        /* num_attention_heads */
+    int64_t layers;       /* num_hidden_layers */
+    int64_t image_size, patch_size, channels;
+    int64_t projection;   /* projection_dim; 0: no visual_projection */
+    int quick_gelu;       /* hidden_act: quick_gelu (1) or gelu (0) */
+    float eps;            /* layer_norm_eps */
+} fb_clip_config;
+
+/* Reads a Hugging Face config.json (a CLIPVisionConfig, or a CLIPConfig's vision_config with
+ * its projection_dim). Missing or inconsistent fields are errors naming the field. */
+fb_status fb_clip_config_load(const char *path, fb_clip_config *out);
+fb_status fb_clip_config_check(const fb_clip_config *c, const char *where);
+
+typedef struct fb_clip fb_clip;
+
+/* A network for batches of up to max_batch images; parameters zeroed. */
+fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip **out);
+void fb_clip_free(fb_clip *net);
+
+/* Parameters from a state dict (any float dtype; names and shapes checked), with the prefix
+ * a checkpoint uses ("" when its names start at vision_model.). */
+fb_status fb_clip_set_params(fb_clip *net, const fb_model *weights);
+
+/* Number and names of the parameters, in buffer order; the views. */
+int64_t fb_clip_num_params(const fb_clip *net);
+float *fb_clip_params(fb_clip *net);
+float *fb_clip_grads(fb_clip *net);
+/* The view of the named parameter and its element count; NULL if no such parameter. */
+float *fb_clip_param(fb_clip *net, const char *name, int64_t *numel);
+float *fb_clip_grad(fb_clip *net, const char *name, int64_t *numel);
+int64_t fb_clip_num_tensors(const fb_clip *net);
+const char *fb_clip_tensor_name(const fb_clip *net, int64_t i, int64_t *numel);
+
+/* images [B, channels, image_size, image_size] -> features [B, projection or hidden]. */
+fb_status fb_clip_forward(fb_clip *net, const float *images, int64_t B, const float **features);
+/* Accumulates parameter gradients from dfeatures (after fb_clip_zero_grad). */
+fb_status fb_clip_backward(fb_clip *net, const float *dfeatures);
+void fb_clip_zero_grad(fb_clip *net);
+
+/* Cosine head: logits[B, K] = scale * normalize(f) normalize(W)^T ... W[K, F] is used as is
+ * (FusionBench's zero-shot heads are already normalised text embeddings). Saves what backward
+ * needs in `normed` [B, F] and `norms` [B]. */
+void fb_head_forward(float *logits, float *normed, float *norms, const float *features,
+                     const float *W, float scale, int64_t B, int64_t F, int64_t K);
+/* scratch: F floats. */
+void fb_head_backward(float *dfeatures, float *scratch, const float *dlogits, const float *normed,
+                      const float *norms, const float *W, float scale, int64_t B, int64_t F,
+                      int64_t K);
+
+#endif
