@@ -335,3 +335,69 @@ TEST(clip_vit_bad_config_and_checkpoint_name_the_field_or_tensor)
     fb_model_free(empty);
     fb_clip_free(net);
 }
+
+#include "nn/optim.h"
+
+/* The tutorial MLP, 5 steps of SGD (momentum, weight decay) and of AdamW on a fixed batch,
+ * against torch.optim: first-step gradients, per-step losses, final weights. */
+TEST(mlp_training_with_sgd_and_adamw_follows_torch_optim)
+{
+    fb_model *ref = load_nn("mlp_train");
+    REQUIRE(ref);
+    const float *x = get(ref, "x", NULL);
+    const int32_t *y = (const int32_t *)get(ref, "y", NULL);
+    REQUIRE(x && y);
+    const int64_t N = 8, I = 4, H = 6, O = 3, NP = H * I + H + O * H + O;
+    const char *names[4] = {"0.weight", "0.bias", "2.weight", "2.bias"};
+    const int64_t sizes[4] = {H * I, H, O * H, O};
+    for (int which = 0; which < 2; which++) {
+        float p[64], gr[64], out[24], h[48], a[48], probs[24], dout[24], da[48], dh[48];
+        int64_t off = 0;
+        for (int t = 0; t < 4; t++) {
+            char k[64];
+            snprintf(k, sizeof k, "init.%s", names[t]);
+            memcpy(p + off, get(ref, k, NULL), (size_t)sizes[t] * 4);
+            off += sizes[t];
+        }
+        REQUIRE(off == NP);
+        float *w0 = p, *b0 = p + H * I, *w2 = b0 + H, *b2 = w2 + O * H;
+        fb_sgd sgd;
+        fb_adamw adam;
+        fb_sgd_init(&sgd, NP, 0.1f, 0.9f, 1e-3f);
+        REQUIRE_OK(fb_adamw_init(&adam, NP, 0.01f, 1e-2f));
+        float losses[5];
+        for (int step = 0; step < 5; step++) {
+            memset(gr, 0, sizeof gr);
+            memset(dout, 0, sizeof dout);
+            fb_mlp_forward(out, h, a, x, w0, b0, w2, b2, N, I, H, O);
+            losses[step] = fb_cross_entropy_forward(probs, out, y, N, O);
+            fb_cross_entropy_backward(dout, probs, y, N, O, 1.0f);
+            fb_mlp_backward(NULL, gr, gr + H * I, gr + H * I + H, gr + H * I + H + O * H, da, dh,
+                            dout, x, h, a, w0, w2, N, I, H, O);
+            if (step == 0) {
+                int64_t o2 = 0;
+                for (int t = 0; t < 4; t++) {
+                    char k[64];
+                    snprintf(k, sizeof k, "grad0.%s", names[t]);
+                    close_to(k, gr + o2, get(ref, k, NULL), sizes[t], 1e-5f);
+                    o2 += sizes[t];
+                }
+            }
+            if (which == 0) fb_sgd_step(&sgd, p, gr);
+            else fb_adamw_step(&adam, p, gr);
+        }
+        const char *opt = which ? "adamw" : "sgd";
+        char k[64];
+        snprintf(k, sizeof k, "%s.losses", opt);
+        close_to(k, losses, get(ref, k, NULL), 5, 1e-5f);
+        int64_t o2 = 0;
+        for (int t = 0; t < 4; t++) {
+            snprintf(k, sizeof k, "%s.%s", opt, names[t]);
+            close_to(k, p + o2, get(ref, k, NULL), sizes[t], 1e-5f);
+            o2 += sizes[t];
+        }
+        fb_sgd_free(&sgd);
+        fb_adamw_free(&adam);
+    }
+    fb_model_free(ref);
+}

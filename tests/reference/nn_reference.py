@@ -176,3 +176,31 @@ for name, cfg in [
     st.save(os.path.join(OUT, name + ".safetensors"), save)
     with open(os.path.join(OUT, name + ".config.json"), "w") as f:
         json.dump(cfg, f)
+
+# --- the tutorial MLP trained a few steps with SGD (momentum) and AdamW ---------------------
+g = torch.Generator().manual_seed(5)
+mlp0 = {"0.weight": torch.randn(6, 4, generator=g) * 0.5, "0.bias": torch.randn(6, generator=g) * 0.1,
+        "2.weight": torch.randn(3, 6, generator=g) * 0.5, "2.bias": torch.randn(3, generator=g) * 0.1}
+xb = torch.randn(8, 4, generator=g)
+yb = torch.randint(0, 3, (8,), generator=g).to(torch.int32)
+save = {"init." + k: v for k, v in mlp0.items()}
+save.update({"x": xb, "y": yb})
+for opt_name, make in [("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3)),
+                       ("adamw", lambda ps: torch.optim.AdamW(ps, lr=0.01))]:
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    net.load_state_dict(mlp0)
+    opt = make(list(net.parameters()))
+    losses = []
+    for step in range(5):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(xb), yb.long())
+        loss.backward()
+        if step == 0:
+            for k, p in net.named_parameters():
+                save["grad0." + k] = p.grad.clone()
+        opt.step()
+        losses.append(loss.item())
+    for k, v in net.state_dict().items():
+        save[f"{opt_name}.{k}"] = v.clone()
+    save[f"{opt_name}.losses"] = torch.tensor(losses)
+st.save(os.path.join(OUT, "mlp_train.safetensors"), save)
