@@ -25,7 +25,7 @@ LIB      := $(BUILD)/libfusionbench.a
 CLI      := $(BUILD)/fusion_bench
 TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
-BENCHES  := $(BUILD)/bench_merge
+BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 

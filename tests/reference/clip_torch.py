@@ -1,0 +1,74 @@
+"""The CLIP vision tower in plain PyTorch, computed as transformers' CLIPVisionModelWithProjection
+computes it, with its parameter names. Used by the reference tests and by bench/nn."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+
+def clip_forward(P, cfg, images):
+    E, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    D = E // H
+    ps = cfg["patch_size"]
+    act = (lambda x: x * torch.sigmoid(1.702 * x)) if cfg["hidden_act"] == "quick_gelu" else F.gelu
+    eps = cfg["layer_norm_eps"]
+    vm = "vision_model."
+    x = F.conv2d(images, P[vm + "embeddings.patch_embedding.weight"], stride=ps)  # B,E,g,g
+    x = x.flatten(2).transpose(1, 2)
+    B = x.shape[0]
+    cls = P[vm + "embeddings.class_embedding"].expand(B, 1, E)
+    x = torch.cat([cls, x], 1) + P[vm + "embeddings.position_embedding.weight"]
+    x = F.layer_norm(x, (E,), P[vm + "pre_layrnorm.weight"], P[vm + "pre_layrnorm.bias"], eps)
+    T = x.shape[1]
+    for l in range(cfg["num_hidden_layers"]):
+        pre = f"{vm}encoder.layers.{l}."
+        r = x
+        h = F.layer_norm(x, (E,), P[pre + "layer_norm1.weight"], P[pre + "layer_norm1.bias"], eps)
+        q = F.linear(h, P[pre + "self_attn.q_proj.weight"], P[pre + "self_attn.q_proj.bias"]) * D ** -0.5
+        k = F.linear(h, P[pre + "self_attn.k_proj.weight"], P[pre + "self_attn.k_proj.bias"])
+        v = F.linear(h, P[pre + "self_attn.v_proj.weight"], P[pre + "self_attn.v_proj.bias"])
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+        a = F.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+        a = a.transpose(1, 2).reshape(B, T, E)
+        x = r + F.linear(a, P[pre + "self_attn.out_proj.weight"], P[pre + "self_attn.out_proj.bias"])
+        r = x
+        h = F.layer_norm(x, (E,), P[pre + "layer_norm2.weight"], P[pre + "layer_norm2.bias"], eps)
+        h = F.linear(act(F.linear(h, P[pre + "mlp.fc1.weight"], P[pre + "mlp.fc1.bias"])),
+                     P[pre + "mlp.fc2.weight"], P[pre + "mlp.fc2.bias"])
+        x = r + h
+    pooled = F.layer_norm(x[:, 0], (E,), P[vm + "post_layernorm.weight"], P[vm + "post_layernorm.bias"], eps)
+    if cfg.get("projection_dim"):
+        return F.linear(pooled, P["visual_projection.weight"])
+    return pooled
+
+
+def clip_params(cfg, g):
+    E, I, C, ps = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_channels"], cfg["patch_size"]
+    T = (cfg["image_size"] // ps) ** 2 + 1
+    vm = "vision_model."
+    P = {vm + "embeddings.class_embedding": torch.randn(E, generator=g),
+         vm + "embeddings.patch_embedding.weight": torch.randn(E, C, ps, ps, generator=g) * 0.2,
+         vm + "embeddings.position_embedding.weight": torch.randn(T, E, generator=g) * 0.5,
+         vm + "pre_layrnorm.weight": 1 + 0.1 * torch.randn(E, generator=g),
+         vm + "pre_layrnorm.bias": 0.1 * torch.randn(E, generator=g)}
+    for l in range(cfg["num_hidden_layers"]):
+        pre = f"{vm}encoder.layers.{l}."
+        for nm in ["k_proj", "v_proj", "q_proj", "out_proj"]:
+            P[pre + f"self_attn.{nm}.weight"] = torch.randn(E, E, generator=g) / math.sqrt(E)
+            P[pre + f"self_attn.{nm}.bias"] = 0.1 * torch.randn(E, generator=g)
+        P[pre + "layer_norm1.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
+        P[pre + "layer_norm1.bias"] = 0.1 * torch.randn(E, generator=g)
+        P[pre + "mlp.fc1.weight"] = torch.randn(I, E, generator=g) / math.sqrt(E)
+        P[pre + "mlp.fc1.bias"] = 0.1 * torch.randn(I, generator=g)
+        P[pre + "mlp.fc2.weight"] = torch.randn(E, I, generator=g) / math.sqrt(I)
+        P[pre + "mlp.fc2.bias"] = 0.1 * torch.randn(E, generator=g)
+        P[pre + "layer_norm2.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
+        P[pre + "layer_norm2.bias"] = 0.1 * torch.randn(E, generator=g)
+    P[vm + "post_layernorm.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
+    P[vm + "post_layernorm.bias"] = 0.1 * torch.randn(E, generator=g)
+    if cfg.get("projection_dim"):
+        P["visual_projection.weight"] = torch.randn(cfg["projection_dim"], E, generator=g) / math.sqrt(E)
+    return P
+
+
