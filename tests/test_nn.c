@@ -401,3 +401,78 @@ TEST(mlp_training_with_sgd_and_adamw_follows_torch_optim)
     }
     fb_model_free(ref);
 }
+
+#include "nn/train.h"
+
+/* A synthetic task the small CLIP can learn: the class is which quadrant of the image is
+ * bright. Training must lower the loss, reach high accuracy, and give the same weights for
+ * the same seed, for 1 and 2 threads. */
+static void quadrant_data(float *images, int32_t *labels, int64_t n, int64_t S)
+{
+    uint64_t s = 3;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t q = (int32_t)(i % 4);
+        labels[i] = q;
+        for (int64_t y = 0; y < S; y++)
+            for (int64_t x = 0; x < S; x++) {
+                s = s * 6364136223846793005ull + 1442695040888963407ull;
+                float noise = (float)((s >> 40) & 0xffff) / 65536.0f - 0.5f;
+                int inside = (y < S / 2) == (q < 2) && (x < S / 2) == (q % 2 == 0);
+                images[(i * S + y) * S + x] = (inside ? 1.0f : -1.0f) + 0.3f * noise;
+            }
+    }
+}
+
+static void train_once(int threads, float *params_out, int64_t *np, double *acc, float *first, float *last)
+{
+    fb_set_num_threads(threads);
+    fb_clip_config cfg = {16, 32, 2, 1, 8, 4, 1, 8, 1, 1e-5f};
+    fb_clip *net;
+    if (fb_clip_create(&cfg, 16, &net)) return;
+    float *p = fb_clip_params(net);
+    uint64_t s = 9;
+    for (int64_t i = 0; i < fb_clip_num_params(net); i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = ((float)((s >> 40) & 0xffffff) / 16777216.0f - 0.5f) * 0.4f;
+    }
+    for (int64_t t = 0; t < fb_clip_num_tensors(net); t++) { /* layer norms start as identity */
+        int64_t ln;
+        const char *name = fb_clip_tensor_name(net, t, &ln);
+        if (!strstr(name, "norm")) continue;
+        float *w = fb_clip_param(net, name, NULL);
+        for (int64_t i = 0; i < ln; i++) w[i] = strstr(name, ".weight") ? 1.0f : 0.0f;
+    }
+    float head[4 * 8];
+    for (int i = 0; i < 32; i++) head[i] = (float)((i * 37) % 11) / 11.0f - 0.5f;
+    float images[128 * 64];
+    int32_t labels[128];
+    quadrant_data(images, labels, 128, 8);
+    fb_train_options o = {.steps = 1, .batch = 16, .adamw = 1, .lr = 3e-3f, .weight_decay = 0.0f,
+                          .head_scale = 10.0f, .train_backbone = 1, .train_head = 1, .seed = 5};
+    fb_clip_train(net, head, 4, images, labels, 128, &o, first);
+    o.steps = 300;
+    o.seed = 6;
+    fb_clip_train(net, head, 4, images, labels, 128, &o, last);
+    fb_clip_accuracy(net, head, 4, 10.0f, images, labels, 128, acc);
+    *np = fb_clip_num_params(net);
+    memcpy(params_out, p, (size_t)*np * sizeof(float));
+    fb_clip_free(net);
+    fb_set_num_threads(0);
+}
+
+TEST(training_learns_and_is_reproducible_for_any_thread_count)
+{
+    static float a[200000], b[200000];
+    int64_t na = 0, nb = 0;
+    double acc_a = 0, acc_b = 0;
+    float first = 0, last = 0, first_b = 0, last_b = 0;
+    train_once(1, a, &na, &acc_a, &first, &last);
+    train_once(2, b, &nb, &acc_b, &first_b, &last_b);
+    REQUIRE(na > 0 && na == nb);
+    EXPECT(last < 0.5f * first);
+    EXPECT(acc_a >= 0.9);
+    if (memcmp(a, b, (size_t)na * sizeof(float)) != 0)
+        fb_test_fail(__FILE__, __LINE__, "1 and 2 threads trained different weights");
+    if (!(last < 0.5f * first) || acc_a < 0.9)
+        fb_test_fail(__FILE__, __LINE__, "loss %g -> %g, accuracy %.3f", first, last, acc_a);
+}

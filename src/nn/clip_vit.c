@@ -305,6 +305,8 @@ void fb_clip_free(fb_clip *n)
 }
 
 int64_t fb_clip_num_params(const fb_clip *n) { return n->num_params; }
+fb_clip_config fb_clip_get_config(const fb_clip *n) { return n->c; }
+int64_t fb_clip_max_batch(const fb_clip *n) { return n->max_batch; }
 float *fb_clip_params(fb_clip *n) { return n->params; }
 float *fb_clip_grads(fb_clip *n) { return n->grads; }
 int64_t fb_clip_num_tensors(const fb_clip *n) { return n->num_views; }

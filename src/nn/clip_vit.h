@@ -39,6 +39,9 @@ void fb_clip_free(fb_clip *net);
  * a checkpoint uses ("" when its names start at vision_model.). */
 fb_status fb_clip_set_params(fb_clip *net, const fb_model *weights);
 
+fb_clip_config fb_clip_get_config(const fb_clip *net);
+int64_t fb_clip_max_batch(const fb_clip *net);
+
 /* Number and names of the parameters, in buffer order; the views. */
 int64_t fb_clip_num_params(const fb_clip *net);
 float *fb_clip_params(fb_clip *net);
