@@ -476,3 +476,158 @@ TEST(training_learns_and_is_reproducible_for_any_thread_count)
     if (!(last < 0.5f * first) || acc_a < 0.9)
         fb_test_fail(__FILE__, __LINE__, "loss %g -> %g, accuracy %.3f", first, last, acc_a);
 }
+
+/* Generic finite differences: f maps x[n] to y[m] (forward), g accumulates dL/dx for
+ * L = sum(y * r) (backward). Checks every input element. */
+typedef void (*fd_forward)(const float *x, float *y, void *ctx);
+typedef void (*fd_backward)(const float *x, const float *r, float *dx, void *ctx);
+
+static void fd_check(const char *what, fd_forward f, fd_backward g, float *x, int64_t n, int64_t m,
+                     void *ctx, float h, float tol)
+{
+    float *r = zeros(m), *dx = zeros(n), *y = zeros(m);
+    for (int64_t i = 0; i < m; i++) r[i] = (float)((i * 37) % 13) / 13.0f - 0.4f;
+    g(x, r, dx, ctx);
+    for (int64_t i = 0; i < n; i++) {
+        double l[2];
+        float keep = x[i];
+        for (int s = 0; s < 2; s++) {
+            x[i] = keep + (s ? -h : h);
+            f(x, y, ctx);
+            l[s] = 0;
+            for (int64_t j = 0; j < m; j++) l[s] += (double)y[j] * r[j];
+        }
+        x[i] = keep;
+        double fd = (l[0] - l[1]) / (2.0 * h);
+        if (fabs(fd - dx[i]) > tol * (1.0 + fabs(fd))) {
+            fb_test_fail(__FILE__, __LINE__, "%s: d/dx[%lld] = %g, finite difference %g", what,
+                         (long long)i, dx[i], fd);
+            break;
+        }
+    }
+    free(r);
+    free(dx);
+    free(y);
+}
+
+/* linear: x = [inp (2x3) | W (4x3) | b (4)], y = out (2x4) */
+static void lin_f(const float *x, float *y, void *c)
+{
+    (void)c;
+    fb_linear_forward(y, x, x + 6, x + 18, 2, 3, 4);
+}
+static void lin_g(const float *x, const float *r, float *dx, void *c)
+{
+    (void)c;
+    fb_linear_backward(dx, dx + 6, dx + 18, r, x, x + 6, 2, 3, 4);
+}
+static void relu_f(const float *x, float *y, void *c)
+{
+    (void)c;
+    fb_relu_forward(y, x, 7);
+}
+static void relu_g(const float *x, const float *r, float *dx, void *c)
+{
+    (void)c;
+    fb_relu_backward(dx, x, r, 7);
+}
+static void sm_f(const float *x, float *y, void *c)
+{
+    (void)c;
+    fb_softmax_forward(y, x, 2, 4);
+}
+static void sm_g(const float *x, const float *r, float *dx, void *c)
+{
+    (void)c;
+    float p[8];
+    fb_softmax_forward(p, x, 2, 4);
+    fb_softmax_backward(dx, p, r, 2, 4);
+}
+static const int32_t fd_targets[3] = {2, 0, 3};
+static void ce_f(const float *x, float *y, void *c)
+{
+    (void)c;
+    float p[12];
+    y[0] = fb_cross_entropy_forward(p, x, fd_targets, 3, 4);
+}
+static void ce_g(const float *x, const float *r, float *dx, void *c)
+{
+    (void)c;
+    float p[12];
+    fb_cross_entropy_forward(p, x, fd_targets, 3, 4);
+    fb_cross_entropy_backward(dx, p, fd_targets, 3, 4, r[0]);
+}
+static void ent_f(const float *x, float *y, void *c)
+{
+    (void)c;
+    float p[12];
+    y[0] = fb_entropy_forward(p, x, 3, 4);
+}
+static void ent_g(const float *x, const float *r, float *dx, void *c)
+{
+    (void)c;
+    float p[12];
+    fb_entropy_forward(p, x, 3, 4);
+    fb_entropy_backward(dx, p, 3, 4, r[0]);
+}
+/* patch embedding: x = W (3 x 2*2*2), images (1x2x4x4, data: no gradient) in ctx;
+ * y = out (1 x 4 patches x 3) */
+static void pe_f(const float *x, float *y, void *c)
+{
+    float cols[4 * 8];
+    fb_patch_embed_forward(y, cols, c, x, 1, 2, 4, 2, 3);
+}
+static void pe_g(const float *x, const float *r, float *dx, void *c)
+{
+    float cols[4 * 8], y[12];
+    fb_patch_embed_forward(y, cols, c, x, 1, 2, 4, 2, 3);
+    fb_patch_embed_backward(dx, r, cols, 1, 2, 4, 2, 3);
+}
+/* cosine head: x = features (2x3), W fixed (4x3) */
+static const float fd_W[12] = {0.5f, -0.2f, 0.8f, 0.1f, 0.9f, -0.4f, -0.6f, 0.3f, 0.2f, 0.7f, 0.7f, 0.1f};
+static void head_f(const float *x, float *y, void *c)
+{
+    (void)c;
+    float nd[6], nr[2];
+    fb_head_forward(y, nd, nr, x, fd_W, 3.0f, 2, 3, 4);
+}
+static void head_g(const float *x, const float *r, float *dx, void *c)
+{
+    (void)c;
+    float y[8], nd[6], nr[2], s[3];
+    fb_head_forward(y, nd, nr, x, fd_W, 3.0f, 2, 3, 4);
+    fb_head_backward(dx, s, r, nd, nr, fd_W, 3.0f, 2, 3, 4);
+}
+
+TEST(every_kernel_gradient_matches_finite_differences)
+{
+    float x[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)((i * 53) % 29) / 14.5f - 1.0f + 0.013f * (float)i;
+    fd_check("linear", lin_f, lin_g, x, 22, 8, NULL, 1e-2f, 2e-3f);
+    fd_check("relu", relu_f, relu_g, x, 7, 7, NULL, 1e-3f, 2e-3f);
+    fd_check("softmax", sm_f, sm_g, x, 8, 8, NULL, 1e-2f, 2e-3f);
+    fd_check("cross entropy", ce_f, ce_g, x, 12, 1, NULL, 1e-2f, 2e-3f);
+    fd_check("entropy", ent_f, ent_g, x, 12, 1, NULL, 1e-2f, 2e-3f);
+    float images[32], pw[24];
+    memcpy(images, x, sizeof images);
+    memcpy(pw, x + 32, sizeof pw);
+    fd_check("patch embedding", pe_f, pe_g, pw, 24, 12, images, 1e-2f, 2e-3f);
+    fd_check("cosine head", head_f, head_g, x, 6, 8, NULL, 1e-3f, 3e-3f);
+}
+
+TEST(clip_checkpoint_with_a_wrong_shape_names_the_tensor)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/nn/clip_gray.config.json", fb_test_ref_dir);
+    fb_clip_config cfg;
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    cfg.intermediate = 30; /* the checkpoint has 24 */
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    fb_model *ref = load_nn("clip_gray");
+    REQUIRE(ref);
+    EXPECT_ERROR(fb_clip_set_params(net, ref), FB_ERR_MISMATCH,
+                 "parameter 'vision_model.encoder.layers.0.mlp.fc1.weight' has 288 F32 elements, the config needs 360");
+    fb_model_free(ref);
+    fb_clip_free(net);
+}
