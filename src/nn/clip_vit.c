@@ -373,6 +373,7 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
     const fb_clip_config *c = &n->c;
     const int64_t E = c->hidden, I = c->intermediate, H = c->heads, T = n->T, NP = n->NP;
     n->batch = B;
+    fb_nn_blas_single(1);
     fb_patch_embed_forward(n->pe, n->cols, images, n->pe_w, B, c->channels, c->image_size,
                            c->patch_size, E);
     for (int64_t b = 0; b < B; b++) {
@@ -407,6 +408,7 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
     if (n->proj_w) fb_linear_forward(n->features, n->pooled, n->proj_w, NULL, B, E, c->projection);
     else memcpy(n->features, n->pooled, (size_t)(B * E) * sizeof(float));
     *features = n->features;
+    fb_nn_blas_single(0);
     return FB_OK;
 }
 
@@ -418,6 +420,7 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
     const int64_t B = n->batch, E = c->hidden, I = c->intermediate, H = c->heads, T = n->T;
     const int64_t BT = B * T, NP = n->NP;
     if (B <= 0) return fb_set_error(FB_ERR_ARG, "backward before a forward pass");
+    fb_nn_blas_single(1);
     memset(n->dpooled, 0, (size_t)(B * E) * sizeof(float));
     if (n->proj_w)
         fb_linear_backward(n->dpooled, G(n, n->proj_w), NULL, dfeatures, n->pooled, n->proj_w, B, E,
@@ -473,6 +476,7 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
     }
     fb_patch_embed_backward(G(n, n->pe_w), n->dpe, n->cols, B, c->channels, c->image_size,
                             c->patch_size, E);
+    fb_nn_blas_single(0);
     return FB_OK;
 }
 

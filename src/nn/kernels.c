@@ -11,28 +11,51 @@
 #include <math.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* GEMMs are split into fixed blocks of output rows shared out over the OpenMP threads, each
+ * block a single-threaded sgemm: one thread pool (OpenBLAS's own threads would compete with
+ * OpenMP's on every call), and the blocks, hence the exact sgemm calls and their rounding
+ * (OpenBLAS picks kernels by size), are the same whatever the thread count. Callers run these
+ * with OpenBLAS set to one thread (fb_nn_blas_single). */
+enum { GEMM_ROWS = 128 };
+
 void fb_linear_forward(float *out, const float *inp, const float *W, const float *b, int64_t N,
                        int64_t IC, int64_t OC)
 {
     if (N == 0 || OC == 0) return;
-    if (b) {
-#pragma omp parallel for
-        for (int64_t n = 0; n < N; n++) memcpy(out + n * OC, b, (size_t)OC * sizeof *out);
+#pragma omp parallel for schedule(static)
+    for (int64_t r0 = 0; r0 < N; r0 += GEMM_ROWS) {
+        int64_t rows = N - r0 < GEMM_ROWS ? N - r0 : GEMM_ROWS;
+        if (b)
+            for (int64_t n = r0; n < r0 + rows; n++) memcpy(out + n * OC, b, (size_t)OC * sizeof *out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)OC, (int)IC, 1.0f,
+                    inp + r0 * IC, (int)IC, W, (int)IC, b ? 1.0f : 0.0f, out + r0 * OC, (int)OC);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp,
-                (int)IC, W, (int)IC, b ? 1.0f : 0.0f, out, (int)OC);
 }
 
 void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp,
                         const float *W, int64_t N, int64_t IC, int64_t OC)
 {
     if (N == 0) return;
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC, 1.0f,
-                    dout, (int)OC, W, (int)IC, 1.0f, dinp, (int)IC);
-    if (dW)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f, dout,
-                    (int)OC, inp, (int)IC, 1.0f, dW, (int)IC);
+    if (dinp) { /* dinp[N, IC] += dout W: rows of N */
+#pragma omp parallel for schedule(static)
+        for (int64_t r0 = 0; r0 < N; r0 += GEMM_ROWS) {
+            int64_t rows = N - r0 < GEMM_ROWS ? N - r0 : GEMM_ROWS;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)IC, (int)OC,
+                        1.0f, dout + r0 * OC, (int)OC, W, (int)IC, 1.0f, dinp + r0 * IC, (int)IC);
+        }
+    }
+    if (dW) { /* dW[OC, IC] += dout^T inp: rows of OC, each a full sum over N */
+#pragma omp parallel for schedule(static)
+        for (int64_t r0 = 0; r0 < OC; r0 += GEMM_ROWS) {
+            int64_t rows = OC - r0 < GEMM_ROWS ? OC - r0 : GEMM_ROWS;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)IC, (int)N, 1.0f,
+                        dout + r0, (int)OC, inp, (int)IC, 1.0f, dW + r0 * IC, (int)IC);
+        }
+    }
     if (db) {
 #pragma omp parallel for
         for (int64_t o = 0; o < OC; o++) {
@@ -41,6 +64,15 @@ void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, co
             db[o] += s;
         }
     }
+}
+
+void fb_nn_blas_single(int on)
+{
+#ifdef _OPENMP
+    openblas_set_num_threads(on ? 1 : omp_get_max_threads());
+#else
+    (void)on;
+#endif
 }
 
 void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,

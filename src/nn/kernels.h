@@ -10,6 +10,10 @@
 
 #include <stdint.h>
 
+/* 1: OpenBLAS runs single-threaded (the nn passes split GEMMs over OpenMP threads
+ * themselves); 0: back to one BLAS thread per OpenMP thread. */
+void fb_nn_blas_single(int on);
+
 /* out[N,OC] = inp[N,IC] W[OC,IC]^T + b[OC] (b may be NULL). */
 void fb_linear_forward(float *out, const float *inp, const float *W, const float *b, int64_t N,
                        int64_t IC, int64_t OC);
