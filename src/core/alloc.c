@@ -51,6 +51,22 @@ void *fb_realloc(void *ptr, size_t size)
     return p ? p : nomem(size);
 }
 
+int fb_reserve(void *bufp, int64_t *cap, int64_t need, size_t size)
+{
+    if (need <= *cap) return 0;
+    if ((uint64_t)need > (size_t)-1 / size) {
+        nomem((size_t)-1);
+        return -1;
+    }
+    void *old;
+    memcpy(&old, bufp, sizeof old);
+    void *p = fb_realloc(old, (size_t)need * size);
+    if (!p) return -1;
+    memcpy(bufp, &p, sizeof p);
+    *cap = need;
+    return 0;
+}
+
 char *fb_strndup(const char *s, size_t n)
 {
     char *p = fb_malloc(n + 1);

@@ -7,6 +7,7 @@
 #define FB_CORE_ALLOC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 void *fb_malloc(size_t size);
 void *fb_calloc(size_t count, size_t size);
@@ -14,6 +15,11 @@ void *fb_realloc(void *ptr, size_t size);
 char *fb_strdup(const char *s);
 char *fb_strndup(const char *s, size_t n);
 void fb_free(void *ptr);
+
+/* Grows the buffer whose pointer is at `bufp` (a `T **`) to hold at least `need` elements of
+ * `size` bytes; `*cap` counts elements and is updated. Returns 0, or -1 (FB_ERR_NOMEM's message
+ * set) with the buffer and `*cap` as they were. */
+int fb_reserve(void *bufp, int64_t *cap, int64_t need, size_t size);
 
 /* Test hook: the allocation after `n` more succeed fails (n < 0 disables). Process-wide. */
 void fb_alloc_fail_after(long n);

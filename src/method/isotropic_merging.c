@@ -77,12 +77,7 @@ static fb_status create_cts(const fb_config *p, void **out) { return create(p, 1
 
 static fb_status reserve(state *s, int64_t need)
 {
-    if (need <= s->work_len) return FB_OK;
-    double *w = fb_realloc(s->work, (size_t)need * sizeof *w);
-    if (!w) return FB_ERR_NOMEM;
-    s->work = w;
-    s->work_len = need;
-    return FB_OK;
+    return fb_reserve(&s->work, &s->work_len, need, sizeof *s->work) ? FB_ERR_NOMEM : FB_OK;
 }
 
 /* delta (f32 out) = mean(S) * polar(U) polar(V), for U m x k, S k, V k x n (destroyed). */

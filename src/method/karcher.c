@@ -67,17 +67,13 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     state *s = (state *)p; /* the work buffer is reused from tensor to tensor */
     const int N = c->num_models;
     const int64_t n = c->count;
+    if (n == 0) return FB_OK;
     if (N == 1) {
         for (int64_t j = 0; j < n; j++) c->out[j] = c->models[0][j];
         return FB_OK;
     }
     int64_t need = (int64_t)(N + 1) * n;
-    if (need > s->work_len) {
-        float *w = fb_realloc(s->work, (size_t)(need ? need : 1) * sizeof *w);
-        if (!w) return FB_ERR_NOMEM;
-        s->work = w;
-        s->work_len = need;
-    }
+    if (fb_reserve(&s->work, &s->work_len, need, sizeof *s->work)) return FB_ERR_NOMEM;
     float *units = s->work, *tangent = s->work + (int64_t)N * n, *mu = c->out;
     double scale = 0.0, alpha_sum = 0.0;
     int kept = 0;

@@ -133,12 +133,7 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     float *d = c->out;
     for (int64_t j = 0; j < n; j++) d[j] = ft[j] - base[j];
     if (n == 0) return FB_OK;
-    if (n > s->work_len) {
-        float *w = fb_realloc(s->work, (size_t)n * sizeof *w);
-        if (!w) return FB_ERR_NOMEM;
-        s->work = w;
-        s->work_len = n;
-    }
+    if (fb_reserve(&s->work, &s->work_len, n, sizeof *s->work)) return FB_ERR_NOMEM;
     if (!s->semistructured) {
         for (int64_t j = 0; j < n; j++) s->work[j] = fabsf(d[j]);
         float q = quantile(s->work, n, s->ratio);

@@ -87,12 +87,7 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 
 static fb_status reserve(state *s, int64_t need)
 {
-    if (need <= s->work_len) return FB_OK;
-    double *w = fb_realloc(s->work, (size_t)need * sizeof *w);
-    if (!w) return FB_ERR_NOMEM;
-    s->work = w;
-    s->work_len = need;
-    return FB_OK;
+    return fb_reserve(&s->work, &s->work_len, need, sizeof *s->work) ? FB_ERR_NOMEM : FB_OK;
 }
 
 static fb_status merge(const void *p, const fb_merge_chunk *c)

@@ -76,12 +76,7 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     const int64_t m = t->shape[0], n = t->shape[1], mn = m * n;
     /* work: T (m n), G (n n), TG (m n), A (n n), B (m n), X, m1, v1, grad (m n each) */
     int64_t need = 7 * mn + 2 * n * n;
-    if (need > s->work_len) {
-        double *w = fb_realloc(s->work, (size_t)need * sizeof *w);
-        if (!w) return FB_ERR_NOMEM;
-        s->work = w;
-        s->work_len = need;
-    }
+    if (fb_reserve(&s->work, &s->work_len, need, sizeof *s->work)) return FB_ERR_NOMEM;
     double *T = s->work, *G = T + mn, *TG = G + n * n, *A = TG + mn, *B = A + n * n;
     double *X = B + mn, *m1 = X + mn, *v1 = m1 + mn, *grad = v1 + mn;
     memset(A, 0, (size_t)(n * n) * sizeof *A);
