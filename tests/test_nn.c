@@ -322,6 +322,18 @@ TEST(clip_vit_bad_config_and_checkpoint_name_the_field_or_tensor)
     const char *missing = "{\"hidden_size\": 12, \"num_attention_heads\": 3}";
     fb_test_write_file(p, missing, strlen(missing));
     EXPECT_ERROR(fb_clip_config_load(p, &cfg), FB_ERR_FORMAT, "missing field 'intermediate_size'");
+    const char *huge = "{\"hidden_size\": 1000000, \"intermediate_size\": 8,"
+                       " \"num_attention_heads\": 1, \"num_hidden_layers\": 1, \"image_size\": 8,"
+                       " \"patch_size\": 4}";
+    fb_test_write_file(p, huge, strlen(huge));
+    EXPECT_ERROR(fb_clip_config_load(p, &cfg), FB_ERR_FORMAT, "exceeds 65536");
+    const char *inf = "{\"hidden_size\": 1e300}";
+    fb_test_write_file(p, inf, strlen(inf));
+    EXPECT_ERROR(fb_clip_config_load(p, &cfg), FB_ERR_FORMAT, "'hidden_size' must be a non-negative integer");
+    const char *grid = "{\"hidden_size\": 8, \"intermediate_size\": 8, \"num_attention_heads\": 1,"
+                       " \"num_hidden_layers\": 1, \"image_size\": 16384, \"patch_size\": 1}";
+    fb_test_write_file(p, grid, strlen(grid));
+    EXPECT_ERROR(fb_clip_config_load(p, &cfg), FB_ERR_FORMAT, "at most 1024 patches a side");
     /* a checkpoint missing a parameter */
     char path[4200];
     snprintf(path, sizeof path, "%s/nn/clip_gray.config.json", fb_test_ref_dir);

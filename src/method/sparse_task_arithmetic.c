@@ -109,7 +109,7 @@ static fb_status create(const fb_config *p, int kind, int consensus, void **out)
     if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "normalize"), "normalize", &s->normalize);
     if (!st && kind == BREADCRUMBS) st = fb_param_double(p, "gamma", 0.0, 1.0, &s->gamma);
     if (!st && kind == DELLA) {
-        int64_t seed;
+        int64_t seed = 0;
         st = fb_param_double(p, "epsilon", 0.0, 1.0, &s->epsilon);
         if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "rescale"), "rescale", &s->rescale);
         if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "seed"), "seed", &seed);

@@ -67,7 +67,8 @@ static fb_status get_int(const char *where, const cJSON *o, const char *key, int
         *out = def;
         return FB_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble || v->valuedouble < 0)
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 0x1p62) ||
+        v->valuedouble != (double)(int64_t)v->valuedouble)
         return fb_set_error(FB_ERR_FORMAT, "%s: field '%s' must be a non-negative integer", where, key);
     *out = (int64_t)v->valuedouble;
     return FB_OK;
@@ -78,6 +79,20 @@ fb_status fb_clip_config_check(const fb_clip_config *c, const char *where)
     if (c->hidden <= 0 || c->intermediate <= 0 || c->heads <= 0 || c->layers <= 0 ||
         c->image_size <= 0 || c->patch_size <= 0 || c->channels <= 0)
         return fb_set_error(FB_ERR_FORMAT, "%s: sizes must be positive", where);
+    /* bounds far beyond any real vision tower that keep every size product below 2^62 */
+    const struct {
+        const char *name;
+        int64_t value, max;
+    } lim[] = {
+        {"hidden_size", c->hidden, 1 << 16},      {"intermediate_size", c->intermediate, 1 << 18},
+        {"num_attention_heads", c->heads, 1 << 10}, {"image_size", c->image_size, 1 << 14},
+        {"patch_size", c->patch_size, 1 << 14},   {"num_channels", c->channels, 1 << 10},
+        {"projection_dim", c->projection, 1 << 16},
+    };
+    for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+        if (lim[i].value > lim[i].max)
+            return fb_set_error(FB_ERR_FORMAT, "%s: %s %lld exceeds %lld", where, lim[i].name,
+                                (long long)lim[i].value, (long long)lim[i].max);
     if (c->hidden % c->heads)
         return fb_set_error(FB_ERR_FORMAT, "%s: hidden_size %lld is not a multiple of "
                                            "num_attention_heads %lld",
@@ -88,6 +103,10 @@ fb_status fb_clip_config_check(const fb_clip_config *c, const char *where)
     if (c->layers > MAX_LAYERS)
         return fb_set_error(FB_ERR_FORMAT, "%s: num_hidden_layers %lld exceeds %d", where,
                             (long long)c->layers, MAX_LAYERS);
+    const int64_t grid = c->image_size / c->patch_size;
+    if (grid > 1024)
+        return fb_set_error(FB_ERR_FORMAT, "%s: image_size / patch_size is %lld; at most 1024 "
+                                           "patches a side", where, (long long)grid);
     if (!(c->eps > 0)) return fb_set_error(FB_ERR_FORMAT, "%s: layer_norm_eps must be positive", where);
     return FB_OK;
 }
@@ -163,6 +182,13 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
     fb_status st = fb_clip_config_check(cfg, "clip config");
     if (st) return st;
     if (max_batch <= 0) return fb_set_error(FB_ERR_ARG, "batch size %lld must be positive", (long long)max_batch);
+    {   /* the largest buffer, attention weights (batch x heads x tokens^2), within int64 */
+        double T = (double)(cfg->image_size / cfg->patch_size);
+        T = T * T + 1;
+        if ((double)max_batch * (double)cfg->heads * T * T > 0x1p60)
+            return fb_set_error(FB_ERR_ARG, "batch size %lld is too large for this model",
+                                (long long)max_batch);
+    }
     fb_clip *n = fb_calloc(1, sizeof *n);
     if (!n) return FB_ERR_NOMEM;
     n->c = *cfg;
