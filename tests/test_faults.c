@@ -146,3 +146,74 @@ TEST(killed_merge_leaves_the_previous_output_or_none)
     EXPECT(killed > 0);
     free(want);
 }
+
+/* Reads every input of write_pool(n, ...) into one buffer, to show they were not touched. */
+static char *read_inputs(int n, size_t *len)
+{
+    size_t total = 0;
+    char *all = NULL;
+    for (int k = 0; k <= n; k++) {
+        char name[64];
+        snprintf(name, sizeof name, k ? "m%d.safetensors" : "base.safetensors", k);
+        size_t l;
+        char *b = fb_test_read_file(fb_test_path(name), &l);
+        if (!b) return NULL;
+        all = realloc(all, total + l);
+        memcpy(all + total, b, l);
+        total += l;
+        free(b);
+    }
+    *len = total;
+    return all;
+}
+
+TEST(output_that_cannot_be_written_is_an_error_before_any_work)
+{
+    write_pool(2, 64 * 64);
+    size_t before_len, after_len;
+    char *before = read_inputs(2, &before_len);
+    REQUIRE(before);
+    fb_modelpool *pool;
+    fb_method *m;
+    REQUIRE_OK(fb_modelpool_load_config(fb_test_path("pool.yaml"), &pool));
+    REQUIRE_OK(fb_method_create("task_arithmetic", NULL, &m));
+    /* a folder that is a file (root ignores permission bits, so not a chmod) */
+    fb_test_write_file(fb_test_path("notafolder"), "x", 1);
+    EXPECT_ERROR(fb_method_run_to_file(m, pool, NULL, fb_test_path("notafolder/out.safetensors"), NULL),
+                 FB_ERR_IO, "notafolder");
+    /* a folder that does not exist */
+    EXPECT_ERROR(fb_method_run_to_file(m, pool, NULL, fb_test_path("missing/out.safetensors"), NULL),
+                 FB_ERR_IO, "missing");
+    /* an input as the output */
+    EXPECT_ERROR(fb_method_run_to_file(m, pool, NULL, fb_test_path("m1.safetensors"), NULL),
+                 FB_ERR_ARG, "m1.safetensors");
+    char *after = read_inputs(2, &after_len);
+    EXPECT(after && after_len == before_len && !memcmp(before, after, before_len));
+    EXPECT(no_temporaries());
+    free(before);
+    free(after);
+    fb_method_free(m);
+    fb_modelpool_free(pool);
+}
+
+/* An input deleted after the pool was opened: the open file keeps its data (POSIX), so the
+ * merge gives the same bytes as with the file in place. */
+TEST(input_deleted_after_opening_still_merges_the_same)
+{
+    write_pool(2, 64 * 64);
+    fb_modelpool *pool;
+    fb_method *m;
+    REQUIRE_OK(fb_modelpool_load_config(fb_test_path("pool.yaml"), &pool));
+    REQUIRE_OK(fb_method_create("task_arithmetic", NULL, &m));
+    REQUIRE_OK(fb_method_run_to_file(m, pool, NULL, fb_test_path("want.safetensors"), NULL));
+    REQUIRE(unlink(fb_test_path("m2.safetensors")) == 0);
+    REQUIRE_OK(fb_method_run_to_file(m, pool, NULL, fb_test_path("got.safetensors"), NULL));
+    size_t wl, gl;
+    char *want = fb_test_read_file(fb_test_path("want.safetensors"), &wl);
+    char *got = fb_test_read_file(fb_test_path("got.safetensors"), &gl);
+    EXPECT(want && got && wl == gl && !memcmp(want, got, wl));
+    free(want);
+    free(got);
+    fb_method_free(m);
+    fb_modelpool_free(pool);
+}
