@@ -18,14 +18,28 @@
 /* GEMMs are split into fixed blocks of output rows shared out over the OpenMP threads, each
  * block a single-threaded sgemm: one thread pool (OpenBLAS's own threads would compete with
  * OpenMP's on every call), and the blocks, hence the exact sgemm calls and their rounding
- * (OpenBLAS picks kernels by size), are the same whatever the thread count. Callers run these
- * with OpenBLAS set to one thread (fb_nn_blas_single). */
+ * (OpenBLAS picks kernels by size), are the same whatever the thread count. OpenBLAS runs
+ * single-threaded meanwhile: whole passes switch it once (fb_nn_blas_single); a lone call
+ * switches it for itself (blas_enter / blas_leave). */
 enum { GEMM_ROWS = 128 };
+
+static int blas_enter(void)
+{
+    int prev = openblas_get_num_threads();
+    if (prev != 1) openblas_set_num_threads(1);
+    return prev;
+}
+
+static void blas_leave(int prev)
+{
+    if (prev != 1) openblas_set_num_threads(prev);
+}
 
 void fb_linear_forward(float *out, const float *inp, const float *W, const float *b, int64_t N,
                        int64_t IC, int64_t OC)
 {
     if (N == 0 || OC == 0) return;
+    const int blas = blas_enter();
 #pragma omp parallel for schedule(static)
     for (int64_t r0 = 0; r0 < N; r0 += GEMM_ROWS) {
         int64_t rows = N - r0 < GEMM_ROWS ? N - r0 : GEMM_ROWS;
@@ -34,12 +48,14 @@ void fb_linear_forward(float *out, const float *inp, const float *W, const float
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)OC, (int)IC, 1.0f,
                     inp + r0 * IC, (int)IC, W, (int)IC, b ? 1.0f : 0.0f, out + r0 * OC, (int)OC);
     }
+    blas_leave(blas);
 }
 
 void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp,
                         const float *W, int64_t N, int64_t IC, int64_t OC)
 {
     if (N == 0) return;
+    const int blas = blas_enter();
     if (dinp) { /* dinp[N, IC] += dout W: rows of N */
 #pragma omp parallel for schedule(static)
         for (int64_t r0 = 0; r0 < N; r0 += GEMM_ROWS) {
@@ -64,6 +80,7 @@ void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, co
             db[o] += s;
         }
     }
+    blas_leave(blas);
 }
 
 void fb_nn_blas_single(int on)

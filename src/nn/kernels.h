@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-/* 1: OpenBLAS runs single-threaded (the nn passes split GEMMs over OpenMP threads
+/* 1: OpenBLAS runs single-threaded for a whole pass (fb_linear_* split GEMMs over OpenMP threads
  * themselves); 0: back to one BLAS thread per OpenMP thread. */
 void fb_nn_blas_single(int on);
 
