@@ -32,12 +32,9 @@ static inline int fb_dare_applies(const fb_dare *d, const fb_tensor *t)
     return d->enabled && (!d->only_linear || fb_is_linear_weight(t));
 }
 
-/* Entry j of a chunk of task k's vector after the drop: tau, 0, or tau / (1 - p).
- * key = fb_rng_key(seed, tensor name, k); element index = chunk begin + j. */
-static inline float fb_dare_apply(const fb_dare *d, uint64_t key, int64_t index, float tau)
-{
-    if (!(fb_rng_uniform(key, (uint64_t)index) > d->sparsity)) return 0.0f;
-    return d->rescale ? tau / d->divisor : tau;
-}
+/* DARE's drop over entries [begin, begin + n) of task k's vector, in place: each entry stays
+ * (divided by 1 - p when rescaling) when its uniform draw exceeds p, else becomes 0.
+ * key = fb_rng_key(seed, tensor name, k); the draw of entry i is fb_rng_uniform(key, i). */
+void fb_dare_drop(const fb_dare *d, uint64_t key, int64_t begin, float *tau, int64_t n);
 
 #endif

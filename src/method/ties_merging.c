@@ -135,11 +135,9 @@ static void task_vector(const state *s, const fb_merge_chunk *c, int k, float *t
 {
     const float *m = c->models[k], *b = c->base;
     for (int64_t j = 0; j < c->count; j++) tau[j] = m[j] - b[j];
-    if (fb_dare_applies(&s->dare, c->tensor)) {
-        uint64_t key = fb_rng_key(s->dare.seed, c->tensor->name, (uint64_t)k);
-        for (int64_t j = 0; j < c->count; j++)
-            tau[j] = fb_dare_apply(&s->dare, key, c->begin + j, tau[j]);
-    }
+    if (fb_dare_applies(&s->dare, c->tensor))
+        fb_dare_drop(&s->dare, fb_rng_key(s->dare.seed, c->tensor->name, (uint64_t)k), c->begin,
+                     tau, c->count);
 }
 
 static inline uint32_t magnitude_bits(float x)
