@@ -92,22 +92,43 @@ static fb_status create_avg(const fb_config *p, void **out)
 }
 
 /* The draws are 64-bit integer mixing, which vectorises only with AVX-512's 64-bit multiply:
- * built for it and for plain x86-64, picked at load time. Integer arithmetic, an exact
- * 24-bit conversion and one IEEE division (x / 1 == x without rescaling): the same bytes
- * either way. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-__attribute__((target_clones("arch=skylake-avx512", "default")))
-#endif
-#endif
-void fb_dare_drop(const fb_dare *d, uint64_t key, int64_t begin, float *restrict tau, int64_t n)
+ * the loop is built for it and for plain x86-64, and the CPU picks (target_clones would say
+ * this in one line, but clang 14 misnames its dispatcher). Integer arithmetic, an exact 24-bit
+ * conversion and one IEEE division (x / 1 == x without rescaling): the same bytes either way. */
+static inline __attribute__((always_inline)) void drop(float p, float div, uint64_t key,
+                                                       int64_t begin, float *restrict tau,
+                                                       int64_t n)
 {
-    const float p = d->sparsity, div = d->rescale ? d->divisor : 1.0f;
     for (int64_t j = 0; j < n; j++) {
         uint64_t x = fb_mix64(key + ((uint64_t)(begin + j) + 1) * 0x9E3779B97F4A7C15ull);
         float u = (float)(int32_t)(x >> 40) * 0x1p-24f;
         tau[j] = u > p ? tau[j] / div : 0.0f;
     }
+}
+
+static void drop_plain(float p, float div, uint64_t key, int64_t begin, float *tau, int64_t n)
+{
+    drop(p, div, key, begin, tau, n);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512dq")))
+static void drop_avx512(float p, float div, uint64_t key, int64_t begin, float *tau, int64_t n)
+{
+    drop(p, div, key, begin, tau, n);
+}
+#endif
+
+void fb_dare_drop(const fb_dare *d, uint64_t key, int64_t begin, float *tau, int64_t n)
+{
+    const float div = d->rescale ? d->divisor : 1.0f;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512dq")) {
+        drop_avx512(d->sparsity, div, key, begin, tau, n);
+        return;
+    }
+#endif
+    drop_plain(d->sparsity, div, key, begin, tau, n);
 }
 
 static fb_status setup(void *p, const fb_merge_setup *m)
