@@ -26,7 +26,7 @@ uint64_t fb_rng_key(uint64_t seed, const char *name, uint64_t stream);
 static inline float fb_rng_uniform(uint64_t key, uint64_t counter)
 {
     uint64_t x = fb_mix64(key + (counter + 1) * 0x9E3779B97F4A7C15ull);
-    return (float)(x >> 40) * 0x1p-24f;
+    return (float)(int32_t)(x >> 40) * 0x1p-24f; /* via int32: exact, and it vectorises */
 }
 
 #endif

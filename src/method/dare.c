@@ -99,11 +99,8 @@ static inline __attribute__((always_inline)) void drop(float p, float div, uint6
                                                        int64_t begin, float *restrict tau,
                                                        int64_t n)
 {
-    for (int64_t j = 0; j < n; j++) {
-        uint64_t x = fb_mix64(key + ((uint64_t)(begin + j) + 1) * 0x9E3779B97F4A7C15ull);
-        float u = (float)(int32_t)(x >> 40) * 0x1p-24f;
-        tau[j] = u > p ? tau[j] / div : 0.0f;
-    }
+    for (int64_t j = 0; j < n; j++)
+        tau[j] = fb_rng_uniform(key, (uint64_t)(begin + j)) > p ? tau[j] / div : 0.0f;
 }
 
 static void drop_plain(float p, float div, uint64_t key, int64_t begin, float *tau, int64_t n)
