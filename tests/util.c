@@ -106,14 +106,19 @@ static uint64_t ulp_distance(fb_dtype dt, const uint8_t *a, const uint8_t *b)
     return (uint64_t)(x > y ? x - y : y - x);
 }
 
+/* The start of both model comparisons: as many tensors as expected. */
+static int same_count(const fb_model *got, const fb_model *want)
+{
+    if (fb_model_num_tensors(got) == fb_model_num_tensors(want)) return 1;
+    fb_test_fail(__FILE__, __LINE__, "tensor count %lld, expected %lld",
+                 (long long)fb_model_num_tensors(got), (long long)fb_model_num_tensors(want));
+    return 0;
+}
+
 int fb_test_models_match(const fb_model *got, const fb_model *want, int max_ulps)
 {
     int ok = 1;
-    if (fb_model_num_tensors(got) != fb_model_num_tensors(want)) {
-        fb_test_fail(__FILE__, __LINE__, "tensor count %lld, expected %lld",
-                     (long long)fb_model_num_tensors(got), (long long)fb_model_num_tensors(want));
-        return 0;
-    }
+    if (!same_count(got, want)) return 0;
     for (int64_t i = 0; i < fb_model_num_tensors(want); i++) {
         const fb_tensor *w = fb_model_tensor(want, i);
         const fb_tensor *g = fb_model_find(got, fb_tensor_name(w));
@@ -165,11 +170,7 @@ int fb_test_models_match(const fb_model *got, const fb_model *want, int max_ulps
 int fb_test_models_close(const fb_model *got, const fb_model *want, double rtol)
 {
     int ok = 1;
-    if (fb_model_num_tensors(got) != fb_model_num_tensors(want)) {
-        fb_test_fail(__FILE__, __LINE__, "tensor count %lld, expected %lld",
-                     (long long)fb_model_num_tensors(got), (long long)fb_model_num_tensors(want));
-        return 0;
-    }
+    if (!same_count(got, want)) return 0;
     for (int64_t i = 0; i < fb_model_num_tensors(want); i++) {
         const fb_tensor *w = fb_model_tensor(want, i);
         const fb_tensor *g = fb_model_find(got, fb_tensor_name(w));
