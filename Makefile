@@ -4,9 +4,10 @@
 CC       ?= gcc
 BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
-PKGS     := yaml-0.1 libcjson openblas lapacke
-DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev liblapacke-dev
+PKGS     := yaml-0.1 libcjson openblas lapacke zlib stb
+DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev liblapacke-dev zlib1g-dev libstb-dev
 DEB_TEST := python3-torch python3-numpy
+DEB_DATA := dataset-fashion-mnist python3-sklearn
 
 OPT      ?= -O3
 WARN     := -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation
@@ -25,9 +26,10 @@ LIB      := $(BUILD)/libfusionbench.a
 CLI      := $(BUILD)/fusion_bench
 TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
-BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn
+BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
+DATA_OK  := $(BUILD)/.data-deps-ok
 
 .SECONDARY:
 .PHONY: all deps test-deps test test-sanitize fuzz demo bench clean format
@@ -48,7 +50,10 @@ $(DEPS_OK):
 	@mkdir -p $(BUILD)
 	$(call need_debs,$(DEB_LIBS))
 	@touch $@
-$(TDEPS_OK): $(DEPS_OK)
+$(DATA_OK): $(DEPS_OK)
+	$(call need_debs,$(DEB_DATA))
+	@touch $@
+$(TDEPS_OK): $(DATA_OK)
 	$(call need_debs,$(DEB_TEST))
 	@touch $@
 deps: $(DEPS_OK)
@@ -86,7 +91,7 @@ test-sanitize: $(TDEPS_OK)
 # in tests/fuzz/corpus/<target>; crashes are saved as build-fuzz/crash-<target>-*. A crash
 # found becomes a file in tests/data/bad/ with the error it must give (run by make test).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := safetensors index config hfconfig
+FUZZ_TARGETS := safetensors index config hfconfig idx image
 FUZZ_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 fuzz: $(DEPS_OK)
 	$(MAKE) BUILD=build-fuzz CC=clang WARN="-Wall -Wextra -Werror -Wno-unknown-pragmas" \
@@ -104,7 +109,9 @@ fuzz: $(DEPS_OK)
 	    2>&1 | grep -E "^#[0-9]+ *DONE|stat::number_of_executed_units|cov:|ERROR|SUMMARY" | tail -4; \
 	done
 
-demo: $(CLI) $(EXAMPLES)
+# The main job: the model zoo (trained once, then reused) merged by every method, scored on
+# every task; the table goes to outputs/zoo_table.{md,json,png}.
+demo: $(DATA_OK) $(CLI) $(EXAMPLES) $(BUILD)/bench_zoo_table
 	@sh examples/demo.sh $(BUILD)
 
 bench: $(BENCHES) $(CLI)

@@ -27,14 +27,16 @@
 #include "io/writer.h"
 #include "method/method.h"
 #include "pool/modelpool.h"
+#include "pool/taskpool.h"
 #include "report.h"
+#include "zoo.h"
 
-static const char *const groups[] = {"method", "modelpool"};
-enum { NUM_GROUPS = 2 };
+static const char *const groups[] = {"method", "modelpool", "taskpool"};
+enum { NUM_GROUPS = 3 };
 
 /* Root keys the configuration may hold after composition. */
 static const char *const root_keys[] = {
-    "method", "modelpool", "merged_model_save_path", "merged_model_max_shard_size",
+    "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
     "dtype", "report_save_path", "print_config",
 };
 
@@ -48,6 +50,8 @@ static void usage(FILE *f)
             "groups (config/<group>/<name>.yaml, or a path to a .yaml file):\n"
             "  method=NAME                 the fusion method (see --list-methods)\n"
             "  modelpool=NAME_OR_PATH      the models: {models: {_pretrained_: path, a: path}}\n"
+            "  taskpool=NAME_OR_PATH       evaluate the merged model on these tasks (accuracy,\n"
+            "                              loss); method=dummy evaluates a pool model as it is\n"
             "\n"
             "keys (Hydra syntax: numbers, true/false, null, strings, [lists]):\n"
             "  method.KEY=VALUE            a method parameter, e.g. method.scaling_factor=0.5\n"
@@ -185,7 +189,7 @@ static fb_status read_defaults(fb_config *root, const char **selection)
         if (d->kind != FB_CFG_MAP || d->count != 1 || is_group(d->keys[0]) < 0)
             return fb_set_error(FB_ERR_CONFIG,
                                 "%s: a defaults entry must be 'group: option' with group one "
-                                "of method, modelpool",
+                                "of method, modelpool, taskpool",
                                 fb_cfg_where(d));
         const fb_config *v = d->items[0];
         selection[is_group(d->keys[0])] = fb_cfg_is_null(v) ? NULL : v->value;
@@ -228,12 +232,13 @@ typedef struct cli {
     fb_config *root;
     fb_method *method;
     fb_modelpool *pool;
+    fb_taskpool *taskpool;
 } cli;
 
 /* Builds and validates the configuration from the arguments; exit code or 0. */
 static int compose(cli *c, int argc, char **argv)
 {
-    const char *selection[NUM_GROUPS] = {NULL, NULL};
+    const char *selection[NUM_GROUPS] = {NULL, NULL, NULL};
     char *config_dir = find_config_dir(c->config_dir_opt);
     char *root_path = config_dir ? fb_path_join(config_dir, "fusion_bench.yaml") : NULL;
     int rc = 0;
@@ -245,7 +250,6 @@ static int compose(cli *c, int argc, char **argv)
         rc = fail(2, fb_last_error());
         goto done;
     }
-    fb_cfg_map_remove(c->root, "defaults");
     /* group selections first, as Hydra does, whatever their place on the line */
     for (int i = 0; i < argc; i++) {
         char *eq = strchr(argv[i], '=');
@@ -268,6 +272,8 @@ static int compose(cli *c, int argc, char **argv)
             goto done;
         }
     }
+    /* only now: the default selections point into this node */
+    fb_cfg_map_remove(c->root, "defaults");
     for (int i = 0; i < argc; i++) {
         char *eq = strchr(argv[i], '=');
         if (!eq || eq == argv[i]) {
@@ -293,7 +299,7 @@ static int compose(cli *c, int argc, char **argv)
         if (!known) {
             char msg[512];
             snprintf(msg, sizeof msg,
-                     "unknown config key '%s' (known: method, modelpool, merged_model_save_path, "
+                     "unknown config key '%s' (known: method, modelpool, taskpool, merged_model_save_path, "
                      "merged_model_max_shard_size, dtype, report_save_path, print_config)",
                      c->root->keys[i]);
             rc = fail(2, msg);
@@ -380,6 +386,40 @@ static void on_tensor(void *user, const char *name, int64_t index, int64_t count
     fflush(stderr);
 }
 
+/* Evaluation progress on a terminal: task, examples done. */
+typedef struct eval_progress {
+    int tty, num_tasks;
+    const fb_taskpool *tp;
+    double last_print;
+} eval_progress;
+
+static void on_eval(void *user, int task, int64_t done, int64_t total)
+{
+    eval_progress *p = user;
+    if (!p->tty) return;
+    double t = now();
+    if (t - p->last_print < 0.2 && !(done == total && task + 1 == p->num_tasks)) return;
+    p->last_print = t;
+    fprintf(stderr, "\r\033[Kevaluating [%d/%d] %s: %lld/%lld", task + 1, p->num_tasks,
+            p->tp->set.tasks[task].name, (long long)done, (long long)total);
+    if (done == total && task + 1 == p->num_tasks) fputs("\r\033[K", stderr);
+    fflush(stderr);
+}
+
+/* Saves the merged model (and per-model extras beside it) after an in-memory merge. */
+static fb_status save_in_memory(const fb_model *merged, const fb_model *extras, const char *path,
+                                const fb_save_options *so)
+{
+    fb_status st = fb_model_save(merged, path, so);
+    if (st || !extras) return st;
+    char xpath[4200];
+    size_t n = strlen(path);
+    if (n >= 12 && !strcmp(path + n - 12, ".safetensors")) n -= 12;
+    while (n > 1 && path[n - 1] == '/') n--;
+    snprintf(xpath, sizeof xpath, "%.*s.masks.safetensors", (int)n, path);
+    return fb_model_save(extras, xpath, NULL);
+}
+
 static int run(cli *c)
 {
     int rc = 0;
@@ -408,11 +448,48 @@ static int run(cli *c)
     if (fb_cfg_is_null(pnode))
         return fail(2, "no model pool selected (modelpool=NAME_OR_PATH; see --help)");
     if (fb_modelpool_from_config(pnode, &c->pool)) return fail(1, fb_last_error());
+    const fb_config *tnode = fb_cfg_map_get(root, "taskpool");
+    if (!fb_cfg_is_null(tnode)) {
+        fb_status e = fb_taskpool_open(tnode, &c->taskpool);
+        if (e) return fail(e == FB_ERR_CONFIG ? 2 : 1, fb_last_error());
+    }
     double t1 = now();
 
-    fb_status st = fb_method_run_to_file(c->method, c->pool, &ro, out_path, &so);
-    if (st) return fail(1, fb_last_error());
+    /* With a taskpool the merged model stays in memory for evaluation; else it streams. */
+    fb_model *merged = NULL, *mem_extras = NULL;
+    fb_status st;
+    if (c->taskpool) {
+        st = fb_method_run_extras(c->method, c->pool, &ro, &merged, &mem_extras);
+        if (!st && out_path) st = save_in_memory(merged, mem_extras, out_path, &so);
+    } else {
+        st = fb_method_run_to_file(c->method, c->pool, &ro, out_path, &so);
+    }
     double t2 = now();
+    fb_task_result *results = NULL;
+    if (!st && c->taskpool) {
+        results = fb_calloc((size_t)c->taskpool->set.num_tasks + 1, sizeof *results);
+        eval_progress ep = {.tty = isatty(2), .num_tasks = c->taskpool->set.num_tasks, .tp = c->taskpool};
+        /* tall_mask, emr_merging: each task is scored with the model rebuilt for it */
+        const int nt = c->taskpool->set.num_tasks;
+        fb_model **per_task = mem_extras ? fb_calloc((size_t)nt, sizeof *per_task) : NULL;
+        const fb_model *base = fb_modelpool_get(c->pool, "_pretrained_");
+        if (!results || (mem_extras && !per_task)) st = FB_ERR_NOMEM;
+        for (int i = 0; !st && per_task && base && i < nt; i++)
+            st = fb_task_model_from_extras(merged, base, mem_extras, c->taskpool->set.tasks[i].name,
+                                           &per_task[i]);
+        if (!st)
+            st = fb_taskpool_evaluate(c->taskpool, merged, (const fb_model *const *)per_task,
+                                      results, on_eval, &ep);
+        for (int i = 0; per_task && i < nt; i++) fb_model_free(per_task[i]);
+        fb_free(per_task);
+    }
+    double t3 = now();
+    fb_model_free(merged);
+    fb_model_free(mem_extras);
+    if (st) {
+        fb_free(results);
+        return fail(1, fb_last_error());
+    }
 
     const fb_model *ref = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, 0));
     fb_run_report rep = {
@@ -424,7 +501,10 @@ static int run(cli *c)
         .merged_params = fb_model_num_params(ref),
         .load_seconds = t1 - t0,
         .merge_seconds = t2 - t1,
-        .total_seconds = t2 - t0,
+        .eval_seconds = t3 - t2,
+        .total_seconds = t3 - t0,
+        .results = results,
+        .num_results = c->taskpool ? c->taskpool->set.num_tasks : 0,
         .peak_rss_bytes = peak_rss_bytes(),
         .threads = fb_get_num_threads(),
     };
@@ -450,11 +530,24 @@ static int run(cli *c)
     printf("  time: load %.3f s, merge %.3f s; peak RSS %.1f MB; %d thread%s\n",
            rep.load_seconds, rep.merge_seconds, (double)rep.peak_rss_bytes / 1e6, rep.threads,
            rep.threads == 1 ? "" : "s");
+    if (rep.num_results) {
+        double acc = 0, loss = 0;
+        printf("  %-24s %9s %8s %8s\n", "task", "accuracy", "loss", "examples");
+        for (int i = 0; i < rep.num_results; i++) {
+            printf("  %-24s %8.2f%% %8.4f %8lld\n", results[i].task, 100 * results[i].accuracy,
+                   results[i].loss, (long long)results[i].examples);
+            acc += results[i].accuracy / rep.num_results;
+            loss += results[i].loss / rep.num_results;
+        }
+        printf("  %-24s %8.2f%% %8.4f   (evaluation %.2f s)\n", "average", 100 * acc, loss,
+               rep.eval_seconds);
+    }
     if (report_path) {
         if (fb_report_write(&rep, report_path)) rc = fail(1, fb_last_error());
         else printf("  report: %s\n", report_path);
     }
     fb_model_free(extras);
+    fb_free(results);
     return rc;
 }
 
@@ -497,10 +590,18 @@ int main(int argc, char **argv)
         }
     }
     if (c.threads) fb_set_num_threads(c.threads);
+    if (first < argc && !strcmp(argv[first], "zoo")) {
+        char *dir = find_config_dir(c.config_dir_opt);
+        if (!dir) return fail(2, fb_last_error());
+        int rc = fb_zoo_main(dir, argc - first - 1, argv + first + 1);
+        fb_free(dir);
+        return rc;
+    }
     int rc = compose(&c, argc - first, argv + first);
     if (!rc && c.print_config_only) print_config(c.root);
     else if (!rc) rc = run(&c);
     fb_modelpool_free(c.pool);
+    fb_taskpool_free(c.taskpool);
     fb_method_free(c.method);
     fb_config_free(c.root);
     return rc;

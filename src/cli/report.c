@@ -57,42 +57,6 @@ static cJSON *models_json(const fb_modelpool *pool)
     return arr;
 }
 
-static fb_status write_atomic(const char *path, const char *text)
-{
-    char *dir = fb_path_dirname(path);
-    char *tmp = dir ? fb_path_join(dir, ".report.tmp-XXXXXX") : NULL;
-    fb_free(dir);
-    if (!tmp) return FB_ERR_NOMEM;
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        fb_status st = fb_set_error(FB_ERR_IO, "%s: cannot create report: %s", path,
-                                    strerror(errno));
-        fb_free(tmp);
-        return st;
-    }
-    size_t n = strlen(text), done = 0;
-    fb_status st = FB_OK;
-    while (done < n) {
-        ssize_t w = write(fd, text + done, n - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) {
-            st = fb_set_error(FB_ERR_IO, "%s: cannot write report: %s", path, strerror(errno));
-            break;
-        }
-        done += (size_t)w;
-    }
-    if (!st && fsync(fd) != 0)
-        st = fb_set_error(FB_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    fchmod(fd, 0644);
-    close(fd);
-    if (!st && rename(tmp, path) != 0)
-        st = fb_set_error(FB_ERR_IO, "%s: cannot rename report into place: %s", path,
-                          strerror(errno));
-    if (st) unlink(tmp);
-    fb_free(tmp);
-    return st;
-}
-
 fb_status fb_report_write(const fb_run_report *r, const char *path)
 {
     cJSON *root = cJSON_CreateObject();
@@ -126,10 +90,29 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
             if (group) cJSON_AddNumberToObject(group, model, v);
         }
     }
+    if (r->num_results) { /* as FusionBench's report: per task, then the average */
+        cJSON *tp = cJSON_AddObjectToObject(root, "taskpool");
+        double acc = 0, loss = 0;
+        for (int i = 0; tp && i < r->num_results; i++) {
+            cJSON *o = cJSON_AddObjectToObject(tp, r->results[i].task);
+            if (!o) continue;
+            cJSON_AddNumberToObject(o, "accuracy", r->results[i].accuracy);
+            cJSON_AddNumberToObject(o, "loss", r->results[i].loss);
+            cJSON_AddNumberToObject(o, "examples", (double)r->results[i].examples);
+            acc += r->results[i].accuracy / r->num_results;
+            loss += r->results[i].loss / r->num_results;
+        }
+        cJSON *avg = tp ? cJSON_AddObjectToObject(tp, "average") : NULL;
+        if (avg) {
+            cJSON_AddNumberToObject(avg, "accuracy", acc);
+            cJSON_AddNumberToObject(avg, "loss", loss);
+        }
+    }
     cJSON *t = cJSON_AddObjectToObject(root, "timings_s");
     if (t) {
         cJSON_AddNumberToObject(t, "load", r->load_seconds);
         cJSON_AddNumberToObject(t, "merge", r->merge_seconds);
+        if (r->num_results) cJSON_AddNumberToObject(t, "evaluate", r->eval_seconds);
         cJSON_AddNumberToObject(t, "total", r->total_seconds);
     }
     cJSON *slow = cJSON_AddArrayToObject(root, "slowest_tensors");
@@ -152,7 +135,7 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
         memcpy(with_nl, text, n);
         with_nl[n] = '\n';
         with_nl[n + 1] = '\0';
-        st = write_atomic(path, with_nl);
+        st = fb_write_text_atomic(path, with_nl);
     }
     fb_free(with_nl);
     cJSON_free(text);

@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 #include "pool/modelpool.h"
+#include "pool/taskpool.h"
 
 /* The slowest tensors of a run, kept for the report. */
 #define FB_REPORT_SLOWEST 10
@@ -22,7 +23,9 @@ typedef struct fb_run_report {
     const char *extras_path;  /* per-model masks and scalars, or NULL */
     const fb_model *extras;   /* the same, opened, for scalars to report; may be NULL */
     int64_t merged_tensors, merged_params;
-    double load_seconds, merge_seconds, total_seconds;
+    double load_seconds, merge_seconds, eval_seconds, total_seconds;
+    const fb_task_result *results; /* the taskpool's evaluation, or NULL */
+    int num_results;
     long peak_rss_bytes;
     int threads;
     fb_tensor_time slowest[FB_REPORT_SLOWEST]; /* by decreasing time; seconds 0 = unused */

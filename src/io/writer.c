@@ -473,3 +473,39 @@ fb_status fb_model_save(const fb_model *model, const char *path, const fb_save_o
     }
     return fb_writer_commit(w);
 }
+
+fb_status fb_write_text_atomic(const char *path, const char *text)
+{
+    char *dir = fb_path_dirname(path);
+    char *tmp = dir ? fb_path_join(dir, ".fb-text.tmp-XXXXXX") : NULL;
+    fb_free(dir);
+    if (!tmp) return FB_ERR_NOMEM;
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        fb_status st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", path,
+                                    strerror(errno));
+        fb_free(tmp);
+        return st;
+    }
+    size_t n = strlen(text), done = 0;
+    fb_status st = FB_OK;
+    while (done < n) {
+        ssize_t w = write(fd, text + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) {
+            st = fb_set_error(FB_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (!st && fsync(fd) != 0)
+        st = fb_set_error(FB_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    fchmod(fd, 0644);
+    close(fd);
+    if (!st && rename(tmp, path) != 0)
+        st = fb_set_error(FB_ERR_IO, "%s: cannot rename into place: %s", path,
+                          strerror(errno));
+    if (st) unlink(tmp);
+    fb_free(tmp);
+    return st;
+}

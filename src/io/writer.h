@@ -41,4 +41,8 @@ char *fb_path_dirname(const char *path);
 /* base joined to rel ("rel" itself when absolute or base is NULL); caller frees. */
 char *fb_path_join(const char *base, const char *rel);
 
+/* Writes a small text file (report, YAML, JSON) atomically: temporary file beside it, fsync,
+ * rename. On failure nothing is left at path and a previous file there is untouched. */
+fb_status fb_write_text_atomic(const char *path, const char *text);
+
 #endif

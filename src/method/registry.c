@@ -40,6 +40,7 @@ extern const fb_method_ops fb_method_passthrough;
 extern const fb_method_ops fb_method_wudi;
 extern const fb_method_ops fb_method_tall_mask;
 extern const fb_method_ops fb_method_emr_merging;
+extern const fb_method_ops fb_method_dummy;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -55,7 +56,7 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_della,                &fb_method_della_linear,
     &fb_method_depth_upscaling,      &fb_method_passthrough,
     &fb_method_wudi,                 &fb_method_tall_mask,
-    &fb_method_emr_merging,
+    &fb_method_emr_merging,          &fb_method_dummy,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

@@ -36,6 +36,8 @@ typedef struct layer_acts {
 typedef struct view {
     char name[160];
     int64_t offset, numel;
+    int ndim;
+    int64_t shape[4]; /* as transformers stores the tensor */
 } view;
 
 struct fb_clip {
@@ -164,10 +166,15 @@ fb_status fb_clip_config_load(const char *path, fb_clip_config *out)
 
 /* ------------------------------------------------------------------ building -- */
 
-static float *add_view(fb_clip *n, const char *name, int64_t numel)
+/* A parameter of shape [d0, d1, d2, d3] (trailing zeros: fewer dimensions). */
+static float *add_view(fb_clip *n, const char *name, int64_t d0, int64_t d1, int64_t d2, int64_t d3)
 {
     view *v = &n->views[n->num_views++];
     snprintf(v->name, sizeof v->name, "%s", name);
+    const int64_t d[4] = {d0, d1, d2, d3};
+    int64_t numel = 1;
+    v->ndim = 0;
+    while (v->ndim < 4 && d[v->ndim]) v->shape[v->ndim] = d[v->ndim], numel *= d[v->ndim++];
     v->offset = n->num_params;
     v->numel = numel;
     n->num_params += numel;
@@ -205,41 +212,41 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
     char name[160];
     const char *vm = "vision_model";
     snprintf(name, sizeof name, "%s.embeddings.class_embedding", vm);
-    n->cls = add_view(n, name, E);
+    n->cls = add_view(n, name, E, 0, 0, 0);
     snprintf(name, sizeof name, "%s.embeddings.patch_embedding.weight", vm);
-    n->pe_w = add_view(n, name, E * cfg->channels * cfg->patch_size * cfg->patch_size);
+    n->pe_w = add_view(n, name, E, cfg->channels, cfg->patch_size, cfg->patch_size);
     snprintf(name, sizeof name, "%s.embeddings.position_embedding.weight", vm);
-    n->pos = add_view(n, name, n->T * E);
+    n->pos = add_view(n, name, n->T, E, 0, 0);
     snprintf(name, sizeof name, "%s.pre_layrnorm.weight", vm);
-    n->pre_w = add_view(n, name, E);
+    n->pre_w = add_view(n, name, E, 0, 0, 0);
     snprintf(name, sizeof name, "%s.pre_layrnorm.bias", vm);
-    n->pre_b = add_view(n, name, E);
+    n->pre_b = add_view(n, name, E, 0, 0, 0);
     for (int64_t l = 0; l < cfg->layers; l++) {
         layer_params *p = &n->L[l];
         struct {
             const char *suffix;
             float **slot;
-            int64_t numel;
+            int64_t rows, cols; /* cols 0: a vector */
         } items[] = {
-            {"self_attn.k_proj.weight", &p->k_w, E * E}, {"self_attn.k_proj.bias", &p->k_b, E},
-            {"self_attn.v_proj.weight", &p->v_w, E * E}, {"self_attn.v_proj.bias", &p->v_b, E},
-            {"self_attn.q_proj.weight", &p->q_w, E * E}, {"self_attn.q_proj.bias", &p->q_b, E},
-            {"self_attn.out_proj.weight", &p->o_w, E * E}, {"self_attn.out_proj.bias", &p->o_b, E},
-            {"layer_norm1.weight", &p->ln1_w, E}, {"layer_norm1.bias", &p->ln1_b, E},
-            {"mlp.fc1.weight", &p->fc1_w, I * E}, {"mlp.fc1.bias", &p->fc1_b, I},
-            {"mlp.fc2.weight", &p->fc2_w, E * I}, {"mlp.fc2.bias", &p->fc2_b, E},
-            {"layer_norm2.weight", &p->ln2_w, E}, {"layer_norm2.bias", &p->ln2_b, E},
+            {"self_attn.k_proj.weight", &p->k_w, E, E}, {"self_attn.k_proj.bias", &p->k_b, E, 0},
+            {"self_attn.v_proj.weight", &p->v_w, E, E}, {"self_attn.v_proj.bias", &p->v_b, E, 0},
+            {"self_attn.q_proj.weight", &p->q_w, E, E}, {"self_attn.q_proj.bias", &p->q_b, E, 0},
+            {"self_attn.out_proj.weight", &p->o_w, E, E}, {"self_attn.out_proj.bias", &p->o_b, E, 0},
+            {"layer_norm1.weight", &p->ln1_w, E, 0}, {"layer_norm1.bias", &p->ln1_b, E, 0},
+            {"mlp.fc1.weight", &p->fc1_w, I, E}, {"mlp.fc1.bias", &p->fc1_b, I, 0},
+            {"mlp.fc2.weight", &p->fc2_w, E, I}, {"mlp.fc2.bias", &p->fc2_b, E, 0},
+            {"layer_norm2.weight", &p->ln2_w, E, 0}, {"layer_norm2.bias", &p->ln2_b, E, 0},
         };
         for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
             snprintf(name, sizeof name, "%s.encoder.layers.%lld.%s", vm, (long long)l, items[i].suffix);
-            *items[i].slot = add_view(n, name, items[i].numel);
+            *items[i].slot = add_view(n, name, items[i].rows, items[i].cols, 0, 0);
         }
     }
     snprintf(name, sizeof name, "%s.post_layernorm.weight", vm);
-    n->post_w = add_view(n, name, E);
+    n->post_w = add_view(n, name, E, 0, 0, 0);
     snprintf(name, sizeof name, "%s.post_layernorm.bias", vm);
-    n->post_b = add_view(n, name, E);
-    if (cfg->projection) n->proj_w = add_view(n, "visual_projection.weight", cfg->projection * E);
+    n->post_b = add_view(n, name, E, 0, 0, 0);
+    if (cfg->projection) n->proj_w = add_view(n, "visual_projection.weight", cfg->projection, E, 0, 0);
 
     n->params = fb_calloc((size_t)n->num_params, sizeof(float));
     n->grads = fb_calloc((size_t)n->num_params, sizeof(float));
@@ -341,6 +348,22 @@ const char *fb_clip_tensor_name(const fb_clip *n, int64_t i, int64_t *numel)
 {
     if (numel) *numel = n->views[i].numel;
     return n->views[i].name;
+}
+
+fb_status fb_clip_to_model(fb_clip *n, fb_model **out)
+{
+    fb_model *m;
+    fb_status st = fb_model_create(&m);
+    for (int64_t i = 0; i < n->num_views && !st; i++) {
+        const view *v = &n->views[i];
+        st = fb_model_add_tensor_borrowed(m, v->name, FB_F32, v->ndim, v->shape, n->params + v->offset);
+    }
+    if (st) {
+        fb_model_free(m);
+        return st;
+    }
+    *out = m;
+    return FB_OK;
 }
 
 static const view *find_view(const fb_clip *n, const char *name)

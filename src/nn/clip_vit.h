@@ -52,6 +52,9 @@ float *fb_clip_grad(fb_clip *net, const char *name, int64_t *numel);
 int64_t fb_clip_num_tensors(const fb_clip *net);
 const char *fb_clip_tensor_name(const fb_clip *net, int64_t i, int64_t *numel);
 
+/* The parameters as a state dict under transformers' names and shapes; its tensors borrow the
+ * network's buffer (valid while net lives, and showing later updates). Free with fb_model_free. */
+fb_status fb_clip_to_model(fb_clip *net, fb_model **out);
 /* images [B, channels, image_size, image_size] -> features [B, projection or hidden]. */
 fb_status fb_clip_forward(fb_clip *net, const float *images, int64_t B, const float **features);
 /* Accumulates parameter gradients from dfeatures (after fb_clip_zero_grad). */

@@ -147,6 +147,59 @@ sharded("sharded_duplicate", {"weight_map": {"a": "s1.safetensors", "b": "s2.saf
         "is defined twice")
 sharded("folder_without_model", None, {"readme.txt": b"hello"}, "neither model.safetensors")
 
+# ---- datasets: IDX (plain and gzip), digits CSV, images. The test runner picks the reader
+# by name: *.idx / *.idx.gz -> IDX, *.csv / *.csv.gz -> digits CSV, *.png / *.jpg -> image.
+import gzip
+import zlib
+
+
+def idx(dims, data, type_code=0x08):
+    return bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + data
+
+
+good_idx = idx([2, 2, 2], bytes(range(8)))
+case("idx_bad_magic.idx", b"\x01\x00\x08\x03" + good_idx[4:], "bad magic number")
+case("idx_float_type.idx", idx([2, 2, 2], b"\0" * 32, 0x0D), "only unsigned bytes")
+case("idx_zero_dims.idx", idx([], b""), "IDX with 0 dimensions")
+case("idx_five_dims.idx", idx([1, 1, 1, 1, 1], b"\0"), "IDX with 5 dimensions")
+case("idx_short_header.idx", good_idx[:9], "IDX header is truncated")
+case("idx_short_data.idx", good_idx[:-1], "need 8 data bytes, the file has 7")
+case("idx_long_data.idx", good_idx + b"\0", "need 8 data bytes, the file has 9")
+case("idx_huge_dims.idx", idx([65536, 65536, 65536], b""), "describe more than")
+case("idx_truncated.idx.gz", gzip.compress(good_idx)[:-12], "gzip data ends early")
+corrupt = bytearray(gzip.compress(idx([4, 8, 8], bytes(256))))
+corrupt[12] ^= 0xFF
+corrupt[13] ^= 0xFF
+case("idx_corrupt.idx.gz", bytes(corrupt), "corrupt gzip data")
+case("idx_gzip_garbage.idx.gz", gzip.compress(good_idx) + b"junk", "garbage after the gzip data")
+bomb = gzip.compress(idx([1], b"") + b"\0" * (1 << 20))  # inflates fine, then fails the size check
+case("idx_gzip_size_mismatch.idx.gz", bomb, "need 1 data bytes")
+row = ",".join(["0"] * 64) + ",3\n"
+case("digits_short_row.csv", (row + "1,2,3\n").encode(), "line 2 has 3 values, expected 65")
+case("digits_pixel_range.csv", ("17," + ",".join(["0"] * 63) + ",1\n").encode(), "a pixel value in 0..16")
+case("digits_label_range.csv", (",".join(["0"] * 64) + ",12\n").encode(), "a label in 0..9")
+case("digits_text.csv", b"hello,world\n", "line 1, column 1")
+case("digits_long_row.csv", (",".join(["0"] * 64) + ",1,5\n").encode(), "more than 65 values")
+case("digits_empty.csv.gz", gzip.compress(b""), "no rows")
+case("digits_truncated.csv.gz", gzip.compress(row.encode() * 50)[:-20], "gzip data ends early")
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(w, h, raw, ihdr_extra=b"\x08\x00\x00\x00\x00"):
+    sig = b"\x89PNG\r\n\x1a\n"
+    return (sig + png_chunk(b"IHDR", struct.pack(">II", w, h) + ihdr_extra)
+            + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
+
+
+case("image_not_an_image.png", b"this is not a picture", "not a readable image")
+case("image_huge.png", png(20000, 20000, b""), "larger than allowed")
+case("image_truncated.png", png(4, 4, b"\0" * 20)[:40], "corrupt image")
+case("image_bad_pixels.png", png(4, 4, b"\x07" * 3), "corrupt image")
+case("image_jpeg_garbage.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 30, "image")
+
 with open(os.path.join(HERE, "expected.txt"), "w") as f:
     f.write("# file<TAB>text its error must contain (written by tests/data/make_bad.py)\n")
     for name, expect in cases:

@@ -1,0 +1,335 @@
+/*
+ * bench/zoo_table.c: the benchmark table, FusionBench's flagship experiment on the zoo: every
+ * method merges the zoo's fine-tuned models through the fusion_bench command, the taskpool
+ * scores the result on every task, and the rows (pretrained, individual fine-tuned models,
+ * then the methods) go to a markdown table, a JSON file and a PNG bar chart.
+ *
+ *     bench_zoo_table [--cli build/fusion_bench] [--zoo outputs/zoo/fmnist8]
+ *                     [--out outputs] [--methods a,b,c]
+ *
+ * Every run's JSON report is kept under OUT/zoo_table/reports/ for inspection.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-braces"
+#include <stb_easy_font.h>
+#pragma GCC diagnostic pop
+#include <stb_image_write.h>
+
+extern char **environ;
+
+/* The methods that merge a pool of fine-tuned models, each with FusionBench's defaults (left
+ * out: the two-model methods linear_interpolation, expo and slerp, the one-model
+ * magnitude_diff_pruning, and depth_upscaling and passthrough, which restructure layers).
+ * "name:key=value" passes a parameter: mergekit's methods weigh every model 1 and scale the
+ * merged task vector by lambda, so they get FusionBench's task-arithmetic scale, 0.3. */
+static const char *default_methods =
+    "simple_average,task_arithmetic,ties_merging,dare_task_arithmetic,dare_ties_merging,"
+    "dare_simple_average,magmax,karcher,model_stock,consensus_task_arithmetic,tall_mask,"
+    "breadcrumbs:lambda=0.3,breadcrumbs_ties:lambda=0.3,della:lambda=0.3,"
+    "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging";
+
+enum { MAX_TASKS = 64, MAX_ROWS = 128 };
+
+typedef struct row {
+    char name[64];
+    double acc[MAX_TASKS], avg, seconds;
+    int ok;
+} row;
+
+static char tasks[MAX_TASKS][64];
+static int num_tasks;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs argv with stdout and stderr to log; returns the exit status (or -1). */
+static int run(char **argv, const char *log)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    pid_t pid;
+    int status = -1;
+    if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) == 0 && waitpid(pid, &status, 0) == pid)
+        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    posix_spawn_file_actions_destroy(&fa);
+    return status;
+}
+
+static cJSON *read_json(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = n > 0 ? malloc((size_t)n + 1) : NULL;
+    cJSON *j = NULL;
+    if (text && fread(text, 1, (size_t)n, f) == (size_t)n) {
+        text[n] = '\0';
+        j = cJSON_Parse(text);
+    }
+    free(text);
+    fclose(f);
+    return j;
+}
+
+/* One fusion_bench run; fills accuracies of the tasks in its report. Returns 0 on success. */
+static int evaluate(const char *cli, const char *zoo, const char *out, const char *label,
+                    char **extra, int nextra, double *acc, double *seconds)
+{
+    char mp[4200], tp[4200], rep[4200], log[4200];
+    snprintf(mp, sizeof mp, "modelpool=%s/modelpool.yaml", zoo);
+    snprintf(tp, sizeof tp, "taskpool=%s/taskpool.yaml", zoo);
+    snprintf(rep, sizeof rep, "%s/zoo_table/reports/%s.json", out, label);
+    snprintf(log, sizeof log, "%s/zoo_table/reports/%s.log", out, label);
+    char rep_arg[4300];
+    snprintf(rep_arg, sizeof rep_arg, "report_save_path=%s", rep);
+    char *argv[32] = {(char *)cli, mp, tp, rep_arg};
+    int argc = 4;
+    for (int i = 0; i < nextra && argc < 31; i++) argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    unlink(rep);
+    double t = now();
+    int rc = run(argv, log);
+    *seconds = now() - t;
+    if (rc != 0) {
+        fprintf(stderr, "zoo_table: %s failed (exit %d); see %s\n", label, rc, log);
+        return -1;
+    }
+    cJSON *j = read_json(rep);
+    cJSON *pool = j ? cJSON_GetObjectItem(j, "taskpool") : NULL;
+    if (!pool) {
+        cJSON_Delete(j);
+        fprintf(stderr, "zoo_table: %s: no taskpool results in %s\n", label, rep);
+        return -1;
+    }
+    for (cJSON *it = pool->child; it; it = it->next) {
+        if (!strcmp(it->string, "average")) continue;
+        int k = 0;
+        while (k < num_tasks && strcmp(tasks[k], it->string)) k++;
+        if (k == num_tasks && num_tasks < MAX_TASKS) snprintf(tasks[num_tasks++], 64, "%s", it->string);
+        cJSON *a = cJSON_GetObjectItem(it, "accuracy");
+        if (k < MAX_TASKS && cJSON_IsNumber(a)) acc[k] = a->valuedouble;
+    }
+    cJSON_Delete(j);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ outputs -- */
+
+static void write_markdown(const char *path, const row *rows, int n, const char *zoo)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    fprintf(f, "Accuracy (%%) on each task's test split; zoo: %s.\n\n| Method |", zoo);
+    for (int k = 0; k < num_tasks; k++) fprintf(f, " %s |", tasks[k]);
+    fprintf(f, " Avg. |\n|---|");
+    for (int k = 0; k <= num_tasks; k++) fprintf(f, "---:|");
+    fputc('\n', f);
+    for (int r = 0; r < n; r++) {
+        if (!rows[r].ok) continue;
+        fprintf(f, "| %s |", rows[r].name);
+        for (int k = 0; k < num_tasks; k++) fprintf(f, " %.1f |", 100 * rows[r].acc[k]);
+        fprintf(f, " **%.1f** |\n", 100 * rows[r].avg);
+    }
+    fclose(f);
+}
+
+static void write_json(const char *path, const row *rows, int n)
+{
+    cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "rows");
+    cJSON *tk = cJSON_AddArrayToObject(root, "tasks");
+    for (int k = 0; k < num_tasks; k++) cJSON_AddItemToArray(tk, cJSON_CreateString(tasks[k]));
+    for (int r = 0; r < n; r++) {
+        if (!rows[r].ok) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "method", rows[r].name);
+        cJSON *a = cJSON_AddObjectToObject(o, "accuracy");
+        for (int k = 0; k < num_tasks; k++) cJSON_AddNumberToObject(a, tasks[k], rows[r].acc[k]);
+        cJSON_AddNumberToObject(o, "average", rows[r].avg);
+        cJSON_AddNumberToObject(o, "seconds", rows[r].seconds);
+        cJSON_AddItemToArray(arr, o);
+    }
+    char *text = cJSON_Print(root);
+    FILE *f = fopen(path, "w");
+    if (f && text) fprintf(f, "%s\n", text);
+    if (f) fclose(f);
+    free(text);
+    cJSON_Delete(root);
+}
+
+/* A horizontal bar per row (average accuracy), labels drawn with stb_easy_font. */
+static void fill(unsigned char *img, int W, int H, int x0, int y0, int x1, int y1,
+                 const unsigned char c[3])
+{
+    for (int y = y0 < 0 ? 0 : y0; y < y1 && y < H; y++)
+        for (int x = x0 < 0 ? 0 : x0; x < x1 && x < W; x++) memcpy(img + 3 * (y * W + x), c, 3);
+}
+
+static void text(unsigned char *img, int W, int H, int x, int y, const char *s, int scale,
+                 const unsigned char c[3])
+{
+    static char buf[60000];
+    int quads = stb_easy_font_print(0, 0, (char *)s, NULL, buf, sizeof buf);
+    for (int q = 0; q < quads; q++) {
+        const float *v = (const float *)(buf + q * 4 * 16); /* 4 vertices of x, y, z, rgba */
+        float qx0 = v[0], qy0 = v[1], qx1 = v[8], qy1 = v[9];
+        fill(img, W, H, x + (int)(qx0 * scale), y + (int)(qy0 * scale), x + (int)(qx1 * scale),
+             y + (int)(qy1 * scale), c);
+    }
+}
+
+static void write_png(const char *path, const row *rows, int n)
+{
+    const int W = 1100, bar_h = 22, top = 50, right = 80;
+    int shown = 0, left = 100;
+    for (int r = 0; r < n; r++) {
+        shown += rows[r].ok;
+        int w = 2 * stb_easy_font_width((char *)rows[r].name) + 30;
+        if (rows[r].ok && w > left) left = w;
+    }
+    const int H = top + shown * bar_h + 40;
+    unsigned char *img = malloc((size_t)(W * H * 3));
+    if (!img) return;
+    memset(img, 255, (size_t)(W * H * 3));
+    const unsigned char black[3] = {20, 20, 20}, grey[3] = {200, 200, 200},
+                        blue[3] = {66, 113, 180}, orange[3] = {230, 140, 40}, green[3] = {80, 160, 90};
+    text(img, W, H, 10, 10, "Average accuracy over the zoo's tasks (%)", 2, black);
+    const int span = W - left - right;
+    for (int p = 0; p <= 100; p += 20) { /* grid */
+        int x = left + span * p / 100;
+        fill(img, W, H, x, top - 6, x + 1, H - 30, grey);
+        char lab[8];
+        snprintf(lab, sizeof lab, "%d", p);
+        text(img, W, H, x - 6, H - 24, lab, 2, black);
+    }
+    int y = top;
+    for (int r = 0; r < n; r++) {
+        if (!rows[r].ok) continue;
+        const unsigned char *c = r == 0 ? grey : r == 1 ? green : r < 5 ? orange : blue;
+        text(img, W, H, 10, y + 4, rows[r].name, 2, black);
+        fill(img, W, H, left, y + 3, left + (int)(span * rows[r].avg), y + bar_h - 3, c);
+        char lab[16];
+        snprintf(lab, sizeof lab, "%.1f", 100 * rows[r].avg);
+        text(img, W, H, left + (int)(span * rows[r].avg) + 6, y + 4, lab, 2, black);
+        y += bar_h;
+    }
+    stbi_write_png(path, W, H, 3, img, W * 3);
+    free(img);
+}
+
+int main(int argc, char **argv)
+{
+    const char *cli = "build/fusion_bench", *zoo = "outputs/zoo/fmnist8", *out = "outputs";
+    const char *methods = default_methods;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--cli")) cli = argv[i + 1];
+        else if (!strcmp(argv[i], "--zoo")) zoo = argv[i + 1];
+        else if (!strcmp(argv[i], "--out")) out = argv[i + 1];
+        else if (!strcmp(argv[i], "--methods")) methods = argv[i + 1];
+        else {
+            fprintf(stderr, "usage: bench_zoo_table [--cli P] [--zoo DIR] [--out DIR] [--methods a,b]\n");
+            return 2;
+        }
+    }
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", out);
+    mkdir(dir, 0755);
+    snprintf(dir, sizeof dir, "%s/zoo_table", out);
+    mkdir(dir, 0755);
+    snprintf(dir, sizeof dir, "%s/zoo_table/reports", out);
+    mkdir(dir, 0755);
+    static row rows[MAX_ROWS];
+    int n = 0, failed = 0;
+    double t0 = now();
+
+    /* pretrained: the backbone with each task's head */
+    char *pre[] = {"method=dummy"};
+    snprintf(rows[n].name, sizeof rows[n].name, "Pretrained");
+    rows[n].ok = !evaluate(cli, zoo, out, "pretrained", pre, 1, rows[n].acc, &rows[n].seconds);
+    printf("%-28s %s (%.1f s)\n", "pretrained", rows[n].ok ? "done" : "FAILED", rows[n].seconds);
+    fflush(stdout);
+    n++;
+    if (!rows[0].ok) return 1;
+    /* individual: each fine-tuned model on its own task */
+    snprintf(rows[n].name, sizeof rows[n].name, "Individual (fine-tuned)");
+    rows[n].ok = 1;
+    for (int k = 0; k < num_tasks; k++) {
+        char a[128], b[128], label[128];
+        snprintf(a, sizeof a, "method.model_name=%s", tasks[k]);
+        snprintf(b, sizeof b, "taskpool.evaluate=[%s]", tasks[k]);
+        snprintf(label, sizeof label, "individual_%s", tasks[k]);
+        char *extra[] = {"method=dummy", a, b};
+        double acc[MAX_TASKS] = {0}, s;
+        int saved = num_tasks;
+        if (evaluate(cli, zoo, out, label, extra, 3, acc, &s)) rows[n].ok = 0;
+        num_tasks = saved;
+        rows[n].acc[k] = acc[k];
+        rows[n].seconds += s;
+    }
+    printf("%-28s %s (%.1f s)\n", "individual", rows[n].ok ? "done" : "FAILED", rows[n].seconds);
+    n++;
+    char *list = strdup(methods);
+    for (char *m = strtok(list, ","); m && n < MAX_ROWS; m = strtok(NULL, ",")) {
+        char arg[128], param[128] = "";
+        char *colon = strchr(m, ':');
+        if (colon) {
+            *colon = '\0';
+            snprintf(param, sizeof param, "method.%s", colon + 1);
+        }
+        snprintf(arg, sizeof arg, "method=%s", m);
+        char *extra[] = {arg, param};
+        snprintf(rows[n].name, sizeof rows[n].name, "%s%s%s", m, colon ? " " : "", colon ? colon + 1 : "");
+        rows[n].ok = !evaluate(cli, zoo, out, m, extra, colon ? 2 : 1, rows[n].acc, &rows[n].seconds);
+        failed += !rows[n].ok;
+        printf("%-28s %s (%.1f s)\n", m, rows[n].ok ? "done" : "FAILED", rows[n].seconds);
+        fflush(stdout);
+        n++;
+    }
+    free(list);
+    for (int r = 0; r < n; r++) {
+        rows[r].avg = 0;
+        for (int k = 0; k < num_tasks; k++) rows[r].avg += rows[r].acc[k] / num_tasks;
+    }
+    char path[4300];
+    snprintf(path, sizeof path, "%s/zoo_table.md", out);
+    write_markdown(path, rows, n, zoo);
+    snprintf(path, sizeof path, "%s/zoo_table.json", out);
+    write_json(path, rows, n);
+    snprintf(path, sizeof path, "%s/zoo_table.png", out);
+    write_png(path, rows, n);
+    /* the table on the terminal */
+    printf("\naccuracy (%%) on the test split of each task:");
+    for (int k = 0; k < num_tasks; k++) printf("%s T%d %s", k ? "," : "", k + 1, tasks[k]);
+    printf("\n\n%-30s", "method");
+    for (int k = 0; k < num_tasks; k++) printf("     T%d", k + 1);
+    printf("    avg\n");
+    for (int r = 0; r < n; r++) {
+        if (!rows[r].ok) continue;
+        printf("%-30.30s", rows[r].name);
+        for (int k = 0; k < num_tasks; k++) printf(" %6.1f", 100 * rows[r].acc[k]);
+        printf(" %6.1f\n", 100 * rows[r].avg);
+    }
+    printf("\nzoo_table: %d rows in %.1f s; %s/zoo_table.{md,json,png}\n", n, now() - t0, out);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,577 @@
+/*
+ * dataset.c: IDX, digits CSV and image-folder readers, and CLIP-style preprocessing (see
+ * dataset.h). Files are read whole into memory (datasets here are tens of megabytes), gzip is
+ * inflated with zlib under a size limit, and images are decoded by stb_image only after their
+ * declared size has been checked against the limits.
+ */
+#include "dataset.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+
+/* stb_image compiled here, static, for the formats image folders hold (PNG, JPEG, BMP) and
+ * through the library's allocator: a smaller surface for hostile files than every format
+ * Debian's libstb decodes, and allocation failures that tests can inject. */
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_NO_STDIO
+#define STBI_NO_LINEAR
+#define STBI_NO_HDR
+#define STBI_MALLOC(n) fb_malloc(n)
+#define STBI_REALLOC(p, n) fb_realloc(p, n)
+#define STBI_FREE(p) fb_free(p)
+#pragma GCC diagnostic ignored "-Wunused-function" /* reported at the end of the file */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wtype-limits"
+#include <stb_image.h>
+#pragma GCC diagnostic pop
+#include <stb_image_resize.h>
+
+void fb_images_free(fb_images *d)
+{
+    if (!d) return;
+    fb_free(d->pixels);
+    fb_free(d->labels);
+    if (d->class_names)
+        for (int64_t k = 0; k < d->num_classes; k++) fb_free(d->class_names[k]);
+    fb_free(d->class_names);
+    memset(d, 0, sizeof *d);
+}
+
+fb_status fb_read_file(const char *path, size_t max_bytes, uint8_t **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fb_set_error(FB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fb_set_error(FB_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)sb.st_size > max_bytes) {
+        close(fd);
+        return fb_set_error(FB_ERR_FORMAT, "%s: %lld bytes is more than the %zu allowed", path,
+                            (long long)sb.st_size, max_bytes);
+    }
+    size_t n = (size_t)sb.st_size;
+    uint8_t *p = fb_malloc(n ? n : 1);
+    if (!p) {
+        close(fd);
+        return FB_ERR_NOMEM;
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : 0;
+            close(fd);
+            fb_free(p);
+            return fb_set_error(FB_ERR_IO, "%s: read failed after %zu of %zu bytes%s%s", path,
+                                got, n, e ? ": " : " (file shrank)", e ? strerror(e) : "");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    *data = p;
+    *len = n;
+    return FB_OK;
+}
+
+/* Inflates gzip (one or more members) into a fb_malloc'd buffer of at most `limit` bytes. */
+static fb_status gunzip(const uint8_t *in, size_t len, const char *name, size_t limit,
+                        uint8_t **out, size_t *out_len)
+{
+    size_t cap = len * 4 + 1024, n = 0;
+    if (cap > limit) cap = limit;
+    uint8_t *buf = fb_malloc(cap);
+    if (!buf) return FB_ERR_NOMEM;
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
+        fb_free(buf);
+        return fb_set_error(FB_ERR_INTERNAL, "%s: zlib could not start", name);
+    }
+    zs.next_in = (Bytef *)in;
+    fb_status st = FB_OK;
+    size_t in_left = len;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= limit) {
+                st = fb_set_error(FB_ERR_FORMAT, "%s: inflates to more than %zu bytes", name, limit);
+                break;
+            }
+            size_t ncap = cap * 2 > limit ? limit : cap * 2;
+            uint8_t *nb = fb_realloc(buf, ncap);
+            if (!nb) {
+                st = FB_ERR_NOMEM;
+                break;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        /* zlib counts in uInt: feed at most 1 GiB at a time */
+        uInt ain = in_left > (1u << 30) ? (1u << 30) : (uInt)in_left;
+        uInt aout = cap - n > (1u << 30) ? (1u << 30) : (uInt)(cap - n);
+        zs.avail_in = ain;
+        zs.next_out = buf + n;
+        zs.avail_out = aout;
+        int r = inflate(&zs, Z_NO_FLUSH);
+        in_left -= ain - zs.avail_in;
+        n += aout - zs.avail_out;
+        if (r == Z_STREAM_END) {
+            /* another gzip member may follow; anything else is an error */
+            if (in_left == 0) break;
+            if (in_left < 2 || zs.next_in[0] != 0x1f || zs.next_in[1] != 0x8b) {
+                st = fb_set_error(FB_ERR_FORMAT, "%s: %zu bytes of garbage after the gzip data",
+                                  name, in_left);
+                break;
+            }
+            inflateReset(&zs);
+            continue;
+        }
+        if (r == Z_OK || (r == Z_BUF_ERROR && zs.avail_out == 0)) {
+            if (in_left == 0 && zs.avail_out != 0) {
+                st = fb_set_error(FB_ERR_FORMAT, "%s: gzip data ends early (truncated file?)", name);
+                break;
+            }
+            continue;
+        }
+        if (r == Z_BUF_ERROR) {
+            st = fb_set_error(FB_ERR_FORMAT, "%s: gzip data ends early (truncated file?)", name);
+        } else {
+            st = fb_set_error(FB_ERR_FORMAT, "%s: corrupt gzip data (%s)", name,
+                              zs.msg ? zs.msg : "zlib error");
+        }
+        break;
+    }
+    inflateEnd(&zs);
+    if (st) {
+        fb_free(buf);
+        return st;
+    }
+    *out = buf;
+    *out_len = n;
+    return FB_OK;
+}
+
+fb_status fb_idx_parse(const uint8_t *file, size_t len, const char *name, int *ndims,
+                       int64_t dims[4], uint8_t **data)
+{
+    *data = NULL;
+    uint8_t *plain = NULL;
+    size_t n = len;
+    const uint8_t *p = file;
+    if (len >= 2 && file[0] == 0x1f && file[1] == 0x8b) {
+        fb_status st = gunzip(file, len, name, (size_t)FB_DATASET_MAX_BYTES, &plain, &n);
+        if (st) return st;
+        p = plain;
+    }
+    fb_status st = FB_OK;
+    if (n < 4 || p[0] != 0 || p[1] != 0) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: not an IDX file (bad magic number)", name);
+        goto done;
+    }
+    if (p[2] != 0x08) {
+        st = fb_set_error(FB_ERR_UNSUPPORTED,
+                          "%s: IDX element type 0x%02x; only unsigned bytes (0x08) are supported",
+                          name, p[2]);
+        goto done;
+    }
+    *ndims = p[3];
+    if (*ndims < 1 || *ndims > 4) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: IDX with %d dimensions (1 to 4 supported)", name, *ndims);
+        goto done;
+    }
+    size_t head = 4 + 4 * (size_t)*ndims;
+    if (n < head) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: IDX header is truncated", name);
+        goto done;
+    }
+    uint64_t total = 1;
+    for (int i = 0; i < *ndims; i++) {
+        const uint8_t *d = p + 4 + 4 * i;
+        dims[i] = (int64_t)((uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3]);
+        if (dims[i] && total > (uint64_t)FB_DATASET_MAX_BYTES / (uint64_t)dims[i]) {
+            st = fb_set_error(FB_ERR_FORMAT, "%s: IDX dimensions describe more than %lld bytes",
+                              name, (long long)FB_DATASET_MAX_BYTES);
+            goto done;
+        }
+        total *= (uint64_t)dims[i];
+    }
+    if (n - head != total) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: IDX dimensions need %llu data bytes, the file has %zu",
+                          name, (unsigned long long)total, n - head);
+        goto done;
+    }
+    *data = fb_malloc(total ? total : 1);
+    if (!*data) {
+        st = FB_ERR_NOMEM;
+        goto done;
+    }
+    memcpy(*data, p + head, total);
+done:
+    fb_free(plain);
+    return st;
+}
+
+/* One IDX file read and parsed. */
+static fb_status idx_load(const char *path, int *nd, int64_t dims[4], uint8_t **data)
+{
+    uint8_t *file;
+    size_t len;
+    fb_status st = fb_read_file(path, (size_t)FB_DATASET_MAX_BYTES, &file, &len);
+    if (st) return st;
+    st = fb_idx_parse(file, len, path, nd, dims, data);
+    fb_free(file);
+    return st;
+}
+
+fb_status fb_idx_read(const char *images_path, const char *labels_path, fb_images *out)
+{
+    memset(out, 0, sizeof *out);
+    int ndi, ndl;
+    int64_t di[4] = {0}, dl[4] = {0};
+    uint8_t *img = NULL, *lab = NULL;
+    fb_status st = idx_load(images_path, &ndi, di, &img);
+    if (!st) st = idx_load(labels_path, &ndl, dl, &lab);
+    if (st) goto fail;
+    if (ndi != 3 && ndi != 4) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: images need 3 or 4 IDX dimensions, found %d",
+                          images_path, ndi);
+        goto fail;
+    }
+    if (ndl != 1 || dl[0] != di[0]) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: %s labels for %lld images in %s",
+                          labels_path, ndl != 1 ? "not a 1-D list of" : "a different number of",
+                          (long long)di[0], images_path);
+        goto fail;
+    }
+    if (di[0] == 0 || di[1] == 0 || di[2] == 0 || (ndi == 4 && di[3] == 0)) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: no images (a dimension is 0)", images_path);
+        goto fail;
+    }
+    if (di[1] > FB_IMAGE_MAX_SIDE || di[2] > FB_IMAGE_MAX_SIDE || (ndi == 4 && di[3] > 4)) {
+        st = fb_set_error(FB_ERR_FORMAT, "%s: images of %lld x %lld are too large", images_path,
+                          (long long)di[1], (long long)di[2]);
+        goto fail;
+    }
+    out->n = di[0];
+    out->height = di[1];
+    out->width = di[2];
+    out->channels = ndi == 4 ? di[3] : 1;
+    out->pixels = img;
+    out->labels = fb_malloc((size_t)out->n * sizeof(int32_t));
+    if (!out->labels) {
+        st = FB_ERR_NOMEM;
+        img = NULL;
+        goto fail;
+    }
+    for (int64_t i = 0; i < out->n; i++) {
+        out->labels[i] = lab[i];
+        if (lab[i] + 1 > out->num_classes) out->num_classes = lab[i] + 1;
+    }
+    fb_free(lab);
+    return FB_OK;
+fail:
+    fb_free(img);
+    fb_free(lab);
+    if (out->pixels) fb_images_free(out);
+    return st;
+}
+
+/* A non-negative number "12" or "12.0" (up to 6 digits each side); -1 if malformed. */
+static double csv_number(const char **pp, const char *end)
+{
+    const char *p = *pp;
+    double v = 0;
+    int digits = 0;
+    while (p < end && *p >= '0' && *p <= '9' && digits < 7) v = v * 10 + (*p++ - '0'), digits++;
+    if (!digits || (p < end && *p >= '0' && *p <= '9')) return -1;
+    if (p < end && *p == '.') {
+        p++;
+        double scale = 0.1;
+        int frac = 0;
+        while (p < end && *p >= '0' && *p <= '9' && frac < 7) v += scale * (*p++ - '0'), scale *= 0.1, frac++;
+        if (p < end && *p >= '0' && *p <= '9') return -1;
+    }
+    *pp = p;
+    return v;
+}
+
+fb_status fb_digits_parse(const char *text, size_t len, const char *name, fb_images *out)
+{
+    memset(out, 0, sizeof *out);
+    int64_t rows = 0;
+    for (size_t i = 0; i < len; i++) rows += text[i] == '\n';
+    if (len && text[len - 1] != '\n') rows++;
+    if (rows == 0) return fb_set_error(FB_ERR_FORMAT, "%s: no rows", name);
+    out->pixels = fb_malloc((size_t)rows * 64);
+    out->labels = fb_malloc((size_t)rows * sizeof(int32_t));
+    if (!out->pixels || !out->labels) {
+        fb_images_free(out);
+        return FB_ERR_NOMEM;
+    }
+    const char *p = text, *end = text + len;
+    int64_t r = 0;
+    for (int64_t line = 1; p < end; line++) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol) eol = end;
+        if (eol == p || (eol == p + 1 && *p == '\r')) { /* blank line */
+            p = eol + (eol < end);
+            continue;
+        }
+        for (int c = 0; c < 65; c++) {
+            double v = csv_number(&p, eol);
+            if (v < 0 || (c < 64 && v > 16) || (c == 64 && (v > 9 || v != (int)v))) {
+                fb_images_free(out);
+                return fb_set_error(FB_ERR_FORMAT, "%s: line %lld, column %d: expected %s", name,
+                                    (long long)line, c + 1,
+                                    c < 64 ? "a pixel value in 0..16" : "a label in 0..9");
+            }
+            if (c < 64) out->pixels[r * 64 + c] = (uint8_t)(v * 255.0 / 16.0 + 0.5);
+            else out->labels[r] = (int32_t)v;
+            if (c == 64) break;
+            if (p >= eol || *p != ',') {
+                fb_images_free(out);
+                return fb_set_error(FB_ERR_FORMAT, "%s: line %lld has %d values, expected 65", name,
+                                    (long long)line, c + 1);
+            }
+            p++;
+        }
+        if (p < eol && *p == '\r') p++;
+        if (p != eol) {
+            fb_images_free(out);
+            return fb_set_error(FB_ERR_FORMAT, "%s: line %lld has more than 65 values", name,
+                                (long long)line);
+        }
+        r++;
+        p = eol + (eol < end);
+    }
+    if (r == 0) {
+        fb_images_free(out);
+        return fb_set_error(FB_ERR_FORMAT, "%s: no rows", name);
+    }
+    out->n = r;
+    out->height = out->width = 8;
+    out->channels = 1;
+    out->num_classes = 10;
+    return FB_OK;
+}
+
+fb_status fb_digits_read(const char *path, fb_images *out)
+{
+    memset(out, 0, sizeof *out);
+    uint8_t *file, *plain = NULL;
+    size_t len, n;
+    fb_status st = fb_read_file(path, 1u << 30, &file, &len);
+    if (st) return st;
+    if (len >= 2 && file[0] == 0x1f && file[1] == 0x8b) {
+        st = gunzip(file, len, path, 1u << 30, &plain, &n);
+        fb_free(file);
+        if (st) return st;
+    } else {
+        plain = file;
+        n = len;
+    }
+    st = fb_digits_parse((const char *)plain, n, path, out);
+    fb_free(plain);
+    return st;
+}
+
+fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width,
+                               int64_t channels, int64_t size, uint8_t *dst)
+{
+    if (height <= 0 || width <= 0 || size <= 0 || channels <= 0 || channels > 4 ||
+        height > FB_IMAGE_MAX_SIDE || width > FB_IMAGE_MAX_SIDE || size > FB_IMAGE_MAX_SIDE)
+        return fb_set_error(FB_ERR_ARG, "cannot resize a %lld x %lld image to %lld",
+                            (long long)height, (long long)width, (long long)size);
+    if (height == size && width == size) {
+        memcpy(dst, src, (size_t)(size * size * channels));
+        return FB_OK;
+    }
+    /* shorter side -> size, the other in proportion (rounded), then the centre crop */
+    int64_t rh, rw;
+    if (height <= width) {
+        rh = size;
+        rw = (width * size + height / 2) / height;
+        if (rw < size) rw = size;
+    } else {
+        rw = size;
+        rh = (height * size + width / 2) / width;
+        if (rh < size) rh = size;
+    }
+    if (rh > FB_IMAGE_MAX_SIDE * 4 || rw > FB_IMAGE_MAX_SIDE * 4)
+        return fb_set_error(FB_ERR_ARG, "a %lld x %lld image is too elongated to resize to %lld",
+                            (long long)height, (long long)width, (long long)size);
+    /* already at scale: crop only (stb_image_resize filters even at scale 1) */
+    if (rh == height && rw == width) {
+        int64_t top = (rh - size) / 2, left = (rw - size) / 2;
+        for (int64_t y = 0; y < size; y++)
+            memcpy(dst + y * size * channels, src + ((top + y) * rw + left) * channels,
+                   (size_t)(size * channels));
+        return FB_OK;
+    }
+    uint8_t *tmp = fb_malloc((size_t)(rh * rw * channels));
+    if (!tmp) return FB_ERR_NOMEM;
+    if (!stbir_resize_uint8(src, (int)width, (int)height, 0, tmp, (int)rw, (int)rh, 0, (int)channels)) {
+        fb_free(tmp);
+        return fb_set_error(FB_ERR_NOMEM, "stb_image_resize could not resize a %lld x %lld image",
+                            (long long)height, (long long)width);
+    }
+    int64_t top = (rh - size) / 2, left = (rw - size) / 2;
+    for (int64_t y = 0; y < size; y++)
+        memcpy(dst + y * size * channels, tmp + ((top + y) * rw + left) * channels,
+               (size_t)(size * channels));
+    fb_free(tmp);
+    return FB_OK;
+}
+
+fb_status fb_image_decode(const uint8_t *file, size_t len, const char *name, int64_t size,
+                          int64_t channels, uint8_t *out)
+{
+    if (len > INT_MAX) return fb_set_error(FB_ERR_FORMAT, "%s: image file is too large", name);
+    int w, h, c;
+    if (!stbi_info_from_memory(file, (int)len, &w, &h, &c))
+        return fb_set_error(FB_ERR_FORMAT, "%s: not a readable image (%s)", name,
+                            stbi_failure_reason() ? stbi_failure_reason() : "unknown format");
+    if (w <= 0 || h <= 0 || w > FB_IMAGE_MAX_SIDE || h > FB_IMAGE_MAX_SIDE ||
+        (int64_t)w * h > FB_IMAGE_MAX_PIXELS)
+        return fb_set_error(FB_ERR_FORMAT, "%s: a %d x %d image is larger than allowed", name, w, h);
+    int ww, hh, cc;
+    uint8_t *px = stbi_load_from_memory(file, (int)len, &ww, &hh, &cc, (int)channels);
+    if (!px)
+        return fb_set_error(FB_ERR_FORMAT, "%s: corrupt image (%s)", name,
+                            stbi_failure_reason() ? stbi_failure_reason() : "decode failed");
+    fb_status st = FB_OK;
+    if (ww != w || hh != h)
+        st = fb_set_error(FB_ERR_FORMAT, "%s: image size changed while decoding", name);
+    else
+        st = fb_image_resize_crop(px, hh, ww, channels, size, out);
+    stbi_image_free(px);
+    if (st == FB_ERR_ARG) st = fb_set_error(FB_ERR_FORMAT, "%s: %s", name, fb_last_error());
+    return st;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorted names of the entries of dir that are directories (want_dirs) or regular files. */
+static fb_status list_dir(const char *dir, int want_dirs, char ***names, int64_t *count)
+{
+    *names = NULL;
+    *count = 0;
+    DIR *d = opendir(dir);
+    if (!d) return fb_set_error(FB_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
+    int64_t cap = 0;
+    fb_status st = FB_OK;
+    struct dirent *e;
+    char path[PATH_MAX];
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+        struct stat sb;
+        if (stat(path, &sb)) continue;
+        if (want_dirs ? !S_ISDIR(sb.st_mode) : !S_ISREG(sb.st_mode)) continue;
+        if (fb_reserve(names, &cap, *count + 1, sizeof **names) ||
+            !((*names)[*count] = fb_strdup(e->d_name))) {
+            st = FB_ERR_NOMEM;
+            break;
+        }
+        (*count)++;
+    }
+    closedir(d);
+    if (st) {
+        for (int64_t i = 0; i < *count; i++) fb_free((*names)[i]);
+        fb_free(*names);
+        *names = NULL;
+        *count = 0;
+        return st;
+    }
+    if (*count) qsort(*names, (size_t)*count, sizeof **names, cmp_str);
+    return FB_OK;
+}
+
+static void free_names(char **names, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) fb_free(names[i]);
+    fb_free(names);
+}
+
+fb_status fb_image_folder_read(const char *dir, int64_t size, int64_t channels, fb_images *out)
+{
+    memset(out, 0, sizeof *out);
+    if (size <= 0 || size > 4096 || (channels != 1 && channels != 3))
+        return fb_set_error(FB_ERR_ARG, "%s: image size %lld and %lld channels are not supported",
+                            dir, (long long)size, (long long)channels);
+    char **classes;
+    int64_t K;
+    fb_status st = list_dir(dir, 1, &classes, &K);
+    if (st) return st;
+    if (K == 0) {
+        fb_free(classes);
+        return fb_set_error(FB_ERR_FORMAT, "%s: no class folders (expected DIR/<class>/<images>)", dir);
+    }
+    out->num_classes = K;
+    out->class_names = classes;
+    out->height = out->width = size;
+    out->channels = channels;
+    const size_t img = (size_t)(size * size * channels);
+    int64_t cap = 0;
+    char path[PATH_MAX];
+    for (int64_t k = 0; k < K && !st; k++) {
+        snprintf(path, sizeof path, "%s/%s", dir, classes[k]);
+        char **files;
+        int64_t nf;
+        if ((st = list_dir(path, 0, &files, &nf))) break;
+        for (int64_t i = 0; i < nf && !st; i++) {
+            snprintf(path, sizeof path, "%s/%s/%s", dir, classes[k], files[i]);
+            uint8_t *file;
+            size_t len;
+            if ((st = fb_read_file(path, 1u << 30, &file, &len))) break;
+            int64_t need = out->n + 1, lcap = cap;
+            if (fb_reserve(&out->labels, &lcap, need, sizeof *out->labels) ||
+                fb_reserve(&out->pixels, &cap, need, img))
+                st = FB_ERR_NOMEM;
+            if (!st) st = fb_image_decode(file, len, path, size, channels, out->pixels + out->n * img);
+            fb_free(file);
+            if (!st) out->labels[out->n++] = (int32_t)k;
+        }
+        free_names(files, nf);
+    }
+    if (!st && out->n == 0) st = fb_set_error(FB_ERR_FORMAT, "%s: the class folders hold no images", dir);
+    if (st) fb_images_free(out);
+    return st;
+}
+
+void fb_image_normalize(const uint8_t *src, int64_t size, int64_t channels, const float *mean,
+                        const float *std, float *dst)
+{
+    const int64_t hw = size * size;
+    for (int64_t c = 0; c < channels; c++) {
+        const float m = mean[c], s = 1.0f / std[c];
+        for (int64_t i = 0; i < hw; i++)
+            dst[c * hw + i] = ((float)src[i * channels + c] / 255.0f - m) * s;
+    }
+}

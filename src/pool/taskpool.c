@@ -1,0 +1,274 @@
+/*
+ * taskpool.c: evaluation of a model on the tasks of a taskpool (see taskpool.h).
+ *
+ * Accuracy and loss are sums over fixed batches in example order, so the numbers do not
+ * depend on the thread count (the forward pass itself is thread-independent).
+ */
+#include "taskpool.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/model.h"
+#include "core/status.h"
+#include "io/writer.h"
+#include "nn/kernels.h"
+
+static const char *const pool_keys[] = {"_target_", "model_config", "heads", "logit_scale",
+                                        "batch_size", "split", "evaluate"};
+
+void fb_taskpool_free(fb_taskpool *tp)
+{
+    if (!tp) return;
+    fb_taskset_free(&tp->set);
+    fb_model_free(tp->heads);
+    fb_free(tp->model_config_path);
+    fb_free(tp->heads_path);
+    fb_free(tp);
+}
+
+static fb_status path_key(const fb_config *node, const char *key, char **out)
+{
+    *out = NULL;
+    const fb_config *n = fb_cfg_map_get(node, key);
+    if (fb_cfg_is_null(n))
+        return fb_set_error(FB_ERR_CONFIG, "%s: taskpool.%s is not set (the zoo's taskpool.yaml "
+                            "sets it; see docs/tasks.md)", fb_cfg_where(node), key);
+    char k[64];
+    snprintf(k, sizeof k, "taskpool.%s", key);
+    const char *rel;
+    fb_status st = fb_cfg_string(n, k, &rel);
+    if (st) return st;
+    char *dir = n->origin ? fb_path_dirname(n->origin) : NULL;
+    *out = fb_path_join(dir, rel);
+    fb_free(dir);
+    return *out ? FB_OK : FB_ERR_NOMEM;
+}
+
+int64_t fb_taskpool_features(const fb_taskpool *tp)
+{
+    return tp->clip.projection ? tp->clip.projection : tp->clip.hidden;
+}
+
+fb_status fb_taskpool_head(const fb_taskpool *tp, int task, float *dst)
+{
+    const fb_tensor *h = fb_model_find(tp->heads, tp->set.tasks[task].name);
+    if (!h) return fb_set_error(FB_ERR_NOT_FOUND, "%s: no head for task '%s'", tp->heads_path,
+                                tp->set.tasks[task].name);
+    return fb_tensor_to_f32(h, dst);
+}
+
+/* Checks that `evaluate` is a list of task names of the taskpool. */
+static fb_status select_tasks(const fb_config *ev, const fb_config *node)
+{
+    const fb_config *tasks = fb_cfg_map_get(node, "tasks");
+    if (fb_cfg_is_null(ev)) return FB_OK;
+    if (ev->kind != FB_CFG_SEQ || ev->count == 0)
+        return fb_set_error(FB_ERR_CONFIG, "%s: taskpool.evaluate must be a list of task names",
+                            fb_cfg_where(ev));
+    for (int i = 0; i < ev->count; i++) {
+        const char *s;
+        fb_status st = fb_cfg_string(ev->items[i], "taskpool.evaluate", &s);
+        if (st) return st;
+        int found = 0;
+        found = tasks && tasks->kind == FB_CFG_MAP && fb_cfg_map_get(tasks, s);
+        if (!found)
+            return fb_set_error(FB_ERR_CONFIG, "%s: taskpool.evaluate: no task named '%s'",
+                                fb_cfg_where(ev->items[i]), s);
+    }
+    return FB_OK;
+}
+
+fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out)
+{
+    *out = NULL;
+    if (!node || node->kind != FB_CFG_MAP)
+        return fb_set_error(FB_ERR_CONFIG, "%s: a taskpool must be a mapping", fb_cfg_where(node));
+    for (int i = 0; i < node->count; i++) {
+        size_t j = 0, n = sizeof pool_keys / sizeof *pool_keys;
+        while (j < n && strcmp(node->keys[i], pool_keys[j])) j++;
+        if (j == n && !fb_taskset_key(node->keys[i]))
+            return fb_set_error(FB_ERR_CONFIG, "%s: unknown taskpool key '%s' (see docs/tasks.md)",
+                                fb_cfg_where(node->items[i]), node->keys[i]);
+    }
+    fb_taskpool *tp = fb_calloc(1, sizeof *tp);
+    if (!tp) return FB_ERR_NOMEM;
+    tp->logit_scale = 100.0f;
+    tp->batch_size = 256;
+    tp->split = FB_SPLIT_TEST;
+    fb_status st = FB_OK;
+    const fb_config *n;
+    if (!fb_cfg_is_null(n = fb_cfg_map_get(node, "logit_scale"))) {
+        double v;
+        if (!(st = fb_cfg_double(n, "taskpool.logit_scale", &v)) && !(v > 0 && v < 1e6))
+            st = fb_set_error(FB_ERR_CONFIG, "%s: taskpool.logit_scale must be positive", fb_cfg_where(n));
+        tp->logit_scale = (float)v;
+    }
+    if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "batch_size"))) {
+        if (!(st = fb_cfg_int(n, "taskpool.batch_size", &tp->batch_size)) &&
+            (tp->batch_size < 1 || tp->batch_size > 65536))
+            st = fb_set_error(FB_ERR_CONFIG, "%s: taskpool.batch_size must be in [1, 65536]",
+                              fb_cfg_where(n));
+    }
+    if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "split"))) {
+        const char *s;
+        if (!(st = fb_cfg_string(n, "taskpool.split", &s))) {
+            tp->split = -1;
+            for (int i = 0; i < FB_NUM_SPLITS; i++)
+                if (!strcmp(s, fb_split_names[i])) tp->split = i;
+            if (tp->split < 0)
+                st = fb_set_error(FB_ERR_CONFIG, "%s: taskpool.split must be train, val or test",
+                                  fb_cfg_where(n));
+        }
+    }
+    /* the model description and heads first: cheap, and their errors come before data loads */
+    if (!st) st = path_key(node, "model_config", &tp->model_config_path);
+    if (!st) st = fb_clip_config_load(tp->model_config_path, &tp->clip);
+    if (!st) st = path_key(node, "heads", &tp->heads_path);
+    if (!st) st = fb_model_load(tp->heads_path, &tp->heads);
+    const fb_config *ev = fb_cfg_map_get(node, "evaluate");
+    if (!st) st = select_tasks(ev, node);
+    if (!st) st = fb_taskset_load(node, FB_SPLIT_BIT(tp->split), fb_cfg_is_null(ev) ? NULL : ev,
+                                  &tp->set);
+    if (!st && (tp->clip.image_size != tp->set.image_size || tp->clip.channels != tp->set.channels))
+        st = fb_set_error(FB_ERR_CONFIG, "%s: the model takes %lld x %lld images with %lld "
+                          "channels, the taskpool makes %lld x %lld with %lld",
+                          tp->model_config_path, (long long)tp->clip.image_size,
+                          (long long)tp->clip.image_size, (long long)tp->clip.channels,
+                          (long long)tp->set.image_size, (long long)tp->set.image_size,
+                          (long long)tp->set.channels);
+    const int64_t F = fb_taskpool_features(tp);
+    for (int i = 0; i < tp->set.num_tasks && !st; i++) {
+        const fb_task *t = &tp->set.tasks[i];
+        const fb_tensor *h = fb_model_find(tp->heads, t->name);
+        if (!h) {
+            st = fb_set_error(FB_ERR_NOT_FOUND, "%s: no head for task '%s'", tp->heads_path, t->name);
+        } else if (fb_tensor_ndim(h) != 2 || fb_tensor_shape(h)[0] != t->num_classes ||
+                   fb_tensor_shape(h)[1] != F || !fb_dtype_is_float(fb_tensor_dtype(h))) {
+            st = fb_set_error(FB_ERR_MISMATCH, "%s: head '%s' must be a float [%lld, %lld] tensor "
+                              "(classes, features)", tp->heads_path, t->name,
+                              (long long)t->num_classes, (long long)F);
+        }
+    }
+    if (st) {
+        fb_taskpool_free(tp);
+        return st;
+    }
+    *out = tp;
+    return FB_OK;
+}
+
+fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
+                               const fb_model *const *task_models, fb_task_result *results,
+                               fb_eval_progress progress, void *user)
+{
+    const int64_t B = tp->batch_size, F = fb_taskpool_features(tp);
+    const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
+    int64_t Kmax = 1;
+    for (int i = 0; i < tp->set.num_tasks; i++)
+        if (tp->set.tasks[i].num_classes > Kmax) Kmax = tp->set.tasks[i].num_classes;
+    fb_clip *net = NULL;
+    float *head = fb_malloc((size_t)(Kmax * F) * 4), *logits = fb_malloc((size_t)(B * Kmax) * 4);
+    float *probs = fb_malloc((size_t)(B * Kmax) * 4), *normed = fb_malloc((size_t)(B * F) * 4);
+    float *norms = fb_malloc((size_t)B * 4);
+    fb_status st = head && logits && probs && normed && norms ? FB_OK : FB_ERR_NOMEM;
+    if (!st) st = fb_clip_create(&tp->clip, B, &net);
+    const fb_model *loaded = NULL;
+    for (int i = 0; i < tp->set.num_tasks && !st; i++) {
+        const fb_task *t = &tp->set.tasks[i];
+        const fb_model *m = task_models && task_models[i] ? task_models[i] : model;
+        if (m != loaded && (st = fb_clip_set_params(net, m))) break;
+        loaded = m;
+        const int64_t n = t->n[tp->split], K = t->num_classes;
+        const float *x = t->x[tp->split];
+        const int32_t *y = t->y[tp->split];
+        if ((st = fb_taskpool_head(tp, i, head))) break;
+        int64_t correct = 0;
+        double loss = 0;
+        for (int64_t b0 = 0; b0 < n && !st; b0 += B) {
+            const int64_t b = n - b0 < B ? n - b0 : B;
+            const float *feat;
+            if ((st = fb_clip_forward(net, x + b0 * img, b, &feat))) break;
+            fb_head_forward(logits, normed, norms, feat, head, tp->logit_scale, b, F, K);
+            loss += (double)fb_cross_entropy_forward(probs, logits, y + b0, b, K) * (double)b;
+            for (int64_t j = 0; j < b; j++) {
+                int64_t best = 0;
+                for (int64_t k = 1; k < K; k++)
+                    if (logits[j * K + k] > logits[j * K + best]) best = k;
+                correct += best == y[b0 + j];
+            }
+            if (progress) progress(user, i, b0 + b, n);
+        }
+        results[i].task = t->name;
+        results[i].examples = n;
+        results[i].accuracy = n ? (double)correct / (double)n : 0.0;
+        results[i].loss = n ? loss / (double)n : 0.0;
+    }
+    fb_clip_free(net);
+    fb_free(head);
+    fb_free(logits);
+    fb_free(probs);
+    fb_free(normed);
+    fb_free(norms);
+    return st;
+}
+
+fb_status fb_task_model_from_extras(const fb_model *merged, const fb_model *base,
+                                    const fb_model *extras, const char *name, fb_model **out)
+{
+    *out = NULL;
+    char key[1024];
+    snprintf(key, sizeof key, "%s/__rescaler__", name);
+    float r = 1.0f;
+    const fb_tensor *rt = fb_model_find(extras, key);
+    if (rt && (fb_tensor_numel(rt) != 1 || fb_tensor_to_f32(rt, &r)))
+        return fb_set_error(FB_ERR_FORMAT, "per-task data: '%s' is not one number", key);
+    int any = rt != NULL;
+    fb_model *m;
+    fb_status st = fb_model_create(&m);
+    float *b = NULL;
+    uint8_t *mask = NULL;
+    for (int64_t i = 0; i < fb_model_num_tensors(merged) && !st; i++) {
+        const fb_tensor *t = fb_model_tensor(merged, i);
+        const char *tn = fb_tensor_name(t);
+        snprintf(key, sizeof key, "%s/%s", name, tn);
+        const fb_tensor *mt = fb_model_find(extras, key), *bt = fb_model_find(base, tn);
+        const int64_t n = fb_tensor_numel(t);
+        fb_tensor *o;
+        if ((st = fb_model_add_tensor(m, tn, FB_F32, fb_tensor_ndim(t), fb_tensor_shape(t), NULL, &o)))
+            break;
+        float *dst = fb_tensor_mutable_data(o);
+        if ((st = fb_tensor_to_f32(t, dst))) break;
+        if (!mt && !rt) continue; /* unmasked: as merged */
+        any = 1;
+        if (!bt || fb_tensor_numel(bt) != n || (mt && fb_tensor_numel(mt) != n)) {
+            st = fb_set_error(FB_ERR_MISMATCH, "per-task data for '%s': tensor '%s' does not match",
+                              name, tn);
+            break;
+        }
+        fb_free(b);
+        fb_free(mask);
+        b = fb_malloc((size_t)n * sizeof *b);
+        mask = mt ? fb_malloc((size_t)n) : NULL;
+        if (!b || (mt && !mask)) {
+            st = FB_ERR_NOMEM;
+            break;
+        }
+        if ((st = fb_tensor_to_f32(bt, b))) break;
+        if (mt && (st = fb_tensor_read(mt, 0, (size_t)n, mask))) break;
+        for (int64_t j = 0; j < n; j++) {
+            float d = mask && !mask[j] ? 0.0f : dst[j] - b[j];
+            dst[j] = b[j] + r * d;
+        }
+    }
+    fb_free(b);
+    fb_free(mask);
+    if (st || !any) {
+        fb_model_free(m);
+        return st;
+    }
+    *out = m;
+    return FB_OK;
+}

@@ -1,0 +1,415 @@
+/*
+ * test_data.c: the dataset readers against values read independently (Python's gzip and csv
+ * on the same Debian files), CLIP-style preprocessing, task splits, evaluation through the
+ * taskpool, and the zoo on a tiny configuration.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "core/alloc.h"
+#include "harness.h"
+#include "io/dataset.h"
+#include "nn/clip_vit.h"
+#include "nn/kernels.h"
+#include "pool/taskpool.h"
+#include "pool/tasks.h"
+
+#include <stb_image_write.h>
+
+#define FMNIST "/usr/share/datasets/fashion-mnist"
+#define DIGITS "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz"
+
+static int have(const char *path)
+{
+    if (access(path, R_OK) == 0) return 1;
+    /* make test installs these packages; without them the test cannot say anything */
+    fb_test_fail(__FILE__, __LINE__, "%s is missing (make test-deps installs it)", path);
+    return 0;
+}
+
+TEST(idx_reads_fashion_mnist_test_set)
+{
+    if (!have(FMNIST)) return;
+    fb_images d;
+    REQUIRE_OK(fb_idx_read(FMNIST "/t10k-images-idx3-ubyte.gz", FMNIST "/t10k-labels-idx1-ubyte.gz", &d));
+    EXPECT(d.n == 10000 && d.height == 28 && d.width == 28 && d.channels == 1);
+    EXPECT(d.num_classes == 10);
+    /* Python: gzip.open(...).read()[16:][:784] sums to 33456; row 14 as below */
+    int64_t sum = 0;
+    for (int i = 0; i < 784; i++) sum += d.pixels[i];
+    EXPECT(sum == 33456);
+    const uint8_t row14[28] = {0, 0, 0, 0, 0, 0, 2, 4, 1, 0, 0, 0, 98, 136, 110, 109, 110, 162,
+                               135, 144, 149, 159, 167, 144, 158, 169, 119, 0};
+    EXPECT(!memcmp(d.pixels + 14 * 28, row14, 28));
+    const int32_t first[10] = {9, 2, 1, 1, 6, 1, 4, 6, 5, 7};
+    EXPECT(!memcmp(d.labels, first, sizeof first));
+    int64_t counts[10] = {0};
+    for (int64_t i = 0; i < d.n; i++) counts[d.labels[i]]++;
+    for (int k = 0; k < 10; k++) EXPECT(counts[k] == 1000);
+    fb_images_free(&d);
+}
+
+TEST(digits_csv_reads_scikit_learn_digits)
+{
+    if (!have(DIGITS)) return;
+    fb_images d;
+    REQUIRE_OK(fb_digits_read(DIGITS, &d));
+    EXPECT(d.n == 1797 && d.height == 8 && d.width == 8 && d.channels == 1);
+    const int64_t want[10] = {178, 182, 177, 183, 181, 182, 181, 179, 174, 180};
+    int64_t counts[10] = {0};
+    for (int64_t i = 0; i < d.n; i++) counts[d.labels[i]]++;
+    for (int k = 0; k < 10; k++) EXPECT(counts[k] == want[k]);
+    /* first row: 0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0 (x 255/16, rounded) */
+    const double row0[16] = {0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0};
+    for (int i = 0; i < 16; i++) EXPECT(d.pixels[i] == (uint8_t)floor(row0[i] * 255.0 / 16.0 + 0.5));
+    fb_images_free(&d);
+}
+
+static void write_png(const char *path, int w, int h, int c, const uint8_t *px)
+{
+    if (!stbi_write_png(path, w, h, c, px, w * c)) fb_test_fail(__FILE__, __LINE__, "cannot write %s", path);
+}
+
+TEST(image_folder_reads_classes_in_name_order_and_crops_the_centre)
+{
+    const char *root = fb_test_path("images");
+    mkdir(root, 0755);
+    char p[4096];
+    snprintf(p, sizeof p, "%s/cat", root);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/bird", root);
+    mkdir(p, 0755);
+    /* bird/a.png: 4 wide x 2 high, left half black, right half white; grey RGB */
+    uint8_t wide[2 * 4 * 3];
+    for (int y = 0; y < 2; y++)
+        for (int x = 0; x < 4; x++) memset(wide + (y * 4 + x) * 3, x < 2 ? 0 : 255, 3);
+    snprintf(p, sizeof p, "%s/bird/a.png", root);
+    write_png(p, 4, 2, 3, wide);
+    uint8_t red[2 * 2 * 3];
+    for (int i = 0; i < 4; i++) red[3 * i] = 200, red[3 * i + 1] = 10, red[3 * i + 2] = 20;
+    snprintf(p, sizeof p, "%s/cat/b.png", root);
+    write_png(p, 2, 2, 3, red);
+    snprintf(p, sizeof p, "%s/cat/c.png", root);
+    write_png(p, 2, 2, 3, red);
+    snprintf(p, sizeof p, "%s/cat/notes.txt.png", root); /* not an image: an error naming it */
+    FILE *f = fopen(p, "w");
+    fputs("hello", f);
+    fclose(f);
+    fb_images d;
+    EXPECT_ERROR(fb_image_folder_read(root, 2, 3, &d), FB_ERR_FORMAT, "notes.txt.png");
+    unlink(p);
+    REQUIRE_OK(fb_image_folder_read(root, 2, 3, &d));
+    EXPECT(d.n == 3 && d.num_classes == 2);
+    EXPECT(!strcmp(d.class_names[0], "bird") && !strcmp(d.class_names[1], "cat"));
+    EXPECT(d.labels[0] == 0 && d.labels[1] == 1 && d.labels[2] == 1);
+    /* 4x2 -> shorter side 2 (no resize), centre 2x2 crop: columns 1 and 2, black then white */
+    EXPECT(d.pixels[0] == 0 && d.pixels[3] == 255 && d.pixels[6] == 0 && d.pixels[9] == 255);
+    EXPECT(d.pixels[12] == 200 && d.pixels[13] == 10 && d.pixels[14] == 20);
+    fb_images_free(&d);
+    /* grey: one channel */
+    REQUIRE_OK(fb_image_folder_read(root, 2, 1, &d));
+    EXPECT(d.channels == 1 && d.pixels[0] == 0 && d.pixels[1] == 255);
+    fb_images_free(&d);
+}
+
+TEST(normalisation_is_clips)
+{
+    const uint8_t px[2 * 2 * 3] = {0, 255, 51, 0, 255, 51, 0, 255, 51, 255, 0, 102};
+    const float mean[3] = {0.5f, 0.25f, 0.0f}, std[3] = {0.5f, 0.25f, 2.0f};
+    float out[12];
+    fb_image_normalize(px, 2, 3, mean, std, out);
+    EXPECT(fabsf(out[0] + 1.0f) < 1e-6f && fabsf(out[3] - 1.0f) < 1e-6f); /* channel 0, CHW */
+    EXPECT(fabsf(out[4] - 3.0f) < 1e-6f && fabsf(out[7] + 1.0f) < 1e-6f); /* channel 1 */
+    EXPECT(fabsf(out[8] - 0.1f) < 1e-6f && fabsf(out[11] - 0.2f) < 1e-6f); /* channel 2 */
+}
+
+/* ------------------------------------------------------------- synthetic tasks -- */
+
+/* IDX files of n 4x4 images whose first two pixels spell the example's index, label i % 5. */
+static void write_idx(const char *images, const char *labels, int n, int offset)
+{
+    FILE *f = fopen(images, "wb");
+    const uint8_t h[16] = {0, 0, 8, 3, 0, 0, (uint8_t)(n >> 8), (uint8_t)n, 0, 0, 0, 4, 0, 0, 0, 4};
+    fwrite(h, 1, 16, f);
+    for (int i = 0; i < n; i++) {
+        uint8_t px[16] = {(uint8_t)((i + offset) >> 8), (uint8_t)(i + offset)};
+        for (int j = 2; j < 16; j++) px[j] = (uint8_t)(j * 13 + i);
+        fwrite(px, 1, 16, f);
+    }
+    fclose(f);
+    f = fopen(labels, "wb");
+    const uint8_t hl[8] = {0, 0, 8, 1, 0, 0, (uint8_t)(n >> 8), (uint8_t)n};
+    fwrite(hl, 1, 8, f);
+    for (int i = 0; i < n; i++) fputc(i % 5, f);
+    fclose(f);
+}
+
+static fb_config *synthetic_taskpool(const char *extra)
+{
+    write_idx(fb_test_path("tr-img"), fb_test_path("tr-lab"), 600, 0);
+    write_idx(fb_test_path("te-img"), fb_test_path("te-lab"), 200, 1000);
+    char yaml[8192];
+    snprintf(yaml, sizeof yaml,
+             "image_size: 4\nchannels: 1\nmean: [0]\nstd: [1]\nseed: 3\n"
+             "sources:\n  toy:\n    type: idx\n    train_images: %s\n    train_labels: %s\n"
+             "    test_images: %s\n    test_labels: %s\n"
+             "tasks:\n  all:\n    source: toy\n    train: 300\n    val: 50\n    test: 100\n"
+             "  pairs:\n    source: toy\n    classes: {low: [0, 1], high: [3, 4]}\n"
+             "    transform: [rot90, invert]\n    train: 200\n    val: 40\n    test: 60\n%s",
+             fb_test_path("tr-img"), fb_test_path("tr-lab"), fb_test_path("te-img"),
+             fb_test_path("te-lab"), extra);
+    fb_config *c = NULL;
+    if (fb_config_parse(yaml, &c)) fb_test_fail(__FILE__, __LINE__, "%s", fb_last_error());
+    return c;
+}
+
+/* The example index a normalised image came from (pixels 0 and 1, undoing invert). */
+static int example_of(const float *x, int inverted)
+{
+    float a = x[0] * 255.0f, b = x[1] * 255.0f;
+    if (inverted) a = 255.0f - a, b = 255.0f - b;
+    return (int)lroundf(a) * 256 + (int)lroundf(b);
+}
+
+TEST(task_splits_never_share_an_example)
+{
+    fb_config *c = synthetic_taskpool("");
+    REQUIRE(c);
+    fb_taskset ts;
+    REQUIRE_OK(fb_taskset_load(c, 7, NULL, &ts));
+    REQUIRE(ts.num_tasks == 2);
+    const fb_task *t = &ts.tasks[0];
+    EXPECT(t->n[0] == 300 && t->n[1] == 50 && t->n[2] == 100 && t->num_classes == 5);
+    static unsigned char seen[2000];
+    memset(seen, 0, sizeof seen);
+    for (int s = 0; s < 3; s++)
+        for (int64_t i = 0; i < t->n[s]; i++) {
+            int e = example_of(t->x[s] + i * 16, 0);
+            EXPECT(e >= 0 && e < 2000 && !seen[e]);
+            if (e >= 0 && e < 2000) seen[e] = 1;
+            EXPECT((s == 2) == (e >= 1000)); /* the test split comes from the test files */
+            EXPECT(t->y[s][i] == (e % 1000) % 5);
+        }
+    /* the grouped, transformed task: classes 0,1 -> 0 and 3,4 -> 1; rot90 moves pixel (0,0)
+     * to (3,0), pixel (0,1) to (2,0): recover the index from there */
+    const fb_task *p = &ts.tasks[1];
+    EXPECT(p->num_classes == 2 && !strcmp(p->class_names[0], "low"));
+    memset(seen, 0, sizeof seen);
+    for (int s = 0; s < 3; s++)
+        for (int64_t i = 0; i < p->n[s]; i++) {
+            const float *x = p->x[s] + i * 16;
+            float moved[2] = {x[12], x[8]};
+            int e = example_of(moved, 1);
+            EXPECT(e >= 0 && e < 2000 && !seen[e]);
+            if (e >= 0 && e < 2000) seen[e] = 1;
+            int label = (e % 1000) % 5;
+            EXPECT(label != 2 && p->y[s][i] == (label >= 3));
+        }
+    fb_taskset_free(&ts);
+    fb_config_free(c);
+}
+
+TEST(task_definitions_are_checked)
+{
+    const char *bad[][2] = {
+        {"  oops:\n    source: nowhere\n", "no source named 'nowhere'"},
+        {"  oops:\n    source: toy\n    classes: [0, 9]\n", "class 9 is not in source toy"},
+        {"  oops:\n    source: toy\n    classes: [1, 1]\n", "listed twice"},
+        {"  oops:\n    source: toy\n    transform: [twirl]\n", "unknown transform 'twirl'"},
+        {"  oops:\n    source: toy\n    train: 100000\n", "asks for 100000 train"},
+        {"  oops:\n    source: toy\n    colour: red\n", "unknown key 'colour'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        fb_config *c = synthetic_taskpool(bad[i][0]);
+        REQUIRE(c);
+        fb_taskset ts;
+        EXPECT_ERROR(fb_taskset_load(c, 7, NULL, &ts), FB_ERR_CONFIG, bad[i][1]);
+        fb_config_free(c);
+    }
+    /* a missing data file names the Debian package */
+    const char *yaml = "sources:\n  s:\n    type: idx\n    train_images: /nonexistent/a.gz\n"
+                       "    train_labels: /nonexistent/b.gz\n    package: dataset-fashion-mnist\n"
+                       "tasks:\n  t:\n    source: s\n";
+    fb_config *c;
+    REQUIRE_OK(fb_config_parse(yaml, &c));
+    fb_taskset ts;
+    EXPECT_ERROR(fb_taskset_load(c, 7, NULL, &ts), FB_ERR_IO, "apt-get install dataset-fashion-mnist");
+    fb_config_free(c);
+}
+
+/* A tiny CLIP config.json for 4x4 one-channel images. */
+static void write_tiny_config(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    fputs("{\"hidden_size\": 8, \"intermediate_size\": 16, \"num_attention_heads\": 2, "
+          "\"num_hidden_layers\": 1, \"image_size\": 4, \"patch_size\": 2, \"num_channels\": 1, "
+          "\"projection_dim\": 6}\n", f);
+    fclose(f);
+}
+
+TEST(taskpool_accuracy_and_loss_match_a_direct_count)
+{
+    fb_clip_config cfg = {8, 16, 2, 1, 4, 2, 1, 6, 1, 1e-5f};
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 64, &net));
+    float *p = fb_clip_params(net);
+    for (int64_t i = 0; i < fb_clip_num_params(net); i++) p[i] = sinf((float)i * 0.7f) * 0.5f;
+    fb_model *weights;
+    REQUIRE_OK(fb_clip_to_model(net, &weights));
+    write_tiny_config(fb_test_path("config.json"));
+    /* heads: task "all" 5 x 6, task "pairs" 2 x 6 */
+    fb_model *heads;
+    REQUIRE_OK(fb_model_create(&heads));
+    float h5[30], h2[12];
+    for (int i = 0; i < 30; i++) h5[i] = cosf((float)i);
+    for (int i = 0; i < 12; i++) h2[i] = sinf((float)i * 1.3f);
+    int64_t s5[2] = {5, 6}, s2[2] = {2, 6};
+    REQUIRE_OK(fb_model_add_tensor(heads, "all", FB_F32, 2, s5, h5, NULL));
+    REQUIRE_OK(fb_model_add_tensor(heads, "pairs", FB_F32, 2, s2, h2, NULL));
+    REQUIRE_OK(fb_model_save(heads, fb_test_path("heads.safetensors"), NULL));
+    char extra[8192];
+    snprintf(extra, sizeof extra, "model_config: %s\nheads: %s\nlogit_scale: 10\nbatch_size: 7\n",
+             fb_test_path("config.json"), fb_test_path("heads.safetensors"));
+    fb_config *c = synthetic_taskpool("");
+    REQUIRE(c);
+    fb_config *more;
+    REQUIRE_OK(fb_config_parse(extra, &more));
+    for (int i = 0; i < more->count; i++) {
+        fb_config *v;
+        REQUIRE_OK(fb_cfg_copy(more->items[i], &v));
+        REQUIRE_OK(fb_cfg_map_set(c, more->keys[i], v));
+    }
+    fb_taskpool *tp;
+    REQUIRE_OK(fb_taskpool_open(c, &tp));
+    REQUIRE(tp->set.num_tasks == 2);
+    fb_task_result r[2];
+    REQUIRE_OK(fb_taskpool_evaluate(tp, weights, NULL, r, NULL, NULL));
+    /* the same by hand, one example at a time, in double */
+    for (int t = 0; t < 2; t++) {
+        const fb_task *task = &tp->set.tasks[t];
+        const float *W = t == 0 ? h5 : h2;
+        const int K = t == 0 ? 5 : 2;
+        int64_t correct = 0;
+        double loss = 0;
+        for (int64_t i = 0; i < task->n[FB_SPLIT_TEST]; i++) {
+            const float *feat;
+            REQUIRE_OK(fb_clip_forward(net, task->x[FB_SPLIT_TEST] + i * 16, 1, &feat));
+            double nf = 0, logits[5], mx = -1e30, z = 0;
+            for (int j = 0; j < 6; j++) nf += (double)feat[j] * feat[j];
+            int best = 0;
+            for (int k = 0; k < K; k++) {
+                double d = 0;
+                for (int j = 0; j < 6; j++) d += (double)feat[j] * W[k * 6 + j];
+                logits[k] = 10.0 * d / sqrt(nf);
+                if (logits[k] > logits[best]) best = k;
+                if (logits[k] > mx) mx = logits[k];
+            }
+            for (int k = 0; k < K; k++) z += exp(logits[k] - mx);
+            loss += -(logits[task->y[FB_SPLIT_TEST][i]] - mx - log(z));
+            correct += best == task->y[FB_SPLIT_TEST][i];
+        }
+        const double n = (double)task->n[FB_SPLIT_TEST];
+        EXPECT(r[t].examples == task->n[FB_SPLIT_TEST]);
+        EXPECT(fabs(r[t].accuracy - (double)correct / n) < 1e-12);
+        EXPECT(fabs(r[t].loss - loss / n) < 1e-4 * (1 + loss / n));
+        EXPECT(r[t].accuracy > 0.0 && r[t].accuracy < 1.0); /* a real mix of right and wrong */
+    }
+    /* a head of the wrong shape is refused before any work */
+    fb_taskpool_free(tp);
+    REQUIRE_OK(fb_cfg_override(c, "heads", fb_test_path("config.json")));
+    EXPECT(fb_taskpool_open(c, &tp) != FB_OK);
+    fb_config_free(more);
+    fb_config_free(c);
+    fb_model_free(heads);
+    fb_model_free(weights);
+    fb_clip_free(net);
+}
+
+static int run_cli(char **out, const char *const *args)
+{
+    const char *argv[24] = {fb_test_cli};
+    int n = 1;
+    for (; args[n - 1] && n < 23; n++) argv[n] = args[n - 1];
+    argv[n] = NULL;
+    char *err = NULL;
+    int rc = fb_test_run(argv, out, &err);
+    if (rc != 0) fb_test_fail(__FILE__, __LINE__, "fusion_bench exited %d: %s", rc, err ? err : "");
+    free(err);
+    return rc;
+}
+
+static int same_file(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *x = fb_test_read_file(a, &na), *y = fb_test_read_file(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
+TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
+{
+    fb_config *c = synthetic_taskpool("");
+    REQUIRE(c);
+    char *y = fb_cfg_to_yaml(c);
+    fb_config_free(c);
+    REQUIRE(y);
+    fb_test_write_file(fb_test_path("tasks.yaml"), y, strlen(y));
+    free(y);
+    char zoo[8192];
+    snprintf(zoo, sizeof zoo,
+             "taskpool: %s\noutput_dir: %s\nseed: 5\n"
+             "model: {hidden_size: 8, intermediate_size: 16, num_attention_heads: 2,\n"
+             "        num_hidden_layers: 1, patch_size: 2, projection_dim: 6}\n"
+             "pretrain: {tasks: [all], steps: 20, batch_size: 16, examples_per_task: 200,\n"
+             "           lr: 0.003, weight_decay: 0.0}\n"
+             "head: {examples: 200, steps: 5, lr: 0.01}\n"
+             "finetune: {optimizer: adamw, momentum: 0.9, steps: 15, batch_size: 16, lr: 0.003,\n"
+             "           weight_decay: 0.0}\n",
+             fb_test_path("tasks.yaml"), fb_test_path("zoo1"));
+    fb_test_write_file(fb_test_path("zoo.yaml"), zoo, strlen(zoo));
+    char zarg[4200], out2[4200];
+    snprintf(zarg, sizeof zarg, "zoo=%s", fb_test_path("zoo.yaml"));
+    snprintf(out2, sizeof out2, "output_dir=%s", fb_test_path("zoo2"));
+    char *out = NULL;
+    REQUIRE(run_cli(&out, (const char *[]){"--threads", "1", "zoo", zarg, NULL}) == 0);
+    EXPECT(out && strstr(out, "done"));
+    free(out);
+    REQUIRE(run_cli(NULL, (const char *[]){"--threads", "2", "zoo", zarg, out2, NULL}) == 0);
+    const char *files[] = {"_pretrained_.safetensors", "all.safetensors", "pairs.safetensors",
+                           "heads.safetensors", "config.json", "modelpool.yaml"};
+    char a[4200], b[4200];
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(a, sizeof a, "%s/%s", fb_test_path("zoo1"), files[i]);
+        snprintf(b, sizeof b, "%s/%s", fb_test_path("zoo2"), files[i]);
+        if (!same_file(a, b)) fb_test_fail(__FILE__, __LINE__, "%s differs for 1 and 2 threads", files[i]);
+    }
+    /* fine-tuning moved the weights */
+    snprintf(a, sizeof a, "%s/_pretrained_.safetensors", fb_test_path("zoo1"));
+    snprintf(b, sizeof b, "%s/all.safetensors", fb_test_path("zoo1"));
+    EXPECT(!same_file(a, b));
+    /* a second run reuses it; a changed input rebuilds */
+    REQUIRE(run_cli(&out, (const char *[]){"zoo", zarg, NULL}) == 0);
+    EXPECT(out && strstr(out, "up to date"));
+    free(out);
+    /* the merged pool is evaluated on every task */
+    char mp[4200], tp[4200], rp[4200];
+    snprintf(mp, sizeof mp, "modelpool=%s/modelpool.yaml", fb_test_path("zoo1"));
+    snprintf(tp, sizeof tp, "taskpool=%s/taskpool.yaml", fb_test_path("zoo1"));
+    snprintf(rp, sizeof rp, "report_save_path=%s", fb_test_path("report.json"));
+    REQUIRE(run_cli(&out, (const char *[]){"method=task_arithmetic", mp, tp, rp, NULL}) == 0);
+    EXPECT(out && strstr(out, "pairs") && strstr(out, "average"));
+    free(out);
+    char *rep = fb_test_read_file(fb_test_path("report.json"), NULL);
+    EXPECT(rep && strstr(rep, "\"taskpool\"") && strstr(rep, "\"accuracy\""));
+    free(rep);
+    /* method=dummy with a model name evaluates that model as it is */
+    REQUIRE(run_cli(&out, (const char *[]){"method=dummy", "method.model_name=pairs", mp, tp,
+                                          "taskpool.evaluate=[pairs]", NULL}) == 0);
+    EXPECT(out && strstr(out, "pairs") && !strstr(out, "  all "));
+    free(out);
+}
