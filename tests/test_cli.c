@@ -251,3 +251,14 @@ TEST(cli_bad_input_gives_one_line_error_and_no_output)
     snprintf(cmd, sizeof cmd, "ls -A '%s' | grep -q tmp-", fb_test_tmp());
     EXPECT(system(cmd) != 0);
 }
+
+TEST(cli_without_method_uses_the_default_method)
+{
+    /* the default comes from fusion_bench.yaml's defaults list (simple_average) */
+    const char *args[] = {pool_yaml("f32"), NULL};
+    char *out = NULL, *err = NULL;
+    EXPECT(cli(&out, &err, args) == 0);
+    EXPECT(out && strstr(out, "simple_average merged 3 models"));
+    free(out);
+    free(err);
+}

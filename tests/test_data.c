@@ -413,3 +413,33 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     EXPECT(out && strstr(out, "pairs") && !strstr(out, "  all "));
     free(out);
 }
+
+TEST(per_task_models_are_rebuilt_from_masks_and_rescalers)
+{
+    /* merged = base + tau_uni; task a: mask [1,0,1,1], rescaler 0.5; task b: no data */
+    fb_model *base, *merged, *extras;
+    REQUIRE_OK(fb_model_create(&base));
+    REQUIRE_OK(fb_model_create(&merged));
+    REQUIRE_OK(fb_model_create(&extras));
+    const float b[4] = {1, 2, 3, 4}, m[4] = {3, 0, 5, 2};
+    const uint8_t mask[4] = {1, 0, 1, 1};
+    const float r = 0.5f;
+    int64_t shape[1] = {4}, one[1] = {1};
+    REQUIRE_OK(fb_model_add_tensor(base, "w", FB_F32, 1, shape, b, NULL));
+    REQUIRE_OK(fb_model_add_tensor(merged, "w", FB_F32, 1, shape, m, NULL));
+    REQUIRE_OK(fb_model_add_tensor(extras, "a/w", FB_BOOL, 1, shape, mask, NULL));
+    REQUIRE_OK(fb_model_add_tensor(extras, "a/__rescaler__", FB_F32, 1, one, &r, NULL));
+    fb_model *ta = NULL, *tb = NULL;
+    REQUIRE_OK(fb_task_model_from_extras(merged, base, extras, "a", &ta));
+    REQUIRE_OK(fb_task_model_from_extras(merged, base, extras, "b", &tb));
+    EXPECT(tb == NULL); /* nothing for b: the merged model is used */
+    REQUIRE(ta);
+    float got[4];
+    REQUIRE_OK(fb_tensor_to_f32(fb_model_find(ta, "w"), got));
+    const float want[4] = {1 + 0.5f * 2, 2, 3 + 0.5f * 2, 4 + 0.5f * -2};
+    for (int i = 0; i < 4; i++) EXPECT(got[i] == want[i]);
+    fb_model_free(ta);
+    fb_model_free(base);
+    fb_model_free(merged);
+    fb_model_free(extras);
+}

@@ -310,7 +310,8 @@ static fb_status pretrain(const zoo_opts *z, fb_clip *net, const fb_taskset *ts)
         fb_train_options o = {.steps = z->pre_steps, .batch = z->pre_batch, .adamw = 1,
                               .lr = (float)z->pre_lr, .weight_decay = (float)z->pre_wd,
                               .head_scale = (float)z->logit_scale, .train_backbone = 1,
-                              .train_head = 1, .seed = (uint64_t)z->seed, .on_step = on_step,
+                              .train_head = 1, .cosine = 1, .warmup = z->pre_steps / 20,
+                              .seed = (uint64_t)z->seed, .on_step = on_step,
                               .user = &sc};
         float loss;
         if (z->pre_steps > 0) st = fb_clip_train(net, head, K, x, y, n, &o, &loss);
@@ -542,7 +543,8 @@ static fb_status build(zoo_opts *z, uint64_t fp)
                               .lr = (float)z->ft_lr, .weight_decay = (float)z->ft_wd,
                               .momentum = (float)z->ft_momentum,
                               .head_scale = (float)z->logit_scale, .train_backbone = 1,
-                              .train_head = 0, .seed = fb_rng_key((uint64_t)z->seed, t->name, 3),
+                              .train_head = 0, .cosine = 1, .warmup = z->ft_steps / 20,
+                              .seed = fb_rng_key((uint64_t)z->seed, t->name, 3),
                               .on_step = on_step, .user = &sc};
         float loss;
         if (z->ft_steps > 0 &&

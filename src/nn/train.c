@@ -3,6 +3,7 @@
  */
 #include "train.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -50,6 +51,13 @@ fb_status fb_clip_train(fb_clip *net, float *head, int64_t K, const float *image
     }
     uint64_t key = fb_rng_key(o->seed, "fb_clip_train", 0);
     for (int64_t step = 0; step < o->steps && !st; step++) {
+        float lr = o->lr; /* the schedule, as torch's LinearLR warmup + CosineAnnealingLR */
+        if (step < o->warmup) lr = o->lr * (float)(step + 1) / (float)o->warmup;
+        else if (o->cosine)
+            lr = (float)(0.5 * o->lr *
+                         (1.0 + cos(M_PI * (double)(step - o->warmup) /
+                                    (double)(o->steps - o->warmup))));
+        adam[0].lr = adam[1].lr = sgd[0].lr = sgd[1].lr = lr;
         for (int64_t b = 0; b < B; b++) { /* example = a function of (seed, step, slot) */
             uint64_t r = fb_mix64(key + (uint64_t)(step * B + b) * 0x9E3779B97F4A7C15ull);
             int64_t i = (int64_t)(r % (uint64_t)n);

@@ -16,6 +16,8 @@ typedef struct fb_train_options {
     float head_scale;     /* logit scale of the cosine head */
     int train_backbone;   /* 0: the backbone is frozen */
     int train_head;       /* 0: the head is frozen */
+    int cosine;           /* 1: lr follows a cosine from lr to 0 over the steps, after warmup */
+    int64_t warmup;       /* steps of linear warmup from lr / warmup (0: none) */
     uint64_t seed;
     /* called after each step with the step's loss; may be NULL */
     void (*on_step)(void *user, int64_t step, float loss);

@@ -163,7 +163,7 @@ static fb_status source_load(const fb_config *src, const char *sname, int64_t si
     const fb_config *t = fb_cfg_map_get(src, "type");
     if (!t) return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs a type", fb_cfg_where(src), sname);
     if ((st = fb_cfg_string(t, where, &type))) return st;
-    int has_train, has_test, has_all;
+    int has_train = 0, has_test = 0, has_all = 0;
     st = load_images(src, sname, type, "train_images", "train_labels", "train", size, channels,
                      &out->train, &has_train);
     if (!st) st = load_images(src, sname, type, "test_images", "test_labels", "test", size,
