@@ -196,7 +196,7 @@ static fb_status load_any(const char *path, fb_model **m)
         if (!st) fb_images_free(&d);
         return st;
     }
-    if (ends_with(path, ".png") || ends_with(path, ".jpg")) {
+    if (ends_with(path, ".png") || ends_with(path, ".jpg") || ends_with(path, ".bmp")) {
         uint8_t *file, out[3 * 28 * 28];
         size_t len;
         fb_status st = fb_read_file(path, 1u << 30, &file, &len);

@@ -20,6 +20,15 @@
 #include "core/alloc.h"
 #include "core/status.h"
 
+/* The image decoder's allocations, capped: a small file that claims a huge image, or
+ * compressed data that inflates without end, fails with "outofmem" instead of taking the
+ * machine's memory. */
+static void *image_alloc(size_t n) { return n > FB_IMAGE_MAX_ALLOC ? NULL : fb_malloc(n); }
+static void *image_realloc(void *p, size_t n)
+{
+    return n > FB_IMAGE_MAX_ALLOC ? NULL : fb_realloc(p, n);
+}
+
 /* stb_image compiled here, static, for the formats image folders hold (PNG, JPEG, BMP) and
  * through the library's allocator: a smaller surface for hostile files than every format
  * Debian's libstb decodes, and allocation failures that tests can inject. */
@@ -31,8 +40,8 @@
 #define STBI_NO_STDIO
 #define STBI_NO_LINEAR
 #define STBI_NO_HDR
-#define STBI_MALLOC(n) fb_malloc(n)
-#define STBI_REALLOC(p, n) fb_realloc(p, n)
+#define STBI_MALLOC(n) image_alloc(n)
+#define STBI_REALLOC(p, n) image_realloc(p, n)
 #define STBI_FREE(p) fb_free(p)
 #pragma GCC diagnostic ignored "-Wunused-function" /* reported at the end of the file */
 #pragma GCC diagnostic push
@@ -446,10 +455,27 @@ fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width
     return FB_OK;
 }
 
+/* stb_image forms a pointer from NULL (undefined behaviour) when a PNG's first IDAT chunk is
+ * empty: such files are refused before decoding (a valid but pointless PNG construction). */
+static int png_has_empty_idat(const uint8_t *f, size_t len)
+{
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (len < 8 || memcmp(f, sig, 8)) return 0;
+    for (size_t at = 8; len - at >= 12;) {
+        uint32_t n = (uint32_t)f[at] << 24 | (uint32_t)f[at + 1] << 16 | (uint32_t)f[at + 2] << 8 | f[at + 3];
+        if (!memcmp(f + at + 4, "IDAT", 4) && n == 0) return 1;
+        if (!memcmp(f + at + 4, "IEND", 4) || n > len - at - 12) return 0;
+        at += 12 + (size_t)n;
+    }
+    return 0;
+}
+
 fb_status fb_image_decode(const uint8_t *file, size_t len, const char *name, int64_t size,
                           int64_t channels, uint8_t *out)
 {
     if (len > INT_MAX) return fb_set_error(FB_ERR_FORMAT, "%s: image file is too large", name);
+    if (png_has_empty_idat(file, len))
+        return fb_set_error(FB_ERR_FORMAT, "%s: PNG with an empty IDAT chunk (not supported)", name);
     int w, h, c;
     if (!stbi_info_from_memory(file, (int)len, &w, &h, &c))
         return fb_set_error(FB_ERR_FORMAT, "%s: not a readable image (%s)", name,
@@ -459,9 +485,11 @@ fb_status fb_image_decode(const uint8_t *file, size_t len, const char *name, int
         return fb_set_error(FB_ERR_FORMAT, "%s: a %d x %d image is larger than allowed", name, w, h);
     int ww, hh, cc;
     uint8_t *px = stbi_load_from_memory(file, (int)len, &ww, &hh, &cc, (int)channels);
-    if (!px)
-        return fb_set_error(FB_ERR_FORMAT, "%s: corrupt image (%s)", name,
-                            stbi_failure_reason() ? stbi_failure_reason() : "decode failed");
+    const char *why = stbi_failure_reason() ? stbi_failure_reason() : "decode failed";
+    if (!px && !strcmp(why, "outofmem"))
+        return fb_set_error(FB_ERR_FORMAT, "%s: decoding needs more than %llu MB (a corrupt or "
+                            "hostile image?)", name, (unsigned long long)(FB_IMAGE_MAX_ALLOC >> 20));
+    if (!px) return fb_set_error(FB_ERR_FORMAT, "%s: corrupt image (%s)", name, why);
     fb_status st = FB_OK;
     if (ww != w || hh != h)
         st = fb_set_error(FB_ERR_FORMAT, "%s: image size changed while decoding", name);

@@ -18,7 +18,8 @@
 /* Hostile-file limits: an IDX or image larger than this is refused before any allocation. */
 #define FB_DATASET_MAX_BYTES (1ll << 31)    /* decompressed IDX payload */
 #define FB_IMAGE_MAX_SIDE 16384
-#define FB_IMAGE_MAX_PIXELS (1ll << 26)
+#define FB_IMAGE_MAX_PIXELS (1ll << 24)   /* 16.7 megapixels */
+#define FB_IMAGE_MAX_ALLOC (1ull << 27)   /* any one allocation of the image decoder */
 
 typedef struct fb_images {
     int64_t n, height, width, channels;

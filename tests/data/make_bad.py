@@ -199,6 +199,15 @@ case("image_huge.png", png(20000, 20000, b""), "larger than allowed")
 case("image_truncated.png", png(4, 4, b"\0" * 20)[:40], "corrupt image")
 case("image_bad_pixels.png", png(4, 4, b"\x07" * 3), "corrupt image")
 case("image_jpeg_garbage.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 30, "image")
+# found by fuzz_image: a 2x2 PNG whose data made the decoder ask for 2 GB; a 70-byte BMP
+# that claims 10240 x 5122 pixels (took 14 s under ASan before the size limit was lowered)
+import base64
+# found by fuzz_image: an empty IDAT chunk made stb_image compute NULL + 0 (undefined behaviour)
+empty_idat = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">II", 2, 2) + b"\x08\x00\x00\x00\x00")
+              + png_chunk(b"IDAT", b"") + png_chunk(b"IDAT", zlib.compress(b"\0" * 6)) + png_chunk(b"IEND", b""))
+case("image_fuzz_empty_idat.png", empty_idat, "empty IDAT chunk")
+case("image_fuzz_alloc_bomb.png", base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4AAAADUlIRFIAAAACAAAAAggCAAAAmgAA/XMA1BZJREFUeGScn5+b2JmdZE8AAE5OTk5OTk5OTk5OTk68Tk5OTk5OTk5OTk5OTk5OTk5OTk5OTk7VSwAAAAAAAAAAAAAAAElFTkSuQmCC"), "decoding needs more than")
+case("image_fuzz_huge.bmp", base64.b64decode("Qk1GAAAAAAAAADYAAAAoAAAAACgAAAIUAAABABAAAAAAABAAAAATCwAAEwsAAAAA////AAAS"), "larger than allowed")
 
 with open(os.path.join(HERE, "expected.txt"), "w") as f:
     f.write("# file<TAB>text its error must contain (written by tests/data/make_bad.py)\n")
