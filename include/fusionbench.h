@@ -230,6 +230,11 @@ typedef struct fb_run_options {
     void (*on_tensor)(void *user, const char *name, int64_t index, int64_t count,
                       double seconds);
     void *user;
+    /* Data-driven methods (adamerging): the task pool whose data they learn from (built by the
+     * fusion_bench command from a taskpool config; NULL for data-free methods). */
+    struct fb_taskpool *taskpool;
+    /* Progress of a data-driven method: step (from 0) of steps, and its loss. May be NULL. */
+    void (*on_step)(void *user, const char *what, int64_t step, int64_t steps, double loss);
 } fb_run_options;
 
 /* Merges the pool into a new in-memory model (the caller frees it). A method object may run

@@ -262,3 +262,26 @@ TEST(cli_without_method_uses_the_default_method)
     free(out);
     free(err);
 }
+
+TEST(every_registered_method_is_documented)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/docs/methods.md", fb_test_src_dir);
+    char *doc = fb_test_read_file(path, NULL);
+    REQUIRE(doc);
+    for (int i = 0; i < fb_method_registry_count(); i++) {
+        /* a "## " heading naming the method, alone or in a list */
+        const char *name = fb_method_registry_name(i);
+        int found = 0;
+        for (const char *h = strstr(doc, "\n## "); h && !found; h = strstr(h + 1, "\n## ")) {
+            const char *end = strchr(h + 1, '\n');
+            for (const char *p = strstr(h, name); p && p < end && !found; p = strstr(p + 1, name)) {
+                char before = p[-1], after = p[strlen(name)];
+                found = (before == ' ' || before == ',') &&
+                        (after == ',' || after == ' ' || after == '\n' || after == ':');
+            }
+        }
+        if (!found) fb_test_fail(__FILE__, __LINE__, "method %s has no section in docs/methods.md", name);
+    }
+    free(doc);
+}

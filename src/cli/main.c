@@ -362,7 +362,8 @@ static const char *optional_string(const fb_config *root, const char *key, int *
 /* Per-tensor progress: a status line on a terminal, and the slowest tensors for the report. */
 typedef struct progress {
     int tty;
-    double last_print;
+    double last_print, last_loss;
+    int64_t steps;
     fb_tensor_time slowest[FB_REPORT_SLOWEST];
 } progress;
 
@@ -420,6 +421,22 @@ static fb_status save_in_memory(const fb_model *merged, const fb_model *extras, 
     return fb_model_save(extras, xpath, NULL);
 }
 
+/* Progress of a data-driven method: a status line on a terminal, the last loss kept. */
+static void on_step(void *user, const char *what, int64_t step, int64_t steps, double loss)
+{
+    progress *p = user;
+    p->last_loss = loss;
+    p->steps = step + 1;
+    if (!p->tty) return;
+    double t = now();
+    if (t - p->last_print < 0.2 && step + 1 < steps) return;
+    p->last_print = t;
+    fprintf(stderr, "\r\033[K%s: step %lld/%lld, loss %.5f", what, (long long)step + 1,
+            (long long)steps, loss);
+    if (step + 1 == steps) fputc('\n', stderr);
+    fflush(stderr);
+}
+
 static int run(cli *c)
 {
     int rc = 0;
@@ -430,7 +447,7 @@ static int run(cli *c)
     const char *dtype_name = optional_string(root, "dtype", &rc);
     if (rc) return rc;
     progress prog = {.tty = isatty(2)};
-    fb_run_options ro = {.on_tensor = on_tensor, .user = &prog};
+    fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog};
     if (dtype_name) {
         if (fb_dtype_from_name(dtype_name, &ro.out_dtype)) return fail(2, fb_last_error());
         ro.out_dtype_set = 1;
@@ -453,6 +470,7 @@ static int run(cli *c)
         fb_status e = fb_taskpool_open(tnode, &c->taskpool);
         if (e) return fail(e == FB_ERR_CONFIG ? 2 : 1, fb_last_error());
     }
+    ro.taskpool = c->taskpool;
     double t1 = now();
 
     /* With a taskpool the merged model stays in memory for evaluation; else it streams. */
@@ -526,6 +544,8 @@ static int run(cli *c)
            fb_modelpool_has_pretrained(c->pool) ? " (+ _pretrained_)" : "",
            (long long)rep.merged_tensors, (double)rep.merged_params / 1e6);
     printf("  output: %s\n", out_path ? out_path : "(not saved: set merged_model_save_path=PATH)");
+    if (prog.steps)
+        printf("  learned in %lld steps; last loss %.5f\n", (long long)prog.steps, prog.last_loss);
     if (rep.extras_path) printf("  per-model masks and scales: %s\n", rep.extras_path);
     printf("  time: load %.3f s, merge %.3f s; peak RSS %.1f MB; %d thread%s\n",
            rep.load_seconds, rep.merge_seconds, (double)rep.peak_rss_bytes / 1e6, rep.threads,

@@ -695,7 +695,12 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
 {
     job J = {.method = m, .to_memory = to_memory, .opts = opts};
     char *xpath = NULL;
-    fb_status st = collect_inputs(&J, m, pool);
+    fb_status st = FB_OK;
+    if (m->ops->learn && (!opts || !opts->taskpool))
+        st = fb_set_error(FB_ERR_ARG, "method %s learns from task data: give it a taskpool "
+                          "(taskpool=NAME_OR_PATH)", m->ops->name);
+    if (!st) st = collect_inputs(&J, m, pool);
+    if (!st && m->ops->learn) st = m->ops->learn(m->state, pool, opts); /* inputs checked first */
     if (!st) st = plan_output(&J, opts);
     if (!st && path) st = check_output_path(&J, path);
     if (!st) st = resolve_states(&J);

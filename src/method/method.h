@@ -111,6 +111,10 @@ typedef struct fb_method_ops {
     int model_scalars;
     const char *const *scalar_names; /* model_scalars names: "<model>/<name>" in the extras */
     fb_status (*scalar)(void *state, int model, int index, float *value);
+    /* Data-driven methods: learns what merge then needs (AdaMerging's coefficients) from the
+     * pool and opts->taskpool's data, before any output is planned. Methods with learn fail
+     * with a clear error when opts has no task pool. */
+    fb_status (*learn)(void *state, fb_modelpool *pool, const fb_run_options *opts);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);

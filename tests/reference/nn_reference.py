@@ -140,3 +140,37 @@ for opt_name, make in [("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0
         save[f"{opt_name}.{k}"] = v.clone()
     save[f"{opt_name}.losses"] = torch.tensor(losses)
 st.save(os.path.join(OUT, "mlp_train.safetensors"), save)
+
+# --- AdaMerging: entropy of the merged model over two tasks' batches, and its gradient with
+# respect to the layer-wise coefficients (one per model and parameter tensor) ---------------
+cfg = {"hidden_size": 16, "intermediate_size": 40, "num_attention_heads": 2,
+       "num_hidden_layers": 2, "image_size": 12, "patch_size": 4, "num_channels": 3,
+       "projection_dim": 8, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+g = torch.Generator().manual_seed(23)
+theta0 = clip_params(cfg, g)
+K = 2
+taus = [{n: 0.2 * torch.randn(v.shape, generator=g) for n, v in theta0.items()} for _ in range(K)]
+lam = {n: (0.2 + 0.3 * torch.rand(K, generator=g)).requires_grad_(True) for n in theta0}
+merged = {n: theta0[n] + sum(lam[n][k] * taus[k][n] for k in range(K)) for n in theta0}
+scale = 10.0
+batches = [torch.randn(3, 3, 12, 12, generator=g), torch.randn(2, 3, 12, 12, generator=g)]
+heads = [F.normalize(torch.randn(5, 8, generator=g), dim=-1),
+         F.normalize(torch.randn(3, 8, generator=g), dim=-1)]
+loss = 0
+for x, W in zip(batches, heads):
+    logits = scale * F.normalize(clip_forward(merged, cfg, x), dim=-1) @ W.T
+    loss = loss + entropy(logits)
+loss.backward()
+save = {"loss": loss.detach().reshape(1)}
+for n in theta0:
+    save["theta0." + n] = theta0[n]
+    save["lambda." + n] = lam[n].detach()
+    save["grad_lambda." + n] = lam[n].grad
+    for k in range(K):
+        save[f"tau{k}." + n] = taus[k][n]
+for t in range(2):
+    save[f"images{t}"] = batches[t]
+    save[f"head{t}"] = heads[t]
+st.save(os.path.join(OUT, "adamerging.safetensors"), save)
+with open(os.path.join(OUT, "adamerging.config.json"), "w") as f:
+    json.dump(cfg, f)

@@ -1,0 +1,124 @@
+/*
+ * test_datadriven.c: the data-driven methods against PyTorch autograd on the same inputs
+ * (tests/reference/nn_reference.py), and through the command on a tiny zoo.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "core/alloc.h"
+#include "harness.h"
+#include "method/adamerging.h"
+
+static const float *ref_tensor(const fb_model *m, const char *name)
+{
+    const fb_tensor *t = fb_model_find(m, name);
+    const void *p = NULL;
+    if (!t || fb_tensor_data(t, &p)) {
+        fb_test_fail(__FILE__, __LINE__, "reference tensor '%s' missing", name);
+        return NULL;
+    }
+    return p;
+}
+
+TEST(adamerging_lambda_gradient_matches_pytorch)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nn/adamerging.safetensors", fb_test_ref_dir);
+    fb_model *ref;
+    REQUIRE_OK(fb_model_load(path, &ref));
+    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir);
+    fb_clip_config cfg;
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 3, &net));
+    const int K = 2;
+    const int64_t np = fb_clip_num_params(net), L = fb_clip_num_tensors(net);
+    float *theta0 = malloc((size_t)np * 4), *tau[2] = {malloc((size_t)np * 4), malloc((size_t)np * 4)};
+    float *lambda = malloc((size_t)(K * L) * 4), *lambda_t = malloc((size_t)K * 4);
+    double *grad = malloc((size_t)(K * L) * sizeof *grad), gradt[2];
+    const float *want_grad[64];
+    REQUIRE(theta0 && tau[0] && tau[1] && lambda && grad && L <= 64);
+    int64_t off = 0;
+    for (int64_t l = 0; l < L; l++) { /* the reference names each tensor's coefficients */
+        int64_t n;
+        const char *name = fb_clip_tensor_name(net, l, &n);
+        char key[300];
+        snprintf(key, sizeof key, "theta0.%s", name);
+        const float *a = ref_tensor(ref, key);
+        snprintf(key, sizeof key, "tau0.%s", name);
+        const float *t0 = ref_tensor(ref, key);
+        snprintf(key, sizeof key, "tau1.%s", name);
+        const float *t1 = ref_tensor(ref, key);
+        snprintf(key, sizeof key, "lambda.%s", name);
+        const float *lam = ref_tensor(ref, key);
+        snprintf(key, sizeof key, "grad_lambda.%s", name);
+        want_grad[l] = ref_tensor(ref, key);
+        REQUIRE(a && t0 && t1 && lam && want_grad[l]);
+        memcpy(theta0 + off, a, (size_t)n * 4);
+        memcpy(tau[0] + off, t0, (size_t)n * 4);
+        memcpy(tau[1] + off, t1, (size_t)n * 4);
+        lambda[0 * L + l] = lam[0];
+        lambda[1 * L + l] = lam[1];
+        off += n;
+    }
+    const float *images[2] = {ref_tensor(ref, "images0"), ref_tensor(ref, "images1")};
+    const float *heads[2] = {ref_tensor(ref, "head0"), ref_tensor(ref, "head1")};
+    const int64_t counts[2] = {3, 2}, classes[2] = {5, 3};
+    double loss;
+    REQUIRE_OK(fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, lambda, 1, 2,
+                                       images, counts, heads, classes, 10.0f, &loss, grad));
+    const float want_loss = ref_tensor(ref, "loss")[0];
+    EXPECT(fabs(loss - want_loss) <= 1e-5 * fabs(want_loss));
+    double scale = 0, worst = 0;
+    for (int64_t l = 0; l < L; l++)
+        for (int k = 0; k < K; k++) scale = fmax(scale, fabs(want_grad[l][k]));
+    for (int64_t l = 0; l < L; l++)
+        for (int k = 0; k < K; k++) {
+            double e = fabs(grad[k * L + l] - want_grad[l][k]);
+            if (e > 1e-4 * fmax(fabs(want_grad[l][k]), 1e-3 * scale))
+                fb_test_fail(__FILE__, __LINE__, "d loss / d lambda[%d, %s] = %g, PyTorch %g", k,
+                             fb_clip_tensor_name(net, l, NULL), grad[k * L + l], want_grad[l][k]);
+            worst = fmax(worst, e / scale);
+        }
+    /* task-wise: one coefficient per model; at a point where every tensor's coefficients are
+     * equal, its gradient is the sum of the layer-wise ones there */
+    for (int k = 0; k < K; k++) {
+        lambda_t[k] = 0.3f + 0.1f * (float)k;
+        for (int64_t l = 0; l < L; l++) lambda[k * L + l] = lambda_t[k];
+    }
+    REQUIRE_OK(fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, lambda_t, 0, 2,
+                                       images, counts, heads, classes, 10.0f, &loss, gradt));
+    double loss2;
+    REQUIRE_OK(fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, lambda, 1, 2,
+                                       images, counts, heads, classes, 10.0f, &loss2, grad));
+    EXPECT(loss == loss2);
+    for (int k = 0; k < K; k++) {
+        double sum = 0;
+        for (int64_t l = 0; l < L; l++) sum += grad[k * L + l];
+        EXPECT(fabs(sum - gradt[k]) <= 1e-9 * (1 + fabs(sum)));
+    }
+    /* and a central finite difference of the task-wise loss agrees */
+    for (int k = 0; k < K; k++) {
+        const float h = 1e-2f, keep = lambda_t[k];
+        double lp, lm, dummy[2];
+        lambda_t[k] = keep + h;
+        REQUIRE_OK(fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, lambda_t, 0, 2,
+                                           images, counts, heads, classes, 10.0f, &lp, dummy));
+        lambda_t[k] = keep - h;
+        REQUIRE_OK(fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, lambda_t, 0, 2,
+                                           images, counts, heads, classes, 10.0f, &lm, dummy));
+        lambda_t[k] = keep;
+        double fd = (lp - lm) / (2 * (double)h);
+        if (fabs(fd - gradt[k]) > 2e-2 * fmax(fabs(gradt[k]), 1e-2))
+            fb_test_fail(__FILE__, __LINE__, "model %d: finite difference %g, gradient %g", k, fd, gradt[k]);
+    }
+    (void)worst;
+    free(theta0);
+    free(tau[0]);
+    free(tau[1]);
+    free(lambda);
+    free(lambda_t);
+    free(grad);
+    fb_clip_free(net);
+    fb_model_free(ref);
+}
