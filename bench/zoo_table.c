@@ -35,12 +35,14 @@ extern char **environ;
  * out: the two-model methods linear_interpolation, expo and slerp, the one-model
  * magnitude_diff_pruning, and depth_upscaling and passthrough, which restructure layers).
  * "name:key=value" passes a parameter: mergekit's methods weigh every model 1 and scale the
- * merged task vector by lambda, so they get FusionBench's task-arithmetic scale, 0.3. */
+ * merged task vector by lambda, so they get FusionBench's task-arithmetic scale, 0.3.
+ * AdaMerging runs 100 of its default 1000 steps, to keep `make demo` within minutes. */
 static const char *default_methods =
     "simple_average,task_arithmetic,ties_merging,dare_task_arithmetic,dare_ties_merging,"
     "dare_simple_average,magmax,karcher,model_stock,consensus_task_arithmetic,tall_mask,"
     "breadcrumbs:lambda=0.3,breadcrumbs_ties:lambda=0.3,della:lambda=0.3,"
-    "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging";
+    "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging,"
+    "clip_task_wise_adamerging:max_steps=100,clip_layer_wise_adamerging:max_steps=100";
 
 enum { MAX_TASKS = 64, MAX_ROWS = 128 };
 

@@ -470,12 +470,39 @@ static int png_has_empty_idat(const uint8_t *f, size_t len)
     return 0;
 }
 
+/* stb_image's JPEG decoder builds Huffman tables without checking that a DHT table's 16 code
+ * counts sum to at most 256, and writes past its arrays when they do (found by fuzz_image).
+ * Every FF C4 in a JPEG file, wherever it is, is checked as a DHT segment first: a valid
+ * file's entropy-coded data never holds one (0xFF is stuffed), so no real file is refused
+ * unless a metadata block happens to spell a broken table. */
+static int jpeg_has_bad_huffman_table(const uint8_t *f, size_t len)
+{
+    if (len < 2 || f[0] != 0xFF || f[1] != 0xD8) return 0;
+    for (size_t i = 2; i + 1 < len; i++) {
+        if (f[i] != 0xFF || f[i + 1] != 0xC4) continue;
+        if (len - i < 4) return 1;
+        size_t seg = (size_t)f[i + 2] << 8 | f[i + 3], end = i + 2 + seg, p = i + 4;
+        if (seg < 2 || end > len) return 1;
+        while (p < end) {
+            if (end - p < 17) return 1;
+            size_t n = 0;
+            for (int k = 1; k <= 16; k++) n += f[p + k];
+            if (n > 256 || end - p - 17 < n) return 1;
+            p += 17 + n;
+        }
+    }
+    return 0;
+}
+
 fb_status fb_image_decode(const uint8_t *file, size_t len, const char *name, int64_t size,
                           int64_t channels, uint8_t *out)
 {
     if (len > INT_MAX) return fb_set_error(FB_ERR_FORMAT, "%s: image file is too large", name);
     if (png_has_empty_idat(file, len))
         return fb_set_error(FB_ERR_FORMAT, "%s: PNG with an empty IDAT chunk (not supported)", name);
+    if (jpeg_has_bad_huffman_table(file, len))
+        return fb_set_error(FB_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table with more than 256 "
+                            "codes, or cut short)", name);
     int w, h, c;
     if (!stbi_info_from_memory(file, (int)len, &w, &h, &c))
         return fb_set_error(FB_ERR_FORMAT, "%s: not a readable image (%s)", name,

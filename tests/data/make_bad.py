@@ -206,6 +206,11 @@ import base64
 empty_idat = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">II", 2, 2) + b"\x08\x00\x00\x00\x00")
               + png_chunk(b"IDAT", b"") + png_chunk(b"IDAT", zlib.compress(b"\0" * 6)) + png_chunk(b"IEND", b""))
 case("image_fuzz_empty_idat.png", empty_idat, "empty IDAT chunk")
+# found by fuzz_image: a DHT table whose 16 code counts sum past 256 made stb_image write past
+# its Huffman arrays
+dht = bytes([0x00]) + bytes([255, 255] + [0] * 14) + bytes(range(256)) * 2
+bad_jpeg = (b"\xff\xd8" + b"\xff\xc4" + struct.pack(">H", 2 + len(dht)) + dht + b"\xff\xd9")
+case("image_fuzz_huffman_overflow.jpg", bad_jpeg, "Huffman table with more than 256")
 case("image_fuzz_alloc_bomb.png", base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4AAAADUlIRFIAAAACAAAAAggCAAAAmgAA/XMA1BZJREFUeGScn5+b2JmdZE8AAE5OTk5OTk5OTk5OTk68Tk5OTk5OTk5OTk5OTk5OTk5OTk5OTk7VSwAAAAAAAAAAAAAAAElFTkSuQmCC"), "decoding needs more than")
 case("image_fuzz_huge.bmp", base64.b64decode("Qk1GAAAAAAAAADYAAAAoAAAAACgAAAIUAAABABAAAAAAABAAAAATCwAAEwsAAAAA////AAAS"), "larger than allowed")
 
