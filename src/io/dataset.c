@@ -477,8 +477,10 @@ static int png_has_empty_idat(const uint8_t *f, size_t len)
  * unless a metadata block happens to spell a broken table. */
 static int jpeg_has_bad_huffman_table(const uint8_t *f, size_t len)
 {
-    if (len < 2 || f[0] != 0xFF || f[1] != 0xD8) return 0;
-    for (size_t i = 2; i + 1 < len; i++) {
+    size_t start = 0; /* stb takes any run of 0xFF fill bytes before the SOI marker */
+    while (start < len && f[start] == 0xFF) start++;
+    if (start == 0 || start >= len || f[start] != 0xD8) return 0;
+    for (size_t i = start + 1; i + 1 < len; i++) {
         if (f[i] != 0xFF || f[i + 1] != 0xC4) continue;
         if (len - i < 4) return 1;
         size_t seg = (size_t)f[i + 2] << 8 | f[i + 3], end = i + 2 + seg, p = i + 4;

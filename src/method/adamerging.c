@@ -101,7 +101,7 @@ static fb_status create(const fb_config *p, int layer_wise, void **out)
     fb_strmap_init(&s->index);
     s->layer_wise = layer_wise;
     const char *opt;
-    int64_t seed;
+    int64_t seed = 0;
     fb_status st = fb_cfg_string(fb_cfg_map_get(p, "optimizer"), "optimizer", &opt);
     if (!st && strcmp(opt, "adam"))
         st = fb_set_error(FB_ERR_ARG, "method.optimizer '%s': only adam is supported", opt);

@@ -211,6 +211,8 @@ case("image_fuzz_empty_idat.png", empty_idat, "empty IDAT chunk")
 dht = bytes([0x00]) + bytes([255, 255] + [0] * 14) + bytes(range(256)) * 2
 bad_jpeg = (b"\xff\xd8" + b"\xff\xc4" + struct.pack(">H", 2 + len(dht)) + dht + b"\xff\xd9")
 case("image_fuzz_huffman_overflow.jpg", bad_jpeg, "Huffman table with more than 256")
+# the same, found again behind 0xFF fill bytes before the SOI marker (stb skips them)
+case("image_fuzz_huffman_after_fill.jpg", base64.b64decode("////2P/E7/kAAAAAAAEDAH9+fs+BgYGBgQAAAAACCAIAAA=="), "Huffman table")
 case("image_fuzz_alloc_bomb.png", base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4AAAADUlIRFIAAAACAAAAAggCAAAAmgAA/XMA1BZJREFUeGScn5+b2JmdZE8AAE5OTk5OTk5OTk5OTk68Tk5OTk5OTk5OTk5OTk5OTk5OTk5OTk7VSwAAAAAAAAAAAAAAAElFTkSuQmCC"), "decoding needs more than")
 case("image_fuzz_huge.bmp", base64.b64decode("Qk1GAAAAAAAAADYAAAAoAAAAACgAAAIUAAABABAAAAAAABAAAAATCwAAEwsAAAAA////AAAS"), "larger than allowed")
 
