@@ -13,7 +13,6 @@
 #include "core/alloc.h"
 #include "core/model.h"
 #include "core/status.h"
-#include "io/writer.h"
 #include "nn/kernels.h"
 
 static const char *const pool_keys[] = {"_target_", "model_config", "heads", "logit_scale",
@@ -38,13 +37,7 @@ static fb_status path_key(const fb_config *node, const char *key, char **out)
                             "sets it; see docs/tasks.md)", fb_cfg_where(node), key);
     char k[64];
     snprintf(k, sizeof k, "taskpool.%s", key);
-    const char *rel;
-    fb_status st = fb_cfg_string(n, k, &rel);
-    if (st) return st;
-    char *dir = n->origin ? fb_path_dirname(n->origin) : NULL;
-    *out = fb_path_join(dir, rel);
-    fb_free(dir);
-    return *out ? FB_OK : FB_ERR_NOMEM;
+    return fb_cfg_path(n, k, out);
 }
 
 int64_t fb_taskpool_features(const fb_taskpool *tp)

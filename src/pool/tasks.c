@@ -56,7 +56,19 @@ static fb_status check_keys(const fb_config *node, const char *const *keys, size
     return FB_OK;
 }
 
-/* A path key of a source, resolved against the YAML file's folder; NULL if absent. */
+fb_status fb_cfg_path(const fb_config *n, const char *what, char **out)
+{
+    *out = NULL;
+    const char *rel;
+    fb_status st = fb_cfg_string(n, what, &rel);
+    if (st) return st;
+    char *dir = n->origin ? fb_path_dirname(n->origin) : NULL;
+    *out = fb_path_join(dir, rel);
+    fb_free(dir);
+    return *out ? FB_OK : FB_ERR_NOMEM;
+}
+
+/* A path key of a source; NULL if absent. */
 static fb_status path_of(const fb_config *src, const char *key, const char *sname, char **out)
 {
     *out = NULL;
@@ -64,13 +76,7 @@ static fb_status path_of(const fb_config *src, const char *key, const char *snam
     if (fb_cfg_is_null(n)) return FB_OK;
     char where[160];
     snprintf(where, sizeof where, "sources.%s.%s", sname, key);
-    const char *rel;
-    fb_status st = fb_cfg_string(n, where, &rel);
-    if (st) return st;
-    char *dir = n->origin ? fb_path_dirname(n->origin) : NULL;
-    *out = fb_path_join(dir, rel);
-    fb_free(dir);
-    return *out ? FB_OK : FB_ERR_NOMEM;
+    return fb_cfg_path(n, where, out);
 }
 
 /* Adds "install the Debian package" to a file-not-found error when the source names one. */

@@ -59,6 +59,10 @@ fb_status fb_taskset_load(const fb_config *node, unsigned splits, const fb_confi
                           fb_taskset *out);
 void fb_taskset_free(fb_taskset *ts);
 
+/* A path in a config, resolved against the folder of the YAML file it came from (as given when
+ * it came from the command line); `what` names it in errors. *out is fb_malloc'd. */
+fb_status fb_cfg_path(const fb_config *node, const char *what, char **out);
+
 /* The keys of a taskpool node that fb_taskset_load reads. */
 int fb_taskset_key(const char *key);
 
