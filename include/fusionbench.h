@@ -233,7 +233,8 @@ typedef struct fb_run_options {
     /* Data-driven methods (adamerging): the task pool whose data they learn from (built by the
      * fusion_bench command from a taskpool config; NULL for data-free methods). */
     struct fb_taskpool *taskpool;
-    /* Progress of a data-driven method: step (from 0) of steps, and its loss. May be NULL. */
+    /* Progress of a data-driven method: step (from 0) of steps, and its loss (NAN when the
+     * step has none). May be NULL. */
     void (*on_step)(void *user, const char *what, int64_t step, int64_t steps, double loss);
 } fb_run_options;
 

@@ -409,6 +409,28 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     char *rep = fb_test_read_file(fb_test_path("report.json"), NULL);
     EXPECT(rep && strstr(rep, "\"taskpool\"") && strstr(rep, "\"accuracy\""));
     free(rep);
+    /* data-driven methods: same bytes for 1 and 2 threads; clear errors before any work */
+    char o1[4200], o2[4200];
+    snprintf(o1, sizeof o1, "merged_model_save_path=%s", fb_test_path("ada1.safetensors"));
+    snprintf(o2, sizeof o2, "merged_model_save_path=%s", fb_test_path("ada2.safetensors"));
+    REQUIRE(run_cli(&out, (const char *[]){"--threads", "1", "method=adamerging", "method.max_steps=3",
+                                          mp, tp, o1, NULL}) == 0);
+    EXPECT(out && strstr(out, "learned in 3 steps"));
+    free(out);
+    REQUIRE(run_cli(NULL, (const char *[]){"--threads", "2", "method=adamerging", "method.max_steps=3",
+                                          mp, tp, o2, NULL}) == 0);
+    EXPECT(same_file(fb_test_path("ada1.safetensors"), fb_test_path("ada2.safetensors")));
+    REQUIRE(run_cli(&out, (const char *[]){"method=fisher_merging", "method.num_fisher_examples=20",
+                                          "method.batch_size=8", mp, tp, NULL}) == 0);
+    EXPECT(out && strstr(out, "average"));
+    free(out);
+    const char *argv_bad1[] = {fb_test_cli, "method=adamerging", mp, NULL};
+    char *err = NULL;
+    EXPECT(fb_test_run(argv_bad1, NULL, &err) == 1 && err && strstr(err, "learns from task data"));
+    free(err);
+    const char *argv_bad2[] = {fb_test_cli, "method=fisher_merging", "method.num_fisher_examples=0", mp, tp, NULL};
+    EXPECT(fb_test_run(argv_bad2, NULL, &err) != 0 && err && strstr(err, "num_fisher_examples must be positive"));
+    free(err);
     /* method=dummy with a model name evaluates that model as it is */
     REQUIRE(run_cli(&out, (const char *[]){"method=dummy", "method.model_name=pairs", mp, tp,
                                           "taskpool.evaluate=[pairs]", NULL}) == 0);

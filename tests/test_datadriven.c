@@ -8,6 +8,7 @@
 #include "core/alloc.h"
 #include "harness.h"
 #include "method/adamerging.h"
+#include "method/fisher_merging.h"
 
 static const float *ref_tensor(const fb_model *m, const char *name)
 {
@@ -119,6 +120,66 @@ TEST(adamerging_lambda_gradient_matches_pytorch)
     free(lambda);
     free(lambda_t);
     free(grad);
+    fb_clip_free(net);
+    fb_model_free(ref);
+}
+
+TEST(fisher_diagonal_and_merge_match_pytorch)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nn/fisher.safetensors", fb_test_ref_dir);
+    fb_model *ref;
+    REQUIRE_OK(fb_model_load(path, &ref));
+    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir); /* same tower */
+    fb_clip_config cfg;
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    float *p = fb_clip_params(net);
+    const int64_t np = fb_clip_num_params(net);
+    float *want = malloc((size_t)np * 4), *got = malloc((size_t)np * 4);
+    REQUIRE(want && got);
+    int64_t off = 0;
+    for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
+        int64_t n;
+        const char *name = fb_clip_tensor_name(net, l, &n);
+        char key[300];
+        snprintf(key, sizeof key, "param.%s", name);
+        const float *a = ref_tensor(ref, key);
+        snprintf(key, sizeof key, "fisher.%s", name);
+        const float *f = ref_tensor(ref, key);
+        REQUIRE(a && f);
+        memcpy(p + off, a, (size_t)n * 4);
+        memcpy(want + off, f, (size_t)n * 4);
+        off += n;
+    }
+    /* 5 images in batches of 2, 2 and 1 */
+    REQUIRE_OK(fb_fisher_diagonal(net, ref_tensor(ref, "head"), 4, 10.0f, ref_tensor(ref, "images"), 5, 2, got));
+    float scale = 0;
+    for (int64_t i = 0; i < np; i++) scale = fmaxf(scale, fabsf(want[i]));
+    REQUIRE(scale > 0);
+    for (int64_t i = 0; i < np; i++)
+        if (fabsf(got[i] - want[i]) > 1e-4f * fmaxf(fabsf(want[i]), 1e-3f * scale)) {
+            fb_test_fail(__FILE__, __LINE__, "Fisher element %lld: %g, PyTorch %g", (long long)i,
+                         got[i], want[i]);
+            break;
+        }
+    /* the merge formula, normalised model weights included */
+    const float *th = ref_tensor(ref, "merge.thetas"), *fi = ref_tensor(ref, "merge.fisher");
+    const float *ww = ref_tensor(ref, "merge.weights"), *mo = ref_tensor(ref, "merge.out");
+    REQUIRE(th && fi && ww && mo);
+    const float *models[3] = {th, th + 50, th + 100}, *fisher[3] = {fi, fi + 50, fi + 100};
+    const int64_t all[2] = {0, 50};
+    double w[3];
+    fb_fisher_model_weights(fisher, all, 1, 3, 1, 1e-6, NULL, w);
+    for (int k = 0; k < 3; k++) EXPECT(fabs(w[k] - ww[k]) <= 1e-6 * ww[k]);
+    float out[50];
+    fb_fisher_combine(out, models, fisher, w, 1e-6, 3, 50);
+    for (int j = 0; j < 50; j++)
+        if (fabsf(out[j] - mo[j]) > 1e-5f * fmaxf(1.0f, fabsf(mo[j])))
+            fb_test_fail(__FILE__, __LINE__, "merged element %d: %g, PyTorch %g", j, out[j], mo[j]);
+    free(want);
+    free(got);
     fb_clip_free(net);
     fb_model_free(ref);
 }

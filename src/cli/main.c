@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -431,8 +432,8 @@ static void on_step(void *user, const char *what, int64_t step, int64_t steps, d
     double t = now();
     if (t - p->last_print < 0.2 && step + 1 < steps) return;
     p->last_print = t;
-    fprintf(stderr, "\r\033[K%s: step %lld/%lld, loss %.5f", what, (long long)step + 1,
-            (long long)steps, loss);
+    fprintf(stderr, "\r\033[K%s: step %lld/%lld", what, (long long)step + 1, (long long)steps);
+    if (!isnan(loss)) fprintf(stderr, ", loss %.5f", loss);
     if (step + 1 == steps) fputc('\n', stderr);
     fflush(stderr);
 }
@@ -544,7 +545,7 @@ static int run(cli *c)
            fb_modelpool_has_pretrained(c->pool) ? " (+ _pretrained_)" : "",
            (long long)rep.merged_tensors, (double)rep.merged_params / 1e6);
     printf("  output: %s\n", out_path ? out_path : "(not saved: set merged_model_save_path=PATH)");
-    if (prog.steps)
+    if (prog.steps && !isnan(prog.last_loss))
         printf("  learned in %lld steps; last loss %.5f\n", (long long)prog.steps, prog.last_loss);
     if (rep.extras_path) printf("  per-model masks and scales: %s\n", rep.extras_path);
     printf("  time: load %.3f s, merge %.3f s; peak RSS %.1f MB; %d thread%s\n",

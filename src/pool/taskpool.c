@@ -25,6 +25,7 @@ void fb_taskpool_free(fb_taskpool *tp)
     fb_model_free(tp->heads);
     fb_free(tp->model_config_path);
     fb_free(tp->heads_path);
+    fb_config_free(tp->node);
     fb_free(tp);
 }
 
@@ -91,9 +92,9 @@ fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out)
     tp->logit_scale = 100.0f;
     tp->batch_size = 256;
     tp->split = FB_SPLIT_TEST;
-    fb_status st = FB_OK;
+    fb_status st = fb_cfg_copy(node, &tp->node);
     const fb_config *n;
-    if (!fb_cfg_is_null(n = fb_cfg_map_get(node, "logit_scale"))) {
+    if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "logit_scale"))) {
         double v;
         if (!(st = fb_cfg_double(n, "taskpool.logit_scale", &v)) && !(v > 0 && v < 1e6))
             st = fb_set_error(FB_ERR_CONFIG, "%s: taskpool.logit_scale must be positive", fb_cfg_where(n));
@@ -150,6 +151,28 @@ fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out)
         return st;
     }
     *out = tp;
+    return FB_OK;
+}
+
+int fb_taskpool_find(const fb_taskpool *tp, const char *name)
+{
+    for (int i = 0; i < tp->set.num_tasks; i++)
+        if (!strcmp(tp->set.tasks[i].name, name)) return i;
+    return -1;
+}
+
+fb_status fb_taskpool_need_split(fb_taskpool *tp, int split)
+{
+    int have = 1;
+    for (int i = 0; i < tp->set.num_tasks; i++) have &= tp->set.tasks[i].x[split] != NULL;
+    if (have) return FB_OK;
+    const fb_config *ev = fb_cfg_map_get(tp->node, "evaluate");
+    fb_taskset more;
+    fb_status st = fb_taskset_load(tp->node, FB_SPLIT_BIT(tp->split) | FB_SPLIT_BIT(split),
+                                   fb_cfg_is_null(ev) ? NULL : ev, &more);
+    if (st) return st;
+    fb_taskset_free(&tp->set);
+    tp->set = more;
     return FB_OK;
 }
 

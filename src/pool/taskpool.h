@@ -33,12 +33,20 @@ typedef struct fb_taskpool {
     int64_t batch_size;
     int split;
     char *model_config_path, *heads_path;
+    fb_config *node; /* the taskpool's config, to load more splits */
 } fb_taskpool;
 
 /* Checks every key, loads the data of the evaluated split, the model config and the heads
  * (shapes checked against the tasks). */
 fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out);
 void fb_taskpool_free(fb_taskpool *tp);
+
+/* Makes sure every task has `split` loaded too (Fisher merging and RegMean read the train
+ * split; evaluation loads only the evaluated one). */
+fb_status fb_taskpool_need_split(fb_taskpool *tp, int split);
+
+/* The index of the task named `name`, or -1. */
+int fb_taskpool_find(const fb_taskpool *tp, const char *name);
 
 /* Progress of an evaluation: task index, examples done, examples in the task. */
 typedef void (*fb_eval_progress)(void *user, int task, int64_t done, int64_t total);

@@ -174,3 +174,35 @@ for t in range(2):
 st.save(os.path.join(OUT, "adamerging.safetensors"), save)
 with open(os.path.join(OUT, "adamerging.config.json"), "w") as f:
     json.dump(cfg, f)
+
+# --- Fisher merging: the diagonal Fisher as FusionBench estimates it (per batch, the squared
+# gradient of sum_x sum_c sqrt(p_c) log p_c with sqrt(p) held constant; divided by the number
+# of examples), and the Fisher-weighted merge with normalised model weights -----------------
+g = torch.Generator().manual_seed(29)
+P = {k: v.clone().requires_grad_(True) for k, v in clip_params(cfg, g).items()}
+images = torch.randn(5, 3, 12, 12, generator=g)
+W = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+fisher = {k: torch.zeros_like(v) for k, v in P.items()}
+for b0 in range(0, 5, 2):
+    logits = 10.0 * F.normalize(clip_forward(P, cfg, images[b0:b0 + 2]), dim=-1) @ W.T
+    p = torch.softmax(logits, dim=-1).detach()
+    obj = (torch.sqrt(p) * torch.log_softmax(logits, dim=-1)).sum()
+    for v in P.values():
+        v.grad = None
+    obj.backward()
+    for k, v in P.items():
+        fisher[k] += v.grad ** 2
+save = {"images": images, "head": W}
+for k in P:
+    save["param." + k] = P[k].detach()
+    save["fisher." + k] = fisher[k] / 5
+# the merge of three models' values with their Fisher values, FusionBench's formula
+n, K, eps = 50, 3, 1e-6
+thetas = torch.randn(K, n, generator=g)
+fis = torch.rand(K, n, generator=g) ** 3
+norms = torch.linalg.vector_norm(fis, dim=1)
+inv = 1.0 / (norms + eps)
+w = (torch.ones(K) / K) * inv / inv.sum()
+merged = ((w[:, None] * (fis + eps) * thetas).sum(0)) / ((w[:, None] * (fis + eps)).sum(0))
+save.update({"merge.thetas": thetas, "merge.fisher": fis, "merge.weights": w, "merge.out": merged})
+st.save(os.path.join(OUT, "fisher.safetensors"), save)
