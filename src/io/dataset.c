@@ -461,10 +461,10 @@ static int png_has_empty_idat(const uint8_t *f, size_t len)
 {
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (len < 8 || memcmp(f, sig, 8)) return 0;
-    for (size_t at = 8; len - at >= 12;) {
+    for (size_t at = 8; len - at >= 8;) { /* length and type are enough for stb to act */
         uint32_t n = (uint32_t)f[at] << 24 | (uint32_t)f[at + 1] << 16 | (uint32_t)f[at + 2] << 8 | f[at + 3];
         if (!memcmp(f + at + 4, "IDAT", 4) && n == 0) return 1;
-        if (!memcmp(f + at + 4, "IEND", 4) || n > len - at - 12) return 0;
+        if (!memcmp(f + at + 4, "IEND", 4) || (size_t)n + 12 > len - at) return 0;
         at += 12 + (size_t)n;
     }
     return 0;

@@ -206,6 +206,7 @@ import base64
 empty_idat = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">II", 2, 2) + b"\x08\x00\x00\x00\x00")
               + png_chunk(b"IDAT", b"") + png_chunk(b"IDAT", zlib.compress(b"\0" * 6)) + png_chunk(b"IEND", b""))
 case("image_fuzz_empty_idat.png", empty_idat, "empty IDAT chunk")
+case("image_fuzz_empty_idat_no_crc.png", base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAMAAAACCAAAAAABAAAAAAAAAElEQVRgZA=="), "empty IDAT chunk")
 # found by fuzz_image: a DHT table whose 16 code counts sum past 256 made stb_image write past
 # its Huffman arrays
 dht = bytes([0x00]) + bytes([255, 255] + [0] * 14) + bytes(range(256)) * 2
