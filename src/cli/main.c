@@ -414,12 +414,10 @@ static fb_status save_in_memory(const fb_model *merged, const fb_model *extras, 
 {
     fb_status st = fb_model_save(merged, path, so);
     if (st || !extras) return st;
-    char xpath[4200];
-    size_t n = strlen(path);
-    if (n >= 12 && !strcmp(path + n - 12, ".safetensors")) n -= 12;
-    while (n > 1 && path[n - 1] == '/') n--;
-    snprintf(xpath, sizeof xpath, "%.*s.masks.safetensors", (int)n, path);
-    return fb_model_save(extras, xpath, NULL);
+    char *xpath = fb_extras_path(path);
+    st = xpath ? fb_model_save(extras, xpath, NULL) : FB_ERR_NOMEM;
+    fb_free(xpath);
+    return st;
 }
 
 /* Progress of a data-driven method: a status line on a terminal, the last loss kept. */
@@ -529,13 +527,10 @@ static int run(cli *c)
     };
     memcpy(rep.slowest, prog.slowest, sizeof rep.slowest);
     /* methods with per-model extras wrote them beside the output */
-    char xpath[4200];
+    char *xpath = NULL;
     fb_model *extras = NULL;
-    if (out_path && (c->method->ops->model_masks || c->method->ops->model_scalars)) {
-        size_t n = strlen(out_path);
-        if (n >= 12 && !strcmp(out_path + n - 12, ".safetensors")) n -= 12;
-        while (n > 1 && out_path[n - 1] == '/') n--;
-        snprintf(xpath, sizeof xpath, "%.*s.masks.safetensors", (int)n, out_path);
+    if (out_path && (c->method->ops->model_masks || c->method->ops->model_scalars) &&
+        (xpath = fb_extras_path(out_path))) {
         rep.extras_path = xpath;
         if (fb_model_load(xpath, &extras) == FB_OK) rep.extras = extras;
     }
@@ -568,6 +563,7 @@ static int run(cli *c)
         else printf("  report: %s\n", report_path);
     }
     fb_model_free(extras);
+    fb_free(xpath);
     fb_free(results);
     return rc;
 }

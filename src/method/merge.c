@@ -328,7 +328,7 @@ static fb_status store_scalars(job *J)
 }
 
 /* Where a file output's extras go: "<path without .safetensors>.masks.safetensors". */
-static char *extras_path(const char *path)
+char *fb_extras_path(const char *path)
 {
     size_t n = strlen(path);
     const char *suffix = ".safetensors";
@@ -706,7 +706,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     if (!st) st = resolve_states(&J);
     if (!st) st = plan_extras(&J);
     if (!st && path && J.extras) {
-        if (!(xpath = extras_path(path))) st = FB_ERR_NOMEM;
+        if (!(xpath = fb_extras_path(path))) st = FB_ERR_NOMEM;
         else st = check_output_path(&J, xpath);
     }
     if (!st) st = allocate_scratch(&J);

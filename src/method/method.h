@@ -143,6 +143,10 @@ fb_status fb_method_state_for(fb_method *m, const char *name, const fb_merge_set
 /* Drops the per-tensor states of an earlier merge. */
 void fb_method_reset_variants(fb_method *m);
 
+/* Where a merge to `path` puts its per-model extras: "<path without .safetensors>.masks.
+ * safetensors" (fb_malloc'd; NULL when out of memory). */
+char *fb_extras_path(const char *path);
+
 /* The registry: every method, in the order --list-methods shows them. */
 const fb_method_ops *fb_method_lookup(const char *name);
 /* Sets the "unknown method 'x' (known: ...)" error and returns FB_ERR_NOT_FOUND. */
