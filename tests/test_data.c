@@ -424,6 +424,10 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
                                           "method.batch_size=8", mp, tp, NULL}) == 0);
     EXPECT(out && strstr(out, "average"));
     free(out);
+    REQUIRE(run_cli(&out, (const char *[]){"method=regmean", "method.num_regmean_examples=20",
+                                          "method.batch_size=8", mp, tp, NULL}) == 0);
+    EXPECT(out && strstr(out, "average"));
+    free(out);
     const char *argv_bad1[] = {fb_test_cli, "method=adamerging", mp, NULL};
     char *err = NULL;
     EXPECT(fb_test_run(argv_bad1, NULL, &err) == 1 && err && strstr(err, "learns from task data"));

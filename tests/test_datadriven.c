@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "method/adamerging.h"
 #include "method/fisher_merging.h"
+#include "method/regmean.h"
 
 static const float *ref_tensor(const fb_model *m, const char *name)
 {
@@ -180,6 +181,90 @@ TEST(fisher_diagonal_and_merge_match_pytorch)
             fb_test_fail(__FILE__, __LINE__, "merged element %d: %g, PyTorch %g", j, out[j], mo[j]);
     free(want);
     free(got);
+    fb_clip_free(net);
+    fb_model_free(ref);
+}
+
+TEST(regmean_grams_and_merged_weights_match_pytorch)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nn/regmean.safetensors", fb_test_ref_dir);
+    fb_model *ref;
+    REQUIRE_OK(fb_model_load(path, &ref));
+    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir); /* same tower */
+    fb_clip_config cfg;
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    /* the linear weights, in the tower's order */
+    const char *names[64];
+    int64_t nlin = 0, rows, cols, in[64], numel[64];
+    for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
+        int64_t n;
+        const char *name = fb_clip_tensor_name(net, l, &n);
+        if (fb_clip_linear_input(net, name, &rows, &cols) && nlin < 64) {
+            in[nlin] = cols;
+            numel[nlin] = n;
+            names[nlin++] = name;
+        }
+    }
+    EXPECT(nlin == 2 * 6 + 1); /* q, k, v, out, fc1, fc2 per layer, and the projection */
+    float *G[2][64], *W[2][64];
+    for (int k = 0; k < 2; k++) {
+        for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) { /* model k's parameters */
+            int64_t n;
+            const char *name = fb_clip_tensor_name(net, l, &n);
+            char key[300];
+            snprintf(key, sizeof key, "model%d.%s", k, name);
+            const float *v = ref_tensor(ref, key);
+            REQUIRE(v);
+            memcpy(fb_clip_param(net, name, NULL), v, (size_t)n * 4);
+        }
+        for (int64_t l = 0; l < nlin; l++) {
+            G[k][l] = malloc((size_t)(in[l] * in[l]) * 4);
+            W[k][l] = malloc((size_t)numel[l] * 4);
+            memcpy(W[k][l], fb_clip_param(net, names[l], NULL), (size_t)numel[l] * 4);
+        }
+        char key[64];
+        snprintf(key, sizeof key, "images%d", k);
+        REQUIRE_OK(fb_regmean_grams(net, ref_tensor(ref, key), k ? 4 : 5, 2, nlin, names, G[k]));
+        for (int64_t l = 0; l < nlin; l++) {
+            char gk[300];
+            snprintf(gk, sizeof gk, "gram%d.%s", k, names[l]);
+            const float *want = ref_tensor(ref, gk);
+            REQUIRE(want);
+            float scale = 0;
+            for (int64_t i = 0; i < in[l] * in[l]; i++) scale = fmaxf(scale, fabsf(want[i]));
+            for (int64_t i = 0; i < in[l] * in[l]; i++)
+                if (fabsf(G[k][l][i] - want[i]) > 1e-5f * scale) {
+                    fb_test_fail(__FILE__, __LINE__, "Gram %s of model %d, element %lld: %g, PyTorch %g",
+                                 names[l], k, (long long)i, G[k][l][i], want[i]);
+                    break;
+                }
+        }
+    }
+    for (int64_t l = 0; l < nlin; l++) {
+        float *out = malloc((size_t)numel[l] * 4);
+        const float *Wl[2] = {W[0][l], W[1][l]}, *Gl[2] = {G[0][l], G[1][l]};
+        REQUIRE_OK(fb_regmean_solve(2, Wl, Gl, numel[l] / in[l], in[l], 0.95, out, names[l]));
+        char key[300];
+        snprintf(key, sizeof key, "merged.%s", names[l]);
+        const float *want = ref_tensor(ref, key);
+        REQUIRE(want);
+        float scale = 0;
+        for (int64_t i = 0; i < numel[l]; i++) scale = fmaxf(scale, fabsf(want[i]));
+        for (int64_t i = 0; i < numel[l]; i++)
+            if (fabsf(out[i] - want[i]) > 1e-4f * scale) {
+                fb_test_fail(__FILE__, __LINE__, "merged %s element %lld: %g, PyTorch %g", names[l],
+                             (long long)i, out[i], want[i]);
+                break;
+            }
+        free(out);
+        for (int k = 0; k < 2; k++) {
+            free(G[k][l]);
+            free(W[k][l]);
+        }
+    }
     fb_clip_free(net);
     fb_model_free(ref);
 }

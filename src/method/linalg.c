@@ -61,3 +61,18 @@ void fb_matmul_tn(const double *A, const double *B, double *C, int64_t m, int64_
     cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)n, (int)m, 1.0, A, (int)k,
                 B, (int)n, 0.0, C, (int)n);
 }
+
+fb_status fb_solve(double *A, int64_t n, double *B, int64_t nrhs, const char *what)
+{
+    if (n == 0 || nrhs == 0) return FB_OK;
+    lapack_int *ipiv = fb_malloc((size_t)n * sizeof *ipiv);
+    if (!ipiv) return FB_ERR_NOMEM;
+    lapack_int info = LAPACKE_dgesv(LAPACK_ROW_MAJOR, (lapack_int)n, (lapack_int)nrhs, A,
+                                    (lapack_int)n, ipiv, B, (lapack_int)nrhs);
+    fb_free(ipiv);
+    if (info > 0)
+        return fb_set_error(FB_ERR_ARG, "%s: the %lld x %lld system is singular (no unique solution)",
+                            what, (long long)n, (long long)n);
+    if (info < 0) return fb_set_error(FB_ERR_INTERNAL, "%s: LAPACKE_dgesv argument %d", what, (int)-info);
+    return FB_OK;
+}

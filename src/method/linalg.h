@@ -25,4 +25,7 @@ void fb_matmul(const double *A, const double *B, double *C, int64_t m, int64_t k
 /* C (k x n) = A^T B for A m x k, B m x n. */
 void fb_matmul_tn(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
 
+/* Solves A X = B (A n x n, B n x nrhs; LAPACK's dgesv, LU with partial pivoting): X replaces
+ * B, A is destroyed. A singular A is an error naming `what`. */
+fb_status fb_solve(double *A, int64_t n, double *B, int64_t nrhs, const char *what);
 #endif

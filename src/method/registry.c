@@ -44,6 +44,7 @@ extern const fb_method_ops fb_method_dummy;
 extern const fb_method_ops fb_method_clip_task_wise_adamerging;
 extern const fb_method_ops fb_method_clip_layer_wise_adamerging;
 extern const fb_method_ops fb_method_fisher_merging;
+extern const fb_method_ops fb_method_regmean;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -61,7 +62,7 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_wudi,                 &fb_method_tall_mask,
     &fb_method_emr_merging,          &fb_method_dummy,
     &fb_method_clip_task_wise_adamerging, &fb_method_clip_layer_wise_adamerging,
-    &fb_method_fisher_merging,
+    &fb_method_fisher_merging,       &fb_method_regmean,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 

@@ -366,6 +366,35 @@ fb_status fb_clip_to_model(fb_clip *n, fb_model **out)
     return FB_OK;
 }
 
+const float *fb_clip_linear_input(const fb_clip *n, const char *weight, int64_t *rows,
+                                  int64_t *cols)
+{
+    const int64_t E = n->c.hidden, BT = n->batch * n->T;
+    if (!strcmp(weight, "visual_projection.weight") && n->proj_w) {
+        *rows = n->batch;
+        *cols = E;
+        return n->pooled;
+    }
+    long long l;
+    char rest[64];
+    if (sscanf(weight, "vision_model.encoder.layers.%lld.%63s", &l, rest) != 2 || l < 0 ||
+        l >= n->c.layers)
+        return NULL;
+    const layer_acts *A = &n->A[l];
+    *rows = BT;
+    *cols = E;
+    if (!strcmp(rest, "self_attn.q_proj.weight") || !strcmp(rest, "self_attn.k_proj.weight") ||
+        !strcmp(rest, "self_attn.v_proj.weight"))
+        return A->ln1;
+    if (!strcmp(rest, "self_attn.out_proj.weight")) return A->a;
+    if (!strcmp(rest, "mlp.fc1.weight")) return A->ln2;
+    if (!strcmp(rest, "mlp.fc2.weight")) {
+        *cols = n->c.intermediate;
+        return A->g;
+    }
+    return NULL;
+}
+
 static const view *find_view(const fb_clip *n, const char *name)
 {
     for (int64_t i = 0; i < n->num_views; i++)

@@ -55,6 +55,11 @@ const char *fb_clip_tensor_name(const fb_clip *net, int64_t i, int64_t *numel);
 /* The parameters as a state dict under transformers' names and shapes; its tensors borrow the
  * network's buffer (valid while net lives, and showing later updates). Free with fb_model_free. */
 fb_status fb_clip_to_model(fb_clip *net, fb_model **out);
+/* The input the named linear layer's weight saw in the last forward pass (RegMean's
+ * activations): *rows x *cols floats, rows = batch x tokens (batch for visual_projection),
+ * cols = the weight's input size. NULL if the name is not a linear weight of the tower. */
+const float *fb_clip_linear_input(const fb_clip *net, const char *weight_name, int64_t *rows,
+                                  int64_t *cols);
 /* images [B, channels, image_size, image_size] -> features [B, projection or hidden]. */
 fb_status fb_clip_forward(fb_clip *net, const float *images, int64_t B, const float **features);
 /* Accumulates parameter gradients from dfeatures (after fb_clip_zero_grad). */

@@ -206,3 +206,33 @@ w = (torch.ones(K) / K) * inv / inv.sum()
 merged = ((w[:, None] * (fis + eps) * thetas).sum(0)) / ((w[:, None] * (fis + eps)).sum(0))
 save.update({"merge.thetas": thetas, "merge.fisher": fis, "merge.weights": w, "merge.out": merged})
 st.save(os.path.join(OUT, "fisher.safetensors"), save)
+
+# --- RegMean: Gram matrices of every linear layer's inputs (mean over examples of the sum
+# over tokens of x x^T) for two models on their own images, and the merged weights
+# W^T = (sum_k G~_k)^-1 sum_k G~_k W_k^T (off-diagonals times alpha), solved in float64 ---
+g = torch.Generator().manual_seed(31)
+models = [clip_params(cfg, g), clip_params(cfg, g)]
+imgs = [torch.randn(5, 3, 12, 12, generator=g), torch.randn(4, 3, 12, 12, generator=g)]
+alpha = 0.95
+save = {}
+grams = []
+for k in range(2):
+    rec = {}
+    with torch.no_grad():
+        clip_forward(models[k], cfg, imgs[k], rec)
+    gk = {n: sum(x.T.double() @ x.double() for x in xs) / imgs[k].shape[0] for n, xs in rec.items()}
+    grams.append(gk)
+    for n in gk:
+        save[f"gram{k}.{n}"] = gk[n].float()
+    for n, v in models[k].items():
+        save[f"model{k}.{n}"] = v
+    save[f"images{k}"] = imgs[k]
+for n in grams[0]:
+    A = 0
+    B = 0
+    for k in range(2):
+        G = grams[k][n] * alpha + torch.diag(torch.diagonal(grams[k][n])) * (1 - alpha)
+        A = A + G
+        B = B + G @ models[k][n].double().T
+    save["merged." + n] = torch.linalg.solve(A, B).T.float()
+st.save(os.path.join(OUT, "regmean.safetensors"), save)
