@@ -428,6 +428,23 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
                                           "method.batch_size=8", mp, tp, NULL}) == 0);
     EXPECT(out && strstr(out, "average"));
     free(out);
+    REQUIRE(run_cli(&out, (const char *[]){"method=weighted_ensemble", "method.weights=[3,1]", mp, tp,
+                                          NULL}) == 0);
+    EXPECT(out && strstr(out, "average"));
+    free(out);
+    /* an ensemble weighing one model alone scores exactly as that model */
+    char *solo = NULL, *dummy = NULL;
+    REQUIRE(run_cli(&solo, (const char *[]){"method=weighted_ensemble", "method.weights=[0,1]", mp, tp,
+                                           NULL}) == 0);
+    REQUIRE(run_cli(&dummy, (const char *[]){"method=dummy", "method.model_name=pairs", mp, tp, NULL}) == 0);
+    const char *a1 = solo ? strstr(solo, "  all ") : NULL, *a2 = dummy ? strstr(dummy, "  all ") : NULL;
+    EXPECT(a1 && a2 && !strncmp(a1, a2, (size_t)(strchr(a2, '\n') - a2)));
+    free(solo);
+    free(dummy);
+    const char *argv_bad0[] = {fb_test_cli, "method=simple_ensemble", mp, NULL};
+    char *err0 = NULL;
+    EXPECT(fb_test_run(argv_bad0, NULL, &err0) == 2 && err0 && strstr(err0, "ensemble is not one model"));
+    free(err0);
     const char *argv_bad1[] = {fb_test_cli, "method=adamerging", mp, NULL};
     char *err = NULL;
     EXPECT(fb_test_run(argv_bad1, NULL, &err) == 1 && err && strstr(err, "learns from task data"));

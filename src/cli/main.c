@@ -475,7 +475,15 @@ static int run(cli *c)
     /* With a taskpool the merged model stays in memory for evaluation; else it streams. */
     fb_model *merged = NULL, *mem_extras = NULL;
     fb_status st;
-    if (c->taskpool) {
+    const fb_method_ops *ops = c->method->ops;
+    if (ops->ensemble && (!c->taskpool || out_path))
+        return fail(2, !c->taskpool ? "an ensemble is not one model: evaluate it with a taskpool "
+                                      "(taskpool=NAME_OR_PATH)"
+                                    : "an ensemble has no merged model to save "
+                                      "(drop merged_model_save_path)");
+    if (ops->ensemble) {
+        st = FB_OK; /* nothing to merge: the task pool evaluates the models together */
+    } else if (c->taskpool) {
         st = fb_method_run_extras(c->method, c->pool, &ro, &merged, &mem_extras);
         if (!st && out_path) st = save_in_memory(merged, mem_extras, out_path, &so);
     } else {
@@ -494,9 +502,22 @@ static int run(cli *c)
         for (int i = 0; !st && per_task && base && i < nt; i++)
             st = fb_task_model_from_extras(merged, base, mem_extras, c->taskpool->set.tasks[i].name,
                                            &per_task[i]);
-        if (!st)
+        if (!st && ops->ensemble) {
+            const int K = fb_modelpool_num_models(c->pool);
+            const fb_model **models = fb_malloc((size_t)K * sizeof *models);
+            double *w = fb_malloc((size_t)K * sizeof *w);
+            st = models && w ? ops->ensemble_weights(c->method->state, K, w) : FB_ERR_NOMEM;
+            for (int k = 0; !st && k < K; k++)
+                models[k] = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, k));
+            if (!st)
+                st = fb_taskpool_evaluate_ensemble(c->taskpool, models, K, w, ops->ensemble == 2,
+                                                   results, NULL, NULL);
+            fb_free(models);
+            fb_free(w);
+        } else if (!st) {
             st = fb_taskpool_evaluate(c->taskpool, merged, (const fb_model *const *)per_task,
                                       results, on_eval, &ep);
+        }
         for (int i = 0; per_task && i < nt; i++) fb_model_free(per_task[i]);
         fb_free(per_task);
     }

@@ -696,6 +696,9 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     job J = {.method = m, .to_memory = to_memory, .opts = opts};
     char *xpath = NULL;
     fb_status st = FB_OK;
+    if (m->ops->ensemble)
+        return fb_set_error(FB_ERR_ARG, "method %s is an ensemble, not one model: evaluate it with "
+                            "a taskpool (taskpool=NAME_OR_PATH)", m->ops->name);
     if (m->ops->learn && (!opts || !opts->taskpool))
         st = fb_set_error(FB_ERR_ARG, "method %s learns from task data: give it a taskpool "
                           "(taskpool=NAME_OR_PATH)", m->ops->name);

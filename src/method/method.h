@@ -115,6 +115,11 @@ typedef struct fb_method_ops {
      * pool and opts->taskpool's data, before any output is planned. Methods with learn fail
      * with a clear error when opts has no task pool. */
     fb_status (*learn)(void *state, fb_modelpool *pool, const fb_run_options *opts);
+    /* Ensembles (1: weighted mean of the models' features, 2: the most confident model per
+     * input) merge nothing: the task pool evaluates the pool's models together, with the
+     * weights ensemble_weights gives. Merging with one is an error. */
+    int ensemble;
+    fb_status (*ensemble_weights)(const void *state, int num_models, double *weights);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);

@@ -288,3 +288,95 @@ fb_status fb_task_model_from_extras(const fb_model *merged, const fb_model *base
     *out = m;
     return FB_OK;
 }
+
+fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *models, int K,
+                                        const double *weights, int max_predictor,
+                                        fb_task_result *results, fb_eval_progress progress,
+                                        void *user)
+{
+    const int64_t B = tp->batch_size, F = fb_taskpool_features(tp);
+    const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
+    const int T = tp->set.num_tasks;
+    int64_t total = 0, Kmax = 1;
+    for (int t = 0; t < T; t++) {
+        total += tp->set.tasks[t].n[tp->split];
+        if (tp->set.tasks[t].num_classes > Kmax) Kmax = tp->set.tasks[t].num_classes;
+    }
+    /* every model's features of every example, models outer: one parameter load each */
+    float *feats = fb_malloc((size_t)K * (size_t)(total ? total : 1) * (size_t)F * 4);
+    float *mix = fb_malloc((size_t)F * 4), *head = fb_malloc((size_t)(Kmax * F) * 4);
+    float *logits = fb_malloc((size_t)Kmax * 4), *best = fb_malloc((size_t)Kmax * 4);
+    float *probs = fb_malloc((size_t)Kmax * 4), *normed = fb_malloc((size_t)F * 4), norm;
+    fb_clip *net = NULL;
+    fb_status st = feats && mix && head && logits && best && probs && normed ? FB_OK : FB_ERR_NOMEM;
+    if (!st) st = fb_clip_create(&tp->clip, B, &net);
+    for (int k = 0; k < K && !st; k++) {
+        if ((st = fb_clip_set_params(net, models[k]))) break;
+        int64_t at = 0;
+        for (int t = 0; t < T && !st; t++) {
+            const fb_task *task = &tp->set.tasks[t];
+            const int64_t n = task->n[tp->split];
+            for (int64_t b0 = 0; b0 < n && !st; b0 += B) {
+                const int64_t b = n - b0 < B ? n - b0 : B;
+                const float *f;
+                if ((st = fb_clip_forward(net, task->x[tp->split] + b0 * img, b, &f))) break;
+                memcpy(feats + ((size_t)k * (size_t)total + (size_t)(at + b0)) * (size_t)F, f,
+                       (size_t)(b * F) * 4);
+            }
+            at += n;
+        }
+        if (progress) progress(user, 0, k + 1, K);
+    }
+    int64_t at = 0;
+    for (int t = 0; t < T && !st; t++) {
+        const fb_task *task = &tp->set.tasks[t];
+        const int64_t n = task->n[tp->split], Kt = task->num_classes;
+        if ((st = fb_taskpool_head(tp, t, head))) break;
+        int64_t correct = 0;
+        double loss = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *fi = feats + (size_t)(at + i) * (size_t)F;
+            if (max_predictor) { /* the model most confident about this example decides */
+                float conf = -1;
+                for (int k = 0; k < K; k++) {
+                    fb_head_forward(logits, normed, &norm, fi + (size_t)k * (size_t)total * (size_t)F,
+                                    head, tp->logit_scale, 1, F, Kt);
+                    fb_softmax_forward(probs, logits, 1, Kt);
+                    float m = probs[0];
+                    for (int64_t c = 1; c < Kt; c++) m = probs[c] > m ? probs[c] : m;
+                    if (m > conf) {
+                        conf = m;
+                        memcpy(best, logits, (size_t)Kt * 4);
+                    }
+                }
+            } else { /* the weighted mean of the models' features */
+                for (int64_t j = 0; j < F; j++) mix[j] = 0;
+                for (int k = 0; k < K; k++) {
+                    const float *fk = fi + (size_t)k * (size_t)total * (size_t)F;
+                    for (int64_t j = 0; j < F; j++) mix[j] += (float)weights[k] * fk[j];
+                }
+                fb_head_forward(best, normed, &norm, mix, head, tp->logit_scale, 1, F, Kt);
+            }
+            const int32_t y = task->y[tp->split][i];
+            loss += (double)fb_cross_entropy_forward(probs, best, &y, 1, Kt);
+            int64_t arg = 0;
+            for (int64_t c = 1; c < Kt; c++)
+                if (best[c] > best[arg]) arg = c;
+            correct += arg == y;
+        }
+        results[t].task = task->name;
+        results[t].examples = n;
+        results[t].accuracy = n ? (double)correct / (double)n : 0.0;
+        results[t].loss = n ? loss / (double)n : 0.0;
+        at += n;
+    }
+    fb_clip_free(net);
+    fb_free(feats);
+    fb_free(mix);
+    fb_free(head);
+    fb_free(logits);
+    fb_free(best);
+    fb_free(probs);
+    fb_free(normed);
+    return st;
+}

@@ -58,6 +58,15 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
                                const fb_model *const *task_models, fb_task_result *results,
                                fb_eval_progress progress, void *user);
 
+/* Evaluates an ensemble of K models as one model (FusionBench's SimpleEnsemble,
+ * WeightedEnsemble, MaxModelPredictor): the image features are the weighted mean of the
+ * models' features (weights[K]), or, with max_predictor, each example takes the logits of the
+ * model whose softmax is most confident. progress reports models done as (0, k, K). */
+fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *models, int K,
+                                        const double *weights, int max_predictor,
+                                        fb_task_result *results, fb_eval_progress progress,
+                                        void *user);
+
 /* Task `name`'s own model from a merge with per-task extras (fb_method_run_extras): theta_0 +
  * r M (merged - theta_0), with M the BOOL masks "<name>/<tensor>" and r the scalar
  * "<name>/__rescaler__" (1 when absent). *out is NULL when the extras have nothing for it. */
