@@ -324,12 +324,12 @@ int main(int argc, char **argv)
     /* the table on the terminal */
     printf("\naccuracy (%%) on the test split of each task:");
     for (int k = 0; k < num_tasks; k++) printf("%s T%d %s", k ? "," : "", k + 1, tasks[k]);
-    printf("\n\n%-30s", "method");
+    printf("\n\n%-40s", "method");
     for (int k = 0; k < num_tasks; k++) printf("     T%d", k + 1);
     printf("    avg\n");
     for (int r = 0; r < n; r++) {
         if (!rows[r].ok) continue;
-        printf("%-30.30s", rows[r].name);
+        printf("%-40.40s", rows[r].name);
         for (int k = 0; k < num_tasks; k++) printf(" %6.1f", 100 * rows[r].acc[k]);
         printf(" %6.1f\n", 100 * rows[r].avg);
     }
