@@ -21,7 +21,6 @@
 #include <string.h>
 
 #include "core/alloc.h"
-#include "core/rng.h"
 #include "core/status.h"
 #include "core/strmap.h"
 #include "method.h"
@@ -190,18 +189,11 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     if (s->coef && s->ncoef != K)
         return fb_set_error(FB_ERR_ARG, "method.fisher_scaling_coefficients has %d values for %d models",
                             s->ncoef, K);
-    /* every model's task and data before any work */
-    for (int k = 0; k < K; k++)
-        if (fb_taskpool_find(tp, fb_modelpool_model_name(pool, k)) < 0)
-            return fb_set_error(FB_ERR_NOT_FOUND, "fisher_merging: model '%s' has no task of that "
-                                "name in the taskpool (its training data gives the model's Fisher)",
-                                fb_modelpool_model_name(pool, k));
-    fb_status st = fb_taskpool_need_split(tp, FB_SPLIT_TRAIN);
+    fb_status st = fb_taskpool_for_models(tp, pool, "fisher_merging", FB_SPLIT_TRAIN);
     if (st) return st;
     fb_clip *net = NULL;
-    const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
     float *head = NULL, *x = NULL;
-    int64_t *perm = NULL, *ranges = NULL;
+    int64_t *ranges = NULL;
     if ((st = fb_clip_create(&tp->clip, s->batch, &net))) return st;
     s->np = fb_clip_num_params(net);
     s->L = fb_clip_num_tensors(net);
@@ -226,34 +218,19 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     fb_nn_blas_single(1);
     for (int k = 0; k < K && !st; k++) {
         const char *nm = fb_modelpool_model_name(pool, k);
-        const fb_task *t = &tp->set.tasks[fb_taskpool_find(tp, nm)];
-        const int64_t avail = t->n[FB_SPLIT_TRAIN], n = avail < s->examples ? avail : s->examples;
-        if (n <= 0) {
-            st = fb_set_error(FB_ERR_ARG, "fisher_merging: task %s has no training examples", nm);
-            break;
-        }
+        const int ti = fb_taskpool_find(tp, nm);
+        const fb_task *t = &tp->set.tasks[ti];
+        int64_t n;
         fb_free(head);
         fb_free(x);
-        fb_free(perm);
+        x = NULL;
         head = fb_malloc((size_t)(t->num_classes * fb_taskpool_features(tp)) * 4);
-        x = fb_malloc((size_t)(n * img) * 4);
-        perm = fb_malloc((size_t)avail * sizeof *perm);
-        if (!head || !x || !perm) {
+        if (!head) {
             st = FB_ERR_NOMEM;
             break;
         }
-        /* the first n of a seeded permutation of the training split (a shuffled loader) */
-        const uint64_t key = fb_rng_key(s->seed, nm, 11);
-        for (int64_t i = 0; i < avail; i++) perm[i] = i;
-        for (int64_t i = avail - 1; i > 0; i--) {
-            int64_t j = (int64_t)(fb_mix64(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull) % (uint64_t)(i + 1));
-            int64_t tmp = perm[i];
-            perm[i] = perm[j];
-            perm[j] = tmp;
-        }
-        for (int64_t i = 0; i < n; i++)
-            memcpy(x + i * img, t->x[FB_SPLIT_TRAIN] + perm[i] * img, (size_t)img * 4);
-        if ((st = fb_taskpool_head(tp, (int)(t - tp->set.tasks), head))) break;
+        if ((st = fb_taskpool_sample(tp, nm, FB_SPLIT_TRAIN, s->examples, s->seed, 11, &x, &n))) break;
+        if ((st = fb_taskpool_head(tp, ti, head))) break;
         if ((st = fb_clip_set_params(net, fb_modelpool_get(pool, nm)))) break;
         st = fb_fisher_diagonal(net, head, t->num_classes, tp->logit_scale, x, n, s->batch,
                                 s->fisher + (size_t)k * (size_t)s->np);
@@ -269,7 +246,6 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     }
     fb_free(head);
     fb_free(x);
-    fb_free(perm);
     fb_free(ranges);
     fb_clip_free(net);
     return st;

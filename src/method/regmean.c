@@ -20,7 +20,6 @@
 #include <string.h>
 
 #include "core/alloc.h"
-#include "core/rng.h"
 #include "core/status.h"
 #include "core/strmap.h"
 #include "linalg.h"
@@ -175,25 +174,19 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     fb_taskpool *tp = opts->taskpool;
     clear_learned(s);
     const int K = fb_modelpool_num_models(pool);
-    for (int k = 0; k < K; k++)
-        if (fb_taskpool_find(tp, fb_modelpool_model_name(pool, k)) < 0)
-            return fb_set_error(FB_ERR_NOT_FOUND, "regmean: model '%s' has no task of that name in "
-                                "the taskpool (its training data gives the layers' inputs)",
-                                fb_modelpool_model_name(pool, k));
-    fb_status st = fb_taskpool_need_split(tp, FB_SPLIT_TRAIN);
+    fb_status st = fb_taskpool_for_models(tp, pool, "regmean", FB_SPLIT_TRAIN);
     if (st) return st;
     fb_clip *net;
     if ((st = fb_clip_create(&tp->clip, s->batch, &net))) return st;
-    const int64_t L = fb_clip_num_tensors(net), img = tp->set.channels * tp->set.image_size * tp->set.image_size;
+    const int64_t L = fb_clip_num_tensors(net);
     /* the linear weights RegMean solves for, and their shapes */
     int64_t nlin = 0, *in = fb_malloc((size_t)L * sizeof *in), *outd = fb_malloc((size_t)L * sizeof *outd);
     s->names = fb_calloc((size_t)L, sizeof *s->names);
     s->merged = fb_calloc((size_t)L, sizeof *s->merged);
     s->numel = fb_calloc((size_t)L, sizeof *s->numel);
     float ***G = fb_calloc((size_t)K, sizeof *G), ***W = fb_calloc((size_t)K, sizeof *W);
-    float *x = fb_malloc((size_t)(s->examples * img) * 4);
-    int64_t *perm = NULL;
-    if (!in || !outd || !s->names || !s->merged || !s->numel || !G || !W || !x) st = FB_ERR_NOMEM;
+    float *x = NULL;
+    if (!in || !outd || !s->names || !s->merged || !s->numel || !G || !W) st = FB_ERR_NOMEM;
     for (int64_t l = 0; l < L && !st; l++) {
         int64_t n, rows, cols;
         const char *name = fb_clip_tensor_name(net, l, &n);
@@ -220,27 +213,10 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     fb_nn_blas_single(1);
     for (int k = 0; k < K && !st; k++) {
         const char *nm = fb_modelpool_model_name(pool, k);
-        const fb_task *t = &tp->set.tasks[fb_taskpool_find(tp, nm)];
-        const int64_t avail = t->n[FB_SPLIT_TRAIN], n = avail < s->examples ? avail : s->examples;
-        if (n <= 0) {
-            st = fb_set_error(FB_ERR_ARG, "regmean: task %s has no training examples", nm);
-            break;
-        }
-        fb_free(perm);
-        if (!(perm = fb_malloc((size_t)avail * sizeof *perm))) {
-            st = FB_ERR_NOMEM;
-            break;
-        }
-        const uint64_t key = fb_rng_key(s->seed, nm, 13);
-        for (int64_t i = 0; i < avail; i++) perm[i] = i;
-        for (int64_t i = avail - 1; i > 0; i--) {
-            int64_t j = (int64_t)(fb_mix64(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull) % (uint64_t)(i + 1));
-            int64_t tmp = perm[i];
-            perm[i] = perm[j];
-            perm[j] = tmp;
-        }
-        for (int64_t i = 0; i < n; i++)
-            memcpy(x + i * img, t->x[FB_SPLIT_TRAIN] + perm[i] * img, (size_t)img * 4);
+        int64_t n;
+        fb_free(x);
+        x = NULL;
+        if ((st = fb_taskpool_sample(tp, nm, FB_SPLIT_TRAIN, s->examples, s->seed, 13, &x, &n))) break;
         if ((st = fb_clip_set_params(net, fb_modelpool_get(pool, nm)))) break;
         for (int64_t l = 0; l < nlin; l++)
             memcpy(W[k][l], fb_clip_param(net, s->names[l], NULL), (size_t)s->numel[l] * 4);
@@ -271,7 +247,6 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     fb_free(G);
     fb_free(W);
     fb_free(x);
-    fb_free(perm);
     fb_free(in);
     fb_free(outd);
     fb_clip_free(net);

@@ -12,6 +12,7 @@
 
 #include "core/alloc.h"
 #include "core/model.h"
+#include "core/rng.h"
 #include "core/status.h"
 #include "nn/kernels.h"
 
@@ -379,4 +380,51 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
     fb_free(probs);
     fb_free(normed);
     return st;
+}
+
+fb_status fb_taskpool_for_models(fb_taskpool *tp, const fb_modelpool *pool, const char *method,
+                                 int split)
+{
+    for (int k = 0; k < fb_modelpool_num_models(pool); k++)
+        if (fb_taskpool_find(tp, fb_modelpool_model_name(pool, k)) < 0)
+            return fb_set_error(FB_ERR_NOT_FOUND, "%s: model '%s' has no task of that name in the "
+                                "taskpool (its %s data is what the method learns from)", method,
+                                fb_modelpool_model_name(pool, k), fb_split_names[split]);
+    return fb_taskpool_need_split(tp, split);
+}
+
+fb_status fb_taskpool_sample(const fb_taskpool *tp, const char *name, int split, int64_t max,
+                             uint64_t seed, uint64_t stream, float **x, int64_t *count)
+{
+    *x = NULL;
+    *count = 0;
+    const int t = fb_taskpool_find(tp, name);
+    if (t < 0) return fb_set_error(FB_ERR_NOT_FOUND, "the taskpool has no task '%s'", name);
+    const fb_task *task = &tp->set.tasks[t];
+    const int64_t avail = task->n[split], n = avail < max ? avail : max;
+    const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
+    if (n <= 0)
+        return fb_set_error(FB_ERR_ARG, "task %s has no %s examples", name, fb_split_names[split]);
+    int64_t *perm = fb_malloc((size_t)avail * sizeof *perm);
+    float *out = fb_malloc((size_t)(n * img) * sizeof *out);
+    if (!perm || !out) {
+        fb_free(perm);
+        fb_free(out);
+        return FB_ERR_NOMEM;
+    }
+    /* the first n of a seeded permutation of the split (Fisher-Yates, counter-based) */
+    const uint64_t key = fb_rng_key(seed, name, stream);
+    for (int64_t i = 0; i < avail; i++) perm[i] = i;
+    for (int64_t i = avail - 1; i > 0; i--) {
+        int64_t j = (int64_t)(fb_mix64(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull) % (uint64_t)(i + 1));
+        int64_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int64_t i = 0; i < n; i++)
+        memcpy(out + i * img, task->x[split] + perm[i] * img, (size_t)img * sizeof *out);
+    fb_free(perm);
+    *x = out;
+    *count = n;
+    return FB_OK;
 }

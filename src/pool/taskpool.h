@@ -17,6 +17,7 @@
 #ifndef FB_POOL_TASKPOOL_H
 #define FB_POOL_TASKPOOL_H
 #include "nn/clip_vit.h"
+#include "pool/modelpool.h"
 #include "tasks.h"
 
 typedef struct fb_task_result {
@@ -47,6 +48,16 @@ fb_status fb_taskpool_need_split(fb_taskpool *tp, int split);
 
 /* The index of the task named `name`, or -1. */
 int fb_taskpool_find(const fb_taskpool *tp, const char *name);
+
+/* For methods that learn from each model's own task: every pool model must have a task of
+ * its name (an error naming the model otherwise), and `split` is loaded. */
+fb_status fb_taskpool_for_models(fb_taskpool *tp, const fb_modelpool *pool, const char *method,
+                                 int split);
+
+/* Up to max examples of the task named `name` from `split`, the first of a permutation drawn
+ * from (seed, name, stream): *x (fb_malloc'd) holds *count images. */
+fb_status fb_taskpool_sample(const fb_taskpool *tp, const char *name, int split, int64_t max,
+                             uint64_t seed, uint64_t stream, float **x, int64_t *count);
 
 /* Progress of an evaluation: task index, examples done, examples in the task. */
 typedef void (*fb_eval_progress)(void *user, int task, int64_t done, int64_t total);
