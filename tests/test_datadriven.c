@@ -268,3 +268,87 @@ TEST(regmean_grams_and_merged_weights_match_pytorch)
     fb_clip_free(net);
     fb_model_free(ref);
 }
+
+/* An owned copy of the net's parameters as a state dict. */
+static fb_model *owned_params(fb_clip *net)
+{
+    fb_model *view, *m;
+    if (fb_clip_to_model(net, &view) || fb_model_create(&m)) return NULL;
+    for (int64_t i = 0; i < fb_model_num_tensors(view); i++) {
+        const fb_tensor *t = fb_model_tensor(view, i);
+        const void *d;
+        if (fb_tensor_data(t, &d) || fb_model_add_tensor(m, fb_tensor_name(t), FB_F32, fb_tensor_ndim(t),
+                                                          fb_tensor_shape(t), d, NULL)) {
+            fb_model_free(m);
+            m = NULL;
+            break;
+        }
+    }
+    fb_model_free(view);
+    return m;
+}
+
+TEST(regmean_plusplus_matches_pytorch_layer_by_layer)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nn/regmean.safetensors", fb_test_ref_dir);
+    fb_model *ref, *want;
+    REQUIRE_OK(fb_model_load(path, &ref));
+    snprintf(path, sizeof path, "%s/nn/regmean_plusplus.safetensors", fb_test_ref_dir);
+    REQUIRE_OK(fb_model_load(path, &want));
+    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir);
+    fb_clip_config cfg;
+    REQUIRE_OK(fb_clip_config_load(path, &cfg));
+    fb_clip *net;
+    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    fb_model *models[2];
+    for (int k = 0; k < 2; k++) {
+        for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
+            int64_t n;
+            const char *name = fb_clip_tensor_name(net, l, &n);
+            char key[300];
+            snprintf(key, sizeof key, "model%d.%s", k, name);
+            const float *v = ref_tensor(ref, key);
+            REQUIRE(v);
+            memcpy(fb_clip_param(net, name, NULL), v, (size_t)n * 4);
+        }
+        REQUIRE(models[k] = owned_params(net));
+    }
+    const char *names[64];
+    float *merged[64];
+    int64_t nlin = 0, rows, cols;
+    for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
+        int64_t n;
+        const char *name = fb_clip_tensor_name(net, l, &n);
+        if (fb_clip_linear_input(net, name, &rows, &cols) && nlin < 64) {
+            merged[nlin] = malloc((size_t)n * 4);
+            names[nlin++] = name;
+        }
+    }
+    const float *xs[2] = {ref_tensor(ref, "images0"), ref_tensor(ref, "images1")};
+    const int64_t ns[2] = {5, 4};
+    REQUIRE_OK(fb_regmean_fit(net, 2, (const fb_model *const *)models, xs, ns, 2, 0.95, 1, nlin,
+                              names, merged));
+    for (int64_t l = 0; l < nlin; l++) {
+        char key[300];
+        snprintf(key, sizeof key, "merged.%s", names[l]);
+        const float *w = ref_tensor(want, key);
+        REQUIRE(w);
+        int64_t n;
+        fb_clip_param(net, names[l], &n);
+        float scale = 0;
+        for (int64_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(w[i]));
+        for (int64_t i = 0; i < n; i++)
+            if (fabsf(merged[l][i] - w[i]) > 1e-4f * scale) {
+                fb_test_fail(__FILE__, __LINE__, "RegMean++ %s element %lld: %g, PyTorch %g", names[l],
+                             (long long)i, merged[l][i], w[i]);
+                break;
+            }
+        free(merged[l]);
+    }
+    fb_model_free(models[0]);
+    fb_model_free(models[1]);
+    fb_clip_free(net);
+    fb_model_free(ref);
+    fb_model_free(want);
+}

@@ -45,6 +45,7 @@ extern const fb_method_ops fb_method_clip_task_wise_adamerging;
 extern const fb_method_ops fb_method_clip_layer_wise_adamerging;
 extern const fb_method_ops fb_method_fisher_merging;
 extern const fb_method_ops fb_method_regmean;
+extern const fb_method_ops fb_method_regmean_plusplus;
 extern const fb_method_ops fb_method_simple_ensemble;
 extern const fb_method_ops fb_method_weighted_ensemble;
 extern const fb_method_ops fb_method_max_model_predictor;
@@ -66,6 +67,7 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_emr_merging,          &fb_method_dummy,
     &fb_method_clip_task_wise_adamerging, &fb_method_clip_layer_wise_adamerging,
     &fb_method_fisher_merging,       &fb_method_regmean,
+    &fb_method_regmean_plusplus,
     &fb_method_simple_ensemble,      &fb_method_weighted_ensemble,
     &fb_method_max_model_predictor,
 };

@@ -17,6 +17,7 @@
 #include "regmean.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -28,6 +29,7 @@
 #include "pool/taskpool.h"
 
 typedef struct state {
+    int plusplus; /* RegMean++: inputs from the merged model's own earlier layers */
     fb_name_filter *exclude;
     double alpha;
     int64_t examples, batch;
@@ -77,10 +79,15 @@ static void destroy(void *p)
     fb_free(s);
 }
 
-static fb_status create(const fb_config *p, void **out)
+static fb_status create(const fb_config *p, int plusplus, void **out);
+static fb_status create_plain(const fb_config *p, void **out) { return create(p, 0, out); }
+static fb_status create_plusplus(const fb_config *p, void **out) { return create(p, 1, out); }
+
+static fb_status create(const fb_config *p, int plusplus, void **out)
 {
     state *s = fb_calloc(1, sizeof *s);
     if (!s) return FB_ERR_NOMEM;
+    s->plusplus = plusplus;
     fb_strmap_init(&s->index);
     int64_t seed = 0;
     fb_status st = fb_name_filter_create(fb_cfg_map_get(p, "exclude_param_names_regex"),
@@ -168,87 +175,148 @@ fb_status fb_regmean_solve(int K, const float *const *W, const float *const *G, 
 
 /* --------------------------------------------------------------------------- learn -- */
 
+/* The stage a tensor belongs to: RegMean++'s encoder layer l (its index), the final layer norm
+ * and projection (layers), or none (-1: embeddings, pre-layer-norm, kept as the mean). Plain
+ * RegMean has one stage, 0, holding everything. */
+static int64_t stage_of(int plusplus, const fb_clip_config *c, const char *name)
+{
+    if (!plusplus) return 0;
+    long long l;
+    if (sscanf(name, "vision_model.encoder.layers.%lld.", &l) == 1) return l;
+    if (!strncmp(name, "vision_model.post_layernorm.", 28) || !strcmp(name, "visual_projection.weight"))
+        return c->layers;
+    return -1;
+}
+
+fb_status fb_regmean_fit(fb_clip *net, int K, const fb_model *const *models,
+                         const float *const *xs, const int64_t *ns, int64_t batch, double alpha,
+                         int plusplus, int64_t nlin, const char *const *names, float *const *merged)
+{
+    /* Stages: plain RegMean solves every linear layer from each model's own forward pass;
+     * RegMean++ goes layer by layer, each model's layer fed by the merged layers before it
+     * (the models' mean everywhere not solved yet), then the final layer norm and projection. */
+    const fb_clip_config cfg = fb_clip_get_config(net);
+    const int64_t nstages = plusplus ? cfg.layers + 1 : 1, np = fb_clip_num_params(net);
+    int64_t *in = fb_malloc((size_t)(nlin ? nlin : 1) * sizeof *in);
+    int64_t *numel = fb_malloc((size_t)(nlin ? nlin : 1) * sizeof *numel);
+    float *M = plusplus ? fb_calloc((size_t)np, sizeof *M) : NULL;
+    const int64_t nkl = (int64_t)K * nlin > 0 ? (int64_t)K * nlin : 1;
+    float **G = fb_calloc((size_t)nkl, sizeof *G);
+    float **W = fb_calloc((size_t)nkl, sizeof *W);
+    const float **Wl = fb_malloc((size_t)K * sizeof *Wl), **Gl = fb_malloc((size_t)K * sizeof *Gl);
+    fb_status st = in && numel && G && W && Wl && Gl && (!plusplus || M) ? FB_OK : FB_ERR_NOMEM;
+    for (int64_t l = 0; l < nlin && !st; l++) {
+        int64_t rows;
+        if (!fb_clip_param(net, names[l], &numel[l]) || !fb_clip_linear_input(net, names[l], &rows, &in[l]))
+            st = fb_set_error(FB_ERR_ARG, "'%s' is not a linear layer of the vision tower", names[l]);
+        for (int k = 0; k < K && !st; k++) {
+            G[k * nlin + l] = fb_malloc((size_t)(in[l] * in[l]) * 4);
+            W[k * nlin + l] = fb_malloc((size_t)numel[l] * 4);
+            if (!G[k * nlin + l] || !W[k * nlin + l]) st = FB_ERR_NOMEM;
+        }
+    }
+    for (int k = 0; M && k < K && !st; k++) { /* the models' mean, in model order */
+        if ((st = fb_clip_set_params(net, models[k]))) break;
+        const float *pk = fb_clip_params(net);
+        for (int64_t i = 0; i < np; i++) M[i] += pk[i];
+    }
+    for (int64_t i = 0; M && !st && i < np; i++) M[i] /= (float)K;
+    for (int64_t stage = 0; stage < nstages && !st; stage++) {
+        const char *sn[64];
+        int64_t idx[64], m = 0;
+        for (int64_t l = 0; l < nlin; l++)
+            if (stage_of(plusplus, &cfg, names[l]) == stage && m < 64) idx[m] = l, sn[m++] = names[l];
+        for (int k = 0; k < K && !st && m; k++) {
+            if (!M) {
+                st = fb_clip_set_params(net, models[k]);
+            } else { /* merged so far, with this stage's tensors from model k */
+                memcpy(fb_clip_params(net), M, (size_t)np * sizeof *M);
+                for (int64_t t = 0; t < fb_clip_num_tensors(net) && !st; t++) {
+                    const char *tn = fb_clip_tensor_name(net, t, NULL);
+                    if (stage_of(plusplus, &cfg, tn) != stage) continue;
+                    const fb_tensor *src = fb_model_find(models[k], tn);
+                    st = src ? fb_tensor_to_f32(src, fb_clip_param(net, tn, NULL))
+                             : fb_set_error(FB_ERR_NOT_FOUND, "regmean: a model lacks '%s'", tn);
+                }
+            }
+            float *Gs[64];
+            for (int64_t j = 0; !st && j < m; j++) {
+                memcpy(W[k * nlin + idx[j]], fb_clip_param(net, sn[j], NULL), (size_t)numel[idx[j]] * 4);
+                Gs[j] = G[k * nlin + idx[j]];
+            }
+            if (!st) st = fb_regmean_grams(net, xs[k], ns[k], batch, m, sn, Gs);
+        }
+        for (int64_t j = 0; j < m && !st; j++) {
+            const int64_t l = idx[j];
+            for (int k = 0; k < K; k++) {
+                Wl[k] = W[k * nlin + l];
+                Gl[k] = G[k * nlin + l];
+            }
+            st = fb_regmean_solve(K, Wl, Gl, numel[l] / in[l], in[l], alpha, merged[l], names[l]);
+            if (!st && M) /* later stages see the solved layer */
+                memcpy(M + (fb_clip_param(net, names[l], NULL) - fb_clip_params(net)), merged[l],
+                       (size_t)numel[l] * 4);
+        }
+    }
+    for (int64_t i = 0; G && W && i < K * nlin; i++) {
+        fb_free(G[i]);
+        fb_free(W[i]);
+    }
+    fb_free(G);
+    fb_free(W);
+    fb_free(Wl);
+    fb_free(Gl);
+    fb_free(M);
+    fb_free(in);
+    fb_free(numel);
+    return st;
+}
+
 static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
 {
     state *s = p;
     fb_taskpool *tp = opts->taskpool;
     clear_learned(s);
     const int K = fb_modelpool_num_models(pool);
-    fb_status st = fb_taskpool_for_models(tp, pool, "regmean", FB_SPLIT_TRAIN);
+    fb_status st = fb_taskpool_for_models(tp, pool, s->plusplus ? "regmean_plusplus" : "regmean",
+                                          FB_SPLIT_TRAIN);
     if (st) return st;
     fb_clip *net;
     if ((st = fb_clip_create(&tp->clip, s->batch, &net))) return st;
     const int64_t L = fb_clip_num_tensors(net);
-    /* the linear weights RegMean solves for, and their shapes */
-    int64_t nlin = 0, *in = fb_malloc((size_t)L * sizeof *in), *outd = fb_malloc((size_t)L * sizeof *outd);
     s->names = fb_calloc((size_t)L, sizeof *s->names);
     s->merged = fb_calloc((size_t)L, sizeof *s->merged);
     s->numel = fb_calloc((size_t)L, sizeof *s->numel);
-    float ***G = fb_calloc((size_t)K, sizeof *G), ***W = fb_calloc((size_t)K, sizeof *W);
-    float *x = NULL;
-    if (!in || !outd || !s->names || !s->merged || !s->numel || !G || !W) st = FB_ERR_NOMEM;
+    float **xs = fb_calloc((size_t)K, sizeof *xs);
+    int64_t *ns = fb_calloc((size_t)K, sizeof *ns);
+    const fb_model **models = fb_calloc((size_t)K, sizeof *models);
+    if (!s->names || !s->merged || !s->numel || !xs || !ns || !models) st = FB_ERR_NOMEM;
+    /* the linear weights RegMean solves for */
     for (int64_t l = 0; l < L && !st; l++) {
         int64_t n, rows, cols;
         const char *name = fb_clip_tensor_name(net, l, &n);
         if (!fb_clip_linear_input(net, name, &rows, &cols) || fb_name_filter_matches(s->exclude, name))
             continue;
-        in[nlin] = cols;
-        outd[nlin] = n / cols;
-        s->numel[nlin] = n;
-        if (!(s->names[nlin] = fb_strdup(name))) st = FB_ERR_NOMEM;
-        else st = fb_strmap_put(&s->index, s->names[nlin], nlin);
-        nlin++;
-        s->nlin = nlin;
+        s->numel[s->nlin] = n;
+        if (!(s->names[s->nlin] = fb_strdup(name)) || !(s->merged[s->nlin] = fb_malloc((size_t)n * 4)))
+            st = FB_ERR_NOMEM;
+        else st = fb_strmap_put(&s->index, s->names[s->nlin], s->nlin);
+        s->nlin++;
     }
-    for (int k = 0; k < K && !st; k++) {
-        G[k] = fb_calloc((size_t)nlin, sizeof **G);
-        W[k] = fb_calloc((size_t)nlin, sizeof **W);
-        if (!G[k] || !W[k]) st = FB_ERR_NOMEM;
-        for (int64_t l = 0; !st && l < nlin; l++) {
-            G[k][l] = fb_malloc((size_t)(in[l] * in[l]) * 4);
-            W[k][l] = fb_malloc((size_t)s->numel[l] * 4);
-            if (!G[k][l] || !W[k][l]) st = FB_ERR_NOMEM;
-        }
+    for (int k = 0; k < K && !st; k++) { /* each model's own task data */
+        const char *nm = fb_modelpool_model_name(pool, k);
+        models[k] = fb_modelpool_get(pool, nm);
+        st = fb_taskpool_sample(tp, nm, FB_SPLIT_TRAIN, s->examples, s->seed, 13, &xs[k], &ns[k]);
     }
     fb_nn_blas_single(1);
-    for (int k = 0; k < K && !st; k++) {
-        const char *nm = fb_modelpool_model_name(pool, k);
-        int64_t n;
-        fb_free(x);
-        x = NULL;
-        if ((st = fb_taskpool_sample(tp, nm, FB_SPLIT_TRAIN, s->examples, s->seed, 13, &x, &n))) break;
-        if ((st = fb_clip_set_params(net, fb_modelpool_get(pool, nm)))) break;
-        for (int64_t l = 0; l < nlin; l++)
-            memcpy(W[k][l], fb_clip_param(net, s->names[l], NULL), (size_t)s->numel[l] * 4);
-        st = fb_regmean_grams(net, x, n, s->batch, nlin, (const char *const *)s->names, G[k]);
-        if (opts->on_step) opts->on_step(opts->user, "regmean (models)", k, K, NAN);
-    }
+    if (!st)
+        st = fb_regmean_fit(net, K, models, (const float *const *)xs, ns, s->batch, s->alpha,
+                            s->plusplus, s->nlin, (const char *const *)s->names, s->merged);
     fb_nn_blas_single(0);
-    const float **Wl = fb_malloc((size_t)K * sizeof *Wl), **Gl = fb_malloc((size_t)K * sizeof *Gl);
-    if (!st && (!Wl || !Gl)) st = FB_ERR_NOMEM;
-    for (int64_t l = 0; l < nlin && !st; l++) {
-        for (int k = 0; k < K; k++) {
-            Wl[k] = W[k][l];
-            Gl[k] = G[k][l];
-        }
-        if (!(s->merged[l] = fb_malloc((size_t)s->numel[l] * 4))) st = FB_ERR_NOMEM;
-        else st = fb_regmean_solve(K, Wl, Gl, outd[l], in[l], s->alpha, s->merged[l], s->names[l]);
-    }
-    fb_free(Wl);
-    fb_free(Gl);
-    for (int k = 0; k < K; k++) {
-        for (int64_t l = 0; l < nlin; l++) {
-            if (G && G[k]) fb_free(G[k][l]);
-            if (W && W[k]) fb_free(W[k][l]);
-        }
-        if (G) fb_free(G[k]);
-        if (W) fb_free(W[k]);
-    }
-    fb_free(G);
-    fb_free(W);
-    fb_free(x);
-    fb_free(in);
-    fb_free(outd);
+    for (int k = 0; xs && k < K; k++) fb_free(xs[k]);
+    fb_free(xs);
+    fb_free(ns);
+    fb_free(models);
     fb_clip_free(net);
     return st;
 }
@@ -281,7 +349,20 @@ const fb_method_ops fb_method_regmean = {
     .summary = "linear layers solved from each model's input Gram matrices on its task (RegMean)",
     .params = params,
     .optional_base = 1,
-    .create = create,
+    .create = create_plain,
+    .learn = learn,
+    .merges_tensor = merges_tensor,
+    .merge = merge,
+    .destroy = destroy,
+};
+
+const fb_method_ops fb_method_regmean_plusplus = {
+    .name = "regmean_plusplus",
+    .target_class = "RegMeanAlgorithmForCLIPPlusPlus",
+    .summary = "RegMean layer by layer, each layer's inputs from the merged layers before it",
+    .params = params,
+    .optional_base = 1,
+    .create = create_plusplus,
     .learn = learn,
     .merges_tensor = merges_tensor,
     .merge = merge,

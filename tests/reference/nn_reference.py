@@ -236,3 +236,38 @@ for n in grams[0]:
         B = B + G @ models[k][n].double().T
     save["merged." + n] = torch.linalg.solve(A, B).T.float()
 st.save(os.path.join(OUT, "regmean.safetensors"), save)
+
+# --- RegMean++: layer by layer, each model's layer fed by the already merged layers before it
+# (the models' mean where nothing is solved yet); the final layer norm and projection last --
+L = cfg["num_hidden_layers"]
+M = {n: (models[0][n] + models[1][n]) / 2 for n in models[0]}
+
+
+def stage(n):
+    if n.startswith("vision_model.encoder.layers."):
+        return int(n.split(".")[3])
+    if n.startswith("vision_model.post_layernorm.") or n == "visual_projection.weight":
+        return L
+    return -1
+
+
+save = {}
+for s_ in range(L + 1):
+    grams_s = []
+    for k in range(2):
+        hybrid = {n: (models[k][n] if stage(n) == s_ else M[n]) for n in M}
+        rec = {}
+        with torch.no_grad():
+            clip_forward(hybrid, cfg, imgs[k], rec)
+        grams_s.append({n: sum(x.T.double() @ x.double() for x in xs) / imgs[k].shape[0]
+                        for n, xs in rec.items() if stage(n) == s_})
+    for n in grams_s[0]:
+        A = 0
+        B = 0
+        for k in range(2):
+            G = grams_s[k][n] * alpha + torch.diag(torch.diagonal(grams_s[k][n])) * (1 - alpha)
+            A = A + G
+            B = B + G @ models[k][n].double().T
+        M[n] = torch.linalg.solve(A, B).T.float()
+        save["merged." + n] = M[n]
+st.save(os.path.join(OUT, "regmean_plusplus.safetensors"), save)
