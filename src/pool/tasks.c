@@ -459,11 +459,16 @@ static fb_status task_build(fb_task *t, const task_def *d, const fb_taskset *ts,
     if (want[FB_SPLIT_TRAIN] < 0) want[FB_SPLIT_TRAIN] = ntr - off - want[FB_SPLIT_VAL];
     int64_t need_tr = off + want[FB_SPLIT_VAL] + want[FB_SPLIT_TRAIN];
     if (want[FB_SPLIT_TRAIN] < 0 || need_tr > ntr || want[FB_SPLIT_TEST] > nte) {
-        st = fb_set_error(FB_ERR_CONFIG, "task %s asks for %lld train + %lld val + %lld test "
-                          "examples; source %s has %lld%s%lld for its classes", t->name,
-                          (long long)want[0], (long long)want[1], (long long)want[2], s->name,
-                          (long long)ntr, s->single ? " in all (test included), " : " train and ",
-                          (long long)(s->single ? 0 : nte));
+        if (s->single)
+            st = fb_set_error(FB_ERR_CONFIG, "task %s asks for %lld train + %lld val + %lld test "
+                              "examples; source %s has %lld of its classes in all", t->name,
+                              (long long)want[0], (long long)want[1], (long long)want[2], s->name,
+                              (long long)ntr);
+        else
+            st = fb_set_error(FB_ERR_CONFIG, "task %s asks for %lld train + %lld val + %lld test "
+                              "examples; source %s has %lld train and %lld test examples of its "
+                              "classes", t->name, (long long)want[0], (long long)want[1],
+                              (long long)want[2], s->name, (long long)ntr, (long long)nte);
         goto done;
     }
     for (int sp = 0; sp < FB_NUM_SPLITS && !st; sp++) {
