@@ -412,15 +412,8 @@ fb_status fb_taskpool_sample(const fb_taskpool *tp, const char *name, int split,
         fb_free(out);
         return FB_ERR_NOMEM;
     }
-    /* the first n of a seeded permutation of the split (Fisher-Yates, counter-based) */
-    const uint64_t key = fb_rng_key(seed, name, stream);
-    for (int64_t i = 0; i < avail; i++) perm[i] = i;
-    for (int64_t i = avail - 1; i > 0; i--) {
-        int64_t j = (int64_t)(fb_mix64(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull) % (uint64_t)(i + 1));
-        int64_t tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    /* the first n of a seeded permutation of the split */
+    fb_permutation(perm, avail, fb_rng_key(seed, name, stream));
     for (int64_t i = 0; i < n; i++)
         memcpy(out + i * img, task->x[split] + perm[i] * img, (size_t)img * sizeof *out);
     fb_free(perm);

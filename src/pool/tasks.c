@@ -254,8 +254,7 @@ static void apply_xform(xform x, const uint8_t *src, uint8_t *dst, int64_t S, in
         }
 }
 
-/* A seeded permutation of [0, n) (Fisher-Yates with the counter-based generator). */
-static void permutation(int64_t *p, int64_t n, uint64_t key)
+void fb_permutation(int64_t *p, int64_t n, uint64_t key)
 {
     for (int64_t i = 0; i < n; i++) p[i] = i;
     for (int64_t i = n - 1; i > 0; i--) {
@@ -377,7 +376,7 @@ static fb_status task_parse(const fb_config *node, const char *tname, const sour
             if (j == X_PERMUTE && !d->perm) {
                 int64_t S = d->src->train.height;
                 if (!(d->perm = fb_malloc((size_t)(S * S) * sizeof *d->perm))) return FB_ERR_NOMEM;
-                permutation(d->perm, S * S, fb_rng_key(seed, tname, 1));
+                fb_permutation(d->perm, S * S, fb_rng_key(seed, tname, 1));
             }
         }
     }
@@ -400,7 +399,7 @@ static fb_status eligible(const fb_images *p, const task_def *d, uint64_t key, i
 {
     int64_t *perm = fb_malloc((size_t)(p->n ? p->n : 1) * sizeof *perm);
     if (!perm) return FB_ERR_NOMEM;
-    permutation(perm, p->n, key);
+    fb_permutation(perm, p->n, key);
     int64_t m = 0;
     for (int64_t i = 0; i < p->n; i++) {
         int32_t l = p->labels[perm[i]];

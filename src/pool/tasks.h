@@ -63,6 +63,9 @@ void fb_taskset_free(fb_taskset *ts);
  * it came from the command line); `what` names it in errors. *out is fb_malloc'd. */
 fb_status fb_cfg_path(const fb_config *node, const char *what, char **out);
 
+/* A seeded permutation of [0, n) into p (Fisher-Yates with the counter-based generator). */
+void fb_permutation(int64_t *p, int64_t n, uint64_t key);
+
 /* The keys of a taskpool node that fb_taskset_load reads. */
 int fb_taskset_key(const char *key);
 
