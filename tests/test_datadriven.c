@@ -22,17 +22,48 @@ static const float *ref_tensor(const fb_model *m, const char *name)
     return p;
 }
 
-TEST(adamerging_lambda_gradient_matches_pytorch)
+/* tests/reference's file OUT/nn/<name>.safetensors, or NULL (the failure recorded). */
+static fb_model *load_ref(const char *name)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/nn/adamerging.safetensors", fb_test_ref_dir);
-    fb_model *ref;
-    REQUIRE_OK(fb_model_load(path, &ref));
+    snprintf(path, sizeof path, "%s/nn/%s.safetensors", fb_test_ref_dir, name);
+    fb_model *m = NULL;
+    if (fb_model_load(path, &m)) fb_test_fail(__FILE__, __LINE__, "%s", fb_last_error());
+    return m;
+}
+
+/* The small CLIP tower every data-driven reference uses (adamerging.config.json). */
+static fb_clip *reference_tower(int64_t batch)
+{
+    char path[4096];
     snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir);
     fb_clip_config cfg;
-    REQUIRE_OK(fb_clip_config_load(path, &cfg));
-    fb_clip *net;
-    REQUIRE_OK(fb_clip_create(&cfg, 3, &net));
+    fb_clip *net = NULL;
+    if (fb_clip_config_load(path, &cfg) || fb_clip_create(&cfg, batch, &net))
+        fb_test_fail(__FILE__, __LINE__, "%s", fb_last_error());
+    return net;
+}
+
+/* Sets every parameter of net from the reference tensors "<prefix><name>"; 0 if one is missing. */
+static int set_ref_params(fb_clip *net, const fb_model *ref, const char *prefix)
+{
+    for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
+        int64_t n;
+        const char *name = fb_clip_tensor_name(net, l, &n);
+        char key[300];
+        snprintf(key, sizeof key, "%s%s", prefix, name);
+        const float *v = ref_tensor(ref, key);
+        if (!v) return 0;
+        memcpy(fb_clip_param(net, name, NULL), v, (size_t)n * 4);
+    }
+    return 1;
+}
+
+TEST(adamerging_lambda_gradient_matches_pytorch)
+{
+    fb_model *ref = load_ref("adamerging");
+    fb_clip *net = reference_tower(3);
+    REQUIRE(ref && net);
     const int K = 2;
     const int64_t np = fb_clip_num_params(net), L = fb_clip_num_tensors(net);
     float *theta0 = malloc((size_t)np * 4), *tau[2] = {malloc((size_t)np * 4), malloc((size_t)np * 4)};
@@ -127,33 +158,16 @@ TEST(adamerging_lambda_gradient_matches_pytorch)
 
 TEST(fisher_diagonal_and_merge_match_pytorch)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/nn/fisher.safetensors", fb_test_ref_dir);
-    fb_model *ref;
-    REQUIRE_OK(fb_model_load(path, &ref));
-    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir); /* same tower */
-    fb_clip_config cfg;
-    REQUIRE_OK(fb_clip_config_load(path, &cfg));
-    fb_clip *net;
-    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
-    float *p = fb_clip_params(net);
+    fb_model *ref = load_ref("fisher");
+    fb_clip *net = reference_tower(2);
+    REQUIRE(ref && net);
     const int64_t np = fb_clip_num_params(net);
     float *want = malloc((size_t)np * 4), *got = malloc((size_t)np * 4);
     REQUIRE(want && got);
-    int64_t off = 0;
-    for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
-        int64_t n;
-        const char *name = fb_clip_tensor_name(net, l, &n);
-        char key[300];
-        snprintf(key, sizeof key, "param.%s", name);
-        const float *a = ref_tensor(ref, key);
-        snprintf(key, sizeof key, "fisher.%s", name);
-        const float *f = ref_tensor(ref, key);
-        REQUIRE(a && f);
-        memcpy(p + off, a, (size_t)n * 4);
-        memcpy(want + off, f, (size_t)n * 4);
-        off += n;
-    }
+    /* the reference Fisher, laid out as the parameters are; then the parameters themselves */
+    REQUIRE(set_ref_params(net, ref, "fisher."));
+    memcpy(want, fb_clip_params(net), (size_t)np * 4);
+    REQUIRE(set_ref_params(net, ref, "param."));
     /* 5 images in batches of 2, 2 and 1 */
     REQUIRE_OK(fb_fisher_diagonal(net, ref_tensor(ref, "head"), 4, 10.0f, ref_tensor(ref, "images"), 5, 2, got));
     float scale = 0;
@@ -187,15 +201,9 @@ TEST(fisher_diagonal_and_merge_match_pytorch)
 
 TEST(regmean_grams_and_merged_weights_match_pytorch)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/nn/regmean.safetensors", fb_test_ref_dir);
-    fb_model *ref;
-    REQUIRE_OK(fb_model_load(path, &ref));
-    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir); /* same tower */
-    fb_clip_config cfg;
-    REQUIRE_OK(fb_clip_config_load(path, &cfg));
-    fb_clip *net;
-    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    fb_model *ref = load_ref("regmean");
+    fb_clip *net = reference_tower(2);
+    REQUIRE(ref && net);
     /* the linear weights, in the tower's order */
     const char *names[64];
     int64_t nlin = 0, rows, cols, in[64], numel[64];
@@ -211,15 +219,9 @@ TEST(regmean_grams_and_merged_weights_match_pytorch)
     EXPECT(nlin == 2 * 6 + 1); /* q, k, v, out, fc1, fc2 per layer, and the projection */
     float *G[2][64], *W[2][64];
     for (int k = 0; k < 2; k++) {
-        for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) { /* model k's parameters */
-            int64_t n;
-            const char *name = fb_clip_tensor_name(net, l, &n);
-            char key[300];
-            snprintf(key, sizeof key, "model%d.%s", k, name);
-            const float *v = ref_tensor(ref, key);
-            REQUIRE(v);
-            memcpy(fb_clip_param(net, name, NULL), v, (size_t)n * 4);
-        }
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "model%d.", k);
+        REQUIRE(set_ref_params(net, ref, prefix));
         for (int64_t l = 0; l < nlin; l++) {
             G[k][l] = malloc((size_t)(in[l] * in[l]) * 4);
             W[k][l] = malloc((size_t)numel[l] * 4);
@@ -290,28 +292,14 @@ static fb_model *owned_params(fb_clip *net)
 
 TEST(regmean_plusplus_matches_pytorch_layer_by_layer)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/nn/regmean.safetensors", fb_test_ref_dir);
-    fb_model *ref, *want;
-    REQUIRE_OK(fb_model_load(path, &ref));
-    snprintf(path, sizeof path, "%s/nn/regmean_plusplus.safetensors", fb_test_ref_dir);
-    REQUIRE_OK(fb_model_load(path, &want));
-    snprintf(path, sizeof path, "%s/nn/adamerging.config.json", fb_test_ref_dir);
-    fb_clip_config cfg;
-    REQUIRE_OK(fb_clip_config_load(path, &cfg));
-    fb_clip *net;
-    REQUIRE_OK(fb_clip_create(&cfg, 2, &net));
+    fb_model *ref = load_ref("regmean"), *want = load_ref("regmean_plusplus");
+    fb_clip *net = reference_tower(2);
+    REQUIRE(ref && want && net);
     fb_model *models[2];
     for (int k = 0; k < 2; k++) {
-        for (int64_t l = 0; l < fb_clip_num_tensors(net); l++) {
-            int64_t n;
-            const char *name = fb_clip_tensor_name(net, l, &n);
-            char key[300];
-            snprintf(key, sizeof key, "model%d.%s", k, name);
-            const float *v = ref_tensor(ref, key);
-            REQUIRE(v);
-            memcpy(fb_clip_param(net, name, NULL), v, (size_t)n * 4);
-        }
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "model%d.", k);
+        REQUIRE(set_ref_params(net, ref, prefix));
         REQUIRE(models[k] = owned_params(net));
     }
     const char *names[64];
