@@ -58,9 +58,38 @@ typedef struct job {
     int64_t num_merged;
     uint8_t *mask_scratch;   /* threads x models x chunk */
     uint8_t *copy_buf;       /* two COPY_BYTES buffers for non-float tensors */
-    void **accs;             /* prepare passes: one accumulator per thread */
+    void **accs;             /* prepare passes and merge_bytes: one accumulator per thread */
     size_t acc_bytes;
+    struct fb_fixups *fixups; /* merge_finish: one list per thread */
 } job;
+
+/* Elements whose merged value waits for merge_finish's decision (fb_merge_fixup). */
+typedef struct fixup {
+    int64_t tensor, index; /* output tensor, element of the flattened tensor */
+    float values[FB_FIXUP_VALUES];
+} fixup;
+
+struct fb_fixups {
+    fixup *items;
+    int64_t count, cap;
+    int overflowed;
+};
+
+enum { FIXUPS_PER_THREAD = 32768 }; /* 1 MB per thread; beyond it the merge runs again */
+
+int fb_merge_fixup(const fb_merge_chunk *c, int64_t index, const float *values)
+{
+    struct fb_fixups *f = c->fixups;
+    if (f->count == f->cap) {
+        f->overflowed = 1;
+        return 0;
+    }
+    fixup *x = &f->items[f->count++];
+    x->tensor = c->tensor_index;
+    x->index = c->begin + index;
+    memcpy(x->values, values, sizeof x->values);
+    return 1;
+}
 
 enum { COPY_BYTES = 1 << 20 };
 
@@ -398,8 +427,19 @@ static fb_status allocate_scratch(job *J)
         if (!J->mask_scratch) return FB_ERR_NOMEM;
     }
     if (!J->f32 || !J->raw || !J->ptrs || !J->tensors || !J->copy_buf) return FB_ERR_NOMEM;
-    if (ops->prepare_passes) {
-        J->acc_bytes = ops->prepare_bytes(J->method->state);
+    if (ops->merge_finish) {
+        J->fixups = fb_calloc((size_t)J->threads, sizeof *J->fixups);
+        if (!J->fixups) return FB_ERR_NOMEM;
+        for (int t = 0; t < J->threads; t++) {
+            J->fixups[t].cap = FIXUPS_PER_THREAD;
+            J->fixups[t].items = fb_malloc(FIXUPS_PER_THREAD * sizeof(fixup));
+            if (!J->fixups[t].items) return FB_ERR_NOMEM;
+        }
+    }
+    if (ops->prepare_passes || ops->merge_bytes) {
+        J->acc_bytes = ops->prepare_passes ? ops->prepare_bytes(J->method->state) : 0;
+        size_t mb = ops->merge_bytes ? ops->merge_bytes(J->method->state) : 0;
+        if (mb > J->acc_bytes) J->acc_bytes = mb;
         J->accs = fb_calloc((size_t)J->threads, sizeof *J->accs);
         if (!J->accs) return FB_ERR_NOMEM;
         for (int t = 0; t < J->threads; t++)
@@ -497,6 +537,8 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
     mc.tensor_index = ti;
     const fb_method_ops *ops = J->method->ops;
     mc.scratch = J->kernel_scratch + (size_t)tid * (size_t)J->scratch_per * (size_t)J->chunk;
+    mc.acc = J->accs ? J->accs[tid] : NULL;
+    mc.fixups = J->fixups ? &J->fixups[tid] : NULL;
     if (what >= 0) {
         st = ops->prepare(J->method->state, what, &mc, J->accs[tid]);
         return st ? fb_error_prefix(st, "tensor '%s'", mc.tensor->name) : FB_OK;
@@ -520,8 +562,9 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
     return store_chunk(J, ti, &mc, tid);
 }
 
-/* Runs every chunk of float tensor ti, in parallel unless the method takes whole tensors. */
-static fb_status run_tensor(job *J, int64_t ti, int what)
+/* Runs every stride-th chunk of float tensor ti (0, stride, 2 stride, ...), in parallel
+ * unless the method takes whole tensors. */
+static fb_status run_tensor(job *J, int64_t ti, int what, int64_t stride)
 {
     int64_t numel = J->tensors[0]->numel;
     int64_t nchunks = (numel + J->chunk - 1) / J->chunk;
@@ -529,8 +572,10 @@ static fb_status run_tensor(job *J, int64_t ti, int what)
     int64_t err_chunk = INT64_MAX;
     fb_status err_status = FB_OK;
     char err_msg[FB_ERROR_MAX] = "";
+    int64_t nvisit = (nchunks + stride - 1) / stride;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t c = 0; c < nchunks; c++) {
+    for (int64_t v = 0; v < nvisit; v++) {
+        int64_t c = v * stride;
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -638,20 +683,11 @@ static int is_merged(const job *J, int64_t ti)
            (!ops->merges_tensor || ops->merges_tensor(J->tstate[ti], t));
 }
 
-static fb_status execute(job *J)
+/* One pass over every output tensor: merged, copied or restructured. */
+static fb_status merge_all(job *J, int report)
 {
     const fb_method_ops *ops = J->method->ops;
     fb_status st;
-    for (int pass = 0; pass < ops->prepare_passes; pass++) {
-        for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
-        for (int64_t ti = 0; ti < J->out->count; ti++) {
-            if (!is_merged(J, ti)) continue;
-            select_tensor(J, ti);
-            if ((st = run_tensor(J, ti, pass))) return st;
-        }
-        st = ops->prepare_finish(J->method->state, pass, J->accs, J->threads);
-        if (st) return fb_error_prefix(st, "method %s", ops->name);
-    }
     for (int64_t ti = 0; ti < J->out->count; ti++) {
         double t0 = now_seconds();
         if (ops->plan) {
@@ -659,12 +695,70 @@ static fb_status execute(job *J)
         } else {
             select_tensor(J, ti);
             if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
-            else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE);
+            else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE, 1);
         }
         if (st) return st;
-        if (J->opts && J->opts->on_tensor)
+        if (report && J->opts && J->opts->on_tensor)
             J->opts->on_tensor(J->opts->user, J->out->tensors[ti]->name, ti, J->out->count,
                                now_seconds() - t0);
+    }
+    return FB_OK;
+}
+
+/* Writes fixup value `choice` of every recorded element into the output. */
+static fb_status apply_fixups(job *J, int choice)
+{
+    uint8_t bytes[8];
+    for (int t = 0; t < J->threads; t++) {
+        const struct fb_fixups *f = &J->fixups[t];
+        for (int64_t i = 0; i < f->count; i++) {
+            const fixup *x = &f->items[i];
+            fb_tensor *ot = J->out->tensors[x->tensor];
+            size_t oes = fb_dtype_size(ot->dtype);
+            fb_status st = fb_convert_from_f32(ot->dtype, &x->values[choice], bytes, 1);
+            if (st) return st;
+            if (J->to_memory)
+                memcpy((uint8_t *)ot->data + (size_t)x->index * oes, bytes, oes);
+            else if (J->writer &&
+                     (st = fb_writer_write(J->writer, x->tensor, (size_t)x->index * oes, bytes, oes)))
+                return st;
+        }
+    }
+    return FB_OK;
+}
+
+static fb_status execute(job *J)
+{
+    const fb_method_ops *ops = J->method->ops;
+    fb_status st;
+    for (int pass = 0; pass < ops->prepare_passes; pass++) {
+        int stride = ops->prepare_stride ? ops->prepare_stride(J->method->state, pass) : 1;
+        if (stride <= 0) continue;
+        for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
+        for (int64_t ti = 0; ti < J->out->count; ti++) {
+            if (!is_merged(J, ti)) continue;
+            select_tensor(J, ti);
+            if ((st = run_tensor(J, ti, pass, stride))) return st;
+        }
+        st = ops->prepare_finish(J->method->state, pass, J->accs, J->threads);
+        if (st) return fb_error_prefix(st, "method %s", ops->name);
+    }
+    for (int t = 0; ops->merge_bytes && t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
+    if ((st = merge_all(J, 1))) return st;
+    if (ops->merge_finish) {
+        int choice = -1, overflowed = 0;
+        st = ops->merge_finish(J->method->state, J->accs, J->threads, &choice);
+        if (st) return fb_error_prefix(st, "method %s", ops->name);
+        for (int t = 0; t < J->threads; t++) overflowed |= J->fixups[t].overflowed;
+        if (choice >= FB_FIXUP_VALUES)
+            return fb_set_error(FB_ERR_INTERNAL, "method %s chose fixup %d", ops->name, choice);
+        if (choice >= 0 && overflowed) {
+            /* too many to patch: merge again, now that the state holds the decision */
+            for (int t = 0; t < J->threads; t++) J->fixups[t].count = 0;
+            if ((st = merge_all(J, 0))) return st;
+        } else if (choice >= 0 && (st = apply_fixups(J, choice))) {
+            return st;
+        }
     }
     return ops->model_scalars ? store_scalars(J) : FB_OK;
 }
@@ -686,6 +780,8 @@ static void job_free(job *J)
     fb_free(J->mask_scratch);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
+    for (int t = 0; J->fixups && t < J->threads; t++) fb_free(J->fixups[t].items);
+    fb_free(J->fixups);
     fb_model_free(J->out);
 }
 

@@ -36,7 +36,17 @@ typedef struct fb_merge_chunk {
     float *out;                 /* count merged elements go here */
     float *scratch;             /* this thread's scratch: scratch_per_element x count floats */
     uint8_t *masks;             /* methods with model_masks: num_models x count bytes to fill */
+    void *acc;                  /* methods with merge_bytes: this thread's merge accumulator */
+    struct fb_fixups *fixups;   /* methods with merge_finish: see fb_merge_fixup */
 } fb_merge_chunk;
+
+/* Number of values a fixup carries (one per outcome the method decides after the merge). */
+enum { FB_FIXUP_VALUES = 3 };
+
+/* Records that element `index` of the chunk (0-based within it) should become values[v] once
+ * merge_finish has chosen v; merge writes one of them meanwhile. Returns 0 when the thread's
+ * list is full: the driver then merges again after merge_finish (see merge_finish). */
+int fb_merge_fixup(const fb_merge_chunk *chunk, int64_t index, const float *values);
 
 /* What the driver tells a method before merging: the models it will see. */
 typedef struct fb_merge_setup {
@@ -99,6 +109,18 @@ typedef struct fb_method_ops {
     size_t (*prepare_bytes)(const void *state);
     fb_status (*prepare)(const void *state, int pass, const fb_merge_chunk *chunk, void *acc);
     fb_status (*prepare_finish)(void *state, int pass, void *const *accs, int num_accs);
+    /* Which chunks pass `pass` visits (NULL: all): 0 skips the pass (prepare_finish is not
+     * called), 1 visits every chunk, S > 1 a sample: chunks 0, S, 2S, ... of every tensor.
+     * Asked just before the pass, so it may depend on what earlier passes found. */
+    int (*prepare_stride)(const void *state, int pass);
+    /* Decisions that need the whole merge (TIES's majority sign): merge accumulates into
+     * chunk.acc (merge_bytes per thread, zeroed) and records the elements whose value depends
+     * on the decision with fb_merge_fixup; merge_finish gets the accumulators in thread order,
+     * decides, and sets *choice to the fixup value to use (-1: the values merge wrote stand).
+     * When a thread's fixup list overflowed, the driver instead merges every tensor again, and
+     * merge must then use the decision stored in the state. */
+    size_t (*merge_bytes)(const void *state);
+    fb_status (*merge_finish)(void *state, void *const *accs, int num_accs, int *choice);
     /* Restructuring methods (depth upscaling, passthrough) plan the output instead of merging
      * element by element: entries say which input tensor each output tensor copies. The inputs
      * then need not agree on their tensors. */

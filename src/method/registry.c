@@ -345,7 +345,7 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     if (!st && remove && ops->plan)
         st = fb_set_error(FB_ERR_UNSUPPORTED, "remove_keys does not apply to a restructuring method");
     if (!st) st = parse_rules(m);
-    if (!st && m->num_rules && ops->prepare_passes)
+    if (!st && m->num_rules && (ops->prepare_passes || ops->merge_finish))
         st = fb_set_error(FB_ERR_UNSUPPORTED,
                           "per-tensor values of '%s' are not supported: the method computes "
                           "statistics over the whole model",

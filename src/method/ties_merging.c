@@ -11,12 +11,24 @@
  *               (sum | mean over the agreeing nonzero entries | max |t_i| times gamma)
  *     theta     = theta_0 + lambda * a
  *
- * Streaming and exact. k-th values come from a radix select on the bit patterns of |tau|
- * (non-negative floats order like their bits): pass 0 histograms the top 16 bits of every
- * entry per model, pass 1 the low 16 bits of the entries in the bin holding the k-th value;
- * pass 2 counts the elected signs for the majority; then the merge. Histograms and counts are
- * integers, so the result does not depend on the thread count. Memory: two 65536-bin
- * histograms per model per thread.
+ * Streaming and exact, in two passes over the inputs in practice. The k-th largest |tau| of
+ * each model is found by a radix select on the bit patterns of |tau| (non-negative floats
+ * order like their bits), narrowed by a sample:
+ *   pass 0  a sample (every SAMPLE_STRIDE-th chunk of each tensor) histograms the top 16 bits
+ *           of |tau|, each sampled entry weighted by how many entries it stands for; the bins
+ *           around the estimated cut make a window of at most WINDOW_BINS bins;
+ *   pass 1  every entry: count those above the window, and histogram those inside it on all
+ *           31 bits; the cut is exact when it lies inside;
+ *   pass 2, 3 only for a model whose cut the window missed (a sample far from the whole):
+ *           the plain radix select, top 16 bits of every entry, then the low 16 bits of those
+ *           in the cut's bin.
+ * The elected sign of an entry whose trimmed vectors sum to 0 is FusionBench's "majority", the
+ * sign of the sum of all elected signs, known only at the end of the merge: merge writes the
+ * value for a negative majority, records the rare entries whose value would differ
+ * (fb_merge_fixup) and merge_finish picks the right ones (the driver merges again when there
+ * are too many to patch). Counts are integers, so nothing depends on the thread count.
+ * Memory: per thread and model, WINDOW_BINS x 65536 counters (pass 1; one 65536-bin histogram
+ * in passes 0 and 2).
  *
  * As FusionBench: k = d - floor(d * K) with K = threshold / 100 (a threshold of at most 1 is
  * taken as a fraction), the k-th smallest |tau| is the cut, and entries >= the cut are kept.
@@ -24,13 +36,21 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "core/alloc.h"
 #include "core/status.h"
 #include "dare.h"
 
 enum { BINS = 65536 };
+enum { SAMPLE_STRIDE = 32, WINDOW_BINS = 2 };
+enum { PASS_SAMPLE, PASS_WINDOW, PASS_HIGH, PASS_LOW, PASSES };
 enum { MERGE_SUM, MERGE_MEAN, MERGE_MAX };
 
 typedef struct state {
@@ -40,10 +60,16 @@ typedef struct state {
     fb_name_filter *remove;
     fb_dare dare;
     int n;              /* models */
-    uint32_t *hi;       /* per model: top 16 bits of the cut */
-    uint64_t *rank;     /* per model: rank of the cut within its top-16-bit bin (1-based) */
+    uint64_t total;     /* d: merged entries per model */
+    uint64_t *want;     /* per model: rank of the cut among the |tau| (1-based, ascending);
+                         * 0: everything is kept */
+    uint32_t *win_lo;   /* per model: first top-16-bit bin of the window */
+    int *radix;         /* per model: the window missed the cut, passes 2 and 3 find it */
+    uint32_t *hi;       /* per model (radix): top 16 bits of the cut */
+    uint64_t *rank;     /* per model (radix): rank of the cut within its top-16-bit bin */
     uint32_t *cut;      /* per model: bit pattern of the k-th |tau|; entries >= it are kept */
     int majority;       /* sign for entries whose elected sign is 0 */
+    int majority_known; /* set by merge_finish: a second merge uses it */
 } state;
 
 static const fb_param_spec ties_params[] = {
@@ -63,14 +89,28 @@ static const fb_param_spec dare_ties_params[] = {
     {NULL, NULL, NULL},
 };
 
+static void free_arrays(state *s)
+{
+    fb_free(s->want);
+    fb_free(s->win_lo);
+    fb_free(s->radix);
+    fb_free(s->hi);
+    fb_free(s->rank);
+    fb_free(s->cut);
+    s->want = NULL;
+    s->win_lo = NULL;
+    s->radix = NULL;
+    s->hi = NULL;
+    s->rank = NULL;
+    s->cut = NULL;
+}
+
 static void destroy(void *p)
 {
     state *s = p;
     if (!s) return;
     fb_name_filter_free(s->remove);
-    fb_free(s->hi);
-    fb_free(s->rank);
-    fb_free(s->cut);
+    free_arrays(s);
     fb_free(s);
 }
 
@@ -81,17 +121,24 @@ static fb_status create_common(const fb_config *p, int with_dare, void **out)
     double lambda, threshold;
     const char *mf;
     fb_status st = fb_cfg_double(fb_cfg_map_get(p, "scaling_factor"), "scaling_factor", &lambda);
+    if (!st && !isfinite(lambda))
+        st = fb_set_error(FB_ERR_ARG, "'scaling_factor' must be a finite number");
     if (!st) st = fb_param_double(p, "threshold", 0.0, 100.0, &threshold);
     if (!st && threshold == 0.0)
         st = fb_set_error(FB_ERR_ARG, "'threshold' is 0; it must be in (0, 100] (percent kept)");
     if (!st) st = fb_cfg_string(fb_cfg_map_get(p, "merge_func"), "merge_func", &mf);
     if (!st) {
-        if (!strcmp(mf, "sum")) s->merge_func = MERGE_SUM;
-        else if (!strcmp(mf, "mean")) s->merge_func = MERGE_MEAN;
-        else if (!strcmp(mf, "max")) s->merge_func = MERGE_MAX;
-        else st = fb_set_error(FB_ERR_ARG, "'merge_func' is '%s'; it must be sum, mean or max", mf);
+        if (!strcmp(mf, "sum"))
+            s->merge_func = MERGE_SUM;
+        else if (!strcmp(mf, "mean"))
+            s->merge_func = MERGE_MEAN;
+        else if (!strcmp(mf, "max"))
+            s->merge_func = MERGE_MAX;
+        else
+            st = fb_set_error(FB_ERR_ARG, "'merge_func' is '%s'; it must be sum, mean or max", mf);
     }
-    if (!st) st = fb_name_filter_create(fb_cfg_map_get(p, "remove_keys"), "remove_keys", &s->remove);
+    if (!st)
+        st = fb_name_filter_create(fb_cfg_map_get(p, "remove_keys"), "remove_keys", &s->remove);
     if (!st && with_dare) st = fb_dare_parse(p, &s->dare);
     if (st) {
         destroy(s);
@@ -103,7 +150,10 @@ static fb_status create_common(const fb_config *p, int with_dare, void **out)
     return FB_OK;
 }
 
-static fb_status create_ties(const fb_config *p, void **out) { return create_common(p, 0, out); }
+static fb_status create_ties(const fb_config *p, void **out)
+{
+    return create_common(p, 0, out);
+}
 static fb_status create_dare_ties(const fb_config *p, void **out)
 {
     return create_common(p, 1, out);
@@ -113,31 +163,30 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 {
     state *s = p;
     s->n = m->num_models;
-    fb_free(s->hi); /* a method object may run several merges */
-    fb_free(s->rank);
-    fb_free(s->cut);
-    s->hi = fb_calloc((size_t)s->n, sizeof *s->hi);
-    s->rank = fb_calloc((size_t)s->n, sizeof *s->rank);
-    s->cut = fb_calloc((size_t)s->n, sizeof *s->cut);
-    return s->hi && s->rank && s->cut ? FB_OK : FB_ERR_NOMEM;
+    free_arrays(s); /* a method object may run several merges */
+    size_t n = (size_t)s->n;
+    s->want = fb_calloc(n, sizeof *s->want);
+    s->win_lo = fb_calloc(n, sizeof *s->win_lo);
+    s->radix = fb_calloc(n, sizeof *s->radix);
+    s->hi = fb_calloc(n, sizeof *s->hi);
+    s->rank = fb_calloc(n, sizeof *s->rank);
+    s->cut = fb_calloc(n, sizeof *s->cut);
+    s->total = 0;
+    s->majority = 0;
+    s->majority_known = 0;
+    int ok = s->want && s->win_lo && s->radix && s->hi && s->rank && s->cut;
+    return ok ? FB_OK : FB_ERR_NOMEM;
 }
 
 /* the trimmed vector of every model, and the elected signs */
-static int scratch_per_element(const void *p) { return ((const state *)p)->n + 1; }
+static int scratch_per_element(const void *p)
+{
+    return ((const state *)p)->n + 1;
+}
 
 static int merges_tensor(const void *p, const fb_tensor *t)
 {
     return !fb_name_filter_matches(((const state *)p)->remove, fb_tensor_name(t));
-}
-
-/* Task vector entries of chunk c for model k, after DARE when enabled, into tau. */
-static void task_vector(const state *s, const fb_merge_chunk *c, int k, float *tau)
-{
-    const float *m = c->models[k], *b = c->base;
-    for (int64_t j = 0; j < c->count; j++) tau[j] = m[j] - b[j];
-    if (fb_dare_applies(&s->dare, c->tensor))
-        fb_dare_drop(&s->dare, fb_rng_key(s->dare.seed, c->tensor->name, (uint64_t)k), c->begin,
-                     tau, c->count);
 }
 
 static inline uint32_t magnitude_bits(float x)
@@ -148,99 +197,276 @@ static inline uint32_t magnitude_bits(float x)
 }
 
 /* The same as a signed integer (magnitudes fit in 31 bits): SSE2 compares those directly. */
-static inline int32_t magnitude_key(float x) { return (int32_t)magnitude_bits(x); }
+static inline int32_t magnitude_key(float x)
+{
+    return (int32_t)magnitude_bits(x);
+}
 
-/* Accumulator: pass 0/1 histograms (n x BINS), pass 2 two counters; then tau scratch. */
+/* Task vector entries of chunk c for model k, after DARE when enabled. Without DARE, tau is
+ * computed into the scratch only when `always`; otherwise *out points at NULL and the caller
+ * subtracts on the fly. */
+static inline __attribute__((always_inline)) void
+task_vector(const state *s, const fb_merge_chunk *c, int k, float *tau)
+{
+    const float *m = c->models[k], *b = c->base;
+    for (int64_t j = 0; j < c->count; j++)
+        tau[j] = m[j] - b[j];
+    if (fb_dare_applies(&s->dare, c->tensor))
+        fb_dare_drop(&s->dare, fb_rng_key(s->dare.seed, c->tensor->name, (uint64_t)k), c->begin,
+                     tau, c->count);
+}
+
+/* Accumulator: per model STRIDE words: passes 0, 2 and 3 a histogram of BINS 64-bit
+ * counters; pass 1 the count above the window, the count inside it, then WINDOW_BINS x BINS
+ * 32-bit counters (half the cache footprint; a thread that puts more than 2^32 - 1 entries in
+ * a window could overflow one, and the exact radix passes then take over). One more counter
+ * after the models, then tau scratch. */
+enum { STRIDE = 2 + WINDOW_BINS * BINS / 2 };
+
 static size_t prepare_bytes(const void *p)
 {
     const state *s = p;
-    return (size_t)s->n * BINS * sizeof(uint64_t) + FB_MERGE_CHUNK * sizeof(float);
+    return ((size_t)s->n * STRIDE + 1) * sizeof(uint64_t) + FB_MERGE_CHUNK * sizeof(float);
+}
+
+static int prepare_stride(const void *p, int pass)
+{
+    const state *s = p;
+    if (pass == PASS_SAMPLE) return SAMPLE_STRIDE;
+    int any = 0;
+    for (int k = 0; k < s->n; k++)
+        any |= pass == PASS_WINDOW ? s->want[k] != 0 : s->radix[k];
+    return any;
+}
+
+/* Pass 1 over one model's |tau| (m - b, or tau itself when b is NULL): how many entries lie
+ * at or above the window's end, and a histogram of those inside it. */
+static void scan_window(const float *restrict m, const float *restrict b, int64_t n, uint32_t lo,
+                        uint64_t *restrict counts, uint32_t *restrict fine)
+{
+    const uint32_t width = (uint32_t)WINDOW_BINS << 16;
+    uint64_t above = 0, inside = 0;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t x = magnitude_bits(b ? m[j] - b[j] : m[j]);
+        above += x >= lo + width;
+        if (x - lo < width) {
+            fine[x - lo]++;
+            inside++;
+        }
+    }
+    counts[0] += above;
+    counts[1] += inside;
+}
+
+#if defined(__x86_64__)
+/* The same with AVX2, eight entries at a time: two signed compares (magnitudes fit in 31
+ * bits), and the lanes inside the window (rare) taken from a movemask. */
+__attribute__((target("avx2"))) static void scan_window_avx2(const float *restrict m,
+                                                             const float *restrict b, int64_t n,
+                                                             uint32_t lo, uint64_t *restrict counts,
+                                                             uint32_t *restrict fine)
+{
+    const uint32_t width = (uint32_t)WINDOW_BINS << 16;
+    const __m256i mag = _mm256_set1_epi32(0x7fffffff);
+    const __m256i at_lo = _mm256_set1_epi32((int32_t)lo - 1); /* x > lo - 1: x >= lo */
+    const __m256i at_hi = _mm256_set1_epi32((int32_t)(lo + width) - 1);
+    uint64_t above = 0, inside = 0;
+    int64_t j = 0;
+    while (j + 8 <= n) {
+        /* lane counts stay far below 2^31 within a block of 2^20 vectors */
+        int64_t end = n - j > ((int64_t)8 << 20) ? j + ((int64_t)8 << 20) : n;
+        __m256i up = _mm256_setzero_si256();
+        for (; j + 8 <= end; j += 8) {
+            __m256 v = _mm256_loadu_ps(m + j);
+            if (b) v = _mm256_sub_ps(v, _mm256_loadu_ps(b + j));
+            __m256i x = _mm256_and_si256(_mm256_castps_si256(v), mag);
+            __m256i ge_hi = _mm256_cmpgt_epi32(x, at_hi);
+            __m256i in = _mm256_andnot_si256(ge_hi, _mm256_cmpgt_epi32(x, at_lo));
+            up = _mm256_sub_epi32(up, ge_hi);
+            unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(in));
+            if (!mask) continue;
+            uint32_t lanes[8];
+            _mm256_storeu_si256((__m256i *)lanes, x);
+            inside += (uint64_t)__builtin_popcount(mask);
+            for (; mask; mask &= mask - 1)
+                fine[lanes[__builtin_ctz(mask)] - lo]++;
+        }
+        uint32_t c[8];
+        _mm256_storeu_si256((__m256i *)c, up);
+        for (int i = 0; i < 8; i++)
+            above += c[i];
+    }
+    counts[0] += above;
+    counts[1] += inside;
+    scan_window(m + j, b ? b + j : NULL, n - j, lo, counts, fine);
+}
+#endif
+
+static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist, float *tau)
+{
+#if defined(__x86_64__)
+    int avx2 = __builtin_cpu_supports("avx2");
+#endif
+    int dare = fb_dare_applies(&s->dare, c->tensor);
+    for (int k = 0; k < s->n; k++) {
+        uint64_t *h = hist + (size_t)k * STRIDE;
+        if (!s->want[k]) continue;
+        const float *m = c->models[k], *b = c->base;
+        if (dare) {
+            task_vector(s, c, k, tau);
+            m = tau;
+            b = NULL;
+        }
+        uint32_t *fine = (uint32_t *)(h + 2);
+#if defined(__x86_64__)
+        if (avx2) {
+            scan_window_avx2(m, b, c->count, s->win_lo[k] << 16, h, fine);
+            continue;
+        }
+#endif
+        scan_window(m, b, c->count, s->win_lo[k] << 16, h, fine);
+    }
 }
 
 static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void *acc)
 {
     const state *s = p;
     uint64_t *hist = acc;
-    float *tau = (float *)((uint64_t *)acc + (size_t)s->n * BINS);
-    if (pass < 2) {
+    float *tau = (float *)(hist + (size_t)s->n * STRIDE + 1);
+    if (pass == PASS_SAMPLE) {
+        /* the chunk stands for itself and the stride - 1 chunks after it (fewer at the end of
+         * the tensor); weights are 16.16 fixed point so sums stay integers */
+        int64_t stands = c->tensor->numel - c->begin;
+        if (stands > (int64_t)SAMPLE_STRIDE * FB_MERGE_CHUNK)
+            stands = (int64_t)SAMPLE_STRIDE * FB_MERGE_CHUNK;
+        uint64_t w = ((uint64_t)stands << 16) / (uint64_t)c->count;
+        hist[(size_t)s->n * STRIDE] += (uint64_t)stands;
         for (int k = 0; k < s->n; k++) {
-            uint64_t *h = hist + (size_t)k * BINS;
+            uint64_t *h = hist + (size_t)k * STRIDE;
             task_vector(s, c, k, tau);
-            if (pass == 0) {
-                for (int64_t j = 0; j < c->count; j++) h[magnitude_bits(tau[j]) >> 16]++;
-            } else if (s->rank[k]) {
-                for (int64_t j = 0; j < c->count; j++) {
-                    uint32_t b = magnitude_bits(tau[j]);
-                    if ((b >> 16) == s->hi[k]) h[b & 0xffff]++;
-                }
-            }
+            for (int64_t j = 0; j < c->count; j++)
+                h[magnitude_bits(tau[j]) >> 16] += w;
         }
         return FB_OK;
     }
-    /* pass 2: signs of the summed trimmed vectors, for the majority sign (model-outer loops
-     * over the chunk scratch, as in merge) */
-    float *restrict sum = c->scratch, *restrict tk = c->scratch + c->count;
+    if (pass == PASS_WINDOW) {
+        window_pass(s, c, hist, tau);
+        return FB_OK;
+    }
     for (int k = 0; k < s->n; k++) {
-        task_vector(s, c, k, tk);
-        const int32_t cut = (int32_t)s->cut[k];
-        if (k == 0) {
-            for (int64_t j = 0; j < c->count; j++) sum[j] = magnitude_key(tk[j]) >= cut ? tk[j] : 0.0f;
+        uint64_t *h = hist + (size_t)k * STRIDE;
+        if (!s->radix[k]) continue;
+        task_vector(s, c, k, tau);
+        if (pass == PASS_HIGH) {
+            for (int64_t j = 0; j < c->count; j++)
+                h[magnitude_bits(tau[j]) >> 16]++;
         } else {
-            for (int64_t j = 0; j < c->count; j++) sum[j] += magnitude_key(tk[j]) >= cut ? tk[j] : 0.0f;
+            for (int64_t j = 0; j < c->count; j++) {
+                uint32_t b = magnitude_bits(tau[j]);
+                if ((b >> 16) == s->hi[k]) h[b & 0xffff]++;
+            }
         }
     }
-    int64_t pos = 0, neg = 0;
-    for (int64_t j = 0; j < c->count; j++) {
-        pos += sum[j] > 0.0f;
-        neg += sum[j] < 0.0f;
-    }
-    hist[0] += (uint64_t)pos;
-    hist[1] += (uint64_t)neg;
     return FB_OK;
+}
+
+/* Bin of model k's histogram (summed over the threads' accumulators) that holds its want-th
+ * smallest entry, and the count before that bin; BINS when it holds fewer. */
+static uint32_t find_bin(void *const *accs, int num_accs, int k, uint64_t want, uint64_t *before)
+{
+    uint64_t sum = 0;
+    for (uint32_t bin = 0; bin < BINS; bin++) {
+        uint64_t count = 0;
+        for (int t = 0; t < num_accs; t++)
+            count += ((const uint64_t *)accs[t])[(size_t)k * STRIDE + bin];
+        if (sum + count >= want) {
+            *before = sum;
+            return bin;
+        }
+        sum += count;
+    }
+    *before = sum;
+    return BINS;
+}
+
+/* After the sample: the window of WINDOW_BINS bins around each model's estimated cut. */
+static void choose_windows(state *s, void *const *accs, int num_accs)
+{
+    uint64_t d = 0;
+    for (int t = 0; t < num_accs; t++)
+        d += ((const uint64_t *)accs[t])[(size_t)s->n * STRIDE];
+    s->total = d;
+    for (int k = 0; k < s->n; k++) {
+        uint64_t keep = (uint64_t)((double)d * s->keep_fraction);
+        s->want[k] = d - keep; /* 0: keep everything */
+        s->radix[k] = 0;
+        s->cut[k] = 0;
+        if (!s->want[k]) continue;
+        /* the estimated cut (weights are 16.16), the bins where the estimate is 0.4 % of d
+         * lower and higher, and a window around the estimate that reaches toward them */
+        uint64_t before, margin = d / 256 + 1, w = s->want[k];
+        uint32_t est = find_bin(accs, num_accs, k, w << 16, &before);
+        uint32_t lo = find_bin(accs, num_accs, k, (w > margin ? w - margin : 1) << 16, &before);
+        uint32_t hi = find_bin(accs, num_accs, k, (w + margin) << 16, &before);
+        if (est == BINS) est = BINS - 1;
+        if (hi >= BINS) hi = BINS - 1;
+        uint32_t a = est, b = est;
+        while (b - a + 1 < WINDOW_BINS) {
+            int grew = 0;
+            if (a > lo) a--, grew = 1;
+            if (b - a + 1 < WINDOW_BINS && b < hi) b++, grew = 1;
+            if (!grew) break;
+        }
+        if (b - a + 1 < WINDOW_BINS && a > 0) a--;
+        while (b - a + 1 < WINDOW_BINS && b < BINS - 1)
+            b++;
+        while (b - a + 1 < WINDOW_BINS)
+            a--;
+        s->win_lo[k] = a;
+    }
 }
 
 static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_accs)
 {
     state *s = p;
-    if (pass == 2) {
-        uint64_t pos = 0, neg = 0;
-        for (int t = 0; t < num_accs; t++) {
-            pos += ((const uint64_t *)accs[t])[0];
-            neg += ((const uint64_t *)accs[t])[1];
-        }
-        s->majority = pos > neg ? 1 : pos < neg ? -1 : 0;
+    if (pass == PASS_SAMPLE) {
+        choose_windows(s, accs, num_accs);
         return FB_OK;
     }
     for (int k = 0; k < s->n; k++) {
-        /* the histogram of model k, summed over threads (integers: order-free) */
-        uint64_t total = 0, want, before = 0;
-        uint32_t bin = 0;
-        if (pass == 0) {
-            for (uint32_t b = 0; b < BINS; b++)
-                for (int t = 0; t < num_accs; t++)
-                    total += ((const uint64_t *)accs[t])[(size_t)k * BINS + b];
-            uint64_t keep = (uint64_t)((double)total * s->keep_fraction);
-            want = total - keep; /* k-th smallest, 1-based; 0: keep everything */
-            if (want == 0 || total == 0) {
-                s->rank[k] = 0;
-                s->cut[k] = 0;
-                continue;
+        if (pass == PASS_WINDOW) {
+            if (!s->want[k]) continue;
+            uint64_t above = 0, inside = 0;
+            int overflow = 0;
+            for (int t = 0; t < num_accs; t++) {
+                const uint64_t *h = (const uint64_t *)accs[t] + (size_t)k * STRIDE;
+                above += h[0];
+                inside += h[1];
+                overflow |= h[1] > UINT32_MAX;
             }
-        } else {
-            if (!s->rank[k]) continue;
-            want = s->rank[k];
+            uint64_t below = s->total - above - inside, sum = below;
+            s->radix[k] = overflow || s->want[k] <= below || s->want[k] > below + inside;
+            if (s->radix[k]) continue;
+            size_t i = 0;
+            for (;; i++) {
+                uint64_t count = 0;
+                for (int t = 0; t < num_accs; t++)
+                    count +=
+                        ((const uint32_t *)((const uint64_t *)accs[t] + (size_t)k * STRIDE + 2))[i];
+                if (sum + count >= s->want[k]) break;
+                sum += count;
+            }
+            s->cut[k] = (s->win_lo[k] << 16) + (uint32_t)i;
+            continue;
         }
-        for (bin = 0; bin < BINS; bin++) {
-            uint64_t count = 0;
-            for (int t = 0; t < num_accs; t++)
-                count += ((const uint64_t *)accs[t])[(size_t)k * BINS + bin];
-            if (before + count >= want) break;
-            before += count;
-        }
+        if (!s->radix[k]) continue;
+        uint64_t before;
+        uint32_t bin =
+            find_bin(accs, num_accs, k, pass == PASS_HIGH ? s->want[k] : s->rank[k], &before);
         if (bin == BINS) return fb_set_error(FB_ERR_INTERNAL, "radix select lost the cut");
-        if (pass == 0) {
+        if (pass == PASS_HIGH) {
             s->hi[k] = bin;
-            s->rank[k] = want - before;
+            s->rank[k] = s->want[k] - before;
         } else {
             s->cut[k] = (s->hi[k] << 16) | bin;
         }
@@ -248,85 +474,224 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
     return FB_OK;
 }
 
-/* Model-outer loops over the chunk (they vectorise); each entry sees the formula's sequence
- * of f32 operations. scratch: the n trimmed vectors, then the elected signs. */
-static fb_status merge(const void *p, const fb_merge_chunk *c)
+/* Merge accumulator: how many entries' summed trimmed vectors are positive, negative. */
+static size_t merge_bytes(const void *p)
 {
-    const state *s = p;
+    (void)p;
+    return 2 * sizeof(uint64_t);
+}
+
+/* The merged value of entry j for an elected sign g (+1, 0 or -1), in the same sequence of
+ * f32 operations as merge's vector loops. */
+/* x when its magnitude reaches the cut, else 0 */
+static inline float trim(float x, int32_t cut)
+{
+    return magnitude_key(x) >= cut ? x : 0.0f;
+}
+
+/* Trimmed entry j of model k: stored in t (DARE's dropped vectors), or computed from the
+ * inputs (t NULL). */
+static inline __attribute__((always_inline)) float trimmed(const state *s, const fb_merge_chunk *c,
+                                                           const float *t, int k, int64_t j)
+{
+    if (t) return t[(int64_t)k * c->count + j];
+    return trim(c->models[k][j] - c->base[j], (int32_t)s->cut[k]);
+}
+
+/* The merged value of entry j for an elected sign g (+1, 0 or -1), in the same sequence of
+ * f32 operations as merge's vector loops. */
+static float merged_entry(const state *s, const fb_merge_chunk *c, const float *t, int64_t j,
+                          float g)
+{
+    float e = g > 0.0f ? 1.0f : -1.0f, out = 0.0f;
+    if (s->merge_func == MERGE_MAX) {
+        for (int k = 0; k < s->n; k++) {
+            float tk = trimmed(s, c, t, k, j);
+            float sel = e * tk > 0.0f ? fabsf(tk) : 0.0f;
+            out = sel > out ? sel : out;
+        }
+        out *= g;
+    } else {
+        float count = 0.0f;
+        for (int k = 0; k < s->n; k++) {
+            float tk = trimmed(s, c, t, k, j);
+            float sel = e * tk > 0.0f ? tk : 0.0f;
+            out = k ? out + sel : sel;
+            count = k ? count + (sel != 0.0f ? 1.0f : 0.0f) : (sel != 0.0f ? 1.0f : 0.0f);
+        }
+        if (s->merge_func == MERGE_MEAN) out = out / (count > 1.0f ? count : 1.0f);
+    }
+    return c->base[j] + s->lambda * out;
+}
+
+/* Model-outer loops over the chunk (they vectorise); each entry sees the formula's sequence
+ * of f32 operations, so the AVX2 build gives the same bytes. Trimmed vectors are computed
+ * from the inputs where they are needed (stored = 0), or, after DARE's drops, stored in the
+ * scratch (stored = 1: n vectors). Then scratch holds the elected signs and the counts. */
+static inline __attribute__((always_inline)) void
+merge_chunk(const state *s, const fb_merge_chunk *c, const int stored)
+{
     const int n = s->n;
     const int64_t len = c->count;
-    float *restrict t = c->scratch, *restrict sign = c->scratch + (int64_t)n * len;
-    float *restrict out = c->out;
     const float *restrict base = c->base;
-    for (int k = 0; k < n; k++) {
+    float *restrict t = stored ? c->scratch : NULL;
+    float *restrict sign = c->scratch + (stored ? (int64_t)n * len : 0);
+    float *restrict count = stored ? c->scratch : c->scratch + len; /* stored: over model 0 */
+    float *restrict out = c->out;
+    const int32_t *cut = (const int32_t *)s->cut;
+    for (int k = 0; k < n && stored; k++) {
         float *restrict tk = t + (int64_t)k * len;
         task_vector(s, c, k, tk);
-        const int32_t cut = (int32_t)s->cut[k];
-        for (int64_t j = 0; j < len; j++) tk[j] = magnitude_key(tk[j]) >= cut ? tk[j] : 0.0f;
+        for (int64_t j = 0; j < len; j++)
+            tk[j] = trim(tk[j], cut[k]);
     }
-    /* elect: the sign of the summed trimmed vectors, else the majority sign */
-    for (int64_t j = 0; j < len; j++) out[j] = t[j];
-    for (int k = 1; k < n; k++)
-        for (int64_t j = 0; j < len; j++) out[j] += t[(int64_t)k * len + j];
-    const float majority = (float)s->majority;
+    /* elect: the sign of the summed trimmed vectors, else the majority sign; `sign` holds
+     * the OR of the trimmed entries' bits for a moment, to find entries that are all zero */
+    uint32_t *restrict bits = (uint32_t *)sign;
+#define TRIMMED(k, j) (stored ? t[(int64_t)(k)*len + (j)] : trim(c->models[k][j] - base[j], cut[k]))
+    for (int64_t j = 0; j < len; j++) {
+        float x = TRIMMED(0, j);
+        uint32_t u;
+        memcpy(&u, &x, 4);
+        out[j] = x;
+        bits[j] = u;
+    }
+    for (int k = 1; k < n; k++) {
+        for (int64_t j = 0; j < len; j++) {
+            float x = TRIMMED(k, j);
+            uint32_t u;
+            memcpy(&u, &x, 4);
+            out[j] += x;
+            bits[j] |= u;
+        }
+    }
+    /* entries whose value the majority may change: a zero sum of entries not all zero, or
+     * (max) a zero sum on a zero base, where the majority decides the sign of zero */
+    const uint32_t max_zero = s->merge_func == MERGE_MAX;
+    uint64_t pos = 0, neg = 0, open = 0;
+    for (int64_t j = 0; j < len; j++) {
+        pos += out[j] > 0.0f;
+        neg += out[j] < 0.0f;
+        open += (uint32_t)(out[j] == 0.0f) &
+                ((uint32_t)(bits[j] != 0) | (max_zero & (uint32_t)(base[j] == 0.0f)));
+    }
+    ((uint64_t *)c->acc)[0] += pos;
+    ((uint64_t *)c->acc)[1] += neg;
+    float majority = (float)s->majority;
+    if (!s->majority_known) majority = -1.0f; /* written as for a negative majority */
+    if (!s->majority_known && open) {
+        for (int64_t j = 0; j < len; j++) {
+            if (out[j] != 0.0f) continue;
+            if (!bits[j] && !(max_zero && base[j] == 0.0f)) continue;
+            float v[FB_FIXUP_VALUES];
+            for (int g = 0; g < FB_FIXUP_VALUES; g++)
+                v[g] = merged_entry(s, c, t, j, (float)(g - 1));
+            if (memcmp(&v[0], &v[1], 4) || memcmp(&v[0], &v[2], 4)) fb_merge_fixup(c, j, v);
+        }
+    }
     for (int64_t j = 0; j < len; j++)
         sign[j] = out[j] > 0.0f ? 1.0f : out[j] < 0.0f ? -1.0f : majority;
     /* disjoint aggregate of the entries that agree with the elected sign: with the selection
      * sign e = +1 for a positive elected sign and -1 otherwise (FusionBench picks the negative
      * entries when the sign is 0), an entry agrees when e * t > 0 (e * t is exact). */
     if (s->merge_func == MERGE_MAX) {
-        for (int64_t j = 0; j < len; j++) out[j] = 0.0f;
+        for (int64_t j = 0; j < len; j++)
+            out[j] = 0.0f;
         for (int k = 0; k < n; k++) {
-            const float *restrict tk = t + (int64_t)k * len;
             for (int64_t j = 0; j < len; j++) {
-                float e = sign[j] > 0.0f ? 1.0f : -1.0f;
-                float sel = e * tk[j] > 0.0f ? fabsf(tk[j]) : 0.0f;
+                float x = TRIMMED(k, j), e = sign[j] > 0.0f ? 1.0f : -1.0f;
+                float sel = e * x > 0.0f ? fabsf(x) : 0.0f;
                 out[j] = sel > out[j] ? sel : out[j];
             }
         }
-        for (int64_t j = 0; j < len; j++) out[j] *= sign[j];
+        for (int64_t j = 0; j < len; j++)
+            out[j] *= sign[j];
     } else {
-        float *restrict count = t; /* model 0's trimmed values are read first, then reused */
         for (int64_t j = 0; j < len; j++) {
-            float e = sign[j] > 0.0f ? 1.0f : -1.0f;
-            float sel = e * t[j] > 0.0f ? t[j] : 0.0f;
+            float x = TRIMMED(0, j), e = sign[j] > 0.0f ? 1.0f : -1.0f;
+            float sel = e * x > 0.0f ? x : 0.0f;
             out[j] = sel;
             count[j] = sel != 0.0f ? 1.0f : 0.0f;
         }
         for (int k = 1; k < n; k++) {
-            const float *restrict tk = t + (int64_t)k * len;
             for (int64_t j = 0; j < len; j++) {
-                float e = sign[j] > 0.0f ? 1.0f : -1.0f;
-                float sel = e * tk[j] > 0.0f ? tk[j] : 0.0f;
+                float x = TRIMMED(k, j), e = sign[j] > 0.0f ? 1.0f : -1.0f;
+                float sel = e * x > 0.0f ? x : 0.0f;
                 out[j] += sel;
                 count[j] += sel != 0.0f ? 1.0f : 0.0f;
             }
         }
         if (s->merge_func == MERGE_MEAN)
-            for (int64_t j = 0; j < len; j++) out[j] = out[j] / (count[j] > 1.0f ? count[j] : 1.0f);
+            for (int64_t j = 0; j < len; j++)
+                out[j] = out[j] / (count[j] > 1.0f ? count[j] : 1.0f);
     }
+#undef TRIMMED
     const float lambda = s->lambda;
-    for (int64_t j = 0; j < len; j++) out[j] = base[j] + lambda * out[j];
+    for (int64_t j = 0; j < len; j++)
+        out[j] = base[j] + lambda * out[j];
+}
+
+static inline __attribute__((always_inline)) void merge_any(const state *s, const fb_merge_chunk *c)
+{
+    if (fb_dare_applies(&s->dare, c->tensor))
+        merge_chunk(s, c, 1);
+    else
+        merge_chunk(s, c, 0);
+}
+
+static void merge_plain(const state *s, const fb_merge_chunk *c)
+{
+    merge_any(s, c);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void merge_avx2(const state *s, const fb_merge_chunk *c)
+{
+    merge_any(s, c);
+}
+#endif
+
+static fb_status merge(const void *p, const fb_merge_chunk *c)
+{
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        merge_avx2(p, c);
+        return FB_OK;
+    }
+#endif
+    merge_plain(p, c);
     return FB_OK;
 }
 
+/* The majority: the sign of the sum of all elected signs; fixups carry -1, 0, +1. */
+static fb_status merge_finish(void *p, void *const *accs, int num_accs, int *choice)
+{
+    state *s = p;
+    uint64_t pos = 0, neg = 0;
+    for (int t = 0; t < num_accs; t++) {
+        pos += ((const uint64_t *)accs[t])[0];
+        neg += ((const uint64_t *)accs[t])[1];
+    }
+    if (s->majority_known) return FB_OK;
+    s->majority = pos > neg ? 1 : pos < neg ? -1 : 0;
+    s->majority_known = 1;
+    *choice = s->majority < 0 ? -1 : s->majority + 1;
+    return FB_OK;
+}
+
+#define TIES_OPS                                                                                   \
+    .needs_base = 1, .setup = setup, .scratch_per_element = scratch_per_element,                   \
+    .merges_tensor = merges_tensor, .prepare_passes = PASSES, .prepare_bytes = prepare_bytes,      \
+    .prepare = prepare, .prepare_finish = prepare_finish, .prepare_stride = prepare_stride,        \
+    .merge_bytes = merge_bytes, .merge_finish = merge_finish, .merge = merge, .destroy = destroy
 
 const fb_method_ops fb_method_ties_merging = {
     .name = "ties_merging",
     .target_class = "TiesMergingAlgorithm",
     .summary = "trim task vectors to the top-k, elect signs, merge agreeing entries (TIES)",
     .params = ties_params,
-    .needs_base = 1,
     .create = create_ties,
-    .setup = setup,
-    .scratch_per_element = scratch_per_element,
-    .merges_tensor = merges_tensor,
-    .prepare_passes = 3,
-    .prepare_bytes = prepare_bytes,
-    .prepare = prepare,
-    .prepare_finish = prepare_finish,
-    .merge = merge,
-    .destroy = destroy,
+    TIES_OPS,
 };
 
 const fb_method_ops fb_method_dare_ties_merging = {
@@ -334,15 +699,6 @@ const fb_method_ops fb_method_dare_ties_merging = {
     .target_class = "DareTiesMerging",
     .summary = "TIES merging of DARE-dropped task vectors",
     .params = dare_ties_params,
-    .needs_base = 1,
     .create = create_dare_ties,
-    .setup = setup,
-    .scratch_per_element = scratch_per_element,
-    .merges_tensor = merges_tensor,
-    .prepare_passes = 3,
-    .prepare_bytes = prepare_bytes,
-    .prepare = prepare,
-    .prepare_finish = prepare_finish,
-    .merge = merge,
-    .destroy = destroy,
+    TIES_OPS,
 };

@@ -313,6 +313,50 @@ for i, (params, thr, mf) in enumerate([("{threshold: 100, scaling_factor: 1.0}",
                   "overrides": ["method.threshold=100", "method.scaling_factor=1.0"]
                   + (["method.merge_func=max"] if mf == "max" else []), "expected": exp})
 
+# --- TIES at scale, the paths a small pool never takes. "skewed": 48 chunks of 16384 entries
+# whose task vectors are 1000x smaller in the chunks the C code samples first (0 and 32), so
+# the sample's estimate of the cut is far off and the exact radix passes must find it.
+# "cancel": 150000 entries whose trimmed vectors cancel exactly and a positive majority, more
+# entries waiting for the majority than the C code keeps to patch, so it merges again.
+def ties_pool(name, models_vals):
+    d = os.path.join(OUT, "pool_ties_" + name)
+    os.makedirs(d, exist_ok=True)
+    base = {"w": torch.zeros(models_vals[0].numel())}
+    ms = [{"w": v} for v in models_vals]
+    st.save(os.path.join(d, "pretrained.safetensors"), base)
+    for i, m in enumerate(ms):
+        st.save(os.path.join(d, f"m{i}.safetensors"), m)
+    with open(os.path.join(d, "pool.yaml"), "w") as f:
+        f.write("models:\n  _pretrained_: pretrained.safetensors\n")
+        for i in range(len(ms)):
+            f.write(f"  m{i}: m{i}.safetensors\n")
+    return d, base, ms
+
+
+CH = 16384
+skew = []
+for k in range(3):
+    v = torch.randn(48 * CH)
+    for c in (0, 32):
+        v[c * CH:(c + 1) * CH] *= 1e-3
+    skew.append(v)
+x = torch.randn(200000)
+cancel = [x.clone(), x.clone(), torch.zeros(200000)]
+cancel[1][:150000] = -x[:150000]
+cancel[0][150000:] = x[150000:].abs()
+cancel[1][150000:] = x[150000:].abs()
+for name, vals, params, thr, mf in [
+        ("skewed", skew, "{threshold: 20}", 20, "sum"),
+        ("cancel", cancel, "{threshold: 100, scaling_factor: 1.0, merge_func: mean}", 100, "mean")]:
+    d, b, ms = ties_pool(name, vals)
+    exp = os.path.join(d, "expected.safetensors")
+    lam = 1.0 if thr == 100 else 0.3
+    st.save(exp, finish(R.ties(b, ms, lam, thr, mf), b))
+    cases.append({"pool": os.path.join(d, "pool.yaml"), "dtype": "f32",
+                  "method": "ties_merging", "params": params,
+                  "overrides": [f"method.threshold={thr}", f"method.scaling_factor={lam}",
+                                f"method.merge_func={mf}"], "expected": exp})
+
 # --- restructuring: a Llama-layout pool (4 layers) for depth up-scaling and passthrough ------
 ll_dir = os.path.join(OUT, "pool_llama")
 os.makedirs(ll_dir, exist_ok=True)
