@@ -26,7 +26,8 @@ LIB      := $(BUILD)/libfusionbench.a
 CLI      := $(BUILD)/fusion_bench
 TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
-BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table $(BUILD)/bench_adamerging
+BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table $(BUILD)/bench_adamerging \
+            $(BUILD)/bench_scale
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 DATA_OK  := $(BUILD)/.data-deps-ok

@@ -17,40 +17,10 @@
  * Inputs are random weights written once to --dir and reused. Every figure is the median of
  * --reps runs.
  */
-#include <fcntl.h>
 #include <fusionbench.h>
 #include <omp.h>
-#include <spawn.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-extern char **environ;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "common.h"
 
 static void die(const char *what)
 {
@@ -122,79 +92,6 @@ static fb_model *clip_vit_b32(uint64_t seed)
     return m;
 }
 
-static size_t file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
-}
-
-/* One thread reads every input file through a reused 8 MiB buffer. */
-static double pread_all(char paths[][4096], int n, size_t *bytes)
-{
-    enum { BUF = 8 << 20 };
-    static char *buf;
-    if (!buf) buf = malloc(BUF);
-    double t0 = now();
-    size_t total = 0;
-    for (int i = 0; i < n; i++) {
-        int fd = open(paths[i], O_RDONLY);
-        off_t off = 0;
-        ssize_t got;
-        while ((got = pread(fd, buf, BUF, off)) > 0) {
-            off += got;
-            total += (size_t)got;
-        }
-        close(fd);
-    }
-    *bytes = total;
-    return now() - t0;
-}
-
-/* STREAM-like copy of `bytes` on all threads; returns seconds. */
-static double copy_once(char *dst, const char *src, size_t bytes)
-{
-    double t0 = now();
-    int64_t chunks = (int64_t)(bytes >> 20);
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < chunks; c++) memcpy(dst + (c << 20), src + (c << 20), 1 << 20);
-    return now() - t0;
-}
-
-/* The peak RSS the CLI measured itself (its VmHWM), from its JSON report. */
-static long reported_peak_rss(const char *report)
-{
-    FILE *f = fopen(report, "r");
-    char line[512];
-    long v = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, " \"peak_rss_bytes\": %ld", &v) == 1) break;
-    if (f) fclose(f);
-    return v;
-}
-
-/* Runs argv; returns wall seconds. */
-static double spawn_timed(char *const *argv)
-{
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    double t0 = now();
-    if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) != 0) {
-        fprintf(stderr, "bench_merge: cannot run %s\n", argv[0]);
-        exit(1);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    double t = now() - t0;
-    posix_spawn_file_actions_destroy(&fa);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "bench_merge: %s failed\n", argv[0]);
-        exit(1);
-    }
-    return t;
-}
-
 int main(int argc, char **argv)
 {
     const char *cli = "build/fusion_bench", *dir = "build/bench-merge";
@@ -213,12 +110,13 @@ int main(int argc, char **argv)
         return 2;
     }
     mkdir(dir, 0755);
-    char paths[17][4096], pool_yaml[4200];
+    char paths[17][4096], *path_list[17], pool_yaml[4200];
+    for (int k = 0; k < 17; k++) path_list[k] = paths[k];
     snprintf(pool_yaml, sizeof pool_yaml, "%s/pool%d.yaml", dir, n_models);
     for (int k = 0; k <= n_models; k++) {
         if (k == 0) snprintf(paths[k], sizeof paths[k], "%s/pretrained.safetensors", dir);
         else snprintf(paths[k], sizeof paths[k], "%s/task%d.safetensors", dir, k);
-        if (file_size(paths[k]) < 300000000) {
+        if (bench_file_size(paths[k]) < 300000000) {
             fprintf(stderr, "bench_merge: writing %s\n", paths[k]);
             fb_model *m = clip_vit_b32(1000 + (uint64_t)k);
             if (fb_model_save(m, paths[k], NULL)) die(paths[k]);
@@ -233,8 +131,8 @@ int main(int argc, char **argv)
 
     int threads = omp_get_max_threads();
     size_t in_bytes = 0;
-    for (int k = 0; k <= n_models; k++) in_bytes += file_size(paths[k]);
-    size_t out_bytes = file_size(paths[0]);
+    for (int k = 0; k <= n_models; k++) in_bytes += bench_file_size(paths[k]);
+    size_t out_bytes = bench_file_size(paths[0]);
 
     /* The API's pool: every model copied into memory first. */
     fb_modelpool *pool;
@@ -263,7 +161,8 @@ int main(int argc, char **argv)
     memset(src, 1, copy_bytes);
     memset(dst, 2, copy_bytes);
     size_t got;
-    pread_all(paths, n_models + 1, &got); /* warm the page cache */
+    got = 0;
+    bench_pread_files(path_list, n_models + 1, &got); /* warm the page cache */
 
     /* Each repetition measures everything once, so the ratios compare runs taken side by
      * side rather than phases minutes apart on a noisy machine. */
@@ -277,8 +176,9 @@ int main(int argc, char **argv)
     char report[4300];
     snprintf(report, sizeof report, "%s/bench_report.json", dir);
     for (int r = 0; r < reps; r++) {
-        t_copy[r] = copy_once(dst, src, copy_bytes);
-        t_read[r] = pread_all(paths, n_models + 1, &got);
+        t_copy[r] = bench_copy_once(dst, src, copy_bytes);
+        got = 0;
+        t_read[r] = bench_pread_files(path_list, n_models + 1, &got);
         for (int o = 0; o < 2; o++) {
             char pool_arg[4300], save_arg[4300], threads_arg[16], report_arg[4400];
             snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", pool_yaml);
@@ -288,14 +188,14 @@ int main(int argc, char **argv)
             snprintf(report_arg, sizeof report_arg, "report_save_path=%s", report);
             char *args[] = {(char *)cli, "--threads", threads_arg, "method=task_arithmetic",
                             pool_arg, save_arg, report_arg, NULL};
-            (o ? t_shm : t_disk)[r] = spawn_timed(args);
-            long rss = reported_peak_rss(report);
+            (o ? t_shm : t_disk)[r] = bench_spawn(args);
+            long rss = (long)bench_report_number(report, "peak_rss_bytes");
             if (rss > rss_cli[o]) rss_cli[o] = rss;
         }
         fb_model *merged;
-        double t0 = now();
+        double t0 = bench_now();
         if (fb_method_run(method, pool, NULL, &merged)) die("run");
-        t_mem[r] = now() - t0;
+        t_mem[r] = bench_now() - t0;
         fb_model_free(merged);
     }
     for (int o = 0; o < 2; o++) {
@@ -307,10 +207,10 @@ int main(int argc, char **argv)
     free(dst);
     fb_method_free(method);
     fb_modelpool_free(pool);
-    double copy_bw = 2.0 * (double)copy_bytes / median(t_copy, reps);
-    double t_pread = median(t_read, reps);
-    double t_cli[2] = {median(t_disk, reps), median(t_shm, reps)};
-    double t_api = median(t_mem, reps);
+    double copy_bw = 2.0 * (double)copy_bytes / bench_median(t_copy, reps);
+    double t_pread = bench_median(t_read, reps);
+    double t_cli[2] = {bench_median(t_disk, reps), bench_median(t_shm, reps)};
+    double t_api = bench_median(t_mem, reps);
 
     double gb = 1e9, moved = (double)(in_bytes + out_bytes);
     double copy_bound = moved / copy_bw;
@@ -354,11 +254,11 @@ int main(int argc, char **argv)
                             report_arg, NULL};
             long rss = 0;
             for (int r = 0; r < method_reps; r++) {
-                tm[r] = spawn_timed(args);
-                long v = reported_peak_rss(report);
+                tm[r] = bench_spawn(args);
+                long v = (long)bench_report_number(report, "peak_rss_bytes");
                 if (v > rss) rss = v;
             }
-            double t = median(tm, method_reps);
+            double t = bench_median(tm, method_reps);
             printf("| %-25s | %8.2f | %23.1fx | %14.1fx | %5.0f MB |\n", name, t, t / two_passes,
                    t / t_pread, (double)rss / 1e6);
             fflush(stdout);

@@ -107,6 +107,22 @@ static long peak_rss_bytes(void)
     return kb * 1024L;
 }
 
+/* This process's I/O so far (/proc/self/io): read/write call bytes, and storage bytes. */
+static void io_counters(fb_run_report *r)
+{
+    r->io_read = r->io_written = r->storage_read = r->storage_written = -1;
+    FILE *f = fopen("/proc/self/io", "r");
+    char line[128];
+    long long v;
+    while (f && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "rchar: %lld", &v) == 1) r->io_read = v;
+        else if (sscanf(line, "wchar: %lld", &v) == 1) r->io_written = v;
+        else if (sscanf(line, "read_bytes: %lld", &v) == 1) r->storage_read = v;
+        else if (sscanf(line, "write_bytes: %lld", &v) == 1) r->storage_written = v;
+    }
+    if (f) fclose(f);
+}
+
 static int file_exists(const char *path)
 {
     struct stat st;
@@ -547,6 +563,7 @@ static int run(cli *c)
         .threads = fb_get_num_threads(),
     };
     memcpy(rep.slowest, prog.slowest, sizeof rep.slowest);
+    io_counters(&rep);
     /* methods with per-model extras wrote them beside the output */
     char *xpath = NULL;
     fb_model *extras = NULL;

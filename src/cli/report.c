@@ -124,6 +124,13 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
         cJSON_AddItemToArray(slow, o);
     }
     cJSON_AddNumberToObject(root, "peak_rss_bytes", (double)r->peak_rss_bytes);
+    cJSON *io = cJSON_AddObjectToObject(root, "io");
+    if (io) {
+        cJSON_AddNumberToObject(io, "bytes_read", (double)r->io_read);
+        cJSON_AddNumberToObject(io, "bytes_written", (double)r->io_written);
+        cJSON_AddNumberToObject(io, "storage_bytes_read", (double)r->storage_read);
+        cJSON_AddNumberToObject(io, "storage_bytes_written", (double)r->storage_written);
+    }
     cJSON_AddNumberToObject(root, "threads", r->threads);
     char *text = cJSON_Print(root);
     cJSON_Delete(root);

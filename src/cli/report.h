@@ -27,6 +27,9 @@ typedef struct fb_run_report {
     const fb_task_result *results; /* the taskpool's evaluation, or NULL */
     int num_results;
     long peak_rss_bytes;
+    /* /proc/self/io at the end: bytes through read/write calls, and those that reached or came
+     * from storage (page-cache hits are not storage reads); -1 where not available */
+    long long io_read, io_written, storage_read, storage_written;
     int threads;
     fb_tensor_time slowest[FB_REPORT_SLOWEST]; /* by decreasing time; seconds 0 = unused */
 } fb_run_report;

@@ -30,7 +30,12 @@ typedef struct shard {
     int fd;
     int64_t first, count; /* tensors [first, first + count) of the layout */
     uint64_t data_start;
+    uint64_t unflushed; /* bytes written since writeback was last started */
 } shard;
+
+/* Writeback of a shard is started every this many bytes written, so the disk writes while the
+ * merge goes on and commit's fsync waits only for the tail. */
+enum { WRITEBACK_BYTES = 64 << 20 };
 
 struct fb_writer {
     const fb_model *layout;
@@ -319,9 +324,16 @@ fail:
 fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data,
                           size_t n)
 {
-    const shard *sh = &w->shards[w->tensor_shard[index]];
+    shard *sh = &w->shards[w->tensor_shard[index]];
     fb_status st = write_all(sh->fd, w->tmp_path, data, n, w->tensor_offset[index] + offset);
-    return st ? fb_error_prefix(st, "tensor '%s'", w->layout->tensors[index]->name) : FB_OK;
+    if (st) return fb_error_prefix(st, "tensor '%s'", w->layout->tensors[index]->name);
+    uint64_t before = __atomic_fetch_add(&sh->unflushed, (uint64_t)n, __ATOMIC_RELAXED);
+    if (before < WRITEBACK_BYTES && before + n >= WRITEBACK_BYTES) {
+        /* advisory (a no-op on tmpfs): errors surface at commit's fsync */
+        __atomic_store_n(&sh->unflushed, 0, __ATOMIC_RELAXED);
+        sync_file_range(sh->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    }
+    return FB_OK;
 }
 
 static fb_status sync_fd(int fd, const char *path)

@@ -24,9 +24,9 @@
  *           in the cut's bin.
  * The elected sign of an entry whose trimmed vectors sum to 0 is FusionBench's "majority", the
  * sign of the sum of all elected signs, known only at the end of the merge: merge writes the
- * value for a negative majority, records the rare entries whose value would differ
- * (fb_merge_fixup) and merge_finish picks the right ones (the driver merges again when there
- * are too many to patch). Counts are integers, so nothing depends on the thread count.
+ * value for a provisional majority (estimated on the sampled chunks in pass 1), records the
+ * entries whose value depends on it (fb_merge_fixup) and merge_finish picks the right ones
+ * when the guess was wrong (the driver merges again when there were too many to patch). Counts are integers, so nothing depends on the thread count.
  * Memory: per thread and model, WINDOW_BINS x 65536 counters (pass 1; one 65536-bin histogram
  * in passes 0 and 2).
  *
@@ -36,8 +36,6 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -70,6 +68,8 @@ typedef struct state {
     uint32_t *cut;      /* per model: bit pattern of the k-th |tau|; entries >= it are kept */
     int majority;       /* sign for entries whose elected sign is 0 */
     int majority_known; /* set by merge_finish: a second merge uses it */
+    int provisional;    /* the majority the merge writes before it is known: estimated from
+                         * the sampled chunks in pass 1 */
 } state;
 
 static const fb_param_spec ties_params[] = {
@@ -174,6 +174,7 @@ static fb_status setup(void *p, const fb_merge_setup *m)
     s->total = 0;
     s->majority = 0;
     s->majority_known = 0;
+    s->provisional = -1;
     int ok = s->want && s->win_lo && s->radix && s->hi && s->rank && s->cut;
     return ok ? FB_OK : FB_ERR_NOMEM;
 }
@@ -202,6 +203,12 @@ static inline int32_t magnitude_key(float x)
     return (int32_t)magnitude_bits(x);
 }
 
+/* x when its magnitude reaches the cut, else 0 */
+static inline float trim(float x, int32_t cut)
+{
+    return magnitude_key(x) >= cut ? x : 0.0f;
+}
+
 /* Task vector entries of chunk c for model k, after DARE when enabled. Without DARE, tau is
  * computed into the scratch only when `always`; otherwise *out points at NULL and the caller
  * subtracts on the fly. */
@@ -219,14 +226,15 @@ task_vector(const state *s, const fb_merge_chunk *c, int k, float *tau)
 /* Accumulator: per model STRIDE words: passes 0, 2 and 3 a histogram of BINS 64-bit
  * counters; pass 1 the count above the window, the count inside it, then WINDOW_BINS x BINS
  * 32-bit counters (half the cache footprint; a thread that puts more than 2^32 - 1 entries in
- * a window could overflow one, and the exact radix passes then take over). One more counter
- * after the models, then tau scratch. */
+ * a window could overflow one, and the exact radix passes then take over). Then three
+ * counters (pass 0: entries; pass 1: positive and negative sums in the sample), then scratch
+ * for tau and for the sums. */
 enum { STRIDE = 2 + WINDOW_BINS * BINS / 2 };
 
 static size_t prepare_bytes(const void *p)
 {
     const state *s = p;
-    return ((size_t)s->n * STRIDE + 1) * sizeof(uint64_t) + FB_MERGE_CHUNK * sizeof(float);
+    return ((size_t)s->n * STRIDE + 3) * sizeof(uint64_t) + 2 * FB_MERGE_CHUNK * sizeof(float);
 }
 
 static int prepare_stride(const void *p, int pass)
@@ -302,21 +310,33 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
 }
 #endif
 
-static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist, float *tau)
+/* Pass 1 over a chunk: every model's window counts; on the sampled chunks also the signs of
+ * the summed trimmed vectors at the window's middle (the estimated cuts), from which the merge
+ * guesses the majority sign. */
+static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist, float *tau,
+                        float *sum)
 {
 #if defined(__x86_64__)
     int avx2 = __builtin_cpu_supports("avx2");
 #endif
     int dare = fb_dare_applies(&s->dare, c->tensor);
+    int sampled = (c->begin / FB_MERGE_CHUNK) % SAMPLE_STRIDE == 0;
     for (int k = 0; k < s->n; k++) {
         uint64_t *h = hist + (size_t)k * STRIDE;
-        if (!s->want[k]) continue;
         const float *m = c->models[k], *b = c->base;
         if (dare) {
             task_vector(s, c, k, tau);
             m = tau;
             b = NULL;
         }
+        if (sampled) {
+            int32_t est = s->want[k] ? (int32_t)((s->win_lo[k] << 16) + ((uint32_t)WINDOW_BINS << 15)) : 0;
+            for (int64_t j = 0; j < c->count; j++) {
+                float x = trim(b ? m[j] - b[j] : m[j], est);
+                sum[j] = k ? sum[j] + x : x;
+            }
+        }
+        if (!s->want[k]) continue;
         uint32_t *fine = (uint32_t *)(h + 2);
 #if defined(__x86_64__)
         if (avx2) {
@@ -326,13 +346,19 @@ static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist,
 #endif
         scan_window(m, b, c->count, s->win_lo[k] << 16, h, fine);
     }
+    if (!sampled) return;
+    uint64_t *signs = hist + (size_t)s->n * STRIDE + 1;
+    for (int64_t j = 0; j < c->count; j++) {
+        signs[0] += sum[j] > 0.0f;
+        signs[1] += sum[j] < 0.0f;
+    }
 }
 
 static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void *acc)
 {
     const state *s = p;
     uint64_t *hist = acc;
-    float *tau = (float *)(hist + (size_t)s->n * STRIDE + 1);
+    float *tau = (float *)(hist + (size_t)s->n * STRIDE + 3), *sum = tau + FB_MERGE_CHUNK;
     if (pass == PASS_SAMPLE) {
         /* the chunk stands for itself and the stride - 1 chunks after it (fewer at the end of
          * the tensor); weights are 16.16 fixed point so sums stay integers */
@@ -350,7 +376,7 @@ static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void 
         return FB_OK;
     }
     if (pass == PASS_WINDOW) {
-        window_pass(s, c, hist, tau);
+        window_pass(s, c, hist, tau, sum);
         return FB_OK;
     }
     for (int k = 0; k < s->n; k++) {
@@ -433,6 +459,14 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
         choose_windows(s, accs, num_accs);
         return FB_OK;
     }
+    if (pass == PASS_WINDOW) {
+        uint64_t pos = 0, neg = 0;
+        for (int t = 0; t < num_accs; t++) {
+            pos += ((const uint64_t *)accs[t])[(size_t)s->n * STRIDE + 1];
+            neg += ((const uint64_t *)accs[t])[(size_t)s->n * STRIDE + 2];
+        }
+        s->provisional = pos > neg ? 1 : -1;
+    }
     for (int k = 0; k < s->n; k++) {
         if (pass == PASS_WINDOW) {
             if (!s->want[k]) continue;
@@ -483,11 +517,6 @@ static size_t merge_bytes(const void *p)
 
 /* The merged value of entry j for an elected sign g (+1, 0 or -1), in the same sequence of
  * f32 operations as merge's vector loops. */
-/* x when its magnitude reaches the cut, else 0 */
-static inline float trim(float x, int32_t cut)
-{
-    return magnitude_key(x) >= cut ? x : 0.0f;
-}
 
 /* Trimmed entry j of model k: stored in t (DARE's dropped vectors), or computed from the
  * inputs (t NULL). */
@@ -577,8 +606,8 @@ merge_chunk(const state *s, const fb_merge_chunk *c, const int stored)
     }
     ((uint64_t *)c->acc)[0] += pos;
     ((uint64_t *)c->acc)[1] += neg;
-    float majority = (float)s->majority;
-    if (!s->majority_known) majority = -1.0f; /* written as for a negative majority */
+    /* before the majority is known, the values for the provisional one are written */
+    float majority = (float)(s->majority_known ? s->majority : s->provisional);
     if (!s->majority_known && open) {
         for (int64_t j = 0; j < len; j++) {
             if (out[j] != 0.0f) continue;
@@ -586,7 +615,8 @@ merge_chunk(const state *s, const fb_merge_chunk *c, const int stored)
             float v[FB_FIXUP_VALUES];
             for (int g = 0; g < FB_FIXUP_VALUES; g++)
                 v[g] = merged_entry(s, c, t, j, (float)(g - 1));
-            if (memcmp(&v[0], &v[1], 4) || memcmp(&v[0], &v[2], 4)) fb_merge_fixup(c, j, v);
+            if ((memcmp(&v[0], &v[1], 4) || memcmp(&v[0], &v[2], 4)) && !fb_merge_fixup(c, j, v))
+                break; /* the list is full: the merge will run again if it must */
         }
     }
     for (int64_t j = 0; j < len; j++)
@@ -663,7 +693,9 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     return FB_OK;
 }
 
-/* The majority: the sign of the sum of all elected signs; fixups carry -1, 0, +1. */
+/* The majority: the sign of the sum of all elected signs; fixups carry -1, 0, +1. Nothing to
+ * patch when it selects the same entries as the provisional one (sum and mean only look at
+ * whether it is positive; max also multiplies by it). */
 static fb_status merge_finish(void *p, void *const *accs, int num_accs, int *choice)
 {
     state *s = p;
@@ -675,7 +707,9 @@ static fb_status merge_finish(void *p, void *const *accs, int num_accs, int *cho
     if (s->majority_known) return FB_OK;
     s->majority = pos > neg ? 1 : pos < neg ? -1 : 0;
     s->majority_known = 1;
-    *choice = s->majority < 0 ? -1 : s->majority + 1;
+    int same = s->merge_func == MERGE_MAX ? s->majority == s->provisional
+                                          : (s->majority > 0) == (s->provisional > 0);
+    *choice = same ? -1 : s->majority + 1;
     return FB_OK;
 }
 
