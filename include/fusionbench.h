@@ -230,8 +230,8 @@ typedef struct fb_run_options {
     void (*on_tensor)(void *user, const char *name, int64_t index, int64_t count,
                       double seconds);
     void *user;
-    /* Data-driven methods (adamerging): the task pool whose data they learn from (built by the
-     * fusion_bench command from a taskpool config; NULL for data-free methods). */
+    /* Data-driven methods (adamerging, fisher_merging, regmean, ...): the task pool whose data
+     * they learn from (fb_taskpool_load; NULL for data-free methods). */
     struct fb_taskpool *taskpool;
     /* Progress of a data-driven method: step (from 0) of steps, and its loss (NAN when the
      * step has none). May be NULL. */
@@ -256,6 +256,33 @@ fb_status fb_method_run_extras(fb_method *method, fb_modelpool *pool, const fb_r
 fb_status fb_method_run_to_file(fb_method *method, fb_modelpool *pool,
                                 const fb_run_options *opts, const char *path,
                                 const fb_save_options *save);
+
+/* ----------------------------------------------------------------------- task pool -- */
+
+/* Tasks (image classification datasets with a head per task) on which a model is evaluated,
+ * and whose data the data-driven methods learn from: put it in fb_run_options.taskpool. The
+ * model is a CLIP vision tower in Hugging Face layout; see docs/tasks.md for the YAML. */
+typedef struct fb_taskpool fb_taskpool;
+
+/* Opens a task pool from a YAML file (as config/taskpool/NAME.yaml; relative paths are taken
+ * from the file's folder), checking every key and loading the evaluated split's data, the
+ * model config and the heads. */
+fb_status fb_taskpool_load(const char *yaml_path, fb_taskpool **out);
+void fb_taskpool_free(fb_taskpool *taskpool);
+
+int fb_taskpool_num_tasks(const fb_taskpool *taskpool);
+const char *fb_taskpool_task_name(const fb_taskpool *taskpool, int index);
+
+typedef struct fb_task_result {
+    const char *task; /* borrowed from the task pool */
+    int64_t examples;
+    double accuracy, loss; /* fraction correct; mean cross-entropy */
+} fb_task_result;
+
+/* Evaluates model on every task: results[fb_taskpool_num_tasks(taskpool)], as FusionBench's
+ * taskpool.evaluate(model). */
+fb_status fb_taskpool_evaluate_model(fb_taskpool *taskpool, const fb_model *model,
+                                     fb_task_result *results);
 
 /* ------------------------------------------------------------------------- threads -- */
 

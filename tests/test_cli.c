@@ -186,6 +186,49 @@ TEST(cli_sharded_bf16_output_and_threads_give_the_same_bytes)
     free(bytes[1]);
 }
 
+/* TIES (global statistics, fixups) over inputs sharded differently: the same tensors, to the
+ * bit, for 1 and 2 threads and for a single file or a sharded output folder. */
+TEST(ties_over_sharded_inputs_gives_the_same_bytes_for_threads_and_shard_sizes)
+{
+    const char *names[] = {"pretrained", "task_a", "task_b", "task_c"};
+    const size_t shard_bytes[] = {20000, 0, 7000, 50000}; /* 0: one file */
+    char path[4200], yaml[8192];
+    int len = snprintf(yaml, sizeof yaml, "models:\n");
+    for (int i = 0; i < 4; i++) {
+        fb_model *m;
+        snprintf(path, sizeof path, "%s/pool_bf16/%s.safetensors", fb_test_ref_dir, names[i]);
+        REQUIRE_OK(fb_model_load(path, &m));
+        fb_save_options so = {.max_shard_bytes = shard_bytes[i]};
+        snprintf(path, sizeof path, "%s", fb_test_path(names[i]));
+        EXPECT_OK(fb_model_save(m, path, &so));
+        fb_model_free(m);
+        len += snprintf(yaml + len, sizeof yaml - (size_t)len, "  %s: %s\n",
+                        i ? names[i] : "_pretrained_", path);
+    }
+    fb_test_write_file(fb_test_path("sharded_pool.yaml"), yaml, (size_t)len);
+    char pool[4300], save[4300];
+    snprintf(pool, sizeof pool, "modelpool=%s", fb_test_path("sharded_pool.yaml"));
+    fb_model *first = NULL;
+    const char *threads[] = {"1", "2", "2"}, *out_shard[] = {"null", "null", "30KB"};
+    for (int r = 0; r < 3; r++) {
+        snprintf(save, sizeof save, "merged_model_save_path=%s",
+                 fb_test_path(r == 2 ? "ties_sharded" : r ? "ties2.safetensors" : "ties1.safetensors"));
+        char shard[64];
+        snprintf(shard, sizeof shard, "merged_model_max_shard_size=%s", out_shard[r]);
+        const char *a[] = {"--threads", threads[r], "method=dare_ties_merging", "method.threshold=30",
+                           "method.seed=4", pool, save, shard, NULL};
+        EXPECT(cli(NULL, NULL, a) == 0);
+        fb_model *got;
+        REQUIRE_OK(fb_model_load(save + strlen("merged_model_save_path="), &got));
+        if (!first) first = got;
+        else {
+            EXPECT(fb_test_models_match(got, first, 0));
+            fb_model_free(got);
+        }
+    }
+    fb_model_free(first);
+}
+
 /* Each bad command: exit status 1 or 2, one line on stderr naming the problem, no output. */
 TEST(cli_bad_input_gives_one_line_error_and_no_output)
 {

@@ -420,6 +420,41 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     REQUIRE(run_cli(NULL, (const char *[]){"--threads", "2", "method=adamerging", "method.max_steps=3",
                                           mp, tp, o2, NULL}) == 0);
     EXPECT(same_file(fb_test_path("ada1.safetensors"), fb_test_path("ada2.safetensors")));
+    /* the same through the C API: a pool, a task pool, a method; then the evaluation the
+     * command printed */
+    {
+        char path[4200];
+        fb_modelpool *pool;
+        fb_taskpool *tpool;
+        fb_method *m;
+        fb_model *merged, *cli_merged;
+        snprintf(path, sizeof path, "%s/modelpool.yaml", fb_test_path("zoo1"));
+        REQUIRE_OK(fb_modelpool_load_config(path, &pool));
+        snprintf(path, sizeof path, "%s/taskpool.yaml", fb_test_path("zoo1"));
+        REQUIRE_OK(fb_taskpool_load(path, &tpool));
+        REQUIRE(fb_taskpool_num_tasks(tpool) == 2);
+        EXPECT(!strcmp(fb_taskpool_task_name(tpool, 1), "pairs") && !fb_taskpool_task_name(tpool, 2));
+        REQUIRE_OK(fb_method_create("clip_layer_wise_adamerging", "{max_steps: 3}", &m));
+        fb_run_options ro = {.taskpool = tpool};
+        REQUIRE_OK(fb_method_run(m, pool, &ro, &merged));
+        REQUIRE_OK(fb_model_load(fb_test_path("ada1.safetensors"), &cli_merged));
+        EXPECT(fb_test_models_match(merged, cli_merged, 0));
+        fb_task_result res[2];
+        REQUIRE_OK(fb_taskpool_evaluate_model(tpool, merged, res));
+        char line[256];
+        snprintf(line, sizeof line, "  %-24s %8.2f%% %8.4f %8lld", res[1].task, 100 * res[1].accuracy,
+                 res[1].loss, (long long)res[1].examples);
+        REQUIRE(run_cli(&out, (const char *[]){"method=adamerging", "method.max_steps=3", mp, tp, NULL}) == 0);
+        EXPECT(out && strstr(out, line));
+        free(out);
+        snprintf(path, sizeof path, "%s/none.yaml", fb_test_path("zoo1"));
+        EXPECT_ERROR(fb_taskpool_load(path, &tpool), FB_ERR_IO, "none.yaml");
+        fb_model_free(merged);
+        fb_model_free(cli_merged);
+        fb_method_free(m);
+        fb_taskpool_free(tpool);
+        fb_modelpool_free(pool);
+    }
     REQUIRE(run_cli(&out, (const char *[]){"method=fisher_merging", "method.num_fisher_examples=20",
                                           "method.batch_size=8", mp, tp, NULL}) == 0);
     EXPECT(out && strstr(out, "average"));

@@ -421,3 +421,29 @@ fb_status fb_taskpool_sample(const fb_taskpool *tp, const char *name, int split,
     *count = n;
     return FB_OK;
 }
+
+/* ------------------------------------------------------------------- public API -- */
+
+fb_status fb_taskpool_load(const char *yaml_path, fb_taskpool **out)
+{
+    *out = NULL;
+    fb_config *cfg;
+    fb_status st = fb_config_load(yaml_path, &cfg);
+    if (st) return st;
+    st = fb_taskpool_open(cfg, out);
+    fb_config_free(cfg);
+    return st ? fb_error_prefix(st, "task pool %s", yaml_path) : FB_OK;
+}
+
+int fb_taskpool_num_tasks(const fb_taskpool *tp) { return tp->set.num_tasks; }
+
+const char *fb_taskpool_task_name(const fb_taskpool *tp, int index)
+{
+    return index >= 0 && index < tp->set.num_tasks ? tp->set.tasks[index].name : NULL;
+}
+
+fb_status fb_taskpool_evaluate_model(fb_taskpool *tp, const fb_model *model,
+                                     fb_task_result *results)
+{
+    return fb_taskpool_evaluate(tp, model, NULL, results, NULL, NULL);
+}

@@ -20,12 +20,6 @@
 #include "pool/modelpool.h"
 #include "tasks.h"
 
-typedef struct fb_task_result {
-    const char *task;
-    int64_t examples;
-    double accuracy, loss;
-} fb_task_result;
-
 typedef struct fb_taskpool {
     fb_taskset set;
     fb_clip_config clip;
