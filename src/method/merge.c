@@ -61,6 +61,11 @@ typedef struct job {
     void **accs;             /* prepare passes and merge_bytes: one accumulator per thread */
     size_t acc_bytes;
     struct fb_fixups *fixups; /* merge_finish: one list per thread */
+    const char *path;         /* file output: where, and how */
+    const fb_save_options *save;
+    fb_writer *alt_writer;    /* merge_alternative: the second output */
+    float *alt_f32;           /* threads x chunk */
+    int pick_alt;             /* merge_finish chose the alternative output */
 } job;
 
 /* Elements whose merged value waits for merge_finish's decision (fb_merge_fixup). */
@@ -75,7 +80,6 @@ struct fb_fixups {
     int overflowed;
 };
 
-enum { FIXUPS_PER_THREAD = 32768 }; /* 1 MB per thread; beyond it the merge runs again */
 
 int fb_merge_fixup(const fb_merge_chunk *c, int64_t index, const float *values)
 {
@@ -216,7 +220,7 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
         fb_status st = check_agreement(J, k);
         if (st) return st;
     }
-    J->setup = (fb_merge_setup){J->num_models, J->names, J->has_base};
+    J->setup = (fb_merge_setup){J->num_models, J->names, J->has_base, !J->to_memory};
     if (m->ops->setup) {
         fb_status st = m->ops->setup(m->state, &J->setup);
         if (st) return fb_error_prefix(st, "method %s", m->ops->name);
@@ -431,8 +435,8 @@ static fb_status allocate_scratch(job *J)
         J->fixups = fb_calloc((size_t)J->threads, sizeof *J->fixups);
         if (!J->fixups) return FB_ERR_NOMEM;
         for (int t = 0; t < J->threads; t++) {
-            J->fixups[t].cap = FIXUPS_PER_THREAD;
-            J->fixups[t].items = fb_malloc(FIXUPS_PER_THREAD * sizeof(fixup));
+            J->fixups[t].cap = FB_MERGE_FIXUPS / J->threads;
+            J->fixups[t].items = fb_malloc((size_t)J->fixups[t].cap * sizeof(fixup));
             if (!J->fixups[t].items) return FB_ERR_NOMEM;
         }
     }
@@ -488,7 +492,18 @@ static fb_status load_chunk(const job *J, int64_t c, int tid, fb_merge_chunk *mc
     return FB_OK;
 }
 
-/* Stores a merged f32 chunk into the output tensor ti (memory, file, or nowhere). */
+/* Writes bytes of output tensor ti to the file output(s): the alternative output too, with
+ * alt_bytes there when given (else the same bytes). */
+static fb_status write_out(const job *J, int64_t ti, size_t offset, const void *bytes,
+                           const void *alt_bytes, size_t n)
+{
+    fb_status st = J->writer ? fb_writer_write(J->writer, ti, offset, bytes, n) : FB_OK;
+    if (!st && J->alt_writer)
+        st = fb_writer_write(J->alt_writer, ti, offset, alt_bytes ? alt_bytes : bytes, n);
+    return st;
+}
+
+/* Stores a merged f32 chunk into the output tensor ti (memory, file(s), or nowhere). */
 static fb_status store_chunk(const job *J, int64_t ti, const fb_merge_chunk *mc, int tid)
 {
     fb_tensor *ot = J->out->tensors[ti];
@@ -501,14 +516,19 @@ static fb_status store_chunk(const job *J, int64_t ti, const fb_merge_chunk *mc,
         return fb_convert_from_f32(ot->dtype, mc->out, (uint8_t *)ot->data + (size_t)begin * oes,
                                    n);
     }
-    if (!J->writer) return FB_OK;
-    const void *bytes = mc->out;
     fb_status st;
-    if (ot->dtype != FB_F32) {
-        if ((st = fb_convert_from_f32(ot->dtype, mc->out, orbuf, n))) return st;
-        bytes = orbuf;
+    for (int alt = 0; alt < 2; alt++) {
+        fb_writer *w = alt ? J->alt_writer : J->writer;
+        const float *f = alt && mc->out_alt ? mc->out_alt : mc->out;
+        if (!w) continue;
+        const void *bytes = f;
+        if (ot->dtype != FB_F32) {
+            if ((st = fb_convert_from_f32(ot->dtype, f, orbuf, n))) return st;
+            bytes = orbuf;
+        }
+        if ((st = fb_writer_write(w, ti, (size_t)begin * oes, bytes, (size_t)n * oes))) return st;
     }
-    return fb_writer_write(J->writer, ti, (size_t)begin * oes, bytes, (size_t)n * oes);
+    return FB_OK;
 }
 
 /* The chunk's per-model masks into the extras: tensor k * num_merged + merged index. */
@@ -539,6 +559,7 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
     mc.scratch = J->kernel_scratch + (size_t)tid * (size_t)J->scratch_per * (size_t)J->chunk;
     mc.acc = J->accs ? J->accs[tid] : NULL;
     mc.fixups = J->fixups ? &J->fixups[tid] : NULL;
+    mc.out_alt = J->alt_f32 && what == DO_MERGE ? J->alt_f32 + (size_t)tid * (size_t)J->chunk : NULL;
     if (what >= 0) {
         st = ops->prepare(J->method->state, what, &mc, J->accs[tid]);
         return st ? fb_error_prefix(st, "tensor '%s'", mc.tensor->name) : FB_OK;
@@ -622,7 +643,7 @@ static fb_status copy_equal_tensor(job *J, int64_t ti)
                                 label(J, J->has_base ? J->num_models : 0), (off + i) / es);
         }
         if (J->to_memory) memcpy((uint8_t *)ot->data + off, a, n);
-        else if (J->writer && (st = fb_writer_write(J->writer, ti, off, a, n))) return st;
+        else if ((st = write_out(J, ti, off, a, NULL, n))) return st;
     }
     return FB_OK;
 }
@@ -646,7 +667,7 @@ static fb_status copy_plan_tensor(job *J, int64_t ti)
             size_t n = src->nbytes - off < COPY_BYTES ? src->nbytes - off : COPY_BYTES;
             if ((st = fb_tensor_read(src, off, n, J->copy_buf))) return st;
             if (J->to_memory) memcpy((uint8_t *)ot->data + off, J->copy_buf, n);
-            else if (J->writer && (st = fb_writer_write(J->writer, ti, off, J->copy_buf, n))) return st;
+            else if ((st = write_out(J, ti, off, J->copy_buf, NULL, n))) return st;
         }
         return FB_OK;
     }
@@ -662,8 +683,7 @@ static fb_status copy_plan_tensor(job *J, int64_t ti)
         for (int64_t j = 0; j < n; j++) f[j] *= e->scale;
         if ((st = fb_convert_from_f32(ot->dtype, f, outb, n))) return st;
         if (J->to_memory) memcpy((uint8_t *)ot->data + (size_t)begin * oes, outb, (size_t)n * oes);
-        else if (J->writer &&
-                 (st = fb_writer_write(J->writer, ti, (size_t)begin * oes, outb, (size_t)n * oes)))
+        else if ((st = write_out(J, ti, (size_t)begin * oes, outb, NULL, (size_t)n * oes)))
             return st;
     }
     return FB_OK;
@@ -744,6 +764,12 @@ static fb_status execute(job *J)
         if (st) return fb_error_prefix(st, "method %s", ops->name);
     }
     for (int t = 0; ops->merge_bytes && t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
+    int alternative = !J->to_memory && ops->merge_alternative && ops->merge_alternative(J->method->state);
+    if (alternative) {
+        J->alt_f32 = fb_malloc((size_t)J->threads * (size_t)J->chunk * sizeof(float));
+        if (!J->alt_f32) return FB_ERR_NOMEM;
+        if (J->writer && (st = fb_writer_open(J->path, J->save, J->out, &J->alt_writer))) return st;
+    }
     if ((st = merge_all(J, 1))) return st;
     if (ops->merge_finish) {
         int choice = -1, overflowed = 0;
@@ -752,7 +778,9 @@ static fb_status execute(job *J)
         for (int t = 0; t < J->threads; t++) overflowed |= J->fixups[t].overflowed;
         if (choice >= FB_FIXUP_VALUES)
             return fb_set_error(FB_ERR_INTERNAL, "method %s chose fixup %d", ops->name, choice);
-        if (choice >= 0 && overflowed) {
+        if (alternative) {
+            J->pick_alt = choice >= 0;
+        } else if (choice >= 0 && overflowed) {
             /* too many to patch: merge again, now that the state holds the decision */
             for (int t = 0; t < J->threads; t++) J->fixups[t].count = 0;
             if ((st = merge_all(J, 0))) return st;
@@ -782,6 +810,8 @@ static void job_free(job *J)
     fb_free(J->accs);
     for (int t = 0; J->fixups && t < J->threads; t++) fb_free(J->fixups[t].items);
     fb_free(J->fixups);
+    fb_free(J->alt_f32);
+    fb_writer_abort(J->alt_writer);
     fb_model_free(J->out);
 }
 
@@ -789,7 +819,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
                      const char *path, const fb_save_options *save, fb_model **merged,
                      fb_model **extras)
 {
-    job J = {.method = m, .to_memory = to_memory, .opts = opts};
+    job J = {.method = m, .to_memory = to_memory, .opts = opts, .path = path, .save = save};
     char *xpath = NULL;
     fb_status st = FB_OK;
     if (m->ops->ensemble)
@@ -814,6 +844,11 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     if (!st) st = execute(&J);
     /* the merged model first, then its extras: each file is replaced atomically */
     if (J.writer) {
+        if (!st && J.pick_alt) { /* the alternative output is the one: it takes the path */
+            fb_writer_abort(J.writer);
+            J.writer = J.alt_writer;
+            J.alt_writer = NULL;
+        }
         if (st) fb_writer_abort(J.writer);
         else st = fb_writer_commit(J.writer);
     }

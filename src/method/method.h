@@ -37,11 +37,13 @@ typedef struct fb_merge_chunk {
     float *scratch;             /* this thread's scratch: scratch_per_element x count floats */
     uint8_t *masks;             /* methods with model_masks: num_models x count bytes to fill */
     void *acc;                  /* methods with merge_bytes: this thread's merge accumulator */
+    float *out_alt;             /* with merge_alternative: the chunk of the alternative output */
     struct fb_fixups *fixups;   /* methods with merge_finish: see fb_merge_fixup */
 } fb_merge_chunk;
 
-/* Number of values a fixup carries (one per outcome the method decides after the merge). */
-enum { FB_FIXUP_VALUES = 3 };
+/* Number of values a fixup carries (one per outcome the method decides after the merge), and
+ * how many fixups the driver keeps over all threads before it must merge again instead. */
+enum { FB_FIXUP_VALUES = 3, FB_MERGE_FIXUPS = 65536 };
 
 /* Records that element `index` of the chunk (0-based within it) should become values[v] once
  * merge_finish has chosen v; merge writes one of them meanwhile. Returns 0 when the thread's
@@ -53,6 +55,7 @@ typedef struct fb_merge_setup {
     int num_models;
     const char *const *model_names;
     int has_base;
+    int streamed; /* the output is streamed to a file (or discarded), not built in memory */
 } fb_merge_setup;
 
 /* One tensor of a restructured output (depth upscaling, passthrough slices): the tensor
@@ -121,6 +124,11 @@ typedef struct fb_method_ops {
      * merge must then use the decision stored in the state. */
     size_t (*merge_bytes)(const void *state);
     fb_status (*merge_finish)(void *state, void *const *accs, int num_accs, int *choice);
+    /* For streamed outputs, instead of fixups: asked before the merge, 1 makes the driver
+     * write a second, alternative output beside the first (merge fills chunk.out_alt too), and
+     * merge_finish's *choice >= 0 then keeps the alternative (-1 the first). For decisions
+     * that change too many elements to patch (TIES's majority on bf16 inputs). */
+    int (*merge_alternative)(const void *state);
     /* Restructuring methods (depth upscaling, passthrough) plan the output instead of merging
      * element by element: entries say which input tensor each output tensor copies. The inputs
      * then need not agree on their tensors. */

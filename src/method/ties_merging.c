@@ -48,7 +48,7 @@
 
 enum { BINS = 65536 };
 enum { SAMPLE_STRIDE = 32, WINDOW_BINS = 2 };
-enum { PASS_SAMPLE, PASS_WINDOW, PASS_HIGH, PASS_LOW, PASSES };
+enum { PASS_SAMPLE, PASS_WINDOW, PASS_HIGH, PASS_LOW, PASS_MAJORITY, PASSES };
 enum { MERGE_SUM, MERGE_MEAN, MERGE_MAX };
 
 typedef struct state {
@@ -70,6 +70,11 @@ typedef struct state {
     int majority_known; /* set by merge_finish: a second merge uses it */
     int provisional;    /* the majority the merge writes before it is known: estimated from
                          * the sampled chunks in pass 1 */
+    int majority_pass;  /* pass 4 counts the majority exactly: the sample foresaw more entries
+                         * waiting for it than the driver keeps as fixups */
+    int streamed;       /* the output goes to a file ... */
+    int dual;           /* ... so with that many, both outputs are written instead (sum, mean)
+                         * and merge_finish keeps the right one */
 } state;
 
 static const fb_param_spec ties_params[] = {
@@ -175,6 +180,9 @@ static fb_status setup(void *p, const fb_merge_setup *m)
     s->majority = 0;
     s->majority_known = 0;
     s->provisional = -1;
+    s->majority_pass = 0;
+    s->streamed = m->streamed;
+    s->dual = 0;
     int ok = s->want && s->win_lo && s->radix && s->hi && s->rank && s->cut;
     return ok ? FB_OK : FB_ERR_NOMEM;
 }
@@ -182,7 +190,7 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 /* the trimmed vector of every model, and the elected signs */
 static int scratch_per_element(const void *p)
 {
-    return ((const state *)p)->n + 1;
+    return ((const state *)p)->n + 3; /* + the elected signs, a flag and a count per entry */
 }
 
 static int merges_tensor(const void *p, const fb_tensor *t)
@@ -226,21 +234,22 @@ task_vector(const state *s, const fb_merge_chunk *c, int k, float *tau)
 /* Accumulator: per model STRIDE words: passes 0, 2 and 3 a histogram of BINS 64-bit
  * counters; pass 1 the count above the window, the count inside it, then WINDOW_BINS x BINS
  * 32-bit counters (half the cache footprint; a thread that puts more than 2^32 - 1 entries in
- * a window could overflow one, and the exact radix passes then take over). Then three
- * counters (pass 0: entries; pass 1: positive and negative sums in the sample), then scratch
- * for tau and for the sums. */
+ * a window could overflow one, and the exact radix passes then take over). Then four
+ * counters (pass 0: entries; passes 1 and 4: positive and negative sums, and in pass 1 the
+ * zero sums of entries not all zero), then scratch for tau, the sums and their bits. */
 enum { STRIDE = 2 + WINDOW_BINS * BINS / 2 };
 
 static size_t prepare_bytes(const void *p)
 {
     const state *s = p;
-    return ((size_t)s->n * STRIDE + 3) * sizeof(uint64_t) + 2 * FB_MERGE_CHUNK * sizeof(float);
+    return ((size_t)s->n * STRIDE + 4) * sizeof(uint64_t) + 3 * FB_MERGE_CHUNK * sizeof(float);
 }
 
 static int prepare_stride(const void *p, int pass)
 {
     const state *s = p;
     if (pass == PASS_SAMPLE) return SAMPLE_STRIDE;
+    if (pass == PASS_MAJORITY) return s->majority_pass;
     int any = 0;
     for (int k = 0; k < s->n; k++)
         any |= pass == PASS_WINDOW ? s->want[k] != 0 : s->radix[k];
@@ -314,7 +323,7 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
  * the summed trimmed vectors at the window's middle (the estimated cuts), from which the merge
  * guesses the majority sign. */
 static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist, float *tau,
-                        float *sum)
+                        float *sum, uint32_t *bits)
 {
 #if defined(__x86_64__)
     int avx2 = __builtin_cpu_supports("avx2");
@@ -333,7 +342,10 @@ static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist,
             int32_t est = s->want[k] ? (int32_t)((s->win_lo[k] << 16) + ((uint32_t)WINDOW_BINS << 15)) : 0;
             for (int64_t j = 0; j < c->count; j++) {
                 float x = trim(b ? m[j] - b[j] : m[j], est);
+                uint32_t u;
+                memcpy(&u, &x, 4);
                 sum[j] = k ? sum[j] + x : x;
+                bits[j] = k ? bits[j] | u : u;
             }
         }
         if (!s->want[k]) continue;
@@ -351,6 +363,7 @@ static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist,
     for (int64_t j = 0; j < c->count; j++) {
         signs[0] += sum[j] > 0.0f;
         signs[1] += sum[j] < 0.0f;
+        signs[2] += sum[j] == 0.0f && bits[j];
     }
 }
 
@@ -358,7 +371,8 @@ static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void 
 {
     const state *s = p;
     uint64_t *hist = acc;
-    float *tau = (float *)(hist + (size_t)s->n * STRIDE + 3), *sum = tau + FB_MERGE_CHUNK;
+    float *tau = (float *)(hist + (size_t)s->n * STRIDE + 4), *sum = tau + FB_MERGE_CHUNK;
+    uint32_t *bits = (uint32_t *)(sum + FB_MERGE_CHUNK);
     if (pass == PASS_SAMPLE) {
         /* the chunk stands for itself and the stride - 1 chunks after it (fewer at the end of
          * the tensor); weights are 16.16 fixed point so sums stay integers */
@@ -376,7 +390,30 @@ static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void 
         return FB_OK;
     }
     if (pass == PASS_WINDOW) {
-        window_pass(s, c, hist, tau, sum);
+        window_pass(s, c, hist, tau, sum, bits);
+        return FB_OK;
+    }
+    if (pass == PASS_MAJORITY) {
+        /* the signs of the summed trimmed vectors, with the exact cuts */
+        int dare = fb_dare_applies(&s->dare, c->tensor);
+        for (int k = 0; k < s->n; k++) {
+            const float *m = c->models[k], *b = c->base;
+            const int32_t cut = (int32_t)s->cut[k];
+            if (dare) {
+                task_vector(s, c, k, tau);
+                for (int64_t j = 0; j < c->count; j++) sum[j] = k ? sum[j] + trim(tau[j], cut) : trim(tau[j], cut);
+            } else {
+                for (int64_t j = 0; j < c->count; j++) {
+                    float x = trim(m[j] - b[j], cut);
+                    sum[j] = k ? sum[j] + x : x;
+                }
+            }
+        }
+        uint64_t *signs = hist + (size_t)s->n * STRIDE + 1;
+        for (int64_t j = 0; j < c->count; j++) {
+            signs[0] += sum[j] > 0.0f;
+            signs[1] += sum[j] < 0.0f;
+        }
         return FB_OK;
     }
     for (int k = 0; k < s->n; k++) {
@@ -459,13 +496,25 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
         choose_windows(s, accs, num_accs);
         return FB_OK;
     }
-    if (pass == PASS_WINDOW) {
-        uint64_t pos = 0, neg = 0;
+    if (pass == PASS_WINDOW || pass == PASS_MAJORITY) {
+        uint64_t pos = 0, neg = 0, ties = 0;
         for (int t = 0; t < num_accs; t++) {
             pos += ((const uint64_t *)accs[t])[(size_t)s->n * STRIDE + 1];
             neg += ((const uint64_t *)accs[t])[(size_t)s->n * STRIDE + 2];
+            ties += ((const uint64_t *)accs[t])[(size_t)s->n * STRIDE + 3];
+        }
+        if (pass == PASS_MAJORITY) {
+            s->majority = pos > neg ? 1 : pos < neg ? -1 : 0;
+            s->majority_known = 1;
+            return FB_OK;
         }
         s->provisional = pos > neg ? 1 : -1;
+        /* more entries will wait for the majority than fixups can hold: two outputs when
+         * streaming (one read pass), else a pass that counts the majority first */
+        if (ties * SAMPLE_STRIDE > FB_MERGE_FIXUPS / 2) {
+            if (s->streamed && s->merge_func != MERGE_MAX) s->dual = 1;
+            else s->majority_pass = 1;
+        }
     }
     for (int k = 0; k < s->n; k++) {
         if (pass == PASS_WINDOW) {
@@ -608,7 +657,14 @@ merge_chunk(const state *s, const fb_merge_chunk *c, const int stored)
     ((uint64_t *)c->acc)[1] += neg;
     /* before the majority is known, the values for the provisional one are written */
     float majority = (float)(s->majority_known ? s->majority : s->provisional);
-    if (!s->majority_known && open) {
+    /* two outputs (sum and mean): the alternative is merged with the other selection sign
+     * where the summed trimmed entries cancel, flagged here */
+    float *restrict alt = c->out_alt;
+    uint32_t *restrict flag = (uint32_t *)(c->scratch + (stored ? (int64_t)(n + 1) : 2) * len);
+    float *restrict alt_count = c->scratch + (stored ? (int64_t)(n + 2) : 3) * len;
+    if (alt)
+        for (int64_t j = 0; j < len; j++) flag[j] = (uint32_t)(out[j] == 0.0f) & (uint32_t)(bits[j] != 0);
+    if (!alt && !s->majority_known && open) {
         for (int64_t j = 0; j < len; j++) {
             if (out[j] != 0.0f) continue;
             if (!bits[j] && !(max_zero && base[j] == 0.0f)) continue;
@@ -621,6 +677,25 @@ merge_chunk(const state *s, const fb_merge_chunk *c, const int stored)
     }
     for (int64_t j = 0; j < len; j++)
         sign[j] = out[j] > 0.0f ? 1.0f : out[j] < 0.0f ? -1.0f : majority;
+    const float lambda = s->lambda;
+    /* the alternative first (DARE's stored vectors are overwritten by the counts below): the
+     * same sequence of operations, the selection sign flipped where flagged */
+    if (alt) {
+        for (int k = 0; k < n; k++) {
+            for (int64_t j = 0; j < len; j++) {
+                float x = TRIMMED(k, j), e = sign[j] > 0.0f ? 1.0f : -1.0f;
+                e = flag[j] ? -e : e;
+                float sel = e * x > 0.0f ? x : 0.0f, one = sel != 0.0f ? 1.0f : 0.0f;
+                alt[j] = k ? alt[j] + sel : sel;
+                alt_count[j] = k ? alt_count[j] + one : one;
+            }
+        }
+        if (s->merge_func == MERGE_MEAN)
+            for (int64_t j = 0; j < len; j++)
+                alt[j] = alt[j] / (alt_count[j] > 1.0f ? alt_count[j] : 1.0f);
+        for (int64_t j = 0; j < len; j++)
+            alt[j] = base[j] + lambda * alt[j];
+    }
     /* disjoint aggregate of the entries that agree with the elected sign: with the selection
      * sign e = +1 for a positive elected sign and -1 otherwise (FusionBench picks the negative
      * entries when the sign is 0), an entry agrees when e * t > 0 (e * t is exact). */
@@ -656,7 +731,6 @@ merge_chunk(const state *s, const fb_merge_chunk *c, const int stored)
                 out[j] = out[j] / (count[j] > 1.0f ? count[j] : 1.0f);
     }
 #undef TRIMMED
-    const float lambda = s->lambda;
     for (int64_t j = 0; j < len; j++)
         out[j] = base[j] + lambda * out[j];
 }
@@ -693,6 +767,12 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     return FB_OK;
 }
 
+static int merge_alternative(const void *p)
+{
+    const state *s = p;
+    return s->dual && !s->majority_known;
+}
+
 /* The majority: the sign of the sum of all elected signs; fixups carry -1, 0, +1. Nothing to
  * patch when it selects the same entries as the provisional one (sum and mean only look at
  * whether it is positive; max also multiplies by it). */
@@ -717,7 +797,8 @@ static fb_status merge_finish(void *p, void *const *accs, int num_accs, int *cho
     .needs_base = 1, .setup = setup, .scratch_per_element = scratch_per_element,                   \
     .merges_tensor = merges_tensor, .prepare_passes = PASSES, .prepare_bytes = prepare_bytes,      \
     .prepare = prepare, .prepare_finish = prepare_finish, .prepare_stride = prepare_stride,        \
-    .merge_bytes = merge_bytes, .merge_finish = merge_finish, .merge = merge, .destroy = destroy
+    .merge_bytes = merge_bytes, .merge_finish = merge_finish,                                    \
+    .merge_alternative = merge_alternative, .merge = merge, .destroy = destroy
 
 const fb_method_ops fb_method_ties_merging = {
     .name = "ties_merging",

@@ -317,7 +317,9 @@ for i, (params, thr, mf) in enumerate([("{threshold: 100, scaling_factor: 1.0}",
 # whose task vectors are 1000x smaller in the chunks the C code samples first (0 and 32), so
 # the sample's estimate of the cut is far off and the exact radix passes must find it.
 # "cancel": 150000 entries whose trimmed vectors cancel exactly and a positive majority, more
-# entries waiting for the majority than the C code keeps to patch, so it merges again.
+# entries waiting for the majority than the C code keeps to patch, so it merges again;
+# "cancel50": the same trimmed to half, where the sample foresees them and the majority is
+# counted in a pass of its own before the merge.
 def ties_pool(name, models_vals):
     d = os.path.join(OUT, "pool_ties_" + name)
     os.makedirs(d, exist_ok=True)
@@ -345,17 +347,22 @@ cancel = [x.clone(), x.clone(), torch.zeros(200000)]
 cancel[1][:150000] = -x[:150000]
 cancel[0][150000:] = x[150000:].abs()
 cancel[1][150000:] = x[150000:].abs()
-for name, vals, params, thr, mf in [
-        ("skewed", skew, "{threshold: 20}", 20, "sum"),
-        ("cancel", cancel, "{threshold: 100, scaling_factor: 1.0, merge_func: mean}", 100, "mean")]:
+dare5 = dict(p=0.3, rescale=True, only_linear=False, seed=5)
+for name, vals, method, params, thr, lam, mf, dare in [
+        ("skewed", skew, "ties_merging", "{threshold: 20}", 20, 0.3, "sum", None),
+        ("cancel", cancel, "ties_merging", "{threshold: 100, scaling_factor: 1.0, merge_func: mean}",
+         100, 1.0, "mean", None),
+        ("cancel50", cancel, "ties_merging", "{threshold: 50}", 50, 0.3, "sum", None),
+        ("cancel50", cancel, "dare_ties_merging", "{threshold: 50, sparsity_ratio: 0.3, seed: 5}",
+         50, 0.5, "sum", dare5)]:
     d, b, ms = ties_pool(name, vals)
-    exp = os.path.join(d, "expected.safetensors")
-    lam = 1.0 if thr == 100 else 0.3
-    st.save(exp, finish(R.ties(b, ms, lam, thr, mf), b))
-    cases.append({"pool": os.path.join(d, "pool.yaml"), "dtype": "f32",
-                  "method": "ties_merging", "params": params,
-                  "overrides": [f"method.threshold={thr}", f"method.scaling_factor={lam}",
-                                f"method.merge_func={mf}"], "expected": exp})
+    exp = os.path.join(d, f"expected_{method}.safetensors")
+    st.save(exp, finish(R.ties(b, ms, lam, thr, mf, dare=dare), b))
+    overrides = [f"method.threshold={thr}", f"method.scaling_factor={lam}", f"method.merge_func={mf}"]
+    if dare:
+        overrides += ["method.sparsity_ratio=0.3", "method.seed=5"]
+    cases.append({"pool": os.path.join(d, "pool.yaml"), "dtype": "f32", "method": method,
+                  "params": params, "overrides": overrides, "expected": exp})
 
 # --- restructuring: a Llama-layout pool (4 layers) for depth up-scaling and passthrough ------
 ll_dir = os.path.join(OUT, "pool_llama")
