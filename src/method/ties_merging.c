@@ -26,7 +26,10 @@
  * sign of the sum of all elected signs, known only at the end of the merge: merge writes the
  * value for a provisional majority (estimated on the sampled chunks in pass 1), records the
  * entries whose value depends on it (fb_merge_fixup) and merge_finish picks the right ones
- * when the guess was wrong (the driver merges again when there were too many to patch). Counts are integers, so nothing depends on the thread count.
+ * when the guess was wrong (the driver merges again when there were too many to patch). When
+ * pass 1's sample foresees more of them than the driver keeps (bf16 task vectors cancel
+ * often), a streamed merge writes both outputs instead (merge_alternative), and otherwise
+ * pass 4 counts the majority before the merge.
  * Memory: per thread and model, WINDOW_BINS x 65536 counters (pass 1; one 65536-bin histogram
  * in passes 0 and 2).
  *
@@ -509,9 +512,11 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
             return FB_OK;
         }
         s->provisional = pos > neg ? 1 : -1;
-        /* more entries will wait for the majority than fixups can hold: two outputs when
-         * streaming (one read pass), else a pass that counts the majority first */
-        if (ties * SAMPLE_STRIDE > FB_MERGE_FIXUPS / 2) {
+        /* more entries will wait for the majority than fixups can hold: unless the sample
+         * leaves no doubt about it (its difference over 6 standard deviations of a count),
+         * two outputs when streaming (one read pass), else a pass that counts it first */
+        double diff = (double)pos - (double)neg, sure = 6.0 * sqrt((double)(pos + neg));
+        if (ties * SAMPLE_STRIDE > FB_MERGE_FIXUPS / 2 && fabs(diff) <= sure) {
             if (s->streamed && s->merge_func != MERGE_MAX) s->dual = 1;
             else s->majority_pass = 1;
         }
