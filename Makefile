@@ -76,7 +76,7 @@ $(BUILD)/bench_%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 # Reference data from PyTorch, then every test; the runner's last line is "N passed, N failed".
-test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES)
+test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES) $(BENCHES)
 	@rm -rf $(BUILD)/ref && mkdir -p $(BUILD)/ref
 	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
 	$(PYTHON) tests/reference/nn_reference.py $(BUILD)/ref
