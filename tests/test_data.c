@@ -447,8 +447,10 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
         REQUIRE(run_cli(&out, (const char *[]){"method=adamerging", "method.max_steps=3", mp, tp, NULL}) == 0);
         EXPECT(out && strstr(out, line));
         free(out);
+        fb_taskpool *none;
         snprintf(path, sizeof path, "%s/none.yaml", fb_test_path("zoo1"));
-        EXPECT_ERROR(fb_taskpool_load(path, &tpool), FB_ERR_IO, "none.yaml");
+        EXPECT_ERROR(fb_taskpool_load(path, &none), FB_ERR_IO, "none.yaml");
+        EXPECT(none == NULL);
         fb_model_free(merged);
         fb_model_free(cli_merged);
         fb_method_free(m);
