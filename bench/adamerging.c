@@ -16,22 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "method/adamerging.h"
 #include "nn/kernels.h"
 #include "nn/optim.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct spec {
     const char *name;
@@ -81,7 +69,7 @@ static void run_c(const spec *sp, int reps, int K, int T, int64_t B)
     double *times = malloc((size_t)(reps + 1) * sizeof *times), loss;
     fb_nn_blas_single(1);
     for (int r = 0; r <= reps; r++) { /* the first is a warm-up */
-        double t0 = now();
+        double t0 = bench_now();
         if (fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, lambda, 1, T,
                                     (const float *const *)x, counts, (const float *const *)heads,
                                     classes, 100.0f, &loss, grad)) {
@@ -90,9 +78,9 @@ static void run_c(const spec *sp, int reps, int K, int T, int64_t B)
         }
         for (int64_t i = 0; i < K * L; i++) g32[i] = (float)grad[i];
         fb_adamw_step(&adam, lambda, g32);
-        times[r] = now() - t0;
+        times[r] = bench_now() - t0;
     }
-    qsort(times + 1, (size_t)reps, sizeof *times, cmp);
+    qsort(times + 1, (size_t)reps, sizeof *times, bench_cmp_double);
     double med = reps % 2 ? times[1 + reps / 2] : 0.5 * (times[reps / 2] + times[1 + reps / 2]);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

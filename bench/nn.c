@@ -12,27 +12,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "common.h"
 #include "nn/clip_vit.h"
 #include "nn/kernels.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct spec {
     const char *name;
@@ -86,13 +68,13 @@ int main(int argc, char **argv)
         double *t = calloc((size_t)reps, sizeof *t);
         if (fb_clip_forward(net, images, B, &features)) die("forward"); /* warm-up */
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = bench_now();
             fb_clip_forward(net, images, B, &features);
-            t[r] = now() - t0;
+            t[r] = bench_now() - t0;
         }
-        fwd[s] = (double)B / median(t, reps);
+        fwd[s] = (double)B / bench_median(t, reps);
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = bench_now();
             fb_clip_forward(net, images, B, &features);
             fb_head_forward(logits, normed, norms, features, W, 10.0f, B, F, K);
             fb_cross_entropy_forward(probs, logits, y, B, K);
@@ -102,9 +84,9 @@ int main(int argc, char **argv)
             fb_head_backward(dfeat, scratch, dlogits, normed, norms, W, 10.0f, B, F, K);
             fb_clip_zero_grad(net);
             fb_clip_backward(net, dfeat);
-            t[r] = now() - t0;
+            t[r] = bench_now() - t0;
         }
-        train[s] = (double)B / median(t, reps);
+        train[s] = (double)B / bench_median(t, reps);
         free(t);
         free(images);
         free(W);

@@ -29,7 +29,8 @@
 #pragma GCC diagnostic pop
 #include <stb_image_write.h>
 
-extern char **environ;
+#include "common.h"
+
 
 /* The methods that merge a pool of fine-tuned models, each with FusionBench's defaults (left
  * out: the two-model methods linear_interpolation, expo and slerp, the one-model
@@ -55,13 +56,6 @@ typedef struct row {
 
 static char tasks[MAX_TASKS][64];
 static int num_tasks;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Runs argv with stdout and stderr to log; returns the exit status (or -1). */
 static int run(char **argv, const char *log)
@@ -112,9 +106,9 @@ static int evaluate(const char *cli, const char *zoo, const char *out, const cha
     for (int i = 0; i < nextra && argc < 31; i++) argv[argc++] = extra[i];
     argv[argc] = NULL;
     unlink(rep);
-    double t = now();
+    double t = bench_now();
     int rc = run(argv, log);
-    *seconds = now() - t;
+    *seconds = bench_now() - t;
     if (rc != 0) {
         fprintf(stderr, "zoo_table: %s failed (exit %d); see %s\n", label, rc, log);
         return -1;
@@ -264,7 +258,7 @@ int main(int argc, char **argv)
     mkdir(dir, 0755);
     static row rows[MAX_ROWS];
     int n = 0, failed = 0;
-    double t0 = now();
+    double t0 = bench_now();
 
     /* pretrained: the backbone with each task's head */
     char *pre[] = {"method=dummy"};
@@ -333,6 +327,6 @@ int main(int argc, char **argv)
         for (int k = 0; k < num_tasks; k++) printf(" %6.1f", 100 * rows[r].acc[k]);
         printf(" %6.1f\n", 100 * rows[r].avg);
     }
-    printf("\nzoo_table: %d rows in %.1f s; %s/zoo_table.{md,json,png}\n", n, now() - t0, out);
+    printf("\nzoo_table: %d rows in %.1f s; %s/zoo_table.{md,json,png}\n", n, bench_now() - t0, out);
     return failed ? 1 : 0;
 }
