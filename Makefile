@@ -92,7 +92,7 @@ test-sanitize: $(TDEPS_OK)
 # in tests/fuzz/corpus/<target>; crashes are saved as build-fuzz/crash-<target>-*. A crash
 # found becomes a file in tests/data/bad/ with the error it must give (run by make test).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := safetensors index config hfconfig idx image
+FUZZ_TARGETS := safetensors index config hfconfig idx image ties
 FUZZ_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 fuzz: $(DEPS_OK)
 	$(MAKE) BUILD=build-fuzz CC=clang WARN="-Wall -Wextra -Werror -Wno-unknown-pragmas" \
