@@ -152,24 +152,28 @@ static inline void bench_evict_files(char *const *paths, int n)
     }
 }
 
-/* Runs argv with stdout to /dev/null; returns wall seconds and sets *code to its exit status
- * (-1 when a signal ended it, as the out-of-memory killer does). */
-static inline double bench_spawn_status(char *const *argv, int *code)
+/* Runs argv with stdout to /dev/null, or stdout and stderr to `log` when it is not NULL;
+ * returns wall seconds and sets *code to its exit status (-1 when it could not start or a
+ * signal ended it, as the out-of-memory killer does). */
+static inline double bench_spawn_status(char *const *argv, const char *log, int *code)
 {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    double t0 = bench_now();
-    if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) != 0) {
-        fprintf(stderr, "bench: cannot run %s\n", argv[0]);
-        exit(1);
+    if (log) {
+        posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    } else {
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     }
+    pid_t pid;
     int status;
-    waitpid(pid, &status, 0);
+    double t0 = bench_now();
+    *code = -1;
+    if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) == 0 &&
+        waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+        *code = WEXITSTATUS(status);
     double t = bench_now() - t0;
     posix_spawn_file_actions_destroy(&fa);
-    *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     return t;
 }
 
@@ -177,7 +181,7 @@ static inline double bench_spawn_status(char *const *argv, int *code)
 static inline double bench_spawn(char *const *argv)
 {
     int code;
-    double t = bench_spawn_status(argv, &code);
+    double t = bench_spawn_status(argv, NULL, &code);
     if (code != 0) {
         fprintf(stderr, "bench: %s failed\n", argv[0]);
         exit(1);

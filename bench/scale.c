@@ -370,7 +370,7 @@ int main(int argc, char **argv)
                      warm ? "inputs cached" : "inputs on disk");
             unlink(report);
             int code;
-            r.seconds = bench_spawn_status(args, &code);
+            r.seconds = bench_spawn_status(args, NULL, &code);
             if (code == 3) {
                 printf("| %-40s | not run: it would need more memory than this machine has (its "
                        "message above) | | | | | | | |\n", r.what);

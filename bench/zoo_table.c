@@ -60,16 +60,9 @@ static int num_tasks;
 /* Runs argv with stdout and stderr to log; returns the exit status (or -1). */
 static int run(char **argv, const char *log)
 {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid;
-    int status = -1;
-    if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) == 0 && waitpid(pid, &status, 0) == pid)
-        status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    posix_spawn_file_actions_destroy(&fa);
-    return status;
+    int code;
+    bench_spawn_status(argv, log, &code);
+    return code;
 }
 
 static cJSON *read_json(const char *path)
