@@ -23,15 +23,18 @@
  *           the plain radix select, top 16 bits of every entry, then the low 16 bits of those
  *           in the cut's bin.
  * The elected sign of an entry whose trimmed vectors sum to 0 is FusionBench's "majority", the
- * sign of the sum of all elected signs, known only at the end of the merge: merge writes the
- * value for a provisional majority (estimated on the sampled chunks in pass 1), records the
- * entries whose value depends on it (fb_merge_fixup) and merge_finish picks the right ones
+ * sign of the sum of all elected signs, which needs the cuts. Pass 1 counts it anyway: only
+ * the entries with a |tau| inside a window wait for the cut, and they are few enough to be
+ * counted per window bin (or per group of bins) and settled when the cuts are known (see
+ * `exact`). When it cannot (a cut outside its window, too many such groups), the merge writes
+ * the value for a provisional majority (estimated on the sampled chunks in pass 1), records
+ * the entries whose value depends on it (fb_merge_fixup) and merge_finish picks the right ones
  * when the guess was wrong (the driver merges again when there were too many to patch). When
  * pass 1's sample foresees more of them than the driver keeps (bf16 task vectors cancel
  * often), a streamed merge writes both outputs instead (merge_alternative), and otherwise
  * pass 4 counts the majority before the merge.
- * Memory: per thread and model, WINDOW_BINS x 65536 counters (pass 1; one 65536-bin histogram
- * in passes 0 and 2).
+ * Memory: per thread and model, WINDOW_BINS x 65536 counters twice (pass 1; one 65536-bin
+ * histogram in passes 0 and 2), and a 2.5 MB table.
  *
  * As FusionBench: k = d - floor(d * K) with K = threshold / 100 (a threshold of at most 1 is
  * taken as a fraction), the k-th smallest |tau| is the cut, and entries >= the cut are kept.
@@ -70,7 +73,7 @@ typedef struct state {
     uint64_t *rank;     /* per model (radix): rank of the cut within its top-16-bit bin */
     uint32_t *cut;      /* per model: bit pattern of the k-th |tau|; entries >= it are kept */
     int majority;       /* sign for entries whose elected sign is 0 */
-    int majority_known; /* set by merge_finish: a second merge uses it */
+    int majority_known; /* counted in pass 1, or set by merge_finish (a second merge uses it) */
     int provisional;    /* the majority the merge writes before it is known: estimated from
                          * the sampled chunks in pass 1 */
     int majority_pass;  /* pass 4 counts the majority exactly: the sample foresaw more entries
@@ -239,13 +242,80 @@ task_vector(const state *s, const fb_merge_chunk *c, int k, float *tau)
  * 32-bit counters (half the cache footprint; a thread that puts more than 2^32 - 1 entries in
  * a window could overflow one, and the exact radix passes then take over). Then four
  * counters (pass 0: entries; passes 1 and 4: positive and negative sums, and in pass 1 the
- * zero sums of entries not all zero), then scratch for tau, the sums and their bits. */
+ * zero sums of entries not all zero); then pass 1's count of the majority (below), then
+ * scratch for tau, the sums and their bits. */
 enum { STRIDE = 2 + WINDOW_BINS * BINS / 2 };
+
+/* Pass 1 also counts the majority sign exactly, so that the merge knows it from the start
+ * (no fixups, no second output): sum over entries of the sign of the summed trimmed vectors.
+ * Only entries with a |tau| inside its model's window wait for the cut:
+ *   none    the sign is known: added to `signs`;
+ *   one     (model u, |tau_u| bits v) how the sign changes when tau_u is kept is added to
+ *           u's `delta` counter of v; prepare_finish adds the counters at or above u's cut;
+ *   several (at most MAX_WAITING models) the sign for every subset of them kept is added to
+ *           a table keyed by the models and their bins (bf16 task vectors crowd a few
+ *           values, so entries share keys); prepare_finish picks each key's subset. When the
+ *           table fills, or more models wait, the old ways take over.
+ * Every sum is formed in the merge's order of f32 operations, so the signs are the merge's. */
+enum { MAX_WAITING = 4, GROUPS = 1 << 14 };
+
+typedef struct exact {
+    int64_t signs;    /* entries settled in the pass */
+    uint64_t groups;  /* keys in the table */
+    uint64_t full;    /* the table filled, or an entry had too many models waiting */
+    uint64_t spare;
+} exact;
+
+/* Entries with several models waiting and the same models and bins. */
+typedef struct group {
+    uint16_t model[MAX_WAITING]; /* model + 1; 0: unused */
+    uint32_t bin[MAX_WAITING];   /* |tau| bits minus the window's start */
+    int64_t signs[1 << MAX_WAITING]; /* per subset kept (bit i: model[i]), summed signs */
+} group;
+
+/* Where things are in a thread's accumulator. */
+typedef struct layout {
+    uint64_t *hist;   /* n x STRIDE, then the four counters */
+    exact *ex;
+    int32_t *delta;   /* n x WINDOW_BINS x BINS */
+    group *groups;    /* GROUPS (a hash table; model[0] == 0 when free) */
+    float *tau, *sum; /* a chunk each */
+    uint32_t *bits;   /* a chunk */
+    float *taus;      /* n chunks: DARE's dropped task vectors in pass 1 */
+    float *settled;   /* a chunk: pass 1's sums with the window entries trimmed */
+    uint32_t *wait;   /* a chunk: per entry 65536 x (models in their window) + the last one */
+    int32_t *waiting; /* a chunk: the entries with wait != 0 */
+} layout;
+
+static size_t delta_words(int n)
+{
+    return (size_t)n * WINDOW_BINS * BINS / 2;
+}
+
+static layout locate(const state *s, void *acc)
+{
+    layout L;
+    size_t n = (size_t)s->n;
+    L.hist = acc;
+    L.ex = (exact *)(L.hist + n * STRIDE + 4);
+    L.delta = (int32_t *)(L.ex + 1);
+    L.groups = (group *)((uint64_t *)L.delta + delta_words(s->n));
+    L.tau = (float *)(L.groups + GROUPS);
+    L.sum = L.tau + FB_MERGE_CHUNK;
+    L.bits = (uint32_t *)(L.sum + FB_MERGE_CHUNK);
+    L.taus = (float *)(L.bits + FB_MERGE_CHUNK);
+    L.settled = L.taus + n * FB_MERGE_CHUNK;
+    L.wait = (uint32_t *)(L.settled + FB_MERGE_CHUNK);
+    L.waiting = (int32_t *)(L.wait + FB_MERGE_CHUNK);
+    return L;
+}
 
 static size_t prepare_bytes(const void *p)
 {
     const state *s = p;
-    return ((size_t)s->n * STRIDE + 4) * sizeof(uint64_t) + 3 * FB_MERGE_CHUNK * sizeof(float);
+    return ((size_t)s->n * STRIDE + 4) * sizeof(uint64_t) + sizeof(exact) +
+           delta_words(s->n) * sizeof(uint64_t) + GROUPS * sizeof(group) +
+           ((size_t)s->n + 6) * FB_MERGE_CHUNK * sizeof(float);
 }
 
 static int prepare_stride(const void *p, int pass)
@@ -259,19 +329,42 @@ static int prepare_stride(const void *p, int pass)
     return any;
 }
 
-/* Pass 1 over one model's |tau| (m - b, or tau itself when b is NULL): how many entries lie
- * at or above the window's end, and a histogram of those inside it. */
+/* Pass 1's per-chunk outputs besides the counts: the sums with window entries trimmed, and
+ * which entries wait for a cut (layout's settled, wait and waiting). */
+typedef struct pending {
+    float *settled;
+    uint32_t *wait;
+    int32_t *waiting;
+    int64_t count; /* entries in waiting */
+} pending;
+
+/* Entry j of model k lies inside its window. */
+static inline void mark_waiting(pending *w, int64_t j, int k)
+{
+    if (!w->wait[j]) w->waiting[w->count++] = (int32_t)j;
+    w->wait[j] = (w->wait[j] & 0xffff0000u) + 65536u + (uint32_t)k;
+}
+
+/* Pass 1 over model k's tau (m - b, or tau itself when b is NULL): how many entries lie at or
+ * above the window's end, a histogram of those inside it, the running sums with the entries
+ * below the window's end trimmed, and the entries inside it marked. */
 static void scan_window(const float *restrict m, const float *restrict b, int64_t n, uint32_t lo,
-                        uint64_t *restrict counts, uint32_t *restrict fine)
+                        int k, uint64_t *restrict counts, uint32_t *restrict fine, pending *w,
+                        int64_t from)
 {
     const uint32_t width = (uint32_t)WINDOW_BINS << 16;
+    float *restrict settled = w->settled;
     uint64_t above = 0, inside = 0;
-    for (int64_t j = 0; j < n; j++) {
-        uint32_t x = magnitude_bits(b ? m[j] - b[j] : m[j]);
+    for (int64_t j = from; j < n; j++) {
+        float v = b ? m[j] - b[j] : m[j];
+        uint32_t x = magnitude_bits(v);
+        float t = x >= lo + width ? v : 0.0f;
+        settled[j] = k ? settled[j] + t : t;
         above += x >= lo + width;
         if (x - lo < width) {
             fine[x - lo]++;
             inside++;
+            mark_waiting(w, j, k);
         }
     }
     counts[0] += above;
@@ -283,13 +376,15 @@ static void scan_window(const float *restrict m, const float *restrict b, int64_
  * bits), and the lanes inside the window (rare) taken from a movemask. */
 __attribute__((target("avx2"))) static void scan_window_avx2(const float *restrict m,
                                                              const float *restrict b, int64_t n,
-                                                             uint32_t lo, uint64_t *restrict counts,
-                                                             uint32_t *restrict fine)
+                                                             uint32_t lo, int k,
+                                                             uint64_t *restrict counts,
+                                                             uint32_t *restrict fine, pending *w)
 {
     const uint32_t width = (uint32_t)WINDOW_BINS << 16;
     const __m256i mag = _mm256_set1_epi32(0x7fffffff);
     const __m256i at_lo = _mm256_set1_epi32((int32_t)lo - 1); /* x > lo - 1: x >= lo */
     const __m256i at_hi = _mm256_set1_epi32((int32_t)(lo + width) - 1);
+    float *restrict settled = w->settled;
     uint64_t above = 0, inside = 0;
     int64_t j = 0;
     while (j + 8 <= n) {
@@ -302,14 +397,20 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
             __m256i x = _mm256_and_si256(_mm256_castps_si256(v), mag);
             __m256i ge_hi = _mm256_cmpgt_epi32(x, at_hi);
             __m256i in = _mm256_andnot_si256(ge_hi, _mm256_cmpgt_epi32(x, at_lo));
+            __m256 t = _mm256_and_ps(v, _mm256_castsi256_ps(ge_hi)); /* +0 when trimmed */
+            if (k) t = _mm256_add_ps(_mm256_loadu_ps(settled + j), t);
+            _mm256_storeu_ps(settled + j, t);
             up = _mm256_sub_epi32(up, ge_hi);
             unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(in));
             if (!mask) continue;
             uint32_t lanes[8];
             _mm256_storeu_si256((__m256i *)lanes, x);
             inside += (uint64_t)__builtin_popcount(mask);
-            for (; mask; mask &= mask - 1)
-                fine[lanes[__builtin_ctz(mask)] - lo]++;
+            for (; mask; mask &= mask - 1) {
+                int lane = __builtin_ctz(mask);
+                fine[lanes[lane] - lo]++;
+                mark_waiting(w, j + lane, k);
+            }
         }
         uint32_t c[8];
         _mm256_storeu_si256((__m256i *)c, up);
@@ -318,25 +419,140 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
     }
     counts[0] += above;
     counts[1] += inside;
-    scan_window(m + j, b ? b + j : NULL, n - j, lo, counts, fine);
+    scan_window(m, b, n, lo, k, counts, fine, w, j);
 }
 #endif
 
-/* Pass 1 over a chunk: every model's window counts; on the sampled chunks also the signs of
- * the summed trimmed vectors at the window's middle (the estimated cuts), from which the merge
- * guesses the majority sign. */
-static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist, float *tau,
-                        float *sum, uint32_t *bits)
+static inline int sign_of(float x)
+{
+    return (x > 0.0f) - (x < 0.0f);
+}
+
+/* Entry j of model k's task vector in pass 1: DARE's dropped ones are stored. */
+static inline float pass1_tau(const fb_merge_chunk *c, const float *taus, int k,
+                              int64_t j)
+{
+    if (taus) return taus[(int64_t)k * c->count + j];
+    return c->models[k][j] - c->base[j];
+}
+
+/* Model k's trimmed entry where it does not wait: kept at or above the window's end. */
+static inline float pass1_settled(const state *s, float tau, int k)
+{
+    if (!s->want[k]) return tau;
+    return trim(tau, (int32_t)((s->win_lo[k] << 16) + ((uint32_t)WINDOW_BINS << 16)));
+}
+
+static inline int in_window(const state *s, int k, float tau)
+{
+    return s->want[k] && magnitude_bits(tau) - (s->win_lo[k] << 16) < ((uint32_t)WINDOW_BINS << 16);
+}
+
+/* The entries of a chunk that wait for a cut: one model's change goes to its counters,
+ * several models' values to the list. */
+static void settle_waiting(const state *s, const fb_merge_chunk *c, layout *L, const float *taus,
+                           pending *w)
+{
+    const int n = s->n;
+    if (n > 65535) { /* more models than a wait code holds: no exact count */
+        for (int64_t i = 0; i < w->count; i++) w->wait[w->waiting[i]] = 0;
+        L->ex->full = 1;
+        w->count = 0;
+        return;
+    }
+    for (int64_t i = 0; i < w->count; i++) {
+        int64_t j = w->waiting[i];
+        uint32_t code = w->wait[j];
+        w->wait[j] = 0;
+        int before = sign_of(w->settled[j]);
+        if (code >> 16 == 1) {
+            int u = (int)(code & 0xffff);
+            float tu = pass1_tau(c, taus, u, j), sum = 0.0f;
+            for (int k = 0; k < n; k++) {
+                float x = k == u ? tu : pass1_settled(s, pass1_tau(c, taus, k, j), k);
+                sum = k ? sum + x : x;
+            }
+            uint32_t bin = magnitude_bits(tu) - (s->win_lo[u] << 16);
+            L->delta[(size_t)u * WINDOW_BINS * BINS + bin] += sign_of(sum) - before;
+            continue;
+        }
+        L->ex->signs -= before;
+        int nu = (int)(code >> 16), us[MAX_WAITING];
+        float x[MAX_WAITING];
+        if (nu > MAX_WAITING) {
+            L->ex->full = 1;
+            continue;
+        }
+        uint64_t h = 0x9e3779b97f4a7c15u;
+        for (int k = 0, i = 0; k < n; k++) {
+            float t = pass1_tau(c, taus, k, j);
+            if (!in_window(s, k, t)) continue;
+            us[i] = k;
+            x[i++] = t;
+            h = (h ^ ((uint64_t)k << 32 | magnitude_bits(t))) * 0xff51afd7ed558ccdu;
+        }
+        group *g = NULL;
+        for (uint64_t probe = 0, at = (h >> 32) % GROUPS; probe < 64; probe++, at = (at + 1) % GROUPS) {
+            group *q = &L->groups[at];
+            int same = q->model[0] != 0;
+            for (int i = 0; same && i < MAX_WAITING; i++)
+                same = i < nu ? q->model[i] == us[i] + 1 &&
+                                    q->bin[i] == magnitude_bits(x[i]) - (s->win_lo[us[i]] << 16)
+                              : q->model[i] == 0;
+            if (same) {
+                g = q;
+                break;
+            }
+            if (q->model[0] == 0 && L->ex->groups < GROUPS / 2) {
+                g = q; /* the pass starts from a zeroed accumulator */
+                for (int i = 0; i < nu; i++) {
+                    g->model[i] = (uint16_t)(us[i] + 1);
+                    g->bin[i] = magnitude_bits(x[i]) - (s->win_lo[us[i]] << 16);
+                }
+                L->ex->groups++;
+                break;
+            }
+        }
+        if (!g) {
+            L->ex->full = 1;
+            continue;
+        }
+        for (int subset = 0; subset < 1 << nu; subset++) {
+            float sum = 0.0f;
+            for (int k = 0, i = 0; k < n; k++) {
+                float v;
+                if (i < nu && us[i] == k) {
+                    v = (subset >> i) & 1 ? x[i] : 0.0f;
+                    i++;
+                } else {
+                    v = pass1_settled(s, pass1_tau(c, taus, k, j), k);
+                }
+                sum = k ? sum + v : v;
+            }
+            g->signs[subset] += sign_of(sum);
+        }
+    }
+    w->count = 0;
+}
+
+/* Pass 1 over a chunk: every model's window counts and the exact majority count (above); on
+ * the sampled chunks also the signs of the summed trimmed vectors at the window's middle (the
+ * estimated cuts), from which the merge guesses the majority sign when pass 1 cannot count it. */
+static void window_pass(const state *s, const fb_merge_chunk *c, layout *L)
 {
 #if defined(__x86_64__)
     int avx2 = __builtin_cpu_supports("avx2");
 #endif
     int dare = fb_dare_applies(&s->dare, c->tensor);
     int sampled = (c->begin / FB_MERGE_CHUNK) % SAMPLE_STRIDE == 0;
+    float *sum = L->sum;
+    uint32_t *bits = L->bits;
+    pending w = {.settled = L->settled, .wait = L->wait, .waiting = L->waiting};
     for (int k = 0; k < s->n; k++) {
-        uint64_t *h = hist + (size_t)k * STRIDE;
+        uint64_t *h = L->hist + (size_t)k * STRIDE;
         const float *m = c->models[k], *b = c->base;
         if (dare) {
+            float *tau = L->taus + (size_t)k * (size_t)c->count;
             task_vector(s, c, k, tau);
             m = tau;
             b = NULL;
@@ -351,31 +567,42 @@ static void window_pass(const state *s, const fb_merge_chunk *c, uint64_t *hist,
                 bits[j] = k ? bits[j] | u : u;
             }
         }
-        if (!s->want[k]) continue;
+        if (!s->want[k]) { /* everything kept */
+            for (int64_t j = 0; j < c->count; j++) {
+                float x = b ? m[j] - b[j] : m[j];
+                w.settled[j] = k ? w.settled[j] + x : x;
+            }
+            continue;
+        }
         uint32_t *fine = (uint32_t *)(h + 2);
 #if defined(__x86_64__)
         if (avx2) {
-            scan_window_avx2(m, b, c->count, s->win_lo[k] << 16, h, fine);
+            scan_window_avx2(m, b, c->count, s->win_lo[k] << 16, k, h, fine, &w);
             continue;
         }
 #endif
-        scan_window(m, b, c->count, s->win_lo[k] << 16, h, fine);
+        scan_window(m, b, c->count, s->win_lo[k] << 16, k, h, fine, &w, 0);
     }
+    int64_t signs = 0;
+    for (int64_t j = 0; j < c->count; j++)
+        signs += sign_of(w.settled[j]);
+    L->ex->signs += signs;
+    settle_waiting(s, c, L, dare ? L->taus : NULL, &w);
     if (!sampled) return;
-    uint64_t *signs = hist + (size_t)s->n * STRIDE + 1;
+    uint64_t *counters = L->hist + (size_t)s->n * STRIDE + 1;
     for (int64_t j = 0; j < c->count; j++) {
-        signs[0] += sum[j] > 0.0f;
-        signs[1] += sum[j] < 0.0f;
-        signs[2] += sum[j] == 0.0f && bits[j];
+        counters[0] += sum[j] > 0.0f;
+        counters[1] += sum[j] < 0.0f;
+        counters[2] += sum[j] == 0.0f && bits[j];
     }
 }
 
 static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void *acc)
 {
     const state *s = p;
-    uint64_t *hist = acc;
-    float *tau = (float *)(hist + (size_t)s->n * STRIDE + 4), *sum = tau + FB_MERGE_CHUNK;
-    uint32_t *bits = (uint32_t *)(sum + FB_MERGE_CHUNK);
+    layout L = locate(s, acc);
+    uint64_t *hist = L.hist;
+    float *tau = L.tau, *sum = L.sum;
     if (pass == PASS_SAMPLE) {
         /* the chunk stands for itself and the stride - 1 chunks after it (fewer at the end of
          * the tensor); weights are 16.16 fixed point so sums stay integers */
@@ -393,7 +620,7 @@ static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void 
         return FB_OK;
     }
     if (pass == PASS_WINDOW) {
-        window_pass(s, c, hist, tau, sum, bits);
+        window_pass(s, c, &L);
         return FB_OK;
     }
     if (pass == PASS_MAJORITY) {
@@ -492,6 +719,47 @@ static void choose_windows(state *s, void *const *accs, int num_accs)
     }
 }
 
+/* After pass 1, with every cut inside its window: the majority sign from the pass's counts
+ * (see `exact`). Returns 0 when they cannot give it (a cut outside its window, a full list,
+ * or a window so crowded that a 32-bit counter could overflow). */
+static int settle_majority(state *s, void *const *accs, int num_accs)
+{
+    const int n = s->n;
+    int64_t total = 0;
+    if (n > 65535) return 0;
+    for (int t = 0; t < num_accs; t++) {
+        layout L = locate(s, accs[t]);
+        if (L.ex->full) return 0;
+        for (int k = 0; k < n; k++)
+            if (s->radix[k] || L.hist[(size_t)k * STRIDE + 1] >= (1u << 30)) return 0;
+        total += L.ex->signs;
+    }
+    for (int t = 0; t < num_accs; t++) {
+        layout L = locate(s, accs[t]);
+        for (int k = 0; k < n; k++) {
+            if (!s->want[k]) continue;
+            const int32_t *d = L.delta + (size_t)k * WINDOW_BINS * BINS;
+            for (uint32_t i = s->cut[k] - (s->win_lo[k] << 16); i < WINDOW_BINS * BINS; i++)
+                total += d[i];
+        }
+        for (size_t i = 0; i < GROUPS; i++) {
+            const group *g = &L.groups[i];
+            if (!g->model[0]) continue;
+            int subset = 0;
+            for (int u = 0; u < MAX_WAITING && g->model[u]; u++) {
+                int k = g->model[u] - 1;
+                subset |= (g->bin[u] >= s->cut[k] - (s->win_lo[k] << 16)) << u;
+            }
+            total += g->signs[subset];
+        }
+    }
+    s->majority = total > 0 ? 1 : total < 0 ? -1 : 0;
+    s->majority_known = 1;
+    s->dual = 0;
+    s->majority_pass = 0;
+    return 1;
+}
+
 static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_accs)
 {
     state *s = p;
@@ -559,6 +827,7 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
             s->cut[k] = (s->hi[k] << 16) | bin;
         }
     }
+    if (pass == PASS_WINDOW) settle_majority(s, accs, num_accs);
     return FB_OK;
 }
 

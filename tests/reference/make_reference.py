@@ -347,8 +347,33 @@ cancel = [x.clone(), x.clone(), torch.zeros(200000)]
 cancel[1][:150000] = -x[:150000]
 cancel[0][150000:] = x[150000:].abs()
 cancel[1][150000:] = x[150000:].abs()
+# "crowd4", "crowd6": task vectors of +-1 and +-2 only (as bf16 task vectors crowd a few
+# values), so many entries of several models lie at the cut and many trimmed sums cancel: the
+# C code counts the majority exactly in its window pass (4 models), or (6: an entry may wait
+# on more models than it follows) falls back to two outputs / a majority pass. "dense": every
+# |tau| in [1, 1.01), so every entry waits on every model's cut and the table of such entries
+# fills (the fallback again).
+def crowded(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    mag = torch.where(torch.rand(n, 200000, generator=g) < 0.6, 1.0, 2.0)
+    return list(mag * torch.where(torch.rand(n, 200000, generator=g) < 0.5, -1.0, 1.0))
+
+
+def dense(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    mag = 1.0 + 0.01 * torch.rand(n, 200000, generator=g)
+    return list(mag * torch.where(torch.rand(n, 200000, generator=g) < 0.5, -1.0, 1.0))
+
+
+crowd4, crowd6, dense3 = crowded(4, 41), crowded(6, 61), dense(3, 31)
 dare5 = dict(p=0.3, rescale=True, only_linear=False, seed=5)
 for name, vals, method, params, thr, lam, mf, dare in [
+        ("crowd4", crowd4, "ties_merging", "{threshold: 30}", 30, 0.3, "sum", None),
+        ("crowd4", crowd4, "ties_merging", "{threshold: 30, merge_func: max}", 30, 0.3, "max", None),
+        ("crowd6", crowd6, "ties_merging", "{threshold: 30, merge_func: mean}", 30, 0.3, "mean", None),
+        ("crowd6", crowd6, "dare_ties_merging", "{threshold: 30, sparsity_ratio: 0.3, seed: 5}",
+         30, 0.5, "sum", dare5),
+        ("dense", dense3, "ties_merging", "{threshold: 20}", 20, 0.3, "sum", None),
         ("skewed", skew, "ties_merging", "{threshold: 20}", 20, 0.3, "sum", None),
         ("cancel", cancel, "ties_merging", "{threshold: 100, scaling_factor: 1.0, merge_func: mean}",
          100, 1.0, "mean", None),
@@ -356,7 +381,7 @@ for name, vals, method, params, thr, lam, mf, dare in [
         ("cancel50", cancel, "dare_ties_merging", "{threshold: 50, sparsity_ratio: 0.3, seed: 5}",
          50, 0.5, "sum", dare5)]:
     d, b, ms = ties_pool(name, vals)
-    exp = os.path.join(d, f"expected_{method}.safetensors")
+    exp = os.path.join(d, f"expected_{method}_{mf}.safetensors")
     st.save(exp, finish(R.ties(b, ms, lam, thr, mf, dare=dare), b))
     overrides = [f"method.threshold={thr}", f"method.scaling_factor={lam}", f"method.merge_func={mf}"]
     if dare:
