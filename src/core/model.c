@@ -3,6 +3,7 @@
  */
 #include "model.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
 
@@ -58,6 +59,12 @@ fb_status fb_tensor_read(const fb_tensor *t, size_t offset, size_t n, void *dst)
     }
     if (n) memcpy(dst, (const uint8_t *)t->data + offset, n);
     return FB_OK;
+}
+
+void fb_tensor_release_cache(const fb_tensor *t)
+{
+    if (t->src && !t->data && t->nbytes)
+        posix_fadvise(t->src->fd, (off_t)t->src_offset, (off_t)t->nbytes, POSIX_FADV_DONTNEED);
 }
 
 fb_status fb_tensor_view(const fb_tensor *t, size_t offset, size_t n, void *scratch,

@@ -48,6 +48,10 @@ fb_status fb_model_declare_tensor(fb_model *model, const char *name, fb_dtype dt
 /* Reads bytes [offset, offset + n) of the tensor into dst. */
 fb_status fb_tensor_read(const fb_tensor *t, size_t offset, size_t n, void *dst);
 
+/* Advises the kernel that the tensor's file bytes will not be read again, so their page-cache
+ * pages can go first (a lazy tensor; nothing for one in memory). The file is not touched. */
+void fb_tensor_release_cache(const fb_tensor *t);
+
 /* Bytes [offset, offset + n) of the tensor: a direct pointer when the tensor is in memory,
  * else read into scratch (n bytes) and scratch returned. */
 fb_status fb_tensor_view(const fb_tensor *t, size_t offset, size_t n, void *scratch,

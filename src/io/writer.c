@@ -46,6 +46,7 @@ struct fb_writer {
     int num_shards;
     int64_t *tensor_shard;     /* layout index -> shard */
     uint64_t *tensor_offset;   /* layout index -> absolute offset in its shard */
+    int release;               /* drop written-back pages from the page cache */
 };
 
 char *fb_path_dirname(const char *path)
@@ -332,8 +333,15 @@ fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void
         /* advisory (a no-op on tmpfs): errors surface at commit's fsync */
         __atomic_store_n(&sh->unflushed, 0, __ATOMIC_RELAXED);
         sync_file_range(sh->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        /* pages whose writeback ended (those started WRITEBACK_BYTES ago, mostly) go */
+        if (w->release) posix_fadvise(sh->fd, 0, 0, POSIX_FADV_DONTNEED);
     }
     return FB_OK;
+}
+
+void fb_writer_release_cache(fb_writer *w)
+{
+    if (w) w->release = 1;
 }
 
 static fb_status sync_fd(int fd, const char *path)

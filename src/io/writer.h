@@ -25,6 +25,10 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
 fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data,
                           size_t n);
 
+/* From now on, the output's pages leave the page cache once written back (for merges larger
+ * than memory, where they would push out input pages that are still to be read). */
+void fb_writer_release_cache(fb_writer *w);
+
 /* Makes the output durable and visible at its path, then frees the writer. */
 fb_status fb_writer_commit(fb_writer *w);
 

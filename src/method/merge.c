@@ -16,6 +16,7 @@
  */
 #include <stdint.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 #include <time.h>
 
@@ -66,6 +67,7 @@ typedef struct job {
     fb_writer *alt_writer;    /* merge_alternative: the second output */
     float *alt_f32;           /* threads x chunk */
     int pick_alt;             /* merge_finish chose the alternative output */
+    int release;              /* inputs larger than memory: drop what the merge has read */
 } job;
 
 /* Elements whose merged value waits for merge_finish's decision (fb_merge_fixup). */
@@ -718,6 +720,8 @@ static fb_status merge_all(job *J, int report)
             else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE, 1);
         }
         if (st) return st;
+        for (int k = 0; J->release && !ops->plan && k < J->num_inputs; k++)
+            fb_tensor_release_cache(J->tensors[k]);
         if (report && J->opts && J->opts->on_tensor)
             J->opts->on_tensor(J->opts->user, J->out->tensors[ti]->name, ti, J->out->count,
                                now_seconds() - t0);
@@ -747,15 +751,36 @@ static fb_status apply_fixups(job *J, int choice)
     return FB_OK;
 }
 
+/* Bytes of the inputs that live in files. */
+static double file_bytes(const job *J)
+{
+    double sum = 0;
+    for (int k = 0; k < J->num_inputs; k++)
+        for (int64_t i = 0; i < J->inputs[k]->count; i++) {
+            const fb_tensor *t = J->inputs[k]->tensors[i];
+            if (t->src && !t->data) sum += (double)t->nbytes;
+        }
+    return sum;
+}
+
 static fb_status execute(job *J)
 {
     const fb_method_ops *ops = J->method->ops;
     fb_status st;
+    /* Prepare passes read the tensors last to first, so that when the inputs do not fit in
+     * the page cache, what the last pass read last (the first tensors) is still there when the
+     * merge starts. Then, with inputs larger than most of memory, the merge drops what it has
+     * read and written from the cache, so those pages go before the ones it has yet to read. */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    J->release = !J->to_memory && pages > 0 && page > 0 &&
+                 file_bytes(J) > 0.75 * (double)pages * (double)page;
     for (int pass = 0; pass < ops->prepare_passes; pass++) {
         int stride = ops->prepare_stride ? ops->prepare_stride(J->method->state, pass) : 1;
         if (stride <= 0) continue;
         for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
-        for (int64_t ti = 0; ti < J->out->count; ti++) {
+        int backward = stride == 1;
+        for (int64_t i = 0; i < J->out->count; i++) {
+            int64_t ti = backward ? J->out->count - 1 - i : i;
             if (!is_merged(J, ti)) continue;
             select_tensor(J, ti);
             if ((st = run_tensor(J, ti, pass, stride))) return st;
@@ -769,6 +794,10 @@ static fb_status execute(job *J)
         J->alt_f32 = fb_malloc((size_t)J->threads * (size_t)J->chunk * sizeof(float));
         if (!J->alt_f32) return FB_ERR_NOMEM;
         if (J->writer && (st = fb_writer_open(J->path, J->save, J->out, &J->alt_writer))) return st;
+    }
+    if (J->release) {
+        fb_writer_release_cache(J->writer);
+        fb_writer_release_cache(J->alt_writer);
     }
     if ((st = merge_all(J, 1))) return st;
     if (ops->merge_finish) {
