@@ -81,6 +81,7 @@ typedef struct state {
     int streamed;       /* the output goes to a file ... */
     int dual;           /* ... so with that many, both outputs are written instead (sum, mean)
                          * and merge_finish keeps the right one */
+    int exact;          /* pass 1 counts the majority: the sample saw entries cancel */
 } state;
 
 static const fb_param_spec ties_params[] = {
@@ -189,6 +190,7 @@ static fb_status setup(void *p, const fb_merge_setup *m)
     s->majority_pass = 0;
     s->streamed = m->streamed;
     s->dual = 0;
+    s->exact = 0;
     int ok = s->want && s->win_lo && s->radix && s->hi && s->rank && s->cut;
     return ok ? FB_OK : FB_ERR_NOMEM;
 }
@@ -256,6 +258,9 @@ enum { STRIDE = 2 + WINDOW_BINS * BINS / 2 };
  *           a table keyed by the models and their bins (bf16 task vectors crowd a few
  *           values, so entries share keys); prepare_finish picks each key's subset. When the
  *           table fills, or more models wait, the old ways take over.
+ * This costs pass 1 a fifth more time, worth it only when many entries will wait for the
+ * majority: pass 0 counts the sampled entries where two task vectors cancel exactly (common
+ * with bf16 task vectors, rare in f32) and pass 1 counts only when there are many.
  * Every sum is formed in the merge's order of f32 operations, so the signs are the merge's. */
 enum { MAX_WAITING = 4, GROUPS = 1 << 14 };
 
@@ -263,7 +268,8 @@ typedef struct exact {
     int64_t signs;    /* entries settled in the pass */
     uint64_t groups;  /* keys in the table */
     uint64_t full;    /* the table filled, or an entry had too many models waiting */
-    uint64_t spare;
+    uint64_t cancels; /* pass 0: sampled entries where two task vectors cancel exactly */
+    uint64_t sampled; /* pass 0: entries sampled */
 } exact;
 
 /* Entries with several models waiting and the same models and bins. */
@@ -347,24 +353,24 @@ static inline void mark_waiting(pending *w, int64_t j, int k)
 
 /* Pass 1 over model k's tau (m - b, or tau itself when b is NULL): how many entries lie at or
  * above the window's end, a histogram of those inside it, the running sums with the entries
- * below the window's end trimmed, and the entries inside it marked. */
+ * below the window's end trimmed, and the entries inside it marked (these two only with w). */
 static void scan_window(const float *restrict m, const float *restrict b, int64_t n, uint32_t lo,
                         int k, uint64_t *restrict counts, uint32_t *restrict fine, pending *w,
                         int64_t from)
 {
     const uint32_t width = (uint32_t)WINDOW_BINS << 16;
-    float *restrict settled = w->settled;
+    float *restrict settled = w ? w->settled : NULL;
     uint64_t above = 0, inside = 0;
     for (int64_t j = from; j < n; j++) {
         float v = b ? m[j] - b[j] : m[j];
         uint32_t x = magnitude_bits(v);
         float t = x >= lo + width ? v : 0.0f;
-        settled[j] = k ? settled[j] + t : t;
+        if (w) settled[j] = k ? settled[j] + t : t;
         above += x >= lo + width;
         if (x - lo < width) {
             fine[x - lo]++;
             inside++;
-            mark_waiting(w, j, k);
+            if (w) mark_waiting(w, j, k);
         }
     }
     counts[0] += above;
@@ -384,7 +390,7 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
     const __m256i mag = _mm256_set1_epi32(0x7fffffff);
     const __m256i at_lo = _mm256_set1_epi32((int32_t)lo - 1); /* x > lo - 1: x >= lo */
     const __m256i at_hi = _mm256_set1_epi32((int32_t)(lo + width) - 1);
-    float *restrict settled = w->settled;
+    float *restrict settled = w ? w->settled : NULL;
     uint64_t above = 0, inside = 0;
     int64_t j = 0;
     while (j + 8 <= n) {
@@ -397,9 +403,11 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
             __m256i x = _mm256_and_si256(_mm256_castps_si256(v), mag);
             __m256i ge_hi = _mm256_cmpgt_epi32(x, at_hi);
             __m256i in = _mm256_andnot_si256(ge_hi, _mm256_cmpgt_epi32(x, at_lo));
-            __m256 t = _mm256_and_ps(v, _mm256_castsi256_ps(ge_hi)); /* +0 when trimmed */
-            if (k) t = _mm256_add_ps(_mm256_loadu_ps(settled + j), t);
-            _mm256_storeu_ps(settled + j, t);
+            if (w) {
+                __m256 t = _mm256_and_ps(v, _mm256_castsi256_ps(ge_hi)); /* +0 when trimmed */
+                if (k) t = _mm256_add_ps(_mm256_loadu_ps(settled + j), t);
+                _mm256_storeu_ps(settled + j, t);
+            }
             up = _mm256_sub_epi32(up, ge_hi);
             unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(in));
             if (!mask) continue;
@@ -409,7 +417,7 @@ __attribute__((target("avx2"))) static void scan_window_avx2(const float *restri
             for (; mask; mask &= mask - 1) {
                 int lane = __builtin_ctz(mask);
                 fine[lanes[lane] - lo]++;
-                mark_waiting(w, j + lane, k);
+                if (w) mark_waiting(w, j + lane, k);
             }
         }
         uint32_t c[8];
@@ -548,6 +556,7 @@ static void window_pass(const state *s, const fb_merge_chunk *c, layout *L)
     float *sum = L->sum;
     uint32_t *bits = L->bits;
     pending w = {.settled = L->settled, .wait = L->wait, .waiting = L->waiting};
+    pending *wp = s->exact ? &w : NULL;
     for (int k = 0; k < s->n; k++) {
         uint64_t *h = L->hist + (size_t)k * STRIDE;
         const float *m = c->models[k], *b = c->base;
@@ -568,7 +577,7 @@ static void window_pass(const state *s, const fb_merge_chunk *c, layout *L)
             }
         }
         if (!s->want[k]) { /* everything kept */
-            for (int64_t j = 0; j < c->count; j++) {
+            for (int64_t j = 0; wp && j < c->count; j++) {
                 float x = b ? m[j] - b[j] : m[j];
                 w.settled[j] = k ? w.settled[j] + x : x;
             }
@@ -577,17 +586,19 @@ static void window_pass(const state *s, const fb_merge_chunk *c, layout *L)
         uint32_t *fine = (uint32_t *)(h + 2);
 #if defined(__x86_64__)
         if (avx2) {
-            scan_window_avx2(m, b, c->count, s->win_lo[k] << 16, k, h, fine, &w);
+            scan_window_avx2(m, b, c->count, s->win_lo[k] << 16, k, h, fine, wp);
             continue;
         }
 #endif
-        scan_window(m, b, c->count, s->win_lo[k] << 16, k, h, fine, &w, 0);
+        scan_window(m, b, c->count, s->win_lo[k] << 16, k, h, fine, wp, 0);
     }
-    int64_t signs = 0;
-    for (int64_t j = 0; j < c->count; j++)
-        signs += sign_of(w.settled[j]);
-    L->ex->signs += signs;
-    settle_waiting(s, c, L, dare ? L->taus : NULL, &w);
+    if (wp) {
+        int64_t signs = 0;
+        for (int64_t j = 0; j < c->count; j++)
+            signs += sign_of(w.settled[j]);
+        L->ex->signs += signs;
+        settle_waiting(s, c, L, dare ? L->taus : NULL, &w);
+    }
     if (!sampled) return;
     uint64_t *counters = L->hist + (size_t)s->n * STRIDE + 1;
     for (int64_t j = 0; j < c->count; j++) {
@@ -611,12 +622,27 @@ static fb_status prepare(const void *p, int pass, const fb_merge_chunk *c, void 
             stands = (int64_t)SAMPLE_STRIDE * FB_MERGE_CHUNK;
         uint64_t w = ((uint64_t)stands << 16) / (uint64_t)c->count;
         hist[(size_t)s->n * STRIDE] += (uint64_t)stands;
+        const int64_t len = c->count;
         for (int k = 0; k < s->n; k++) {
             uint64_t *h = hist + (size_t)k * STRIDE;
-            task_vector(s, c, k, tau);
-            for (int64_t j = 0; j < c->count; j++)
-                h[magnitude_bits(tau[j]) >> 16] += w;
+            float *t = L.taus + (size_t)k * (size_t)len;
+            task_vector(s, c, k, t);
+            for (int64_t j = 0; j < len; j++)
+                h[magnitude_bits(t[j]) >> 16] += w;
         }
+        uint32_t *cancel = L.bits;
+        memset(cancel, 0, (size_t)len * sizeof *cancel);
+        for (int k = 0; k < s->n; k++)
+            for (int l = k + 1; l < s->n; l++) {
+                const float *a = L.taus + (size_t)k * (size_t)len, *b = L.taus + (size_t)l * (size_t)len;
+                for (int64_t j = 0; j < len; j++)
+                    cancel[j] |= (uint32_t)(a[j] == -b[j]) & (uint32_t)(a[j] != 0.0f);
+            }
+        uint64_t cancels = 0;
+        for (int64_t j = 0; j < len; j++)
+            cancels += cancel[j];
+        L.ex->cancels += cancels;
+        L.ex->sampled += (uint64_t)len;
         return FB_OK;
     }
     if (pass == PASS_WINDOW) {
@@ -726,7 +752,7 @@ static int settle_majority(state *s, void *const *accs, int num_accs)
 {
     const int n = s->n;
     int64_t total = 0;
-    if (n > 65535) return 0;
+    if (n > 65535 || !s->exact) return 0;
     for (int t = 0; t < num_accs; t++) {
         layout L = locate(s, accs[t]);
         if (L.ex->full) return 0;
@@ -765,6 +791,14 @@ static fb_status prepare_finish(void *p, int pass, void *const *accs, int num_ac
     state *s = p;
     if (pass == PASS_SAMPLE) {
         choose_windows(s, accs, num_accs);
+        uint64_t cancels = 0, sampled = 0;
+        for (int t = 0; t < num_accs; t++) {
+            layout L = locate(s, accs[t]);
+            cancels += L.ex->cancels;
+            sampled += L.ex->sampled;
+        }
+        double expected = sampled ? (double)cancels * (double)s->total / (double)sampled : 0.0;
+        s->exact = expected > FB_MERGE_FIXUPS / 2;
         return FB_OK;
     }
     if (pass == PASS_WINDOW || pass == PASS_MAJORITY) {

@@ -351,8 +351,8 @@ cancel[1][150000:] = x[150000:].abs()
 # values), so many entries of several models lie at the cut and many trimmed sums cancel: the
 # C code counts the majority exactly in its window pass (4 models), or (6: an entry may wait
 # on more models than it follows) falls back to two outputs / a majority pass. "dense": every
-# |tau| in [1, 1.01), so every entry waits on every model's cut and the table of such entries
-# fills (the fallback again).
+# |tau| in [1, 1.01), half of them cancelling, so every entry waits on every model's cut and
+# the table of such entries fills (the fallback again).
 def crowded(n, seed):
     g = torch.Generator().manual_seed(seed)
     mag = torch.where(torch.rand(n, 200000, generator=g) < 0.6, 1.0, 2.0)
@@ -362,7 +362,9 @@ def crowded(n, seed):
 def dense(n, seed):
     g = torch.Generator().manual_seed(seed)
     mag = 1.0 + 0.01 * torch.rand(n, 200000, generator=g)
-    return list(mag * torch.where(torch.rand(n, 200000, generator=g) < 0.5, -1.0, 1.0))
+    v = mag * torch.where(torch.rand(n, 200000, generator=g) < 0.5, -1.0, 1.0)
+    v[1, :100000] = -v[0, :100000]  # half of them cancel, so the sample asks for the count
+    return list(v)
 
 
 crowd4, crowd6, dense3 = crowded(4, 41), crowded(6, 61), dense(3, 31)
