@@ -5,7 +5,7 @@
  *     bench_scale [--params 3e9] [--models 3] [--shard 2GB] [--dir build/bench-scale]
  *                 [--methods task_arithmetic,ties_merging,dare_ties_merging]
  *                 [--cli build/fusion_bench] [--out DIR] [--threads N] [--warm 0|1]
- *                 [--torch /usr/bin/python3]
+ *                 [--reps 1] [--torch /usr/bin/python3]
  *
  * Inputs (made once and kept in --dir): _pretrained_ and --models fine-tuned checkpoints in
  * bf16 with the Llama-3.2-3B layout (hidden 3072, MLP 8192, 8 key/value heads of 128, vocab
@@ -25,7 +25,10 @@
  *                    again with them cached ("warm"): wall time, peak RSS (the CLI's VmHWM),
  *                    bytes read/written (its /proc/self/io), and the ratio to the bound:
  *                    passes x disk read (cold) or passes x page-cache read (warm), where
- *                    passes = 1 for task arithmetic, 2 for the TIES methods
+ *                    passes = 1 for task arithmetic, 2 for the TIES methods. A virtual
+ *                    disk's speed drifts within minutes, so a cold run's disk read is
+ *                    measured again just before and just after it, and its bound uses their
+ *                    mean; --reps repeats each run and adds a line with the medians
  *   PyTorch          bench/scale_torch.py (with --torch PYTHON) doing what FusionBench does
  *                    (load every state dict, merge in memory, save) on the same files; it
  *                    declines to start when it would need more memory than is available
@@ -195,14 +198,18 @@ typedef struct row {
     double seconds, bound, write, rss;
     double read, written; /* bytes through read/write calls */
     double storage_read;  /* bytes that came from the disk */
+    double disk_before, disk_after; /* cold runs: disk read of the inputs (s) around the run */
 } row;
 
 static void print_row(const row *r)
 {
-    printf("| %-40s | %8.1f | %8.1f | %6.2fx | %6.2fx | %8.0f | %7.1f | %7.1f | %7.1f |\n",
+    char around[64] = "";
+    if (r->disk_before > 0)
+        snprintf(around, sizeof around, "%.1f / %.1f", r->disk_before, r->disk_after);
+    printf("| %-40s | %8.1f | %8.1f | %6.2fx | %6.2fx | %8.0f | %7.1f | %7.1f | %7.1f | %s |\n",
            r->what, r->seconds, r->bound, r->seconds / r->bound,
            r->seconds / (r->bound + r->write), r->rss / 1e6, r->read / 1e9,
-           r->storage_read / 1e9, r->written / 1e9);
+           r->storage_read / 1e9, r->written / 1e9, around);
     fflush(stdout);
 }
 
@@ -211,8 +218,14 @@ int main(int argc, char **argv)
     const char *dir = "build/bench-scale", *cli = "build/fusion_bench", *out = NULL;
     const char *methods = "task_arithmetic,ties_merging,dare_ties_merging", *python = NULL;
     double params = 3e9;
-    int n_models = 3, warm = -1, threads = omp_get_max_threads();
+    int n_models = 3, warm = -1, threads = omp_get_max_threads(), reps = 1;
     size_t shard = 2000000000;
+    if (argc % 2 == 0) {
+        fprintf(stderr, "usage: bench_scale [--params 3e9] [--models 3] [--shard 2GB] [--dir D] "
+                        "[--methods a,b] [--cli PATH] [--out DIR] [--threads N] [--warm 0|1] "
+                        "[--reps N] [--torch PYTHON] (see bench/scale.c)\n");
+        return 2;
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--cli")) cli = argv[i + 1];
@@ -223,14 +236,17 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--models")) n_models = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--warm")) warm = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--shard")) shard = parse_size(argv[i + 1]);
         else {
             fprintf(stderr, "bench_scale: unknown option %s (see bench/scale.c)\n", argv[i]);
             return 2;
         }
     }
-    if (n_models < 1 || n_models > MAX_MODELS || shard < 1000000 || threads < 1) {
-        fprintf(stderr, "bench_scale: --models 1..%d, --shard >= 1MB, --threads >= 1\n", MAX_MODELS);
+    if (n_models < 1 || n_models > MAX_MODELS || shard < 1000000 || threads < 1 || reps < 1 ||
+        reps > 99) {
+        fprintf(stderr, "bench_scale: --models 1..%d, --shard >= 1MB, --threads >= 1, --reps 1..99\n",
+                MAX_MODELS);
         return 2;
     }
     int64_t per_layer = llama_params(1) - llama_params(0);
@@ -320,36 +336,58 @@ int main(int argc, char **argv)
     printf("| disk write of the output's size (fsync), 1 thread | %.1f | %.2f |\n", t_write,
            (double)out_bytes / t_write / gb);
     printf("\n| run | time (s) | bound (s) | vs bound | vs bound + write | peak RSS (MB) | read (GB) "
-           "| from disk (GB) | written (GB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+           "| from disk (GB) | written (GB) | disk read before / after (s) |\n"
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 
     char list[1024];
     snprintf(list, sizeof list, "%s", methods);
     for (char *name = strtok(list, ","); name; name = strtok(NULL, ",")) {
         int passes = strstr(name, "ties") ? 2 : 1;
         for (int w = 0; w <= warm; w++) {
-            char method_arg[256], pool_arg[4400], save_arg[4400], report_arg[4400], th[16];
-            snprintf(method_arg, sizeof method_arg, "method=%s", name);
-            snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", pool_yaml);
-            snprintf(save_arg, sizeof save_arg, "merged_model_save_path=%s", out_dir);
-            snprintf(report_arg, sizeof report_arg, "report_save_path=%s", report);
-            snprintf(th, sizeof th, "%d", threads);
-            char shard_arg[64];
-            snprintf(shard_arg, sizeof shard_arg, "merged_model_max_shard_size=%zu", shard);
-            char *args[] = {(char *)cli, "--threads", th, method_arg, pool_arg, save_arg,
-                            shard_arg, report_arg, NULL};
-            if (!w) bench_evict_files(paths, n_paths);
-            else { /* warm: read them into the page cache first */
-                got = 0;
-                bench_pread_files(paths, n_paths, &got);
+            double times[99], ratios[99];
+            for (int rep = 0; rep < reps; rep++) {
+                char method_arg[256], pool_arg[4400], save_arg[4400], report_arg[4400], th[16];
+                snprintf(method_arg, sizeof method_arg, "method=%s", name);
+                snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", pool_yaml);
+                snprintf(save_arg, sizeof save_arg, "merged_model_save_path=%s", out_dir);
+                snprintf(report_arg, sizeof report_arg, "report_save_path=%s", report);
+                snprintf(th, sizeof th, "%d", threads);
+                char shard_arg[64];
+                snprintf(shard_arg, sizeof shard_arg, "merged_model_max_shard_size=%zu", shard);
+                char *args[] = {(char *)cli, "--threads", th, method_arg, pool_arg, save_arg,
+                                shard_arg, report_arg, NULL};
+                row r = {.write = t_write};
+                if (!w) { /* the disk as it is now, then the run from a cold cache */
+                    bench_evict_files(paths, n_paths);
+                    got = 0;
+                    r.disk_before = bench_pread_files_threads(paths, n_paths, &got, threads);
+                    bench_evict_files(paths, n_paths);
+                } else { /* warm: read them into the page cache first */
+                    got = 0;
+                    bench_pread_files(paths, n_paths, &got);
+                }
+                snprintf(r.what, sizeof r.what, "%s, %s", name, w ? "inputs cached" : "inputs on disk");
+                r.seconds = bench_spawn(args);
+                r.rss = bench_report_number(report, "peak_rss_bytes");
+                r.read = bench_report_number(report, "bytes_read");
+                r.written = bench_report_number(report, "bytes_written");
+                r.storage_read = bench_report_number(report, "storage_bytes_read");
+                if (!w) {
+                    bench_evict_files(paths, n_paths);
+                    got = 0;
+                    r.disk_after = bench_pread_files_threads(paths, n_paths, &got, threads);
+                }
+                r.bound = passes * (w ? t_cache : 0.5 * (r.disk_before + r.disk_after));
+                print_row(&r);
+                times[rep] = r.seconds;
+                ratios[rep] = r.seconds / r.bound;
             }
-            row r = {.bound = passes * (w ? t_cache : t_disk), .write = t_write};
-            snprintf(r.what, sizeof r.what, "%s, %s", name, w ? "inputs cached" : "inputs on disk");
-            r.seconds = bench_spawn(args);
-            r.rss = bench_report_number(report, "peak_rss_bytes");
-            r.read = bench_report_number(report, "bytes_read");
-            r.written = bench_report_number(report, "bytes_written");
-            r.storage_read = bench_report_number(report, "storage_bytes_read");
-            print_row(&r);
+            if (reps > 1) {
+                double t = bench_median(times, reps), q = bench_median(ratios, reps);
+                printf("| %s, %s: median of %d | %8.1f | | %6.2fx | | | | | | |\n", name,
+                       w ? "inputs cached" : "inputs on disk", reps, t, q);
+                fflush(stdout);
+            }
         }
     }
     if (python) {
@@ -373,12 +411,12 @@ int main(int argc, char **argv)
             r.seconds = bench_spawn_status(args, NULL, &code);
             if (code == 3) {
                 printf("| %-40s | not run: it would need more memory than this machine has (its "
-                       "message above) | | | | | | | |\n", r.what);
+                       "message above) | | | | | | | | |\n", r.what);
                 continue;
             }
             if (code != 0) {
                 printf("| %-40s | failed after %.1f s (exit %d; -1: killed, e.g. out of memory) "
-                       "| | | | | | | |\n", r.what, r.seconds, code);
+                       "| | | | | | | | |\n", r.what, r.seconds, code);
                 continue;
             }
             r.rss = bench_report_number(report, "peak_rss_bytes");
@@ -388,9 +426,10 @@ int main(int argc, char **argv)
             print_row(&r);
         }
     }
-    printf("\nbound: passes x (disk read, or page-cache read when cached); passes = 1 for "
-           "task arithmetic, 2 for TIES; bound + write adds writing the output once (the disk "
-           "cannot always overlap them). Targets: peak RSS < 1 GB; within 1.5x of the bound\n");
+    printf("\nbound: passes x (disk read: the mean of the reads just before and after the run; or "
+           "page-cache read when cached); passes = 1 for task arithmetic, 2 for TIES; bound + "
+           "write adds writing the output once (the disk cannot always overlap them). Targets: "
+           "peak RSS < 1 GB; within 1.5x of the bound\n");
     for (int i = 0; i < n_paths; i++) free(paths[i]);
     return 0;
 }
