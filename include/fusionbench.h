@@ -236,7 +236,14 @@ typedef struct fb_run_options {
     /* Progress of a data-driven method: step (from 0) of steps, and its loss (NAN when the
      * step has none). May be NULL. */
     void (*on_step)(void *user, const char *what, int64_t step, int64_t steps, double loss);
+    /* Merges to files: whether the inputs' and the output's pages leave the page cache once
+     * the merge is done with them (advisory; the bytes out are the same either way).
+     * FB_PAGE_CACHE_AUTO (0): when the inputs' files exceed 3/4 of the machine's memory, where
+     * the cache cannot keep them between passes anyway. */
+    int page_cache;
 } fb_run_options;
+
+enum { FB_PAGE_CACHE_AUTO = 0, FB_PAGE_CACHE_DROP = 1, FB_PAGE_CACHE_KEEP = 2 };
 
 /* Merges the pool into a new in-memory model (the caller frees it). A method object may run
  * any number of merges, one at a time (not concurrently from several threads). */

@@ -187,7 +187,8 @@ TEST(cli_sharded_bf16_output_and_threads_give_the_same_bytes)
 }
 
 /* TIES (global statistics, fixups) over inputs sharded differently: the same tensors, to the
- * bit, for 1 and 2 threads and for a single file or a sharded output folder. */
+ * bit, for 1 and 2 threads, for a single file or a sharded output folder, and with the page
+ * cache dropped as the merge goes (what merges larger than memory do). */
 TEST(ties_over_sharded_inputs_gives_the_same_bytes_for_threads_and_shard_sizes)
 {
     const char *names[] = {"pretrained", "task_a", "task_b", "task_c"};
@@ -209,14 +210,15 @@ TEST(ties_over_sharded_inputs_gives_the_same_bytes_for_threads_and_shard_sizes)
     char pool[4300], save[4300];
     snprintf(pool, sizeof pool, "modelpool=%s", fb_test_path("sharded_pool.yaml"));
     fb_model *first = NULL;
-    const char *threads[] = {"1", "2", "2"}, *out_shard[] = {"null", "null", "30KB"};
-    for (int r = 0; r < 3; r++) {
-        snprintf(save, sizeof save, "merged_model_save_path=%s",
-                 fb_test_path(r == 2 ? "ties_sharded" : r ? "ties2.safetensors" : "ties1.safetensors"));
+    const char *threads[] = {"1", "2", "2", "2"}, *out_shard[] = {"null", "null", "30KB", "30KB"};
+    const char *outs[] = {"ties1.safetensors", "ties2.safetensors", "ties_sharded", "ties_dropped"};
+    for (int r = 0; r < 4; r++) {
+        snprintf(save, sizeof save, "merged_model_save_path=%s", fb_test_path(outs[r]));
         char shard[64];
         snprintf(shard, sizeof shard, "merged_model_max_shard_size=%s", out_shard[r]);
         const char *a[] = {"--threads", threads[r], "method=dare_ties_merging", "method.threshold=30",
-                           "method.seed=4", pool, save, shard, NULL};
+                           "method.seed=4", pool, save, shard,
+                           r == 3 ? "page_cache=drop" : "page_cache=auto", NULL};
         EXPECT(cli(NULL, NULL, a) == 0);
         fb_model *got;
         REQUIRE_OK(fb_model_load(save + strlen("merged_model_save_path="), &got));
@@ -258,6 +260,7 @@ TEST(cli_bad_input_gives_one_line_error_and_no_output)
         const char *expect;
     } cases[] = {
         {{"method=ties_mergin", f32pool, save}, "unknown method 'ties_mergin'"},
+        {{"method=ties_merging", f32pool, "page_cache=sometimes", save}, "'page_cache' is 'sometimes'"},
         {{"method=no/such.yaml", f32pool, save}, "no such config"},
         {{"method=simple_average", f32pool, "unknown_key=1", save}, "unknown config key 'unknown_key'"},
         {{"method=task_arithmetic", f32pool, "method.k=20", save}, "no parameter 'k'"},

@@ -38,7 +38,7 @@ enum { NUM_GROUPS = 3 };
 /* Root keys the configuration may hold after composition. */
 static const char *const root_keys[] = {
     "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
-    "dtype", "report_save_path", "print_config",
+    "dtype", "report_save_path", "print_config", "page_cache",
 };
 
 static void usage(FILE *f)
@@ -59,6 +59,8 @@ static void usage(FILE *f)
             "  merged_model_save_path=P    write the merged model (P.safetensors, or a folder)\n"
             "  merged_model_max_shard_size=S  shard the output folder (bytes, or 5GB, 500MB)\n"
             "  dtype=D                     output dtype of float tensors (f32, f16, bf16, f64)\n"
+            "  page_cache=auto|drop|keep   drop inputs/output from the page cache once merged\n"
+            "                              (auto: when the inputs exceed 3/4 of memory)\n"
             "  report_save_path=P          write a JSON report (config, models, timings, memory)\n"
             "  print_config=true           print the composed config, then run\n"
             "\n"
@@ -460,12 +462,22 @@ static int run(cli *c)
     const char *out_path = optional_string(root, "merged_model_save_path", &rc);
     const char *report_path = optional_string(root, "report_save_path", &rc);
     const char *dtype_name = optional_string(root, "dtype", &rc);
+    const char *cache = optional_string(root, "page_cache", &rc);
     if (rc) return rc;
     progress prog = {.tty = isatty(2)};
     fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog};
     if (dtype_name) {
         if (fb_dtype_from_name(dtype_name, &ro.out_dtype)) return fail(2, fb_last_error());
         ro.out_dtype_set = 1;
+    }
+    if (cache) {
+        if (!strcmp(cache, "auto")) ro.page_cache = FB_PAGE_CACHE_AUTO;
+        else if (!strcmp(cache, "drop")) ro.page_cache = FB_PAGE_CACHE_DROP;
+        else if (!strcmp(cache, "keep")) ro.page_cache = FB_PAGE_CACHE_KEEP;
+        else {
+            fb_set_error(FB_ERR_ARG, "'page_cache' is '%s'; it must be auto, drop or keep", cache);
+            return fail(2, fb_last_error());
+        }
     }
     fb_save_options so = {0};
     const fb_config *shard = fb_cfg_map_get(root, "merged_model_max_shard_size");

@@ -68,6 +68,8 @@ typedef struct job {
     float *alt_f32;           /* threads x chunk */
     int pick_alt;             /* merge_finish chose the alternative output */
     int release;              /* inputs larger than memory: drop what the merge has read */
+    uint8_t *keep;            /* release: per output tensor, whether prepare passes keep its
+                               * input pages cached for the merge */
 } job;
 
 /* Elements whose merged value waits for merge_finish's decision (fb_merge_fixup). */
@@ -763,27 +765,70 @@ static double file_bytes(const job *J)
     return sum;
 }
 
+/* Memory the page cache could give us now: MemAvailable where /proc says it, else free pages. */
+static double available_memory(void)
+{
+    double bytes = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long kb;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+            bytes = 1024.0 * (double)kb;
+            break;
+        }
+    }
+    if (f) fclose(f);
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (bytes <= 0 && pages > 0 && page > 0) bytes = (double)pages * (double)page;
+    return bytes;
+}
+
+/* With inputs larger than most of memory, the page cache cannot hold them from one pass to the
+ * next, and a kernel left to choose evicts exactly the pages the next pass reads first. So a
+ * full prepare pass drops each tensor's input pages once read, except for the last tensors,
+ * as many as half the available memory holds; the merge then reads the first tensors from the
+ * disk into the memory they left free, dropping what it has merged (and the output once written
+ * back), and finds the last ones still cached. Advisory only: nothing changes in the bytes. */
+static fb_status plan_release(job *J)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    int policy = J->opts ? J->opts->page_cache : FB_PAGE_CACHE_AUTO;
+    if (policy == FB_PAGE_CACHE_AUTO)
+        J->release = pages > 0 && page > 0 && file_bytes(J) > 0.75 * (double)pages * (double)page;
+    else
+        J->release = policy == FB_PAGE_CACHE_DROP;
+    if (J->to_memory || !J->release) {
+        J->release = 0;
+        return FB_OK;
+    }
+    J->keep = fb_calloc((size_t)J->out->count + 1, 1);
+    if (!J->keep) return FB_ERR_NOMEM;
+    double room = 0.5 * available_memory(), kept = 0;
+    for (int64_t ti = J->out->count - 1; ti >= 0; ti--) {
+        if (J->method->ops->plan || !is_merged(J, ti)) continue;
+        select_tensor(J, ti);
+        for (int k = 0; k < J->num_inputs; k++) kept += (double)J->tensors[k]->nbytes;
+        J->keep[ti] = kept <= room;
+    }
+    return FB_OK;
+}
+
 static fb_status execute(job *J)
 {
     const fb_method_ops *ops = J->method->ops;
     fb_status st;
-    /* Prepare passes read the tensors last to first, so that when the inputs do not fit in
-     * the page cache, what the last pass read last (the first tensors) is still there when the
-     * merge starts. Then, with inputs larger than most of memory, the merge drops what it has
-     * read and written from the cache, so those pages go before the ones it has yet to read. */
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    J->release = !J->to_memory && pages > 0 && page > 0 &&
-                 file_bytes(J) > 0.75 * (double)pages * (double)page;
+    if ((st = plan_release(J))) return st;
     for (int pass = 0; pass < ops->prepare_passes; pass++) {
         int stride = ops->prepare_stride ? ops->prepare_stride(J->method->state, pass) : 1;
         if (stride <= 0) continue;
         for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
-        int backward = stride == 1;
-        for (int64_t i = 0; i < J->out->count; i++) {
-            int64_t ti = backward ? J->out->count - 1 - i : i;
+        for (int64_t ti = 0; ti < J->out->count; ti++) {
             if (!is_merged(J, ti)) continue;
             select_tensor(J, ti);
             if ((st = run_tensor(J, ti, pass, stride))) return st;
+            for (int k = 0; J->release && stride == 1 && !J->keep[ti] && k < J->num_inputs; k++)
+                fb_tensor_release_cache(J->tensors[k]);
         }
         st = ops->prepare_finish(J->method->state, pass, J->accs, J->threads);
         if (st) return fb_error_prefix(st, "method %s", ops->name);
@@ -835,6 +880,7 @@ static void job_free(job *J)
     fb_model_free(J->extras);
     fb_free(J->merged_index);
     fb_free(J->mask_scratch);
+    fb_free(J->keep);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
     for (int t = 0; J->fixups && t < J->threads; t++) fb_free(J->fixups[t].items);
