@@ -16,9 +16,9 @@
  */
 #include <stdint.h>
 #include <stdio.h>
-#include <unistd.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
