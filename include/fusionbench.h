@@ -291,6 +291,29 @@ typedef struct fb_task_result {
 fb_status fb_taskpool_evaluate_model(fb_taskpool *taskpool, const fb_model *model,
                                      fb_task_result *results);
 
+/* ---------------------------------------------------------------------- SIMD level -- */
+
+/* The instruction sets the library's own kernels may use. Every level gives the same bytes;
+ * only speed differs (OpenBLAS, used by the SVD methods, RegMean and the nn engine, picks its
+ * own kernels: see docs/reliability.md). */
+typedef enum fb_simd {
+    FB_SIMD_SCALAR = 0, /* plain C (SSE2, the x86-64 baseline) */
+    FB_SIMD_AVX2 = 1,   /* AVX2 + FMA (x86-64-v3) */
+    FB_SIMD_AVX512 = 2, /* AVX-512 F, DQ, BW, VL (x86-64-v4) */
+} fb_simd;
+
+/* "scalar", "avx2", "avx512" ("unknown" for any other value). */
+const char *fb_simd_name(fb_simd level);
+/* The best level this CPU supports. */
+fb_simd fb_simd_best(void);
+/* The level in use: the environment's FB_SIMD (read once, at first use) or else the best.
+ * FB_ERR_ARG if FB_SIMD names no level, FB_ERR_UNSUPPORTED if the CPU lacks it (*out is then
+ * the best level, which kernels use meanwhile). Merges and evaluations check it first. */
+fb_status fb_simd_get(fb_simd *out);
+/* Sets the level for the whole process by name ("scalar", "avx2", "avx512"), NULL for the
+ * best; overrides FB_SIMD. Errors as fb_simd_get. Not to be called while a merge runs. */
+fb_status fb_simd_set(const char *name);
+
 /* ------------------------------------------------------------------------- threads -- */
 
 /* Threads used by merges (OpenMP). n <= 0 restores the default. Results never depend on it. */

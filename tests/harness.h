@@ -13,7 +13,7 @@
 #include <string.h>
 
 typedef void (*fb_test_fn)(void);
-void fb_test_register(const char *name, fb_test_fn fn);
+void fb_test_register(const char *name, const char *file, fb_test_fn fn);
 void fb_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int fb_test_failed(void);
@@ -32,7 +32,7 @@ const char *fb_test_path(const char *name);
     static void name(void);                                                                 \
     __attribute__((constructor)) static void register_##name(void)                          \
     {                                                                                       \
-        fb_test_register(#name, name);                                                      \
+        fb_test_register(#name, __FILE__, name);                                            \
     }                                                                                       \
     static void name(void)
 

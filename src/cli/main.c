@@ -11,6 +11,7 @@
  *
  * Exit status: 0 success, 1 the run failed, 2 bad command line or configuration.
  */
+#include <cblas.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -70,7 +71,7 @@ static void usage(FILE *f)
             "  --print-config              print the composed config and exit\n"
             "  --threads N                 threads to use (results never depend on it)\n"
             "  --config-dir DIR            where fusion_bench.yaml and the groups live\n"
-            "  --version                   the version\n"
+            "  --version                   the version, SIMD level (FB_SIMD) and BLAS kernels in use\n"
             "\n"
             "example:\n"
             "  fusion_bench method=task_arithmetic method.scaling_factor=0.3 \\\n"
@@ -628,7 +629,11 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else if (!strcmp(a, "--version")) {
-            printf("fusion_bench %s\n", FB_VERSION_STRING);
+            fb_simd level;
+            if (fb_simd_get(&level)) return fail(2, fb_last_error());
+            printf("fusion_bench %s\nsimd: %s (best on this CPU: %s)\nblas: OpenBLAS %s\n",
+                   FB_VERSION_STRING, fb_simd_name(level), fb_simd_name(fb_simd_best()),
+                   openblas_get_corename());
             return 0;
         } else if (!strcmp(a, "--list-methods")) {
             return list_methods();
@@ -657,6 +662,7 @@ int main(int argc, char **argv)
         }
     }
     if (c.threads) fb_set_num_threads(c.threads);
+    if (fb_simd_get(NULL)) return fail(2, fb_last_error()); /* FB_SIMD, before any work */
     if (first < argc && !strcmp(argv[first], "zoo")) {
         char *dir = find_config_dir(c.config_dir_opt);
         if (!dir) return fail(2, fb_last_error());

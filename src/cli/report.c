@@ -4,6 +4,7 @@
  */
 #include "report.h"
 
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/simd.h"
 #include "core/status.h"
 #include "io/writer.h"
 
@@ -132,6 +134,8 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
         cJSON_AddNumberToObject(io, "storage_bytes_written", (double)r->storage_written);
     }
     cJSON_AddNumberToObject(root, "threads", r->threads);
+    cJSON_AddStringToObject(root, "simd", fb_simd_name(fb_simd_active()));
+    cJSON_AddStringToObject(root, "blas_core", openblas_get_corename());
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return fb_set_error(FB_ERR_NOMEM, "out of memory rendering the report");

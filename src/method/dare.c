@@ -18,6 +18,7 @@
 #include <math.h>
 
 #include "core/alloc.h"
+#include "core/simd.h"
 #include "core/status.h"
 
 fb_status fb_dare_parse(const fb_config *p, fb_dare *d)
@@ -92,8 +93,8 @@ static fb_status create_avg(const fb_config *p, void **out)
 }
 
 /* The draws are 64-bit integer mixing, which vectorises only with AVX-512's 64-bit multiply:
- * the loop is built for it and for plain x86-64, and the CPU picks (target_clones would say
- * this in one line, but clang 14 misnames its dispatcher). Integer arithmetic, an exact 24-bit
+ * the loop is built for it and for plain x86-64, and the FB_SIMD level picks (core/simd.c;
+ * target_clones would pick by CPU alone, and clang 14 misnames its dispatcher). Integer arithmetic, an exact 24-bit
  * conversion and one IEEE division (x / 1 == x without rescaling): the same bytes either way. */
 static inline __attribute__((always_inline)) void drop(float p, float div, uint64_t key,
                                                        int64_t begin, float *restrict tau,
@@ -120,7 +121,7 @@ void fb_dare_drop(const fb_dare *d, uint64_t key, int64_t begin, float *tau, int
 {
     const float div = d->rescale ? d->divisor : 1.0f;
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512dq")) {
+    if (fb_simd_active() >= FB_SIMD_AVX512) {
         drop_avx512(d->sparsity, div, key, begin, tau, n);
         return;
     }

@@ -26,6 +26,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/simd.h"
 #include "core/status.h"
 #include "io/writer.h"
 #include "method.h"
@@ -896,7 +897,8 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
 {
     job J = {.method = m, .to_memory = to_memory, .opts = opts, .path = path, .save = save};
     char *xpath = NULL;
-    fb_status st = FB_OK;
+    fb_status st = fb_simd_get(NULL); /* an unusable FB_SIMD is an error before any work */
+    if (st) return st;
     if (m->ops->ensemble)
         return fb_set_error(FB_ERR_ARG, "method %s is an ensemble, not one model: evaluate it with "
                             "a taskpool (taskpool=NAME_OR_PATH)", m->ops->name);

@@ -49,6 +49,7 @@
 #endif
 
 #include "core/alloc.h"
+#include "core/simd.h"
 #include "core/status.h"
 #include "dare.h"
 
@@ -550,7 +551,7 @@ static void settle_waiting(const state *s, const fb_merge_chunk *c, layout *L, c
 static void window_pass(const state *s, const fb_merge_chunk *c, layout *L)
 {
 #if defined(__x86_64__)
-    int avx2 = __builtin_cpu_supports("avx2");
+    int avx2 = fb_simd_active() >= FB_SIMD_AVX2;
 #endif
     int dare = fb_dare_applies(&s->dare, c->tensor);
     int sampled = (c->begin / FB_MERGE_CHUNK) % SAMPLE_STRIDE == 0;
@@ -1067,7 +1068,7 @@ __attribute__((target("avx2"))) static void merge_avx2(const state *s, const fb_
 static fb_status merge(const void *p, const fb_merge_chunk *c)
 {
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2")) {
+    if (fb_simd_active() >= FB_SIMD_AVX2) {
         merge_avx2(p, c);
         return FB_OK;
     }

@@ -181,6 +181,8 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
                                const fb_model *const *task_models, fb_task_result *results,
                                fb_eval_progress progress, void *user)
 {
+    fb_status simd_st = fb_simd_get(NULL); /* an unusable FB_SIMD is an error before any work */
+    if (simd_st) return simd_st;
     const int64_t B = tp->batch_size, F = fb_taskpool_features(tp);
     const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
     int64_t Kmax = 1;

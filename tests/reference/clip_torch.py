@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 
 
-def clip_forward(P, cfg, images, record=None):
-    """record: a dict that receives, per linear weight name, the inputs [rows, in] it saw."""
+def clip_forward(P, cfg, images, record=None, linear=F.linear):
+    """record: a dict that receives, per linear weight name, the inputs [rows, in] it saw.
+    linear: the function that applies every linear layer (F.linear's signature)."""
     def seen(name, x):
         if record is not None:
             record.setdefault(name, []).append(x.detach().reshape(-1, x.shape[-1]))
@@ -33,24 +34,24 @@ def clip_forward(P, cfg, images, record=None):
         h = F.layer_norm(x, (E,), P[pre + "layer_norm1.weight"], P[pre + "layer_norm1.bias"], eps)
         for nm in ("q_proj", "k_proj", "v_proj"):
             seen(pre + f"self_attn.{nm}.weight", h)
-        q = F.linear(h, P[pre + "self_attn.q_proj.weight"], P[pre + "self_attn.q_proj.bias"]) * D ** -0.5
-        k = F.linear(h, P[pre + "self_attn.k_proj.weight"], P[pre + "self_attn.k_proj.bias"])
-        v = F.linear(h, P[pre + "self_attn.v_proj.weight"], P[pre + "self_attn.v_proj.bias"])
+        q = linear(h, P[pre + "self_attn.q_proj.weight"], P[pre + "self_attn.q_proj.bias"]) * D ** -0.5
+        k = linear(h, P[pre + "self_attn.k_proj.weight"], P[pre + "self_attn.k_proj.bias"])
+        v = linear(h, P[pre + "self_attn.v_proj.weight"], P[pre + "self_attn.v_proj.bias"])
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
         a = F.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
         a = a.transpose(1, 2).reshape(B, T, E)
-        x = r + F.linear(seen(pre + "self_attn.out_proj.weight", a), P[pre + "self_attn.out_proj.weight"],
+        x = r + linear(seen(pre + "self_attn.out_proj.weight", a), P[pre + "self_attn.out_proj.weight"],
                          P[pre + "self_attn.out_proj.bias"])
         r = x
         h = F.layer_norm(x, (E,), P[pre + "layer_norm2.weight"], P[pre + "layer_norm2.bias"], eps)
-        h = F.linear(seen(pre + "mlp.fc2.weight",
-                          act(F.linear(seen(pre + "mlp.fc1.weight", h), P[pre + "mlp.fc1.weight"],
+        h = linear(seen(pre + "mlp.fc2.weight",
+                          act(linear(seen(pre + "mlp.fc1.weight", h), P[pre + "mlp.fc1.weight"],
                                        P[pre + "mlp.fc1.bias"]))),
                      P[pre + "mlp.fc2.weight"], P[pre + "mlp.fc2.bias"])
         x = r + h
     pooled = F.layer_norm(x[:, 0], (E,), P[vm + "post_layernorm.weight"], P[vm + "post_layernorm.bias"], eps)
     if cfg.get("projection_dim"):
-        return F.linear(seen("visual_projection.weight", pooled), P["visual_projection.weight"])
+        return linear(seen("visual_projection.weight", pooled), P["visual_projection.weight"])
     return pooled
 
 

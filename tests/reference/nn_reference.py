@@ -150,22 +150,50 @@ g = torch.Generator().manual_seed(23)
 theta0 = clip_params(cfg, g)
 K = 2
 taus = [{n: 0.2 * torch.randn(v.shape, generator=g) for n, v in theta0.items()} for _ in range(K)]
-lam = {n: (0.2 + 0.3 * torch.rand(K, generator=g)).requires_grad_(True) for n in theta0}
-merged = {n: theta0[n] + sum(lam[n][k] * taus[k][n] for k in range(K)) for n in theta0}
+lam = {n: 0.2 + 0.3 * torch.rand(K, generator=g) for n in theta0}
 scale = 10.0
 batches = [torch.randn(3, 3, 12, 12, generator=g), torch.randn(2, 3, 12, 12, generator=g)]
 heads = [F.normalize(torch.randn(5, 8, generator=g), dim=-1),
          F.normalize(torch.randn(3, 8, generator=g), dim=-1)]
-loss = 0
-for x, W in zip(batches, heads):
-    logits = scale * F.normalize(clip_forward(merged, cfg, x), dim=-1) @ W.T
-    loss = loss + entropy(logits)
-loss.backward()
-save = {"loss": loss.detach().reshape(1)}
+# Computed in float64, through the merged parameters' gradient g: d loss / d lambda[n, k] =
+# sum_i g_i tau_k,i. The C engine forms g in float32 (and the sum in float64), so its error
+# scales with sum_i G_i |tau_k,i|, where G_i is g_i's own sum of |terms|: for a linear layer
+# y = x W^T + b, |dy|^T |x| and sum |dy| (a bias whose gradient cancels to zero, as the key
+# projection's under softmax, still carries rounding of that size); other parameters, |g_i|.
+class AbsTermsLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, b=None):
+        ctx.save_for_backward(x, W)
+        ctx.has_bias = b is not None
+        return F.linear(x, W, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W = ctx.saved_tensors
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        return dy @ W, dy2.abs().T @ x2.abs(), dy2.abs().sum(0) if ctx.has_bias else None
+
+
+def adamerging_grads(linear):
+    m = {n: (theta0[n].double() + sum(lam[n].double()[k] * taus[k][n].double()
+                                      for k in range(K))).requires_grad_(True) for n in theta0}
+    total = 0
+    for x, W in zip(batches, heads):
+        logits = scale * F.normalize(clip_forward(m, cfg, x.double(), linear=linear), dim=-1) @ W.double().T
+        total = total + entropy(logits)
+    total.backward()
+    return total, {n: v.grad for n, v in m.items()}
+
+
+loss64, grad64 = adamerging_grads(F.linear)
+_, abs_terms = adamerging_grads(AbsTermsLinear.apply)
+save = {"loss64": loss64.detach().reshape(1)}
 for n in theta0:
     save["theta0." + n] = theta0[n]
-    save["lambda." + n] = lam[n].detach()
-    save["grad_lambda." + n] = lam[n].grad
+    save["lambda." + n] = lam[n]
+    t64 = [taus[k][n].double() for k in range(K)]
+    save["grad_lambda64." + n] = torch.stack([(grad64[n] * t).sum() for t in t64])
+    save["cond_lambda." + n] = torch.stack([(abs_terms[n].abs() * t.abs()).sum() for t in t64])
     for k in range(K):
         save[f"tau{k}." + n] = taus[k][n]
 for t in range(2):
