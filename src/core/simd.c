@@ -60,13 +60,15 @@ static fb_status parse_level(const char *name, const char *source, fb_simd *out)
     for (int l = FB_SIMD_SCALAR; l <= FB_SIMD_AVX512; l++) {
         if (strcmp(name, level_names[l]) != 0) continue;
         if (l > (int)best)
-            return fb_set_error(FB_ERR_UNSUPPORTED, "%s%s: this CPU lacks %s (it has: %s)",
-                                source, name, name, have);
+            return fb_set_error(FB_ERR_UNSUPPORTED, "%s%s: this CPU lacks %s (it has: %s)", source,
+                                name, name, have);
         *out = (fb_simd)l;
         return FB_OK;
     }
-    return fb_set_error(FB_ERR_ARG, "%s'%s' is not a SIMD level (expected scalar, avx2 or avx512; "
-                        "this CPU has: %s)", source, name, have);
+    return fb_set_error(FB_ERR_ARG,
+                        "%s'%s' is not a SIMD level (expected scalar, avx2 or avx512; "
+                        "this CPU has: %s)",
+                        source, name, have);
 }
 
 /* Reads FB_SIMD once; an unusable value leaves the best level active and remembers the error
@@ -91,7 +93,10 @@ static int resolve(void)
     return atomic_load(&active);
 }
 
-fb_simd fb_simd_active(void) { return (fb_simd)resolve(); }
+fb_simd fb_simd_active(void)
+{
+    return (fb_simd)resolve();
+}
 
 fb_status fb_simd_get(fb_simd *out)
 {
