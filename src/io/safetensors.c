@@ -1,20 +1,245 @@
 /*
  * safetensors.c: reading and validating safetensors headers, and building them for writing.
  *
- * A file from a stranger is checked before use: the header length fits in the file and under
- * 100 MB, the header is one JSON object (trailing spaces allowed), every entry has a known
- * dtype, a shape of at most FB_MAX_DIMS non-negative integers and two integer offsets, the
- * shape's byte size equals the span, and the spans tile the data section exactly (no overlap,
- * no hole, nothing past the end). Every message names the file and the tensor.
+ * A file from a stranger is checked before use, by the rules of safetensors' reference reader
+ * (the Rust crate, whose JSON is serde_json's) and its format description: the header length
+ * fits in the file and under 100 MB; the header is UTF-8, starts with '{' and is one strict JSON
+ * object (RFC 8259: no raw control characters in strings, no leading zeros, nothing cJSON's
+ * leniency would let through), trailing whitespace allowed; every number is a non-negative
+ * integer literal (the reference reads shapes and offsets as usize, and refuses 2.0, 2e0 or
+ * -0); keys are unique; every entry has a known dtype, a shape of at most FB_MAX_DIMS entries
+ * and two offsets; the shape's byte size equals the span, and the spans tile the data section
+ * exactly (no overlap, no hole, nothing past the end). Stricter than the reference, and said
+ * so in docs/formats.md: names and metadata may not hold NUL (\u0000: C strings), metadata
+ * keys may not repeat, and a tensor entry has no other fields. Every message names the file
+ * and the tensor or byte.
  */
 #include "safetensors.h"
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/status.h"
+
+/* ---- strict JSON: a byte-by-byte check before cJSON, which is lenient ---- */
+
+enum { JSON_MAX_DEPTH = 128 }; /* serde_json's recursion limit */
+
+typedef struct jscan {
+    const unsigned char *p, *end;
+    const char *what;            /* the first error, or NULL */
+    const unsigned char *key[3]; /* the keys being read at depths 1-2 (tensor, field) */
+    size_t key_len[3];
+    int depth, fail_depth;
+    const unsigned char *num; /* a bad number's text, for the message */
+    size_t num_len;
+} jscan;
+
+static int jfail(jscan *j, const char *what)
+{
+    if (!j->what) {
+        j->what = what;
+        j->fail_depth = j->depth;
+    }
+    return 0;
+}
+
+/* Well-formed UTF-8 as Rust's str::from_utf8 wants it: no overlong forms, no surrogates,
+ * nothing past U+10FFFF. Returns the offset of the first bad byte, or -1. */
+static int64_t utf8_error(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                               : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (!len || i + len > n) return (int64_t)i;
+        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return (int64_t)i;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < least[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return (int64_t)i;
+        i += len;
+    }
+    return -1;
+}
+
+static void skip_space(jscan *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static int hex4(jscan *j, unsigned *out)
+{
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++, j->p++) {
+        if (j->p >= j->end) return jfail(j, "a \\u escape is cut short");
+        unsigned c = *j->p;
+        unsigned d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                   : c >= 'A' && c <= 'F' ? c - 'A' + 10 : 16;
+        if (d == 16) return jfail(j, "a \\u escape has a non-hex digit");
+        v = v << 4 | d;
+    }
+    *out = v;
+    return 1;
+}
+
+static int scan_string(jscan *j)
+{
+    j->p++; /* the opening quote */
+    while (j->p < j->end && *j->p != '"') {
+        unsigned c = *j->p;
+        if (c < 0x20) return jfail(j, "a control character inside a string (escape it)");
+        if (c != '\\') {
+            j->p++;
+            continue;
+        }
+        if (++j->p >= j->end) break;
+        c = *j->p++;
+        if (c == 'u') {
+            unsigned u, low;
+            if (!hex4(j, &u)) return 0;
+            if (u == 0) return jfail(j, "\\u0000 in a string (names and metadata here are C strings)");
+            if (u >= 0xdc00 && u <= 0xdfff) return jfail(j, "a lone low surrogate escape");
+            if (u >= 0xd800 && u <= 0xdbff) {
+                if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
+                    return jfail(j, "a high surrogate escape without its low half");
+                j->p += 2;
+                if (!hex4(j, &low)) return 0;
+                if (low < 0xdc00 || low > 0xdfff)
+                    return jfail(j, "a high surrogate escape without its low half");
+            }
+        } else if (!strchr("\"\\/bfnrt", (int)c) || c == 0) {
+            return jfail(j, "an invalid escape in a string");
+        }
+    }
+    if (j->p >= j->end) return jfail(j, "a string is not closed");
+    j->p++;
+    return 1;
+}
+
+/* Every number in a safetensors header is a shape entry or an offset: a non-negative integer
+ * literal, without sign, fraction, exponent or leading zero. */
+static int scan_number(jscan *j)
+{
+    const unsigned char *d = j->p;
+    while (j->p < j->end && *j->p && strchr("0123456789+-.eE", *j->p)) j->p++;
+    size_t n = (size_t)(j->p - d);
+    int digits = 1;
+    for (size_t k = 0; k < n; k++) digits &= d[k] >= '0' && d[k] <= '9';
+    if (digits && !(n > 1 && d[0] == '0')) return 1;
+    j->num = d;
+    j->num_len = n;
+    j->p = d;
+    return jfail(j, digits ? "has a leading zero" : "is not a non-negative integer (shapes and "
+                                                     "offsets are written without sign, fraction "
+                                                     "or exponent)");
+}
+
+static int scan_value(jscan *j, int depth);
+
+/* An object or array; keys are strings, separators where JSON puts them. */
+static int scan_container(jscan *j, int depth)
+{
+    const unsigned char close = *j->p == '{' ? '}' : ']';
+    if (depth > JSON_MAX_DEPTH) return jfail(j, "nesting deeper than 128 levels");
+    j->depth = depth;
+    j->p++;
+    skip_space(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        return 1;
+    }
+    for (;;) {
+        if (close == '}') {
+            if (j->p >= j->end || *j->p != '"') return jfail(j, "an object key that is not a string");
+            const unsigned char *key = j->p + 1;
+            if (!scan_string(j)) return 0;
+            if (depth <= 2) {
+                j->key[depth] = key;
+                j->key_len[depth] = (size_t)(j->p - 1 - key);
+            }
+            skip_space(j);
+            if (j->p >= j->end || *j->p != ':') return jfail(j, "a key without ':'");
+            j->p++;
+        }
+        if (!scan_value(j, depth + 1)) return 0;
+        j->depth = depth;
+        skip_space(j);
+        if (j->p < j->end && *j->p == ',') {
+            j->p++;
+            skip_space(j);
+            continue;
+        }
+        if (j->p < j->end && *j->p == close) {
+            j->p++;
+            return 1;
+        }
+        return jfail(j, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+}
+
+static int scan_value(jscan *j, int depth)
+{
+    skip_space(j);
+    if (j->p >= j->end) return jfail(j, "a value is missing");
+    unsigned c = *j->p;
+    if (c == '{' || c == '[') return scan_container(j, depth);
+    if (c == '"') return scan_string(j);
+    if ((c >= '0' && c <= '9') || c == '-') return scan_number(j);
+    static const char *const words[] = {"true", "false", "null"};
+    for (int w = 0; w < 3; w++) {
+        size_t n = strlen(words[w]);
+        if ((size_t)(j->end - j->p) >= n && !memcmp(j->p, words[w], n)) {
+            j->p += n;
+            return 1;
+        }
+    }
+    return jfail(j, "an unexpected character");
+}
+
+/* The header's bytes: UTF-8, '{' first, one strict JSON object, then only whitespace. */
+static fb_status check_header_text(const char *path, const char *header, size_t n)
+{
+    const unsigned char *h = (const unsigned char *)header;
+    int64_t bad = utf8_error(h, n);
+    if (bad >= 0)
+        return fb_set_error(FB_ERR_FORMAT, "%s: header is not UTF-8 (byte %lld: 0x%02x)", path,
+                            (long long)bad, h[bad]);
+    if (h[0] != '{')
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: header does not start with '{' (not a safetensors file?)", path);
+    jscan j = {.p = h, .end = h + n};
+    if (scan_container(&j, 1)) {
+        skip_space(&j);
+        if (j.p < j.end)
+            return fb_set_error(FB_ERR_FORMAT,
+                                "%s: header has bytes after the JSON object (at byte %zu)", path,
+                                (size_t)(j.p - h));
+        return FB_OK;
+    }
+    /* name where it went wrong: the tensor (or __metadata__) and its field */
+    char where[160] = "";
+    if (j.fail_depth >= 2 && j.key[1])
+        snprintf(where, sizeof where, " in '%.*s'%s%.*s",
+                 (int)(j.key_len[1] > 64 ? 64 : j.key_len[1]), (const char *)j.key[1],
+                 j.fail_depth >= 3 && j.key[2] ? ", field " : "",
+                 j.fail_depth >= 3 && j.key[2] ? (int)(j.key_len[2] > 32 ? 32 : j.key_len[2]) : 0,
+                 j.fail_depth >= 3 && j.key[2] ? (const char *)j.key[2] : "");
+    if (j.num)
+        return fb_set_error(FB_ERR_FORMAT, "%s: header%s: the number %.*s %s (at byte %zu)", path,
+                            where, (int)(j.num_len > 24 ? 24 : j.num_len), (const char *)j.num,
+                            j.what, (size_t)(j.p - h));
+    return fb_set_error(FB_ERR_FORMAT, "%s: header is not valid JSON%s: %s (at byte %zu)", path,
+                        where, j.p >= j.end ? "it ends before the object closes" : j.what,
+                        (size_t)(j.p - h));
+}
 
 /* One parsed header entry, kept until the layout has been checked. */
 typedef struct st_entry {
@@ -166,6 +391,10 @@ static fb_status read_metadata(const char *path, const cJSON *meta, fb_model *mo
         if (!cJSON_IsString(kv))
             return fb_set_error(FB_ERR_FORMAT, "%s: __metadata__ value '%s' is not a string",
                                 path, kv->string);
+        for (const cJSON *before = meta->child; before != kv; before = before->next)
+            if (!strcmp(before->string, kv->string))
+                return fb_set_error(FB_ERR_FORMAT, "%s: __metadata__ key '%s' appears twice", path,
+                                    kv->string);
         fb_status st = fb_model_set_metadata(model, kv->string, kv->valuestring);
         if (st) return st;
     }
@@ -215,28 +444,11 @@ fb_status fb_safetensors_read(const char *path, fb_model *model)
     }
     if ((st = fb_source_pread(src, 8, hlen, header))) goto done;
     header[hlen] = '\0';
-    if (header[0] != '{') {
-        st = fb_set_error(FB_ERR_FORMAT, "%s: header does not start with '{' (not a safetensors "
-                                         "file?)",
-                          path);
+    if ((st = check_header_text(path, header, hlen))) goto done;
+    root = cJSON_ParseWithLength(header, hlen);
+    if (!root) { /* the strict scan passed, so only memory can be short */
+        st = fb_set_error(FB_ERR_NOMEM, "%s: out of memory parsing the header", path);
         goto done;
-    }
-    const char *end = NULL;
-    root = cJSON_ParseWithLengthOpts(header, hlen, &end, 0);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        size_t off = (at && at >= header && at <= header + hlen) ? (size_t)(at - header) : 0;
-        st = fb_set_error(FB_ERR_FORMAT, "%s: header is not valid JSON (error near byte %zu)",
-                          path, off);
-        goto done;
-    }
-    for (const char *p = end; p < header + hlen; p++) {
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            st = fb_set_error(FB_ERR_FORMAT,
-                              "%s: header has bytes after the JSON object (at byte %zu)", path,
-                              (size_t)(p - header));
-            goto done;
-        }
     }
     if (!cJSON_IsObject(root)) {
         st = fb_set_error(FB_ERR_FORMAT, "%s: header is not a JSON object", path);
@@ -272,7 +484,9 @@ fb_status fb_safetensors_read(const char *path, fb_model *model)
         st = fb_model_add_tensor_lazy(model, entries[i].name, entries[i].dtype, entries[i].ndim,
                                       entries[i].shape, src, data_start + entries[i].begin);
         if (st) {
-            if (st == FB_ERR_ARG)
+            if (st == FB_ERR_ARG && !entries[i].name[0])
+                st = fb_set_error(FB_ERR_FORMAT, "%s: a tensor has an empty name", path);
+            else if (st == FB_ERR_ARG)
                 st = fb_set_error(FB_ERR_FORMAT,
                                   "%s: tensor '%s' is defined twice (in this header, or also "
                                   "in another shard of the checkpoint)",

@@ -77,9 +77,9 @@ case("shape_not_array.safetensors",
      st_bytes({"w": {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}}, b"\0" * 8),
      "shape is not an array")
 case("negative_dim.safetensors", st_bytes(f32("w", [-2], 0, 8), b"\0" * 8),
-     "shape entry 0 is not a non-negative integer")
+     "in 'w', field shape: the number -2 is not a non-negative integer")
 case("fractional_dim.safetensors", st_bytes(f32("w", [2.5], 0, 10), b"\0" * 10),
-     "shape entry 0 is not a non-negative integer")
+     "in 'w', field shape: the number 2.5 is not a non-negative integer")
 case("rank_too_high.safetensors", st_bytes(f32("w", [1] * 9, 0, 4), b"\0" * 4),
      "rank 9 exceeds the limit")
 case("shape_overflow.safetensors", st_bytes(f32("w", [2**40, 2**40, 2**40], 0, 8), b"\0" * 8),
@@ -88,7 +88,7 @@ case("offsets_one_number.safetensors",
      st_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, b"\0" * 8),
      "data_offsets must be [begin, end]")
 case("offsets_negative.safetensors", st_bytes(f32("w", [2], -8, 0), b"\0" * 8),
-     "data_offsets must be [begin, end]")
+     "in 'w', field data_offsets: the number -8 is not a non-negative integer")
 case("offsets_reversed.safetensors", st_bytes(f32("w", [0], 8, 0), b"\0" * 8),
      "end before they begin")
 case("size_mismatch.safetensors", st_bytes(f32("w", [2, 3], 0, 20), b"\0" * 20),
@@ -110,6 +110,49 @@ case("metadata_not_strings.safetensors",
 case("metadata_not_object.safetensors",
      st_bytes(merge({"__metadata__": "pt"}, ok_header), b"\0" * 8), "__metadata__ is not a JSON")
 case("header_tiny.safetensors", struct.pack("<Q", 1) + b"{", "too short for a JSON object")
+
+# What safetensors' reference reader (the Rust crate: str::from_utf8, then serde_json into
+# usize fields) refuses and a lenient JSON parser lets through.
+ok_text = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+
+
+def raw(name, text, expect, data=b"\0" * 8):
+    case(name, st_bytes(None, data, raw_header=text), expect)
+
+
+raw("float_dim.safetensors", ok_text.replace(b"[2]", b"[2.0]"),
+    "in 'w', field shape: the number 2.0 is not a non-negative integer")
+raw("exponent_dim.safetensors", ok_text.replace(b"[2]", b"[2e0]"), "the number 2e0 is not")
+raw("dot_dim.safetensors", ok_text.replace(b"[2]", b"[2.]"), "the number 2. is not")
+raw("float_offset.safetensors", ok_text.replace(b"0,8]", b"0,8.0]"),
+    "in 'w', field data_offsets: the number 8.0 is not")
+raw("negative_zero_offset.safetensors", ok_text.replace(b"[0,", b"[-0,"), "the number -0 is not")
+raw("leading_zero_offset.safetensors", ok_text.replace(b",8]", b",008]"),
+    "the number 008 has a leading zero")
+raw("plus_sign_dim.safetensors", ok_text.replace(b"[2]", b"[+2]"), "not valid JSON in 'w', field shape")
+raw("hex_dim.safetensors", ok_text.replace(b"[2]", b"[0x2]"), "not valid JSON in 'w', field shape")
+raw("nan_dim.safetensors", ok_text.replace(b"[2]", b"[NaN]"), "not valid JSON in 'w', field shape")
+raw("trailing_comma.safetensors", ok_text.replace(b"[2]", b"[2,]"), "not valid JSON")
+raw("trailing_comma_object.safetensors", ok_text[:-1] + b",}", "not valid JSON")
+raw("single_quotes.safetensors", ok_text.replace(b'"w"', b"'w'"), "not valid JSON")
+raw("comment_after.safetensors", ok_text + b"/**/", "bytes after the JSON object")
+raw("nul_padding.safetensors", ok_text + b"\0\0", "bytes after the JSON object")
+raw("leading_space.safetensors", b" " + ok_text, "does not start with '{'")
+raw("utf8_bom.safetensors", b"\xef\xbb\xbf" + ok_text, "does not start with '{'")
+raw("invalid_utf8_name.safetensors", ok_text.replace(b'"w"', b'"w\xff"'), "is not UTF-8 (byte 3: 0xff)")
+raw("overlong_utf8_name.safetensors", ok_text.replace(b'"w"', b'"w\xc0\xaf"'), "is not UTF-8 (byte 3")
+raw("surrogate_utf8_name.safetensors", ok_text.replace(b'"w"', b'"w\xed\xa0\x80"'), "is not UTF-8")
+raw("invalid_utf8_padding.safetensors", ok_text + b" \xfe", "is not UTF-8")
+raw("tab_in_name.safetensors", ok_text.replace(b'"w"', b'"w\tx"'), "a control character inside a string")
+raw("nul_in_name.safetensors", ok_text.replace(b'"w"', b'"w\0x"'), "a control character inside a string")
+raw("escaped_nul_in_name.safetensors", ok_text.replace(b'"w"', b'"w\\u0000x"'), "\\u0000 in a string")
+raw("lone_surrogate_escape.safetensors", ok_text.replace(b'"w"', b'"w\\udc00"'), "lone low surrogate")
+raw("bad_escape.safetensors", ok_text.replace(b'"w"', b'"w\\x41"'), "an invalid escape")
+raw("deep_nesting.safetensors", b'{"__metadata__":' + b"[" * 200 + b"]" * 200 + b"}",
+    "nesting deeper than 128 levels", b"")
+raw("metadata_repeated_key.safetensors",
+    b'{"__metadata__":{"k":"1","k":"2"},' + ok_text[1:], "__metadata__ key 'k' appears twice")
+raw("empty_name.safetensors", ok_text.replace(b'"w"', b'""'), "a tensor has an empty name")
 
 
 def sharded(name, index, shards, expect):
