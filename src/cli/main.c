@@ -26,6 +26,7 @@
 #include "config/config.h"
 #include "core/alloc.h"
 #include "core/status.h"
+#include "io/outputs.h"
 #include "io/writer.h"
 #include "method/method.h"
 #include "pool/modelpool.h"
@@ -455,6 +456,56 @@ static void on_step(void *user, const char *what, int64_t step, int64_t steps, d
     fflush(stderr);
 }
 
+/* The files a config tree was read from, and under `taskpool`, every path value that names an
+ * existing file (data sets, heads, model config): inputs no output may replace. */
+static fb_status config_inputs(const fb_config *n, int depth, int in_taskpool,
+                               fb_input_path **list, int *count, int64_t *cap)
+{
+    fb_status st = FB_OK;
+    if (n->origin) st = fb_input_paths_add(list, count, cap, n->origin, "config file", n->origin);
+    if (!st && in_taskpool && n->kind == FB_CFG_SCALAR && n->value) {
+        char *p = NULL;
+        struct stat sb;
+        st = fb_cfg_path(n, "path", &p);
+        if (!st && stat(p, &sb) == 0 && S_ISREG(sb.st_mode))
+            st = fb_input_paths_add(list, count, cap, p, "task pool file", n->value);
+        if (st == FB_ERR_CONFIG) st = FB_OK; /* not a string: not a path */
+        fb_free(p);
+    }
+    for (int i = 0; !st && i < n->count; i++) {
+        int tp = in_taskpool || (depth == 0 && n->keys && !strcmp(n->keys[i], "taskpool"));
+        st = config_inputs(n->items[i], depth + 1, tp, list, count, cap);
+    }
+    return st;
+}
+
+/* Every path this run writes, checked against every file it reads and each other, before any
+ * work (a long merge must not end in "cannot write the report"). */
+static fb_status check_outputs(const cli *c, const char *out_path, const char *report_path)
+{
+    fb_input_path *inputs = NULL;
+    int n = 0;
+    int64_t cap = 0;
+    fb_status st = fb_modelpool_input_files(c->pool, &inputs, &n);
+    cap = n;
+    if (!st) st = config_inputs(c->root, 0, 0, &inputs, &n, &cap);
+    char *xpath = NULL;
+    fb_output_path outs[3];
+    int k = 0;
+    if (!st && out_path) {
+        outs[k++] = (fb_output_path){out_path, "merged_model_save_path"};
+        if (c->method->ops->model_masks || c->method->ops->model_scalars) {
+            if (!(xpath = fb_extras_path(out_path))) st = FB_ERR_NOMEM;
+            else outs[k++] = (fb_output_path){xpath, "the masks file"};
+        }
+    }
+    if (report_path) outs[k++] = (fb_output_path){report_path, "report_save_path"};
+    if (!st) st = fb_outputs_check(outs, k, inputs, n);
+    fb_free(xpath);
+    fb_input_paths_free(inputs, n);
+    return st;
+}
+
 static int run(cli *c)
 {
     int rc = 0;
@@ -499,6 +550,7 @@ static int run(cli *c)
         if (e) return fail(e == FB_ERR_CONFIG ? 2 : 1, fb_last_error());
     }
     ro.taskpool = c->taskpool;
+    if (check_outputs(c, out_path, report_path)) return fail(2, fb_last_error());
     double t1 = now();
 
     /* With a taskpool the merged model stays in memory for evaluation; else it streams. */
@@ -562,6 +614,7 @@ static int run(cli *c)
     fb_run_report rep = {
         .config = root,
         .pool = c->pool,
+        .pretrained_read = fb_method_reads_pretrained(c->method, c->pool),
         .method = fb_method_name(c->method),
         .output_path = out_path,
         .merged_tensors = fb_model_num_tensors(ref),
@@ -588,7 +641,7 @@ static int run(cli *c)
     int n = fb_modelpool_num_models(c->pool);
     printf("fusion_bench: %s merged %d model%s%s: %lld tensors, %.2f M parameters\n",
            rep.method, n, n == 1 ? "" : "s",
-           fb_modelpool_has_pretrained(c->pool) ? " (+ _pretrained_)" : "",
+           rep.pretrained_read ? " (+ _pretrained_)" : "",
            (long long)rep.merged_tensors, (double)rep.merged_params / 1e6);
     printf("  output: %s\n", out_path ? out_path : "(not saved: set merged_model_save_path=PATH)");
     if (prog.steps && !isnan(prog.last_loss))

@@ -42,7 +42,7 @@ static cJSON *config_to_json(const fb_config *n)
     return out;
 }
 
-static cJSON *models_json(const fb_modelpool *pool)
+static cJSON *models_json(const fb_modelpool *pool, int pretrained_read)
 {
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; arr && i < pool->count; i++) {
@@ -54,6 +54,10 @@ static cJSON *models_json(const fb_modelpool *pool)
         else cJSON_AddNullToObject(o, "path");
         cJSON_AddNumberToObject(o, "num_tensors", (double)m->count);
         cJSON_AddNumberToObject(o, "num_parameters", (double)fb_model_num_params(m));
+        /* special models other than a read _pretrained_ are not inputs of the merge */
+        int read = !fb_modelpool_is_special(pool->names[i]) ||
+                   (pretrained_read && !strcmp(pool->names[i], FB_PRETRAINED));
+        cJSON_AddBoolToObject(o, "read", read);
         cJSON_AddItemToArray(arr, o);
     }
     return arr;
@@ -66,7 +70,7 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
     cJSON_AddStringToObject(root, "fusion_bench_version", FB_VERSION_STRING);
     cJSON_AddStringToObject(root, "method", r->method);
     cJSON_AddItemToObject(root, "config", config_to_json(r->config));
-    cJSON_AddItemToObject(root, "models", models_json(r->pool));
+    cJSON_AddItemToObject(root, "models", models_json(r->pool, r->pretrained_read));
     cJSON *merged = cJSON_AddObjectToObject(root, "merged_model");
     if (merged) {
         if (r->output_path) cJSON_AddStringToObject(merged, "path", r->output_path);

@@ -18,6 +18,7 @@ typedef struct fb_tensor_time {
 typedef struct fb_run_report {
     const fb_config *config;  /* the composed configuration, method parameters filled in */
     const fb_modelpool *pool;
+    int pretrained_read; /* the method read _pretrained_ (else the report says it was not) */
     const char *method;
     const char *output_path;  /* NULL when the merge was not saved */
     const char *extras_path;  /* per-model masks and scalars, or NULL */

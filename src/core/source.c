@@ -14,21 +14,42 @@
 #include "alloc.h"
 #include "status.h"
 
-fb_status fb_source_open(const char *path, fb_source **out)
+fb_status fb_open_regular(const char *path, int *fd_out, struct stat *st)
 {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (and a
+     * device could block too); the check below refuses them, and regular files ignore it */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return fb_set_error(FB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, st) != 0) {
         int e = errno;
         close(fd);
         return fb_set_error(FB_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st->st_mode)) {
         close(fd);
-        return fb_set_error(FB_ERR_IO, "%s: not a regular file", path);
+        return fb_set_error(FB_ERR_IO, "%s: not a regular file (%s)", path,
+                            S_ISDIR(st->st_mode)    ? "a folder"
+                            : S_ISFIFO(st->st_mode) ? "a FIFO"
+                            : S_ISSOCK(st->st_mode) ? "a socket"
+                                                    : "a device");
     }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return fb_set_error(FB_ERR_IO, "%s: cannot set blocking reads: %s", path, strerror(e));
+    }
+    *fd_out = fd;
+    return FB_OK;
+}
+
+fb_status fb_source_open(const char *path, fb_source **out)
+{
+    *out = NULL;
+    int fd;
+    struct stat st;
+    fb_status rc = fb_open_regular(path, &fd, &st);
+    if (rc) return rc;
     fb_source *s = fb_calloc(1, sizeof *s);
     char *p = fb_strdup(path);
     if (!s || !p) {

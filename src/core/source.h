@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "fusionbench.h"
@@ -23,6 +24,10 @@ typedef struct fb_source {
     pthread_mutex_t lock;
     int refs;
 } fb_source;
+
+/* Opens path read-only without blocking on a FIFO or device, and refuses anything that is not
+ * a regular file (the message says what it is); *fd_out then reads normally (blocking). */
+fb_status fb_open_regular(const char *path, int *fd_out, struct stat *st);
 
 /* Opens path read-only; *out has one reference. */
 fb_status fb_source_open(const char *path, fb_source **out);

@@ -18,6 +18,7 @@
 #include <zlib.h>
 
 #include "core/alloc.h"
+#include "core/source.h"
 #include "core/status.h"
 
 /* The image decoder's allocations, capped: a small file that claims a huge image, or
@@ -69,13 +70,10 @@ fb_status fb_read_file(const char *path, size_t max_bytes, uint8_t **data, size_
 {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fb_set_error(FB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return fb_set_error(FB_ERR_IO, "%s: not a regular file", path);
-    }
+    fb_status st = fb_open_regular(path, &fd, &sb);
+    if (st) return st;
     if ((uint64_t)sb.st_size > max_bytes) {
         close(fd);
         return fb_set_error(FB_ERR_FORMAT, "%s: %lld bytes is more than the %zu allowed", path,

@@ -178,6 +178,12 @@ static fb_status check_agreement(const job *J, int k)
     return st;
 }
 
+int fb_method_reads_pretrained(const fb_method *m, const fb_modelpool *pool)
+{
+    int has = fb_modelpool_has_pretrained(pool);
+    return m->ops->needs_base || (has && (m->ops->optional_base || m->remove));
+}
+
 static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *pool)
 {
     J->num_models = fb_modelpool_num_models(pool);
@@ -279,36 +285,17 @@ static fb_status plan_output(job *J, const fb_run_options *opts)
     return st;
 }
 
-/* An output must not replace an input: not the same file, not the folder an input lives in. */
-static fb_status check_output_path(const job *J, const char *path)
+/* Every path this merge writes (the model, its masks) against every file of the pool, the
+ * models this method does not read included, and against each other: before any work. */
+static fb_status check_outputs(const fb_modelpool *pool, const char *path, const char *xpath)
 {
-    unsigned long long pdev, pino;
-    if (!fb_path_identity(path, &pdev, &pino)) return FB_OK;
-    for (int k = 0; k < J->num_inputs; k++) {
-        const fb_model *m = J->inputs[k];
-        const fb_source *prev = NULL;
-        for (int64_t i = 0; i < m->count; i++) {
-            const fb_source *s = m->tensors[i]->src;
-            if (!s || s == prev) continue; /* each file once (tensors of a file are adjacent) */
-            prev = s;
-            if ((unsigned long long)s->dev == pdev && (unsigned long long)s->ino == pino)
-                return fb_set_error(FB_ERR_ARG,
-                                    "output path %s is the input file of model '%s'; choose "
-                                    "another path",
-                                    path, J->names[k]);
-            char *dir = fb_path_dirname(s->path);
-            if (!dir) return FB_ERR_NOMEM;
-            unsigned long long ddev, dino;
-            int same = dir && fb_path_identity(dir, &ddev, &dino) && ddev == pdev && dino == pino;
-            fb_free(dir);
-            if (same)
-                return fb_set_error(FB_ERR_ARG,
-                                    "output folder %s holds the input files of model '%s'; "
-                                    "choose another path",
-                                    path, J->names[k]);
-        }
-    }
-    return FB_OK;
+    fb_input_path *inputs = NULL;
+    int n = 0;
+    fb_status st = fb_modelpool_input_files(pool, &inputs, &n);
+    const fb_output_path outs[2] = {{path, "merged model path"}, {xpath, "masks path"}};
+    if (!st) st = fb_outputs_check(outs, xpath ? 2 : 1, inputs, n);
+    fb_input_paths_free(inputs, n);
+    return st;
 }
 
 static int is_merged(const job *J, int64_t ti);
@@ -905,15 +892,18 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     if (m->ops->learn && (!opts || !opts->taskpool))
         st = fb_set_error(FB_ERR_ARG, "method %s learns from task data: give it a taskpool "
                           "(taskpool=NAME_OR_PATH)", m->ops->name);
+    if (!st && path && (m->ops->model_masks || m->ops->model_scalars) &&
+        !(xpath = fb_extras_path(path)))
+        st = FB_ERR_NOMEM;
+    if (!st && path) st = check_outputs(pool, path, xpath); /* before any work */
     if (!st) st = collect_inputs(&J, m, pool);
     if (!st && m->ops->learn) st = m->ops->learn(m->state, pool, opts); /* inputs checked first */
     if (!st) st = plan_output(&J, opts);
-    if (!st && path) st = check_output_path(&J, path);
     if (!st) st = resolve_states(&J);
     if (!st) st = plan_extras(&J);
-    if (!st && path && J.extras) {
-        if (!(xpath = fb_extras_path(path))) st = FB_ERR_NOMEM;
-        else st = check_output_path(&J, xpath);
+    if (!st && xpath && !J.extras) { /* no extras after all: nothing written there */
+        fb_free(xpath);
+        xpath = NULL;
     }
     if (!st) st = allocate_scratch(&J);
     if (!st && path) st = fb_writer_open(path, save, J.out, &J.writer);

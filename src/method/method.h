@@ -217,4 +217,7 @@ double fb_dot(const float *a, const float *b, int64_t n);
 /* The full parameter mapping of a method (for reports and --print-config). */
 const fb_config *fb_method_params(const fb_method *m);
 
+/* 1 if a run of m on pool reads "_pretrained_" (as the base, or to copy removed keys from). */
+int fb_method_reads_pretrained(const fb_method *m, const fb_modelpool *pool);
+
 #endif

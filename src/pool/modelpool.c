@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/source.h"
 #include "core/status.h"
 #include "io/writer.h"
 
@@ -111,6 +112,40 @@ const fb_model *fb_modelpool_get(const fb_modelpool *pool, const char *name)
 int fb_modelpool_has_pretrained(const fb_modelpool *pool)
 {
     return find(pool, FB_PRETRAINED) >= 0;
+}
+
+fb_status fb_modelpool_input_files(const fb_modelpool *pool, fb_input_path **out, int *n)
+{
+    fb_input_path *list = NULL;
+    int64_t cap = 0;
+    fb_status st = FB_OK;
+    *out = NULL;
+    *n = 0;
+    for (int k = 0; k < pool->count && !st; k++) {
+        const fb_model *m = pool->models[k];
+        const char *name = pool->names[k];
+        if (m->path) {
+            st = fb_input_paths_add(&list, n, &cap, m->path, "model", name);
+            char *index = st ? NULL : fb_path_join(m->path, "model.safetensors.index.json");
+            if (!st && !index) st = FB_ERR_NOMEM;
+            if (!st) st = fb_input_paths_add(&list, n, &cap, index, "model", name); /* checked only if it exists */
+            fb_free(index);
+        }
+        const fb_source *prev = NULL;
+        for (int64_t i = 0; i < m->count && !st; i++) {
+            const fb_source *s = m->tensors[i]->src;
+            if (!s || s == prev) continue; /* a file's tensors are adjacent */
+            prev = s;
+            st = fb_input_paths_add(&list, n, &cap, s->path, "model", name);
+        }
+    }
+    if (st) {
+        fb_input_paths_free(list, *n);
+        *n = 0;
+        return st;
+    }
+    *out = list;
+    return FB_OK;
 }
 
 const char *fb_modelpool_path(const fb_modelpool *pool, const char *name)
