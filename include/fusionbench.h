@@ -291,6 +291,14 @@ typedef struct fb_task_result {
 fb_status fb_taskpool_evaluate_model(fb_taskpool *taskpool, const fb_model *model,
                                      fb_task_result *results);
 
+/* ------------------------------------------------------------ interrupted runs -- */
+
+/* Removes the temporary files and folders of every output being written now (merged models,
+ * masks, reports). Async-signal-safe: call it from a SIGINT/SIGTERM handler, then end the
+ * process; the fusion_bench command does. Temporaries a killed run could not remove are
+ * removed by the next output written into the same folder. */
+void fb_remove_temporaries(void);
+
 /* ---------------------------------------------------------------------- SIMD level -- */
 
 /* The instruction sets the library's own kernels may use. Every level gives the same bytes;

@@ -115,36 +115,74 @@ TEST(allocation_failure_anywhere_in_a_merge_is_an_error)
     EXPECT(failures > 20 && successes > 0); /* every early allocation was hit, then it passed */
 }
 
-TEST(killed_merge_leaves_the_previous_output_or_none)
+static char *read_inputs(int n, size_t *len);
+
+/* Starts the CLI, sends it sig after 0 to 48 ms; returns 1 if the signal ended it. */
+static int signal_run(const char *const *argv, int sig, int i)
+{
+    pid_t pid;
+    if (posix_spawn(&pid, fb_test_cli, NULL, NULL, (char *const *)argv, environ) != 0) return 0;
+    struct timespec ts = {0, (long)(i % 13) * 4000000L};
+    nanosleep(&ts, NULL);
+    kill(pid, sig);
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) && WTERMSIG(status) == sig;
+}
+
+/* The folder holds exactly the pool's files and out.safetensors (or not even that). */
+static int only_inputs_and_output(void)
+{
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd,
+             "ls -A '%s' | grep -vxE 'base.safetensors|m[0-9].safetensors|pool.yaml|"
+             "out.safetensors|[.]std(out|err)' | grep -q .",
+             fb_test_tmp());
+    return system(cmd) != 0;
+}
+
+TEST(interrupted_merge_leaves_the_previous_output_or_none_and_no_debris)
 {
     write_pool(3, 4 * 1024 * 1024); /* 16 MB models: a merge takes tens of milliseconds */
+    size_t inputs_len;
+    char *inputs = read_inputs(3, &inputs_len); /* to show they are untouched */
+    REQUIRE(inputs);
     char pool_arg[4200], save_arg[4200];
     snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", fb_test_path("pool.yaml"));
     snprintf(save_arg, sizeof save_arg, "merged_model_save_path=%s", fb_test_path("out.safetensors"));
     const char *argv[] = {fb_test_cli, "method=task_arithmetic", pool_arg, save_arg, NULL};
-    /* a complete output first, to compare against */
-    REQUIRE(fb_test_run(argv, NULL, NULL) == 0);
-    size_t want_len;
-    char *want = fb_test_read_file(fb_test_path("out.safetensors"), &want_len);
-    REQUIRE(want);
-    int killed = 0;
-    for (int i = 0; i < 25; i++) {
-        pid_t pid;
-        REQUIRE(posix_spawn(&pid, fb_test_cli, NULL, NULL, (char *const *)argv, environ) == 0);
-        struct timespec ts = {0, (long)(i % 13) * 4000000L}; /* 0 to 48 ms */
-        nanosleep(&ts, NULL);
-        kill(pid, SIGKILL);
-        int status;
-        waitpid(pid, &status, 0);
-        killed += WIFSIGNALED(status);
-        size_t len;
-        char *got = fb_test_read_file(fb_test_path("out.safetensors"), &len);
-        if (got && (len != want_len || memcmp(got, want, len)))
-            fb_test_fail(__FILE__, __LINE__, "kill %d left a different output (%zu bytes)", i, len);
-        free(got);
+    /* SIGINT and SIGTERM: the handler removes the temporary; SIGKILL cannot be handled, and
+     * what it leaves is removed by the next run into the folder */
+    const int sigs[3] = {SIGINT, SIGTERM, SIGKILL};
+    for (int s = 0; s < 3; s++) {
+        remove(fb_test_path("out.safetensors"));
+        int stopped = 0;
+        for (int i = 0; i < 25; i++) { /* first with no previous output, then with one */
+            if (i == 12) REQUIRE(fb_test_run(argv, NULL, NULL) == 0);
+            size_t want_len = 0;
+            char *want = fb_test_read_file(fb_test_path("out.safetensors"), &want_len);
+            stopped += signal_run(argv, sigs[s], i);
+            size_t len;
+            char *got = fb_test_read_file(fb_test_path("out.safetensors"), &len);
+            if (want && !(got && len == want_len && !memcmp(got, want, len)))
+                fb_test_fail(__FILE__, __LINE__, "signal %d at moment %d: the previous output changed",
+                             sigs[s], i);
+            free(got);
+            free(want);
+            if (sigs[s] != SIGKILL && !only_inputs_and_output())
+                fb_test_fail(__FILE__, __LINE__, "signal %d at moment %d left a temporary", sigs[s], i);
+        }
+        EXPECT(stopped > 0);
     }
-    EXPECT(killed > 0);
-    free(want);
+    /* the next run sweeps what the killed runs left, and leaves only its output */
+    REQUIRE(fb_test_run(argv, NULL, NULL) == 0);
+    EXPECT(only_inputs_and_output());
+    size_t len = 0;
+    char *again = read_inputs(3, &len);
+    REQUIRE(again);
+    EXPECT(len == inputs_len && !memcmp(again, inputs, len));
+    free(again);
+    free(inputs);
 }
 
 /* Reads every input of write_pool(n, ...) into one buffer, to show they were not touched. */

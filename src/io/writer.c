@@ -1,7 +1,8 @@
 /*
  * writer.c: atomic, streaming safetensors output (see writer.h).
  *
- * Single-file output: one temporary file ".NAME.tmp-XXXXXX" beside the target, renamed over it.
+ * Single-file output: one temporary file ".NAME.tmp-PID-XXXXXX" beside the target, renamed over
+ * it (temps.c removes temporaries on a signal, and those of dead runs at the next write).
  * Folder output: a temporary folder beside the target holding model.safetensors, or the shards
  * model-0000i-of-0000N.safetensors and model.safetensors.index.json; on commit it is renamed to
  * the target, or, when a previous output folder is there, atomically exchanged with it
@@ -22,6 +23,7 @@
 #include "core/buf.h"
 #include "core/status.h"
 #include "safetensors.h"
+#include "temps.h"
 
 #define INDEX_NAME "model.safetensors.index.json"
 
@@ -42,6 +44,7 @@ struct fb_writer {
     int is_folder;
     char *path;     /* the target */
     char *tmp_path; /* the temporary file or folder */
+    int tmp_slot;   /* its entry in the table of temporaries (temps.c), or -1 */
     shard *shards;
     int num_shards;
     int64_t *tensor_shard;     /* layout index -> shard */
@@ -55,12 +58,6 @@ char *fb_path_dirname(const char *path)
     if (!slash) return fb_strdup(".");
     if (slash == path) return fb_strdup("/");
     return fb_strndup(path, (size_t)(slash - path));
-}
-
-static const char *path_basename(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
 }
 
 char *fb_path_join(const char *base, const char *rel)
@@ -133,22 +130,6 @@ static void remove_folder_files(const char *path)
     }
     closedir(d);
     rmdir(path);
-}
-
-/* Makes a unique temporary name ".BASE.tmp-XXXXXX" beside path. */
-static char *temp_name_beside(const char *path)
-{
-    char *dir = fb_path_dirname(path);
-    if (!dir) return NULL;
-    fb_buf b;
-    fb_buf_init(&b);
-    fb_buf_printf(&b, "%s/.%s.tmp-XXXXXX", dir, path_basename(path));
-    fb_free(dir);
-    if (b.failed) {
-        fb_buf_free(&b);
-        return NULL;
-    }
-    return b.data;
 }
 
 /* Splits the layout into shards of at most max_bytes of tensor data (a larger tensor gets a
@@ -278,7 +259,8 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
     w->layout = layout;
     w->is_folder = is_folder;
     w->path = fb_strdup(path);
-    w->tmp_path = temp_name_beside(path);
+    w->tmp_slot = -1;
+    w->tmp_path = fb_temp_template(path);
     int64_t nt = layout->count ? layout->count : 1;
     w->tensor_shard = fb_calloc((size_t)nt, sizeof *w->tensor_shard);
     w->tensor_offset = fb_calloc((size_t)nt, sizeof *w->tensor_offset);
@@ -289,8 +271,9 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
     }
     if ((st = plan_shards(w, is_folder ? max_shard : 0))) goto fail;
 
+    fb_temps_sweep(path); /* what killed runs left here */
     if (!is_folder) {
-        int fd = mkstemp(w->tmp_path);
+        int fd = fb_temp_create(w->tmp_path, FB_TEMP_FILE, &w->tmp_slot);
         if (fd < 0) {
             st = fb_set_error(FB_ERR_IO, "%s: cannot create output: %s", path,
                               strerror(errno));
@@ -300,7 +283,7 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
         fchmod(fd, 0644);
         if ((st = open_shard(w, 0, w->tmp_path, fd))) goto fail;
     } else {
-        if (!mkdtemp(w->tmp_path)) {
+        if (fb_temp_create(w->tmp_path, FB_TEMP_FOLDER, &w->tmp_slot) < 0) {
             st = fb_set_error(FB_ERR_IO, "%s: cannot create output folder: %s", path,
                               strerror(errno));
             w->tmp_path[0] = '\0';
@@ -402,6 +385,7 @@ static void writer_free(fb_writer *w)
     fb_free(w->shards);
     fb_free(w->tensor_shard);
     fb_free(w->tensor_offset);
+    fb_temp_forget(w->tmp_slot);
     fb_free(w->path);
     fb_free(w->tmp_path);
     fb_free(w);
@@ -496,11 +480,11 @@ fb_status fb_model_save(const fb_model *model, const char *path, const fb_save_o
 
 fb_status fb_write_text_atomic(const char *path, const char *text)
 {
-    char *dir = fb_path_dirname(path);
-    char *tmp = dir ? fb_path_join(dir, ".fb-text.tmp-XXXXXX") : NULL;
-    fb_free(dir);
+    char *tmp = fb_temp_template(path);
     if (!tmp) return FB_ERR_NOMEM;
-    int fd = mkstemp(tmp);
+    fb_temps_sweep(path);
+    int slot;
+    int fd = fb_temp_create(tmp, FB_TEMP_FILE, &slot);
     if (fd < 0) {
         fb_status st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", path,
                                     strerror(errno));
@@ -526,6 +510,7 @@ fb_status fb_write_text_atomic(const char *path, const char *text)
         st = fb_set_error(FB_ERR_IO, "%s: cannot rename into place: %s", path,
                           strerror(errno));
     if (st) unlink(tmp);
+    fb_temp_forget(slot);
     fb_free(tmp);
     return st;
 }
