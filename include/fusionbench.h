@@ -241,9 +241,16 @@ typedef struct fb_run_options {
      * FB_PAGE_CACHE_AUTO (0): when the inputs' files exceed 3/4 of the machine's memory, where
      * the cache cannot keep them between passes anyway. */
     int page_cache;
+    /* NaN and infinities. FB_NONFINITE_ERROR (0): an input entry that is not finite, or a
+     * merged entry that is not although its inputs are (a scale too large for float32, or an
+     * f16 output past 65504), is an FB_ERR_ARG naming the model, tensor and element, before
+     * anything is written at the output path. FB_NONFINITE_PROPAGATE: merged as they are
+     * (each method then does what its formula does with them; docs/methods.md). */
+    int nonfinite;
 } fb_run_options;
 
 enum { FB_PAGE_CACHE_AUTO = 0, FB_PAGE_CACHE_DROP = 1, FB_PAGE_CACHE_KEEP = 2 };
+enum { FB_NONFINITE_ERROR = 0, FB_NONFINITE_PROPAGATE = 1 };
 
 /* Merges the pool into a new in-memory model (the caller frees it). A method object may run
  * any number of merges, one at a time (not concurrently from several threads). */

@@ -41,7 +41,7 @@ enum { NUM_GROUPS = 3 };
 /* Root keys the configuration may hold after composition. */
 static const char *const root_keys[] = {
     "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
-    "dtype", "report_save_path", "print_config", "page_cache",
+    "dtype", "report_save_path", "print_config", "page_cache", "nonfinite",
 };
 
 static void usage(FILE *f)
@@ -63,6 +63,8 @@ static void usage(FILE *f)
             "  merged_model_max_shard_size=S  shard the output folder (bytes, or 5GB, 500MB)\n"
             "  dtype=D                     output dtype of float tensors (f32, f16, bf16, f64)\n"
             "  page_cache=auto|drop|keep   drop inputs/output from the page cache once merged\n"
+            "  nonfinite=error|propagate   NaN/Inf in an input or the merged model: stop (default)\n"
+            "                              or merge them as they are\n"
             "                              (auto: when the inputs exceed 3/4 of memory)\n"
             "  report_save_path=P          write a JSON report (config, models, timings, memory)\n"
             "  print_config=true           print the composed config, then run\n"
@@ -516,6 +518,7 @@ static int run(cli *c)
     const char *report_path = optional_string(root, "report_save_path", &rc);
     const char *dtype_name = optional_string(root, "dtype", &rc);
     const char *cache = optional_string(root, "page_cache", &rc);
+    const char *nonfinite = optional_string(root, "nonfinite", &rc);
     if (rc) return rc;
     progress prog = {.tty = isatty(2)};
     fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog};
@@ -531,6 +534,11 @@ static int run(cli *c)
             fb_set_error(FB_ERR_ARG, "'page_cache' is '%s'; it must be auto, drop or keep", cache);
             return fail(2, fb_last_error());
         }
+    }
+    if (nonfinite) {
+        if (!strcmp(nonfinite, "error")) ro.nonfinite = FB_NONFINITE_ERROR;
+        else if (!strcmp(nonfinite, "propagate")) ro.nonfinite = FB_NONFINITE_PROPAGATE;
+        else return fail(2, "'nonfinite' must be error or propagate");
     }
     fb_save_options so = {0};
     const fb_config *shard = fb_cfg_map_get(root, "merged_model_max_shard_size");

@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -402,11 +403,21 @@ static int parse_double_text(const char *v, double *out)
     return 1;
 }
 
+/* Every number a config gives ends up in float32 arithmetic (scales, weights, rates): NaN,
+ * infinities and values past float32's range would make every output entry NaN or Inf, so
+ * they are refused where they are written. */
 fb_status fb_cfg_double(const fb_config *n, const char *key, double *out)
 {
-    if (n && n->kind == FB_CFG_SCALAR && !n->quoted && parse_double_text(n->value, out))
-        return FB_OK;
-    return wrong_type(n, key, "a number");
+    if (!(n && n->kind == FB_CFG_SCALAR && !n->quoted && parse_double_text(n->value, out)))
+        return wrong_type(n, key, "a number");
+    if (!isfinite(*out))
+        return fb_set_error(FB_ERR_CONFIG, "%s: '%s' is %s; it must be a finite number",
+                            fb_cfg_where(n), key, n->value);
+    if (fabs(*out) > FLT_MAX)
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: '%s' is %s, past float32's range (+-3.4e38) the merge computes in",
+                            fb_cfg_where(n), key, n->value);
+    return FB_OK;
 }
 
 fb_status fb_cfg_int(const fb_config *n, const char *key, int64_t *out)

@@ -14,6 +14,7 @@
  * on the same elements of the inputs, so the bytes out never depend on threads. An error in a
  * worker is recorded with its chunk number; the lowest chunk's error is raised afterwards.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -449,6 +450,27 @@ static fb_status allocate_scratch(job *J)
 /* What a pass over a tensor's chunks does with each chunk. */
 enum { DO_MERGE = -1, DO_COPY_SOURCE = -2 }; /* >= 0: prepare pass number */
 
+/* Index of the first entry of x[0, n) that is NaN or infinite, or -1. The test is on the
+ * exponent bits, an integer reduction the compiler vectorises; the search runs only on a hit. */
+static int64_t first_nonfinite(const float *x, int64_t n)
+{
+    uint32_t hit = 0;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], 4);
+        hit |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (!hit) return -1;
+    for (int64_t j = 0; j < n; j++)
+        if (!isfinite(x[j])) return j;
+    return -1;
+}
+
+static int check_nonfinite(const job *J)
+{
+    return !J->opts || J->opts->nonfinite != FB_NONFINITE_PROPAGATE;
+}
+
 /* Reads chunk c of every input of the current tensor as f32 (thread tid's buffers). */
 static fb_status load_chunk(const job *J, int64_t c, int tid, fb_merge_chunk *mc)
 {
@@ -472,6 +494,16 @@ static fb_status load_chunk(const job *J, int64_t c, int tid, fb_merge_chunk *mc
         if ((st = fb_tensor_view(t, (size_t)begin * es, (size_t)n * es, rbuf, &p))) return st;
         if ((st = fb_convert_to_f32(t->dtype, p, fbuf, n))) return st;
         ptrs[k] = fbuf;
+    }
+    for (int k = 0; check_nonfinite(J) && k < J->num_inputs; k++) {
+        int64_t bad = first_nonfinite(ptrs[k], n);
+        if (bad >= 0)
+            return fb_set_error(FB_ERR_ARG,
+                                "tensor '%s' of model '%s' holds %s at element %lld; merging it "
+                                "would spread it (nonfinite=propagate merges it anyway)",
+                                J->tensors[k]->name, label(J, k),
+                                isnan(ptrs[k][bad]) ? "NaN" : "an infinity",
+                                (long long)(begin + bad));
     }
     *mc = (fb_merge_chunk){
         .tensor = rt,
@@ -540,6 +572,30 @@ static fb_status store_masks(const job *J, int64_t ti, const fb_merge_chunk *mc)
     return FB_OK;
 }
 
+/* A merged chunk of finite inputs must be finite, and fit the output dtype (f16 tops out at
+ * 65504: larger values round to infinity). */
+static fb_status check_merged(const fb_tensor *ot, const fb_merge_chunk *mc)
+{
+    for (int alt = 0; alt < 2; alt++) {
+        const float *f = alt ? mc->out_alt : mc->out;
+        if (!f) continue;
+        int64_t bad = first_nonfinite(f, mc->count);
+        if (bad >= 0)
+            return fb_set_error(FB_ERR_ARG,
+                                "merged tensor '%s' is %s at element %lld although every input is "
+                                "finite: a scale or weight too large for float32?",
+                                ot->name, isnan(f[bad]) ? "NaN" : "infinite",
+                                (long long)(mc->begin + bad));
+        for (int64_t j = 0; ot->dtype == FB_F16 && j < mc->count; j++)
+            if (fabsf(f[j]) >= 65520.0f)
+                return fb_set_error(FB_ERR_ARG,
+                                    "merged tensor '%s' is %g at element %lld, past F16's largest "
+                                    "value 65504 (choose dtype=bf16 or f32)",
+                                    ot->name, (double)f[j], (long long)(mc->begin + j));
+    }
+    return FB_OK;
+}
+
 /* Does `what` to chunk c of the current float tensor ti on thread tid. */
 static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int what)
 {
@@ -571,6 +627,7 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
         if ((st = ops->merge(J->tstate[ti], &mc)))
             return fb_error_prefix(st, "tensor '%s'", mc.tensor->name);
         if (mc.masks && (st = store_masks(J, ti, &mc))) return st;
+        if (check_nonfinite(J) && (st = check_merged(ot, &mc))) return st;
     }
     return store_chunk(J, ti, &mc, tid);
 }
