@@ -484,7 +484,7 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     free(err0);
     const char *argv_bad1[] = {fb_test_cli, "method=adamerging", mp, NULL};
     char *err = NULL;
-    EXPECT(fb_test_run(argv_bad1, NULL, &err) == 1 && err && strstr(err, "learns from task data"));
+    EXPECT(fb_test_run(argv_bad1, NULL, &err) == 2 && err && strstr(err, "learns from task data"));
     free(err);
     const char *argv_bad2[] = {fb_test_cli, "method=fisher_merging", "method.num_fisher_examples=0", mp, tp, NULL};
     EXPECT(fb_test_run(argv_bad2, NULL, &err) != 0 && err && strstr(err, "num_fisher_examples must be positive"));

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -86,6 +87,14 @@ static int fail(int code, const char *what)
 {
     fprintf(stderr, "fusion_bench: error: %s\n", what);
     return code;
+}
+
+/* The exit status for a failed step (docs/cli.md): 2 when what was asked for is wrong (the
+ * command line or a config: a bad key, value or combination), 1 when the run failed on its
+ * inputs or outputs (a file unreadable or malformed, models that disagree, a full disk). */
+static int exit_code(fb_status st)
+{
+    return st == FB_ERR_CONFIG || st == FB_ERR_ARG || st == FB_ERR_UNSUPPORTED ? 2 : 1;
 }
 
 static double now(void)
@@ -221,7 +230,9 @@ static fb_status read_defaults(fb_config *root, const char **selection)
     return FB_OK;
 }
 
-/* "5GB", "500MB", "1GiB" or a byte count; Hugging Face's units (GB = 10^9). */
+/* "5GB", "500MB", "1GiB" or a byte count, read as transformers' convert_file_size_to_int
+ * reads them: units in any case (GB = 10^9, GiB = 2^30), and a decimal unit ending in a lower
+ * case b counts bits ("5Gb" and "5gb" are 625,000,000 bytes). */
 static fb_status parse_size(const fb_config *n, size_t *out)
 {
     const char *s;
@@ -238,8 +249,10 @@ static fb_status parse_size(const fb_config *n, size_t *out)
                  {"GiB", 1073741824.0}};
     if (end != s && v > 0 && errno == 0) {
         for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-            if (strcmp(end, units[i].unit) == 0) {
-                *out = (size_t)(v * units[i].scale);
+            if (strcasecmp(end, units[i].unit) == 0) {
+                size_t n = strlen(end);
+                int bits = n == 2 && end[1] == 'b' && units[i].scale > 1;
+                *out = (size_t)(v * units[i].scale / (bits ? 8 : 1));
                 return FB_OK;
             }
         }
@@ -253,6 +266,7 @@ static fb_status parse_size(const fb_config *n, size_t *out)
 typedef struct cli {
     const char *config_dir_opt;
     int print_config_only, threads;
+    char incomplete[FB_ERROR_MAX]; /* --print-config: why the composed config would not run */
     fb_config *root;
     fb_method *method;
     fb_modelpool *pool;
@@ -321,11 +335,11 @@ static int compose(cli *c, int argc, char **argv)
         for (size_t k = 0; k < sizeof root_keys / sizeof root_keys[0]; k++)
             known |= strcmp(c->root->keys[i], root_keys[k]) == 0;
         if (!known) {
-            char msg[512];
-            snprintf(msg, sizeof msg,
-                     "unknown config key '%s' (known: method, modelpool, taskpool, merged_model_save_path, "
-                     "merged_model_max_shard_size, dtype, report_save_path, print_config)",
-                     c->root->keys[i]);
+            char msg[1024], list[512] = "";
+            for (size_t k = 0; k < sizeof root_keys / sizeof root_keys[0]; k++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "",
+                         root_keys[k]);
+            snprintf(msg, sizeof msg, "unknown config key '%s' (known: %s)", c->root->keys[i], list);
             rc = fail(2, msg);
             goto done;
         }
@@ -337,6 +351,10 @@ static int compose(cli *c, int argc, char **argv)
         goto done;
     }
     if (fb_method_create_from_config(mnode, &c->method)) {
+        if (c->print_config_only) { /* show what was composed, and why it would not run */
+            snprintf(c->incomplete, sizeof c->incomplete, "%s", fb_last_error());
+            goto done;
+        }
         rc = fail(2, fb_last_error());
         goto done;
     }
@@ -524,6 +542,10 @@ static int run(cli *c)
     fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog};
     if (dtype_name) {
         if (fb_dtype_from_name(dtype_name, &ro.out_dtype)) return fail(2, fb_last_error());
+        if (ro.out_dtype != FB_F32 && ro.out_dtype != FB_F16 && ro.out_dtype != FB_BF16 &&
+            ro.out_dtype != FB_F64)
+            return fail(2, "'dtype' must be a float dtype the merge can write: f32, f16, bf16 or "
+                           "f64");
         ro.out_dtype_set = 1;
     }
     if (cache) {
@@ -552,11 +574,12 @@ static int run(cli *c)
     const fb_config *pnode = fb_cfg_map_get(root, "modelpool");
     if (fb_cfg_is_null(pnode))
         return fail(2, "no model pool selected (modelpool=NAME_OR_PATH; see --help)");
-    if (fb_modelpool_from_config(pnode, &c->pool)) return fail(1, fb_last_error());
+    fb_status pst = fb_modelpool_from_config(pnode, &c->pool);
+    if (pst) return fail(exit_code(pst), fb_last_error());
     const fb_config *tnode = fb_cfg_map_get(root, "taskpool");
     if (!fb_cfg_is_null(tnode)) {
         fb_status e = fb_taskpool_open(tnode, &c->taskpool);
-        if (e) return fail(e == FB_ERR_CONFIG ? 2 : 1, fb_last_error());
+        if (e) return fail(exit_code(e), fb_last_error());
     }
     ro.taskpool = c->taskpool;
     if (check_outputs(c, out_path, report_path)) return fail(2, fb_last_error());
@@ -616,7 +639,7 @@ static int run(cli *c)
     fb_model_free(mem_extras);
     if (st) {
         fb_free(results);
-        return fail(1, fb_last_error());
+        return fail(exit_code(st), fb_last_error());
     }
 
     const fb_model *ref = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, 0));
@@ -710,57 +733,89 @@ int main(int argc, char **argv)
 {
     install_signal_cleanup();
     cli c = {0};
-    int first = 1;
-    for (; first < argc && strncmp(argv[first], "--", 2) == 0; first++) {
-        const char *a = argv[first];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    /* Options may stand anywhere, as --name VALUE or --name=VALUE; the rest (group choices and
+     * overrides, or `zoo` and its overrides) keep their order. */
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int nrest = 0;
+    if (!rest) return fail(1, "out of memory");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 && strcmp(a, "-h") != 0) {
+            rest[nrest++] = argv[i];
+            continue;
+        }
+        char name[64];
+        const char *eq = strchr(a, '='), *v = eq ? eq + 1 : NULL;
+        snprintf(name, sizeof name, "%.*s", (int)(eq ? (size_t)(eq - a) : strlen(a)), a);
+        int takes_value = !strcmp(name, "--threads") || !strcmp(name, "--config-dir");
+        if (!takes_value && v) {
+            free(rest);
+            fprintf(stderr, "fusion_bench: error: %s takes no value (got '%s')\n", name, a);
+            return 2;
+        }
+        if (takes_value && !v) {
+            if (i + 1 >= argc) {
+                free(rest);
+                fprintf(stderr, "fusion_bench: error: %s needs a value\n", name);
+                return 2;
+            }
+            v = argv[++i];
+        }
+        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
+            free(rest);
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--version")) {
+        } else if (!strcmp(name, "--version")) {
+            free(rest);
             fb_simd level;
             if (fb_simd_get(&level)) return fail(2, fb_last_error());
             printf("fusion_bench %s\nsimd: %s (best on this CPU: %s)\nblas: OpenBLAS %s\n",
                    FB_VERSION_STRING, fb_simd_name(level), fb_simd_name(fb_simd_best()),
                    openblas_get_corename());
             return 0;
-        } else if (!strcmp(a, "--list-methods")) {
+        } else if (!strcmp(name, "--list-methods")) {
+            free(rest);
             return list_methods();
-        } else if (!strcmp(a, "--print-config")) {
+        } else if (!strcmp(name, "--print-config")) {
             c.print_config_only = 1;
-        } else if (!strcmp(a, "--threads") || !strcmp(a, "--config-dir")) {
-            if (first + 1 >= argc) {
-                fprintf(stderr, "fusion_bench: error: %s needs a value\n", a);
-                return 2;
-            }
-            const char *v = argv[++first];
-            if (!strcmp(a, "--config-dir")) {
-                c.config_dir_opt = v;
-                continue;
-            }
+        } else if (!strcmp(name, "--config-dir")) {
+            c.config_dir_opt = v;
+        } else if (!strcmp(name, "--threads")) {
             char *end;
             long t = strtol(v, &end, 10);
-            if (*end || t < 1 || t > 4096) {
+            if (end == v || *end || t < 1 || t > 4096) {
+                free(rest);
                 fprintf(stderr, "fusion_bench: error: --threads needs a positive integer, got '%s'\n", v);
                 return 2;
             }
             c.threads = (int)t;
         } else {
+            free(rest);
             fprintf(stderr, "fusion_bench: error: unknown option '%s' (see --help)\n", a);
             return 2;
         }
     }
+    int rc;
     if (c.threads) fb_set_num_threads(c.threads);
-    if (fb_simd_get(NULL)) return fail(2, fb_last_error()); /* FB_SIMD, before any work */
-    if (first < argc && !strcmp(argv[first], "zoo")) {
+    if (fb_simd_get(NULL)) { /* FB_SIMD, before any work */
+        free(rest);
+        return fail(2, fb_last_error());
+    }
+    if (nrest > 0 && !strcmp(rest[0], "zoo")) {
         char *dir = find_config_dir(c.config_dir_opt);
-        if (!dir) return fail(2, fb_last_error());
-        int rc = fb_zoo_main(dir, argc - first - 1, argv + first + 1);
+        rc = dir ? fb_zoo_main(dir, nrest - 1, rest + 1) : fail(2, fb_last_error());
         fb_free(dir);
+        free(rest);
         return rc;
     }
-    int rc = compose(&c, argc - first, argv + first);
-    if (!rc && c.print_config_only) print_config(c.root);
+    rc = compose(&c, nrest, rest);
+    if (!rc && c.print_config_only) {
+        print_config(c.root);
+        if (c.incomplete[0])
+            fprintf(stderr, "fusion_bench: note: this config would not run: %s\n", c.incomplete);
+    }
     else if (!rc) rc = run(&c);
+    free(rest);
     fb_modelpool_free(c.pool);
     fb_taskpool_free(c.taskpool);
     fb_method_free(c.method);

@@ -355,9 +355,11 @@ const fb_config *fb_config_get(const fb_config *cfg, const char *dotted_key)
 
 static _Thread_local char where_buf[512];
 
+/* Nodes without a file: those of command-line overrides carry line -1, the rest came from
+ * code (fb_method_create's parameters, fb_config_parse). */
 const char *fb_cfg_where(const fb_config *n)
 {
-    if (!n || !n->origin) return "command line";
+    if (!n || !n->origin) return n && n->line < 0 ? "command line" : "parameters";
     snprintf(where_buf, sizeof where_buf, "%s:%d", n->origin, n->line);
     return where_buf;
 }
@@ -456,6 +458,12 @@ fb_status fb_cfg_double_list(const fb_config *n, const char *key, double **out, 
     return FB_OK;
 }
 
+static void mark_command_line(fb_config *n)
+{
+    n->line = -1;
+    for (int i = 0; i < n->count; i++) mark_command_line(n->items[i]);
+}
+
 fb_status fb_cfg_override(fb_config *root, const char *dotted_key, const char *value_text)
 {
     if (root->kind != FB_CFG_MAP)
@@ -466,6 +474,7 @@ fb_status fb_cfg_override(fb_config *root, const char *dotted_key, const char *v
     if (st)
         return fb_set_error(FB_ERR_CONFIG, "override %s=%s: the value is not valid YAML",
                             dotted_key, value_text);
+    mark_command_line(value);
     fb_config *node = root;
     const char *s = dotted_key;
     for (;;) {
@@ -485,6 +494,7 @@ fb_status fb_cfg_override(fb_config *root, const char *dotted_key, const char *v
                 fb_config_free(value);
                 return st;
             }
+            child->line = -1;
             if ((st = fb_cfg_map_set(node, part, child))) {
                 fb_config_free(value);
                 return st;

@@ -58,7 +58,8 @@ fb_status fb_cfg_override(fb_config *root, const char *dotted_key, const char *v
 /* Renders as YAML into a malloc'd string (free with free()). */
 char *fb_cfg_to_yaml(const fb_config *node);
 
-/* "file:line" of a node for messages, or "command line". Uses a thread-local buffer. */
+/* "file:line" of a node for messages; "command line" for an override's nodes, "parameters"
+ * for nodes made in code. Uses a thread-local buffer. */
 const char *fb_cfg_where(const fb_config *node);
 
 #endif

@@ -498,7 +498,7 @@ static fb_status load_chunk(const job *J, int64_t c, int tid, fb_merge_chunk *mc
     for (int k = 0; check_nonfinite(J) && k < J->num_inputs; k++) {
         int64_t bad = first_nonfinite(ptrs[k], n);
         if (bad >= 0)
-            return fb_set_error(FB_ERR_ARG,
+            return fb_set_error(FB_ERR_FORMAT,
                                 "tensor '%s' of model '%s' holds %s at element %lld; merging it "
                                 "would spread it (nonfinite=propagate merges it anyway)",
                                 J->tensors[k]->name, label(J, k),

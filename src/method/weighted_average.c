@@ -34,7 +34,8 @@ static fb_status create(const fb_config *p, void **out)
     const fb_config *w = fb_cfg_map_get(p, "weights");
     if (fb_cfg_is_null(w))
         return fb_set_error(FB_ERR_CONFIG, "'weights' is required: one weight per model, e.g. "
-                                           "weights=[0.5,0.3,0.2]");
+                                           "[0.5, 0.3, 0.2] (on the command line: "
+                                           "method.weights=[0.5,0.3,0.2])");
     int normalize;
     fb_status st = fb_cfg_bool(fb_cfg_map_get(p, "normalize"), "normalize", &normalize);
     if (st) return st;
