@@ -643,10 +643,18 @@ static int run(cli *c)
     }
 
     const fb_model *ref = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, 0));
+    const fb_pattern_use *rep_patterns = NULL;
+    /* a pattern that matched no tensor is most likely a typo or the wrong anchoring */
+    for (int i = 0, n = fb_method_pattern_uses(c->method, &rep_patterns); i < n; i++)
+        if (rep_patterns[i].pattern && !rep_patterns[i].count)
+            fprintf(stderr, "fusion_bench: warning: method.%s[%d] '%s' matches no tensor\n",
+                    rep_patterns[i].param, rep_patterns[i].entry, rep_patterns[i].pattern);
     fb_run_report rep = {
         .config = root,
         .pool = c->pool,
         .pretrained_read = fb_method_reads_pretrained(c->method, c->pool),
+        .num_patterns = fb_method_pattern_uses(c->method, &rep_patterns),
+        .patterns = rep_patterns,
         .method = fb_method_name(c->method),
         .output_path = out_path,
         .merged_tensors = fb_model_num_tensors(ref),

@@ -69,6 +69,26 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
     if (!root) return fb_set_error(FB_ERR_NOMEM, "out of memory building the report");
     cJSON_AddStringToObject(root, "fusion_bench_version", FB_VERSION_STRING);
     cJSON_AddStringToObject(root, "method", r->method);
+    if (r->num_patterns) { /* remove_keys and per-tensor values: which tensors each applied to */
+        cJSON *arr = cJSON_AddArrayToObject(root, "patterns");
+        for (int i = 0; arr && i < r->num_patterns; i++) {
+            const fb_pattern_use *u = &r->patterns[i];
+            cJSON *o = cJSON_CreateObject();
+            if (!o) break;
+            cJSON_AddStringToObject(o, "parameter", u->param);
+            cJSON_AddNumberToObject(o, "entry", u->entry);
+            if (u->pattern) cJSON_AddStringToObject(o, "pattern", u->pattern);
+            else cJSON_AddNullToObject(o, "pattern");
+            if (strcmp(u->param, "remove_keys")) {
+                if (u->value) cJSON_AddItemToObject(o, "value", config_to_json(u->value));
+                else cJSON_AddStringToObject(o, "value", "(the parameter's default)");
+            }
+            cJSON *names = cJSON_AddArrayToObject(o, "tensors");
+            for (int64_t t = 0; names && t < u->count; t++)
+                cJSON_AddItemToArray(names, cJSON_CreateString(u->tensors[t]));
+            cJSON_AddItemToArray(arr, o);
+        }
+    }
     cJSON_AddItemToObject(root, "config", config_to_json(r->config));
     cJSON_AddItemToObject(root, "models", models_json(r->pool, r->pretrained_read));
     cJSON *merged = cJSON_AddObjectToObject(root, "merged_model");

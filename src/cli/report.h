@@ -5,6 +5,7 @@
 #define FB_CLI_REPORT_H
 
 #include "config/config.h"
+#include "method/method.h"
 #include "pool/modelpool.h"
 #include "pool/taskpool.h"
 
@@ -20,6 +21,8 @@ typedef struct fb_run_report {
     const fb_modelpool *pool;
     int pretrained_read; /* the method read _pretrained_ (else the report says it was not) */
     const char *method;
+    const fb_pattern_use *patterns; /* the method's name patterns and what they matched */
+    int num_patterns;
     const char *output_path;  /* NULL when the merge was not saved */
     const char *extras_path;  /* per-model masks and scalars, or NULL */
     const fb_model *extras;   /* the same, opened, for scalars to report; may be NULL */

@@ -158,6 +158,20 @@ typedef struct fb_method_ops {
 /* A parameter given per tensor: [{filter: REGEX, value: V}, ..., {value: DEFAULT}]. */
 typedef struct fb_param_rules fb_param_rules;
 
+/* A pattern of a method's parameters and the tensors it applied to in the last merge: an entry
+ * of remove_keys, or an entry of a per-tensor parameter ([{filter, value}, ...]; the entry
+ * without a filter, or entry -1 with pattern NULL when there is none, takes the tensors no
+ * filter matched). */
+typedef struct fb_pattern_use {
+    const char *param;      /* "remove_keys" or the parameter's name (borrowed) */
+    int entry;              /* index in its list, or -1 */
+    const char *pattern;    /* the pattern (borrowed), or NULL */
+    const fb_config *value; /* per-tensor parameters: the entry's value, or NULL (the default) */
+    int64_t count;          /* tensors it applied to */
+    char **tensors;         /* their names */
+    int64_t cap;
+} fb_pattern_use;
+
 struct fb_method {
     const fb_method_ops *ops;
     fb_config *params; /* every parameter, defaults filled in (per-tensor lists as given) */
@@ -169,7 +183,13 @@ struct fb_method {
     char **variant_keys;
     void **variant_states;
     int num_variants;
+    fb_pattern_use *uses; /* remove_keys' patterns, then each rule's entries */
+    int num_uses;
 };
+
+/* The patterns of m's parameters with the tensors each applied to in the last merge (the
+ * CLI warns of a pattern that matched nothing and lists them in the report). */
+int fb_method_pattern_uses(const fb_method *m, const fb_pattern_use **uses);
 
 /* The state to merge tensor `name` with: m->state, or the state made for the values the
  * per-tensor rules give this tensor (made and set up on first use in this merge). */
@@ -195,6 +215,7 @@ extern const int fb_method_registry_size;
 /* Builds a filter from a config node: null or [] is an empty filter; `key` names it in errors. */
 fb_status fb_name_filter_create(const fb_config *node, const char *key, fb_name_filter **out);
 int fb_name_filter_matches(const fb_name_filter *f, const char *name); /* 0 when empty */
+int fb_name_filter_first(const fb_name_filter *f, const char *name); /* matching pattern or -1 */
 int fb_name_filter_empty(const fb_name_filter *f);
 void fb_name_filter_free(fb_name_filter *f);
 

@@ -1,6 +1,7 @@
 /*
- * params.c: helpers method files share: tensor-name filters (regular expressions, as
- * FusionBench's remove_keys and extract_names), the linear-weight rule, bounded numbers.
+ * params.c: helpers method files share: tensor-name filters (regular expressions matched
+ * anywhere in a name, for remove_keys and extract_names), the linear-weight rule, bounded
+ * numbers.
  */
 #include <math.h>
 #include <regex.h>
@@ -42,16 +43,9 @@ fb_status fb_name_filter_create(const fb_config *node, const char *key, fb_name_
         char k[300];
         snprintf(k, sizeof k, "%s[%d]", key, i);
         if ((st = fb_cfg_string(node->items[i], k, &pattern))) break;
-        /* anchored: a pattern matches the whole name, so a plain name matches itself */
-        size_t n = strlen(pattern);
-        char *anchored = fb_malloc(n + 5);
-        if (!anchored) {
-            st = FB_ERR_NOMEM;
-            break;
-        }
-        snprintf(anchored, n + 5, "^(%s)$", pattern);
-        int rc = regcomp(&f->res[f->count], anchored, REG_EXTENDED | REG_NOSUB);
-        fb_free(anchored);
+        /* matched anywhere in the name, as per-tensor filters are (Python's re.search, mergekit's
+         * substring test); ^ and $ anchor. A full name given as is matches that tensor. */
+        int rc = regcomp(&f->res[f->count], pattern, REG_EXTENDED | REG_NOSUB);
         if (rc != 0) {
             char msg[200];
             regerror(rc, NULL, msg, sizeof msg);
@@ -69,11 +63,16 @@ fb_status fb_name_filter_create(const fb_config *node, const char *key, fb_name_
     return FB_OK;
 }
 
-int fb_name_filter_matches(const fb_name_filter *f, const char *name)
+int fb_name_filter_first(const fb_name_filter *f, const char *name)
 {
     for (int i = 0; f && i < f->count; i++)
-        if (regexec(&f->res[i], name, 0, NULL, 0) == 0) return 1;
-    return 0;
+        if (regexec(&f->res[i], name, 0, NULL, 0) == 0) return i;
+    return -1;
+}
+
+int fb_name_filter_matches(const fb_name_filter *f, const char *name)
+{
+    return fb_name_filter_first(f, name) >= 0;
 }
 
 int fb_name_filter_empty(const fb_name_filter *f) { return !f || f->count == 0; }

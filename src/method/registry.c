@@ -193,6 +193,76 @@ static fb_status parse_rules(fb_method *m)
     return FB_OK;
 }
 
+/* The entries of m->uses: remove_keys' patterns in order, then each rule's entries, and a
+ * default entry for a rule whose every entry has a filter. */
+static fb_status plan_pattern_uses(fb_method *m, const fb_config *remove)
+{
+    int n = remove && remove->kind == FB_CFG_SEQ ? remove->count : 0;
+    for (int i = 0; i < m->num_rules; i++) {
+        int unfiltered = 0;
+        for (int k = 0; k < m->rules[i].count; k++) unfiltered |= !m->rules[i].has_filter[k];
+        n += m->rules[i].count + !unfiltered;
+    }
+    if (!n) return FB_OK;
+    if (!(m->uses = fb_calloc((size_t)n, sizeof *m->uses))) return FB_ERR_NOMEM;
+    for (int k = 0; remove && remove->kind == FB_CFG_SEQ && k < remove->count; k++)
+        m->uses[m->num_uses++] = (fb_pattern_use){.param = "remove_keys", .entry = k,
+                                                   .pattern = remove->items[k]->value};
+    for (int i = 0; i < m->num_rules; i++) {
+        const fb_config *list = fb_cfg_map_get(m->params, m->rules[i].param);
+        int unfiltered = 0;
+        for (int k = 0; k < m->rules[i].count; k++) {
+            const fb_config *f = fb_cfg_map_get(list->items[k], "filter");
+            unfiltered |= !m->rules[i].has_filter[k];
+            m->uses[m->num_uses++] = (fb_pattern_use){
+                .param = m->rules[i].param, .entry = k,
+                .pattern = m->rules[i].has_filter[k] ? f->value : NULL,
+                .value = m->rules[i].values[k]};
+        }
+        if (!unfiltered)
+            m->uses[m->num_uses++] = (fb_pattern_use){.param = m->rules[i].param, .entry = -1};
+    }
+    return FB_OK;
+}
+
+static fb_status record_use(fb_pattern_use *u, const char *name)
+{
+    if (fb_reserve(&u->tensors, &u->cap, u->count + 1, sizeof *u->tensors)) return FB_ERR_NOMEM;
+    if (!(u->tensors[u->count] = fb_strdup(name))) return FB_ERR_NOMEM;
+    u->count++;
+    return FB_OK;
+}
+
+/* Counts tensor `name` under the remove_keys pattern that matches it and under the entry each
+ * per-tensor rule picks for it. */
+static fb_status record_pattern_uses(fb_method *m, const char *name)
+{
+    fb_status st = FB_OK;
+    int nremove = 0;
+    while (nremove < m->num_uses && !strcmp(m->uses[nremove].param, "remove_keys")) nremove++;
+    int hit = fb_name_filter_first(m->remove, name);
+    if (hit >= 0 && hit < nremove) st = record_use(&m->uses[hit], name);
+    int u = nremove;
+    for (int i = 0; i < m->num_rules && !st; i++) {
+        const fb_param_rules *rule = &m->rules[i];
+        int pick = -1, unfiltered = 0;
+        for (int k = 0; k < rule->count; k++) {
+            unfiltered |= !rule->has_filter[k];
+            if (pick < 0 && (!rule->has_filter[k] || regexec(&rule->filters[k], name, 0, NULL, 0) == 0))
+                pick = k;
+        }
+        st = record_use(&m->uses[u + (pick >= 0 ? pick : rule->count)], name);
+        u += rule->count + !unfiltered;
+    }
+    return st;
+}
+
+int fb_method_pattern_uses(const fb_method *m, const fb_pattern_use **uses)
+{
+    *uses = m->uses;
+    return m->num_uses;
+}
+
 /* The parameters for tensor `name` (or, with name NULL, for a tensor no filter matches;
  * `force` picks entry `force_entry` of rule `force_rule` instead, for validation). */
 static fb_status resolve(const fb_method *m, const char *name, int force_rule, int force_entry,
@@ -237,6 +307,12 @@ static void destroy_state(const fb_method_ops *ops, void *state)
 
 void fb_method_reset_variants(fb_method *m)
 {
+    for (int i = 0; i < m->num_uses; i++) {
+        for (int64_t t = 0; t < m->uses[i].count; t++) fb_free(m->uses[i].tensors[t]);
+        fb_free(m->uses[i].tensors);
+        m->uses[i].tensors = NULL;
+        m->uses[i].count = m->uses[i].cap = 0;
+    }
     for (int i = 0; i < m->num_variants; i++) {
         fb_free(m->variant_keys[i]);
         destroy_state(m->ops, m->variant_states[i]);
@@ -252,6 +328,8 @@ fb_status fb_method_state_for(fb_method *m, const char *name, const fb_merge_set
                               void **state)
 {
     *state = m->state;
+    fb_status rec = m->num_uses ? record_pattern_uses(m, name) : FB_OK;
+    if (rec) return rec;
     if (!m->num_rules) return FB_OK;
     fb_config *r;
     fb_status st = resolve(m, name, -1, -1, &r);
@@ -345,6 +423,7 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     if (!st && remove && ops->plan)
         st = fb_set_error(FB_ERR_UNSUPPORTED, "remove_keys does not apply to a restructuring method");
     if (!st) st = parse_rules(m);
+    if (!st) st = plan_pattern_uses(m, remove ? fb_cfg_map_get(m->params, "remove_keys") : NULL);
     if (!st && m->num_rules && (ops->prepare_passes || ops->merge_finish))
         st = fb_set_error(FB_ERR_UNSUPPORTED,
                           "per-tensor values of '%s' are not supported: the method computes "
@@ -430,6 +509,7 @@ void fb_method_free(fb_method *m)
     if (m->state) destroy_state(m->ops, m->state);
     free_rules(m->rules, m->num_rules);
     fb_name_filter_free(m->remove);
+    fb_free(m->uses);
     fb_config_free(m->params);
     fb_free(m);
 }
