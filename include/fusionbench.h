@@ -247,6 +247,10 @@ typedef struct fb_run_options {
      * anything is written at the output path. FB_NONFINITE_PROPAGATE: merged as they are
      * (each method then does what its formula does with them; docs/methods.md). */
     int nonfinite;
+    /* 1: read every float tensor as float32, so models may hold the same tensor in different
+     * float dtypes (f16 and bf16 checkpoints of one base); the output is then float32 unless
+     * out_dtype is set. 0 (default): models that disagree on a dtype are an error. */
+    int inputs_as_f32;
 } fb_run_options;
 
 enum { FB_PAGE_CACHE_AUTO = 0, FB_PAGE_CACHE_DROP = 1, FB_PAGE_CACHE_KEEP = 2 };

@@ -42,7 +42,7 @@ enum { NUM_GROUPS = 3 };
 /* Root keys the configuration may hold after composition. */
 static const char *const root_keys[] = {
     "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
-    "dtype", "report_save_path", "print_config", "page_cache", "nonfinite",
+    "dtype", "report_save_path", "print_config", "page_cache", "nonfinite", "input_dtype",
 };
 
 static void usage(FILE *f)
@@ -64,6 +64,8 @@ static void usage(FILE *f)
             "  merged_model_max_shard_size=S  shard the output folder (bytes, or 5GB, 500MB)\n"
             "  dtype=D                     output dtype of float tensors (f32, f16, bf16, f64)\n"
             "  page_cache=auto|drop|keep   drop inputs/output from the page cache once merged\n"
+            "  input_dtype=f32             read float tensors as float32, so models may differ in\n"
+            "                              float dtype (output f32 unless dtype= says otherwise)\n"
             "  nonfinite=error|propagate   NaN/Inf in an input or the merged model: stop (default)\n"
             "                              or merge them as they are\n"
             "                              (auto: when the inputs exceed 3/4 of memory)\n"
@@ -537,6 +539,7 @@ static int run(cli *c)
     const char *dtype_name = optional_string(root, "dtype", &rc);
     const char *cache = optional_string(root, "page_cache", &rc);
     const char *nonfinite = optional_string(root, "nonfinite", &rc);
+    const char *input_dtype = optional_string(root, "input_dtype", &rc);
     if (rc) return rc;
     progress prog = {.tty = isatty(2)};
     fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog};
@@ -556,6 +559,11 @@ static int run(cli *c)
             fb_set_error(FB_ERR_ARG, "'page_cache' is '%s'; it must be auto, drop or keep", cache);
             return fail(2, fb_last_error());
         }
+    }
+    if (input_dtype) {
+        if (strcasecmp(input_dtype, "f32") && strcasecmp(input_dtype, "float32"))
+            return fail(2, "'input_dtype' can only be f32 (every float tensor read as float32)");
+        ro.inputs_as_f32 = 1;
     }
     if (nonfinite) {
         if (!strcmp(nonfinite, "error")) ro.nonfinite = FB_NONFINITE_ERROR;

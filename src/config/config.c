@@ -410,6 +410,12 @@ static int parse_double_text(const char *v, double *out)
  * they are refused where they are written. */
 fb_status fb_cfg_double(const fb_config *n, const char *key, double *out)
 {
+    if (n && n->kind == FB_CFG_SEQ) /* a method parameter can vary by tensor, not by model */
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: '%s' must be a number, got a list; to give tensors their own "
+                            "values write [{filter: REGEX, value: V}, ..., {value: DEFAULT}] (one "
+                            "weight per model is weighted_average's 'weights')",
+                            fb_cfg_where(n), key);
     if (!(n && n->kind == FB_CFG_SCALAR && !n->quoted && parse_double_text(n->value, out)))
         return wrong_type(n, key, "a number");
     if (!isfinite(*out))

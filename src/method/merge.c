@@ -130,9 +130,12 @@ static fb_status check_agreement(const job *J, int k)
             nmissing++;
             continue;
         }
-        if (ta->dtype != tb->dtype)
+        int upcast = J->opts && J->opts->inputs_as_f32 && fb_dtype_is_float(ta->dtype) &&
+                     fb_dtype_is_float(tb->dtype);
+        if (ta->dtype != tb->dtype && !upcast)
             return fb_set_error(FB_ERR_MISMATCH,
-                                "tensor '%s' is %s in model '%s' (%s) but %s in model '%s' (%s)",
+                                "tensor '%s' is %s in model '%s' (%s) but %s in model '%s' (%s); "
+                                "input_dtype=f32 reads every float tensor as float32",
                                 ta->name, fb_dtype_name(tb->dtype), label(J, k),
                                 fb_model_label(b), fb_dtype_name(ta->dtype), J->ref_name,
                                 fb_model_label(a));
@@ -244,6 +247,7 @@ static fb_status output_dtype(const fb_tensor *t, const fb_run_options *opts, fb
 {
     *out = t->dtype;
     if (!fb_dtype_is_float(t->dtype)) return FB_OK;
+    if (opts && opts->inputs_as_f32) *out = FB_F32;
     if (opts && opts->out_dtype_set) *out = opts->out_dtype;
     if (*out == FB_F64 || *out == FB_F32 || *out == FB_F16 || *out == FB_BF16) return FB_OK;
     return fb_set_error(FB_ERR_UNSUPPORTED,
@@ -402,6 +406,11 @@ static fb_status allocate_scratch(job *J)
         if (!fb_dtype_is_float(in->dtype)) continue;
         if (in->dtype != FB_F32 && fb_dtype_size(in->dtype) > J->raw_es)
             J->raw_es = fb_dtype_size(in->dtype);
+        for (int k = 0; J->opts && J->opts->inputs_as_f32 && !ops->plan && k < J->num_inputs; k++) {
+            const fb_tensor *t = fb_model_find(J->inputs[k], in->name); /* dtypes may differ */
+            if (t && t->dtype != FB_F32 && fb_dtype_size(t->dtype) > J->raw_es)
+                J->raw_es = fb_dtype_size(t->dtype);
+        }
         if (out->dtype != FB_F32 && fb_dtype_size(out->dtype) > J->raw_es)
             J->raw_es = fb_dtype_size(out->dtype);
     }
