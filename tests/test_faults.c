@@ -255,3 +255,86 @@ TEST(input_deleted_after_opening_still_merges_the_same)
     fb_method_free(m);
     fb_modelpool_free(pool);
 }
+
+/* Every output (merged model, its masks, the report) aimed at every input (the models and the
+ * pool file), through the same path, a hard link and a symlink, and at each other: refused
+ * before any work, with every input byte for byte as it was and nothing new in the folder. */
+TEST(every_output_colliding_with_an_input_or_another_output_is_refused)
+{
+    write_pool(2, 64 * 64);
+    size_t before_len;
+    char *before = read_inputs(2, &before_len);
+    REQUIRE(before);
+    const char *inputs[] = {"base.safetensors", "m1.safetensors", "m2.safetensors", "pool.yaml"};
+    const char *roles[] = {"merged", "masks", "report"};
+    char pool_arg[4200];
+    snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", fb_test_path("pool.yaml"));
+    int cases = 0;
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 4; i++) {
+            for (int how = 0; how < 3; how++) { /* the input's own path, a hard link, a symlink */
+                char target[4200], alias[256], merged[4300], report[4300];
+                snprintf(target, sizeof target, "%s", fb_test_path(inputs[i]));
+                snprintf(alias, sizeof alias, "%s", inputs[i]);
+                if (how) {
+                    snprintf(alias, sizeof alias, "alias%d%d%d%s", r, i, how,
+                             r == 1 ? ".masks.safetensors" : r == 0 ? ".safetensors" : ".json");
+                    int made = how == 1 ? link(target, fb_test_path(alias))
+                                        : symlink(target, fb_test_path(alias));
+                    REQUIRE(made == 0);
+                }
+                if (r == 1) { /* the masks go to NAME.masks.safetensors beside NAME.safetensors */
+                    if (!how) continue; /* an input's own name is not of that form */
+                    char stem[256];
+                    snprintf(stem, sizeof stem, "%.*s.safetensors",
+                             (int)(strlen(alias) - strlen(".masks.safetensors")), alias);
+                    snprintf(merged, sizeof merged, "merged_model_save_path=%s", fb_test_path(stem));
+                } else if (r == 0) {
+                    snprintf(merged, sizeof merged, "merged_model_save_path=%s", fb_test_path(alias));
+                } else {
+                    snprintf(merged, sizeof merged, "merged_model_save_path=%s",
+                             fb_test_path("out.safetensors"));
+                }
+                snprintf(report, sizeof report, "report_save_path=%s",
+                         r == 2 ? fb_test_path(alias) : fb_test_path("r.json"));
+                const char *argv[] = {fb_test_cli, "method=emr_merging", pool_arg, merged, report, NULL};
+                char *err = NULL;
+                int rc = fb_test_run(argv, NULL, &err);
+                if (rc != 2 || !err || !strstr(err, "input file"))
+                    fb_test_fail(__FILE__, __LINE__, "%s over %s (%s): exit %d: %s", roles[r],
+                                 inputs[i], how == 0 ? "its path" : how == 1 ? "hard link" : "symlink",
+                                 rc, err ? err : "");
+                free(err);
+                cases++;
+            }
+        }
+    }
+    /* and outputs aimed at each other */
+    const char *pairs[][2] = {
+        {"merged_model_save_path=SAME.safetensors", "report_save_path=SAME.safetensors"},
+        {"merged_model_save_path=x.safetensors", "report_save_path=x.masks.safetensors"},
+    };
+    for (int p = 0; p < 2; p++) {
+        char a[4300], b[4300];
+        snprintf(a, sizeof a, "%.*s%s", (int)(strchr(pairs[p][0], '=') - pairs[p][0] + 1), pairs[p][0],
+                 fb_test_path(strchr(pairs[p][0], '=') + 1));
+        snprintf(b, sizeof b, "%.*s%s", (int)(strchr(pairs[p][1], '=') - pairs[p][1] + 1), pairs[p][1],
+                 fb_test_path(strchr(pairs[p][1], '=') + 1));
+        const char *argv[] = {fb_test_cli, "method=emr_merging", pool_arg, a, b, NULL};
+        char *err = NULL;
+        EXPECT(fb_test_run(argv, NULL, &err) == 2 && err && strstr(err, "are the same path"));
+        free(err);
+    }
+    EXPECT(cases == 32); /* 3 outputs x 4 inputs x 3 ways, but masks under an input's own name */
+    size_t after_len;
+    char *after = read_inputs(2, &after_len);
+    EXPECT(after && after_len == before_len && !memcmp(after, before, before_len));
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd,
+             "ls -A '%s' | grep -vxE 'base.safetensors|m[0-9].safetensors|pool.yaml|alias.*|"
+             "[.]std(out|err)' | grep -q .",
+             fb_test_tmp());
+    EXPECT(system(cmd) != 0); /* nothing written */
+    free(before);
+    free(after);
+}

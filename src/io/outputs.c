@@ -36,7 +36,8 @@ fb_status fb_input_paths_add(fb_input_path **list, int *n, int64_t *cap, const c
 
 void fb_input_paths_free(fb_input_path *paths, int n)
 {
-    for (int i = 0; paths && i < n; i++) fb_free(paths[i].path);
+    for (int i = 0; paths && i < n; i++)
+        fb_free(paths[i].path);
     fb_free(paths);
 }
 
@@ -44,9 +45,11 @@ void fb_input_paths_free(fb_input_path *paths, int n)
 static void base_name(const char *path, char *buf, size_t size)
 {
     size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/') n--;
+    while (n > 1 && path[n - 1] == '/')
+        n--;
     size_t b = n;
-    while (b > 0 && path[b - 1] != '/') b--;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
     size_t len = n - b < size - 1 ? n - b : size - 1;
     memcpy(buf, path + b, len);
     buf[len] = '\0';
@@ -115,8 +118,7 @@ fb_status fb_outputs_check(const fb_output_path *outputs, int num_outputs,
                 st = fb_set_error(FB_ERR_ARG,
                                   "%s %s holds the input files of %s '%s' (%s); choose another "
                                   "path",
-                                  o->what, o->path, inputs[j].kind, inputs[j].name,
-                                  inputs[j].path);
+                                  o->what, o->path, inputs[j].kind, inputs[j].name, inputs[j].path);
         }
     }
     for (int i = 0; i < num_outputs && !st; i++) {
@@ -124,9 +126,10 @@ fb_status fb_outputs_check(const fb_output_path *outputs, int num_outputs,
             if (k == i) continue;
             size_t n = strlen(canon[i]);
             struct stat a, b;
-            int same = k > i && (!strcmp(canon[i], canon[k]) ||
-                                 (stat(outputs[i].path, &a) == 0 && stat(outputs[k].path, &b) == 0 &&
-                                  a.st_dev == b.st_dev && a.st_ino == b.st_ino));
+            int same =
+                k > i && (!strcmp(canon[i], canon[k]) ||
+                          (stat(outputs[i].path, &a) == 0 && stat(outputs[k].path, &b) == 0 &&
+                           a.st_dev == b.st_dev && a.st_ino == b.st_ino));
             if (same)
                 st = fb_set_error(FB_ERR_ARG, "%s and %s are the same path (%s); give each its own",
                                   outputs[i].what, outputs[k].what, canon[i]);
@@ -138,7 +141,8 @@ fb_status fb_outputs_check(const fb_output_path *outputs, int num_outputs,
                                   outputs[i].path);
         }
     }
-    for (int i = 0; i < num_outputs; i++) fb_free(canon[i]);
+    for (int i = 0; i < num_outputs; i++)
+        fb_free(canon[i]);
     fb_free(canon);
     return st;
 }

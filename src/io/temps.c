@@ -125,8 +125,10 @@ void fb_remove_temporaries(void)
     for (int i = 0; i < MAX_TEMPS; i++) {
         int kind = temp_kind[i];
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (kind == FB_TEMP_FILE) unlink(temp_path[i]);
-        else if (kind == FB_TEMP_FOLDER) remove_folder_raw(temp_path[i]);
+        if (kind == FB_TEMP_FILE)
+            unlink(temp_path[i]);
+        else if (kind == FB_TEMP_FOLDER)
+            remove_folder_raw(temp_path[i]);
     }
 }
 
@@ -151,8 +153,10 @@ void fb_temps_sweep(const char *target)
         char *p = fb_path_join(dir, e->d_name);
         struct stat st;
         if (p && lstat(p, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) remove_folder_raw(p);
-            else if (S_ISREG(st.st_mode)) unlink(p);
+            if (S_ISDIR(st.st_mode))
+                remove_folder_raw(p);
+            else if (S_ISREG(st.st_mode))
+                unlink(p);
         }
         fb_free(p);
     }
