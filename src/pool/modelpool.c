@@ -7,10 +7,12 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/alloc.h"
 #include "core/source.h"
 #include "core/status.h"
+#include "io/hub.h"
 #include "io/writer.h"
 
 int fb_modelpool_is_special(const char *name)
@@ -156,17 +158,26 @@ const char *fb_modelpool_path(const fb_modelpool *pool, const char *name)
 
 /* A model entry is a path, or FusionBench's mapping form with the path under
  * pretrained_model_name_or_path (or path). */
-static fb_status entry_path(const char *name, const fb_config *v, const char **path)
+static fb_status entry_path(const char *name, const fb_config *v, const char **path,
+                            const char **revision)
 {
+    *revision = NULL;
     if (v && v->kind == FB_CFG_MAP) {
         for (int i = 0; i < v->count; i++) {
             const char *k = v->keys[i];
             if (strcmp(k, "_target_") && strcmp(k, "pretrained_model_name_or_path") &&
-                strcmp(k, "path"))
+                strcmp(k, "path") && strcmp(k, "revision"))
                 return fb_set_error(FB_ERR_CONFIG,
                                     "%s: model '%s': unknown key '%s' (expected "
-                                    "pretrained_model_name_or_path or path)",
+                                    "pretrained_model_name_or_path or path, and revision)",
                                     fb_cfg_where(v), name, k);
+        }
+        const fb_config *r = fb_cfg_map_get(v, "revision");
+        if (!fb_cfg_is_null(r)) {
+            char key[300];
+            snprintf(key, sizeof key, "models.%s.revision", name);
+            fb_status st = fb_cfg_string(r, key, revision);
+            if (st) return st;
         }
         const fb_config *p = fb_cfg_map_get(v, "pretrained_model_name_or_path");
         if (!p) p = fb_cfg_map_get(v, "path");
@@ -205,11 +216,32 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
     if (st) return st;
     for (int i = 0; i < models->count && !st; i++) {
         const fb_config *v = models->items[i];
-        const char *rel;
-        if ((st = entry_path(models->keys[i], v, &rel))) break;
+        const char *rel, *revision;
+        if ((st = entry_path(models->keys[i], v, &rel, &revision))) break;
         char *dir = v->origin ? fb_path_dirname(v->origin) : NULL;
         char *path = (v->origin && !dir) ? NULL : fb_path_join(dir, rel);
         fb_free(dir);
+        struct stat sb;
+        /* a path that exists wins; else a hub id ("org/name") names a snapshot in the cache */
+        int missing = path && stat(path, &sb) != 0;
+        if (path && missing && (revision || strchr(rel, '/')) && fb_hub_is_model_id(rel)) {
+            char *local = path;
+            path = NULL;
+            st = fb_hub_resolve(rel, revision, &path);
+            if (st && missing)
+                fb_error_prefix(st, "model '%s': no file or folder %s; as a hub id", models->keys[i],
+                                local);
+            else if (st)
+                fb_error_prefix(st, "model '%s'", models->keys[i]);
+            fb_free(local);
+            if (st) break;
+        } else if (path && revision) {
+            fb_free(path);
+            st = fb_set_error(FB_ERR_CONFIG, "%s: model '%s': a revision needs a hub id "
+                                             "(org/name), not the path '%s'",
+                              fb_cfg_where(v), models->keys[i], rel);
+            break;
+        }
         if (!path) st = FB_ERR_NOMEM;
         else st = fb_modelpool_add_path(pool, models->keys[i], path);
         fb_free(path);
