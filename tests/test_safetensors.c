@@ -250,5 +250,5 @@ TEST(missing_model_path_names_the_path)
                  "nope.safetensors");
     mkdir(fb_test_path("emptydir"), 0755);
     EXPECT_ERROR(fb_model_load(fb_test_path("emptydir"), &m), FB_ERR_NOT_FOUND,
-                 "neither model.safetensors");
+                 "holds none of model.safetensors");
 }

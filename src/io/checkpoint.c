@@ -15,9 +15,11 @@
 #include "core/alloc.h"
 #include "core/status.h"
 #include "safetensors.h"
+#include "torch_bin.h"
 #include "writer.h"
 
 #define INDEX_NAME "model.safetensors.index.json"
+#define BIN_INDEX_NAME "pytorch_model.bin.index.json"
 #define INDEX_MAX_BYTES (256u << 20)
 
 static fb_status read_text_file(const char *path, size_t max, char **out, size_t *len)
@@ -51,6 +53,16 @@ static fb_status read_text_file(const char *path, size_t max, char **out, size_t
 static int compare_strings(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int ends_with(const char *s, const char *suffix);
+
+/* One checkpoint file: safetensors, or PyTorch's zip format for .bin / .pt / .pth. */
+static fb_status read_one_file(const char *path, fb_model *model)
+{
+    if (ends_with(path, ".bin") || ends_with(path, ".pt") || ends_with(path, ".pth"))
+        return fb_torch_bin_read(path, model);
+    return fb_safetensors_read(path, model);
 }
 
 static fb_status load_sharded(const char *index_path, fb_model *model)
@@ -114,7 +126,7 @@ static fb_status load_sharded(const char *index_path, fb_model *model)
             goto done;
         }
         int64_t before = model->count;
-        st = fb_safetensors_read(p, model);
+        st = read_one_file(p, model);
         for (int64_t i = before; i < model->count && !st; i++) {
             const char *name = model->tensors[i]->name;
             const cJSON *want = cJSON_GetObjectItemCaseSensitive(map, name);
@@ -171,27 +183,24 @@ fb_status fb_model_load(const char *path, fb_model **out)
     char *file = NULL;
     int sharded = 0;
     if (S_ISDIR(st_path.st_mode)) {
-        char *index = fb_path_join(path, INDEX_NAME);
-        char *single = fb_path_join(path, "model.safetensors");
-        if (!index || !single) {
-            fb_free(index);
-            fb_free(single);
-            return FB_ERR_NOMEM;
+        /* as transformers picks: safetensors (sharded, then single) before PyTorch's files */
+        static const char *const names[] = {INDEX_NAME, "model.safetensors", BIN_INDEX_NAME,
+                                            "pytorch_model.bin"};
+        for (size_t i = 0; i < sizeof names / sizeof names[0] && !file; i++) {
+            char *p = fb_path_join(path, names[i]);
+            if (!p) return FB_ERR_NOMEM;
+            if (is_file(p)) {
+                file = p;
+                sharded = ends_with(p, ".index.json");
+            } else {
+                fb_free(p);
+            }
         }
-        if (is_file(index)) {
-            file = index;
-            sharded = 1;
-            fb_free(single);
-        } else if (is_file(single)) {
-            file = single;
-            fb_free(index);
-        } else {
-            fb_free(index);
-            fb_free(single);
+        if (!file)
             return fb_set_error(FB_ERR_NOT_FOUND,
-                                "%s: folder holds neither model.safetensors nor %s", path,
-                                INDEX_NAME);
-        }
+                                "%s: folder holds none of model.safetensors, %s, "
+                                "pytorch_model.bin, %s",
+                                path, INDEX_NAME, BIN_INDEX_NAME);
     } else {
         file = fb_strdup(path);
         if (!file) return FB_ERR_NOMEM;
@@ -202,7 +211,7 @@ fb_status fb_model_load(const char *path, fb_model **out)
     if (!st) {
         m->path = file;
         file = NULL;
-        st = sharded ? load_sharded(m->path, m) : fb_safetensors_read(m->path, m);
+        st = sharded ? load_sharded(m->path, m) : read_one_file(m->path, m);
     }
     fb_free(file);
     if (st) {

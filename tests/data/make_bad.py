@@ -155,6 +155,104 @@ raw("metadata_repeated_key.safetensors",
 raw("empty_name.safetensors", ok_text.replace(b'"w"', b'""'), "a tensor has an empty name")
 
 
+# --- PyTorch checkpoints (torch.save's zip format), made without torch: stand-in modules
+# named like torch's, so pickle writes the same GLOBALs torch.save does.
+import io
+import pickle
+import sys
+import types
+import zipfile
+
+_torch = types.ModuleType("torch")
+_utils = types.ModuleType("torch._utils")
+
+
+class FloatStorage:
+    pass
+
+
+FloatStorage.__module__ = "torch"
+_torch.FloatStorage = FloatStorage
+
+
+def _rebuild_tensor_v2(*args):
+    pass
+
+
+_rebuild_tensor_v2.__module__ = "torch._utils"
+_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+sys.modules["torch"], sys.modules["torch._utils"] = _torch, _utils
+
+
+class FakeTensor:
+    def __init__(self, key, numel, offset, size, stride):
+        self.args = (("storage", FloatStorage, key, "cpu", numel), offset, size, stride)
+
+    def __reduce__(self):
+        persid, offset, size, stride = self.args
+        return (_rebuild_tensor_v2, (StorageRef(persid), offset, size, stride, False,
+                                     collections.OrderedDict()))
+
+
+class StorageRef:
+    def __init__(self, persid):
+        self.persid = persid
+
+
+import collections  # noqa: E402
+
+
+class TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return obj.persid if isinstance(obj, StorageRef) else None
+
+
+def torch_zip(obj, storages, compress=False, raw_pickle=None):
+    buf = io.BytesIO()
+    if raw_pickle is None:
+        pbuf = io.BytesIO()
+        TorchPickler(pbuf, protocol=2).dump(obj)
+        raw_pickle = pbuf.getvalue()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", method) as z:
+        z.writestr("archive/data.pkl", raw_pickle)
+        for key, data in storages.items():
+            z.writestr("archive/data/" + key, data)
+        z.writestr("archive/version", "3\n")
+    return buf.getvalue()
+
+
+w8 = struct.pack("<2f", 1.0, 2.0)
+good_bin = torch_zip(collections.OrderedDict(w=FakeTensor("0", 2, 0, (2,), (1,))), {"0": w8})
+case("bin_calls_system.bin",
+     torch_zip(None, {}, raw_pickle=b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00echoq\x01\x85q\x02Rq\x03."),
+     "refusing to load")
+case("bin_calls_builtins_eval.bin",
+     torch_zip(None, {}, raw_pickle=b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R."),
+     "its pickle calls builtins.eval")
+case("bin_truncated.bin", good_bin[:-30], "no ZIP end-of-directory record")
+case("bin_storage_size.bin",
+     torch_zip(collections.OrderedDict(w=FakeTensor("0", 3, 0, (3,), (1,))), {"0": w8}),
+     "holds 8 bytes, not 3 F32 elements")
+case("bin_past_storage.bin",
+     torch_zip(collections.OrderedDict(w=FakeTensor("0", 2, 1, (2,), (1,))), {"0": w8}),
+     "reach element 2 of a storage of 2")
+case("bin_missing_storage.bin",
+     torch_zip(collections.OrderedDict(w=FakeTensor("7", 2, 0, (2,), (1,))), {"0": w8}),
+     "storage 'archive/data/7' is not in the archive")
+case("bin_compressed.bin",
+     torch_zip(collections.OrderedDict(w=FakeTensor("0", 2, 0, (2,), (1,))), {"0": w8}, compress=True),
+     "is compressed")
+case("bin_memo_never_stored.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02h\x05."),
+     "memo fetch of an index never stored")
+case("bin_unknown_opcode.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02(i__main__\nX\n."),
+     "opcode 0x69")
+case("bin_no_stop.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02}"), "ends without STOP")
+case("bin_not_a_state_dict.bin", torch_zip([1, 2], {}), "holds no state dict")
+case("bin_nested.bin", torch_zip({"model": {"w": 1}}, {}), "'model' is not a tensor")
+case("bin_legacy_format.bin", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", "legacy format")
+
+
 def sharded(name, index, shards, expect):
     d = os.path.join(HERE, name)
     os.makedirs(d)
@@ -188,7 +286,7 @@ sharded("sharded_duplicate", {"weight_map": {"a": "s1.safetensors", "b": "s2.saf
                                                                     f32("b", [2], 8, 16)),
                                                               b"\0" * 16)},
         "is defined twice")
-sharded("folder_without_model", None, {"readme.txt": b"hello"}, "neither model.safetensors")
+sharded("folder_without_model", None, {"readme.txt": b"hello"}, "holds none of model.safetensors")
 
 # ---- datasets: IDX (plain and gzip), digits CSV, images. The test runner picks the reader
 # by name: *.idx / *.idx.gz -> IDX, *.csv / *.csv.gz -> digits CSV, *.png / *.jpg -> image.

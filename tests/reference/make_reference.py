@@ -6,6 +6,7 @@ Writes model pools (f32, f16, bf16), the merges each method must produce (comput
 torch ops in the order FusionBench applies them), dtype and conversion tables, and a sharded
 checkpoint, plus cases.json describing every merge case for the C tests.
 """
+import collections
 import json
 import os
 import sys
@@ -549,4 +550,49 @@ with open(os.path.join(sh, "model.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": sum(v.numel() * 4 for v in model.values())},
                "weight_map": weight_map}, f, indent=2)
 st.save(os.path.join(OUT, "sharded_single.safetensors"), model)
+
+# --- PyTorch checkpoints (torch.save's zip format): the same tensors as safetensors, to read
+# both and compare; tied weights, f16/bf16/int, a transposed tensor saved as such, a slice
+# with a storage offset, a Parameter, a module's state dict (its _metadata), and sharded .bin
+tb = os.path.join(OUT, "torch_bin")
+os.makedirs(tb, exist_ok=True)
+g = torch.Generator().manual_seed(41)
+lin = torch.nn.Linear(6, 5)
+sd = collections.OrderedDict(lin.state_dict())  # keeps the module's _metadata attribute
+sd._metadata = lin.state_dict()._metadata
+sd["tied.weight"] = sd["weight"]  # the same storage twice
+sd["half"] = torch.randn(4, 3, generator=g).half()
+sd["brain"] = torch.randn(7, generator=g).bfloat16()
+sd["transposed"] = torch.randn(5, 3, generator=g).t()  # strides (1, 3)
+sd["slice"] = torch.arange(20, dtype=torch.float32)[4:16].view(3, 4)  # offset 4 in a shared storage
+sd["ids"] = torch.arange(9, dtype=torch.int64)
+sd["scalar"] = torch.tensor(2.5)
+sd["param"] = torch.nn.Parameter(torch.randn(2, 2, generator=g))
+torch.save(sd, os.path.join(tb, "single.bin"))
+st.save(os.path.join(tb, "single.safetensors"),
+        {k: v.detach().contiguous() for k, v in sd.items()})
+# sharded, as transformers writes it: pytorch_model-0000i-of-0000N.bin + index
+shard_dir = os.path.join(tb, "sharded")
+os.makedirs(shard_dir, exist_ok=True)
+weight_map = {}
+for i, part in enumerate([names[0:3], names[3:]]):
+    fname = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+    torch.save({k: model[k] for k in part}, os.path.join(shard_dir, fname))
+    for k in part:
+        weight_map[k] = fname
+with open(os.path.join(shard_dir, "pytorch_model.bin.index.json"), "w") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
+# a folder with both: safetensors wins (these hold different values to tell them apart)
+both = os.path.join(tb, "both")
+os.makedirs(both, exist_ok=True)
+torch.save({"w": torch.zeros(3)}, os.path.join(both, "pytorch_model.bin"))
+st.save(os.path.join(both, "model.safetensors"), {"w": torch.ones(3)})
+# a .bin pool and the same pool in safetensors, for merges from either
+for k in range(3):
+    m = {"a.weight": torch.randn(33, 17, generator=g), "a.bias": torch.randn(17, generator=g)}
+    torch.save(m, os.path.join(tb, f"m{k}.bin"))
+    st.save(os.path.join(tb, f"m{k}.safetensors"), m)
+for ext in ("bin", "safetensors"):
+    with open(os.path.join(tb, f"pool_{ext}.yaml"), "w") as f:
+        f.write("models:\n  _pretrained_: m0.%s\n  a: m1.%s\n  b: m2.%s\n" % (ext, ext, ext))
 print(f"make_reference: {len(cases)} merge cases and format data in {OUT}")
