@@ -27,6 +27,7 @@ CLI      := $(BUILD)/fusion_bench
 TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
 BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table $(BUILD)/bench_adamerging \
+            $(BUILD)/bench_torch_bin \
             $(BUILD)/bench_scale
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
@@ -92,7 +93,7 @@ test-sanitize: $(TDEPS_OK)
 # in tests/fuzz/corpus/<target>; crashes are saved as build-fuzz/crash-<target>-*. A crash
 # found becomes a file in tests/data/bad/ with the error it must give (run by make test).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := safetensors index config hfconfig idx image ties
+FUZZ_TARGETS := safetensors index config hfconfig idx image ties torchbin
 FUZZ_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 fuzz: $(DEPS_OK)
 	$(MAKE) BUILD=build-fuzz CC=clang WARN="-Wall -Wextra -Werror -Wno-unknown-pragmas" \
