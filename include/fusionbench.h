@@ -152,8 +152,18 @@ void fb_model_metadata_at(const fb_model *model, int64_t i, const char **key,
 
 /* Where and how a model is written. Zeroed options (or NULL) mean: one .safetensors file if
  * path ends in ".safetensors", else a Hugging Face folder with model.safetensors. */
+/* A small file written beside the weights of a folder output (config.json, tokenizer files,
+ * README.md). `name` is a plain file name; the bytes are borrowed until the save returns. */
+typedef struct fb_file_blob {
+    const char *name;
+    const void *data;
+    size_t size;
+} fb_file_blob;
+
 typedef struct fb_save_options {
     size_t max_shard_bytes; /* >0: folder with model-0000i-of-0000N.safetensors + index */
+    const fb_file_blob *files; /* folder outputs: these files too, in the same atomic rename */
+    int num_files;
 } fb_save_options;
 
 /* Writes the model to path atomically: to a temporary file (or folder) beside the target,
@@ -251,6 +261,11 @@ typedef struct fb_run_options {
      * float dtypes (f16 and bf16 checkpoints of one base); the output is then float32 unless
      * out_dtype is set. 0 (default): models that disagree on a dtype are an error. */
     int inputs_as_f32;
+    /* Folder outputs get the base model's config and tokenizer files and a README.md model
+     * card: the tokenizer files come from this pool model instead (NULL: the base), and the
+     * card shows `command` (NULL: none). */
+    const char *tokenizer_source;
+    const char *command;
 } fb_run_options;
 
 enum { FB_PAGE_CACHE_AUTO = 0, FB_PAGE_CACHE_DROP = 1, FB_PAGE_CACHE_KEEP = 2 };

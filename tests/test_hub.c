@@ -90,6 +90,13 @@ TEST(hub_ids_resolve_to_snapshots_by_branch_tag_and_hash)
     REQUIRE_OK(fb_tensor_to_f32(fb_model_find(avg, "w"), v));
     EXPECT(v[0] == 2.0f);
     fb_model_free(avg);
+    /* a folder output's model card names the ids and the snapshots merged */
+    snprintf(save, sizeof save, "merged_model_save_path=%s", fb_test_path("avg"));
+    EXPECT(fb_test_run(argv, NULL, NULL) == 0);
+    char *card = fb_test_read_file(fb_test_path("avg/README.md"), NULL);
+    EXPECT(card && strstr(card, "base_model:\n- org/clip\n- org/clip\n") && strstr(card, HASH_B) &&
+           strstr(card, "| tagged | org/clip | "));
+    free(card);
     mkdir(fb_test_path("org"), 0755);
     save_model(fb_test_path("org/clip"), 7.0f);
     const char *y = "models:\n  local: org/clip\n";

@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "core/alloc.h"
 #include "core/status.h"
+#include "io/companions.h"
 #include "io/outputs.h"
 #include "io/writer.h"
 #include "method/method.h"
@@ -43,6 +44,7 @@ enum { NUM_GROUPS = 3 };
 static const char *const root_keys[] = {
     "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
     "dtype", "report_save_path", "print_config", "page_cache", "nonfinite", "input_dtype",
+    "tokenizer_source",
 };
 
 static void usage(FILE *f)
@@ -269,6 +271,7 @@ typedef struct cli {
     const char *config_dir_opt;
     int print_config_only, threads;
     char incomplete[FB_ERROR_MAX]; /* --print-config: why the composed config would not run */
+    char command[4096];            /* the command line, for the model card */
     fb_config *root;
     fb_method *method;
     fb_modelpool *pool;
@@ -451,11 +454,22 @@ static void on_eval(void *user, int task, int64_t done, int64_t total)
     fflush(stderr);
 }
 
-/* Saves the merged model (and per-model extras beside it) after an in-memory merge. */
-static fb_status save_in_memory(const fb_model *merged, const fb_model *extras, const char *path,
-                                const fb_save_options *so)
+/* Saves the merged model (and per-model extras beside it) after an in-memory merge; a folder
+ * gets the same companions as a streamed merge's (config, tokenizer, model card). */
+static fb_status save_in_memory(const cli *c, const fb_run_options *ro, const fb_model *merged,
+                                const fb_model *extras, const char *path, const fb_save_options *so)
 {
-    fb_status st = fb_model_save(merged, path, so);
+    fb_companions comp = {0};
+    fb_save_options with_files = *so;
+    size_t n = strlen(path);
+    fb_status st = FB_OK;
+    if (!(n >= 12 && !strcmp(path + n - 12, ".safetensors")) &&
+        !(st = fb_method_output_companions(c->method, c->pool, ro, merged, path, &comp))) {
+        with_files.files = comp.files;
+        with_files.num_files = comp.count;
+    }
+    if (!st) st = fb_model_save(merged, path, &with_files);
+    fb_companions_free(&comp);
     if (st || !extras) return st;
     char *xpath = fb_extras_path(path);
     st = xpath ? fb_model_save(extras, xpath, NULL) : FB_ERR_NOMEM;
@@ -540,9 +554,11 @@ static int run(cli *c)
     const char *cache = optional_string(root, "page_cache", &rc);
     const char *nonfinite = optional_string(root, "nonfinite", &rc);
     const char *input_dtype = optional_string(root, "input_dtype", &rc);
+    const char *tokenizer_source = optional_string(root, "tokenizer_source", &rc);
     if (rc) return rc;
     progress prog = {.tty = isatty(2)};
-    fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog};
+    fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog,
+                         .tokenizer_source = tokenizer_source, .command = c->command};
     if (dtype_name) {
         if (fb_dtype_from_name(dtype_name, &ro.out_dtype)) return fail(2, fb_last_error());
         if (ro.out_dtype != FB_F32 && ro.out_dtype != FB_F16 && ro.out_dtype != FB_BF16 &&
@@ -606,7 +622,7 @@ static int run(cli *c)
         st = FB_OK; /* nothing to merge: the task pool evaluates the models together */
     } else if (c->taskpool) {
         st = fb_method_run_extras(c->method, c->pool, &ro, &merged, &mem_extras);
-        if (!st && out_path) st = save_in_memory(merged, mem_extras, out_path, &so);
+        if (!st && out_path) st = save_in_memory(c, &ro, merged, mem_extras, out_path, &so);
     } else {
         st = fb_method_run_to_file(c->method, c->pool, &ro, out_path, &so);
     }
@@ -812,6 +828,12 @@ int main(int argc, char **argv)
         }
     }
     int rc;
+    for (int i = 0; i < argc; i++) { /* the command as typed, quoted where it needs it */
+        size_t used = strlen(c.command);
+        int quote = strpbrk(argv[i], " '\"$[]{}*?") != NULL;
+        snprintf(c.command + used, sizeof c.command - used, "%s%s%s%s", i ? " " : "",
+                 quote ? "'" : "", i ? argv[i] : "fusion_bench", quote ? "'" : "");
+    }
     if (c.threads) fb_set_num_threads(c.threads);
     if (fb_simd_get(NULL)) { /* FB_SIMD, before any work */
         free(rest);

@@ -143,6 +143,8 @@ void fb_model_free(fb_model *m)
     fb_free(m->meta_keys);
     fb_free(m->meta_values);
     fb_free(m->path);
+    fb_free(m->hub_id);
+    fb_free(m->hub_commit);
     fb_free(m);
 }
 

@@ -31,6 +31,7 @@ struct fb_model {
     char **meta_keys, **meta_values;
     int64_t meta_count, meta_cap;
     char *path;          /* where the model was loaded from, for messages; may be NULL */
+    char *hub_id, *hub_commit; /* a model found in the hub cache: its id and snapshot */
 };
 
 /* numel and nbytes for a shape, with overflow checks; FB_ERR_ARG names `what`. */

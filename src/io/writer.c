@@ -23,6 +23,7 @@
 #include "core/buf.h"
 #include "core/status.h"
 #include "safetensors.h"
+#include "companions.h"
 #include "temps.h"
 
 #define INDEX_NAME "model.safetensors.index.json"
@@ -50,6 +51,8 @@ struct fb_writer {
     int64_t *tensor_shard;     /* layout index -> shard */
     uint64_t *tensor_offset;   /* layout index -> absolute offset in its shard */
     int release;               /* drop written-back pages from the page cache */
+    const fb_file_blob *files; /* folder outputs: companion files (borrowed) */
+    int num_files;
 };
 
 char *fb_path_dirname(const char *path)
@@ -93,6 +96,7 @@ static int ends_with(const char *s, const char *suffix)
 static int is_output_file(const char *name)
 {
     if (strcmp(name, INDEX_NAME) == 0 || strcmp(name, "model.safetensors") == 0) return 1;
+    if (fb_companion_name(name)) return 1;
     return strncmp(name, "model-", 6) == 0 && ends_with(name, ".safetensors");
 }
 
@@ -258,6 +262,20 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
     if (!w) return FB_ERR_NOMEM;
     w->layout = layout;
     w->is_folder = is_folder;
+    for (int i = 0; opts && i < opts->num_files; i++) {
+        const char *n = opts->files[i].name;
+        if (!n || !*n || strchr(n, '/') || !strcmp(n, ".") || !strcmp(n, "..") ||
+            !fb_companion_name(n)) {
+            fb_free(w);
+            return fb_set_error(FB_ERR_ARG, "%s: '%s' cannot be written beside the weights (a "
+                                            "config, tokenizer or README file name)",
+                                path, n ? n : "");
+        }
+    }
+    if (opts && is_folder) {
+        w->files = opts->files;
+        w->num_files = opts->num_files;
+    }
     w->path = fb_strdup(path);
     w->tmp_slot = -1;
     w->tmp_path = fb_temp_template(path);
@@ -343,6 +361,23 @@ static fb_status sync_dir(const char *dir)
     return st;
 }
 
+/* Creates `name` in the temporary folder with these bytes, fsynced. */
+static fb_status write_small_file(const fb_writer *w, const char *name, const void *data, size_t n)
+{
+    char *p = fb_path_join(w->tmp_path, name);
+    if (!p) return FB_ERR_NOMEM;
+    fb_status st;
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
+    else {
+        st = write_all(fd, p, data, n, 0);
+        if (!st) st = sync_fd(fd, p);
+        close(fd);
+    }
+    fb_free(p);
+    return st;
+}
+
 static fb_status write_index(fb_writer *w)
 {
     const fb_model *L = w->layout;
@@ -360,18 +395,7 @@ static fb_status write_index(fb_writer *w)
     }
     fb_buf_puts(&b, "\n  }\n}\n");
     if (b.failed) return FB_ERR_NOMEM;
-    char *p = fb_path_join(w->tmp_path, INDEX_NAME);
-    fb_status st = FB_ERR_NOMEM;
-    if (p) {
-        int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd < 0) st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
-        else {
-            st = write_all(fd, p, b.data, b.len, 0);
-            if (!st) st = sync_fd(fd, p);
-            close(fd);
-        }
-    }
-    fb_free(p);
+    fb_status st = write_small_file(w, INDEX_NAME, b.data, b.len);
     fb_buf_free(&b);
     return st;
 }
@@ -401,6 +425,8 @@ fb_status fb_writer_commit(fb_writer *w)
         w->shards[s].fd = -1;
     }
     if (!st && w->is_folder && w->num_shards > 1) st = write_index(w);
+    for (int i = 0; !st && w->is_folder && i < w->num_files; i++)
+        st = write_small_file(w, w->files[i].name, w->files[i].data, w->files[i].size);
     if (!st && w->is_folder) st = sync_dir(w->tmp_path);
     if (st) {
         fb_writer_abort(w);

@@ -29,6 +29,7 @@
 #include "core/buf.h"
 #include "core/simd.h"
 #include "core/status.h"
+#include "io/companions.h"
 #include "io/writer.h"
 #include "method.h"
 
@@ -972,7 +973,16 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
         xpath = NULL;
     }
     if (!st) st = allocate_scratch(&J);
-    if (!st && path) st = fb_writer_open(path, save, J.out, &J.writer);
+    /* a folder output gets the base's config and tokenizer files and a model card */
+    fb_companions comp = {0};
+    fb_save_options with_files = save ? *save : (fb_save_options){0};
+    size_t plen = path ? strlen(path) : 0;
+    int folder = path && !(plen >= 12 && !strcmp(path + plen - 12, ".safetensors"));
+    if (!st && folder && !(st = fb_method_output_companions(m, pool, opts, J.out, path, &comp))) {
+        with_files.files = comp.files;
+        with_files.num_files = comp.count;
+    }
+    if (!st && path) st = fb_writer_open(path, &with_files, J.out, &J.writer);
     if (!st && xpath) st = fb_writer_open(xpath, NULL, J.extras, &J.extras_writer);
     if (!st) st = execute(&J);
     /* the merged model first, then its extras: each file is replaced atomically */
@@ -998,6 +1008,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
         J.extras = NULL;
     }
     fb_free(xpath);
+    fb_companions_free(&comp);
     job_free(&J);
     return st;
 }

@@ -238,6 +238,15 @@ double fb_dot(const float *a, const float *b, int64_t n);
 /* The full parameter mapping of a method (for reports and --print-config). */
 const fb_config *fb_method_params(const fb_method *m);
 
+/* The files a folder output of m gets beside its weights: the base model's config.json (dtype
+ * and, for restructurings, layer count updated), generation and processor configs, the
+ * tokenizer files of the base or of opts->tokenizer_source, and a README.md model card
+ * (card.c). Missing source files are skipped. */
+struct fb_companions;
+fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *pool,
+                                      const fb_run_options *opts, const fb_model *out,
+                                      const char *out_path, struct fb_companions *c);
+
 /* 1 if a run of m on pool reads "_pretrained_" (as the base, or to copy removed keys from). */
 int fb_method_reads_pretrained(const fb_method *m, const fb_modelpool *pool);
 

@@ -223,16 +223,15 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
         fb_free(dir);
         struct stat sb;
         /* a path that exists wins; else a hub id ("org/name") names a snapshot in the cache */
-        int missing = path && stat(path, &sb) != 0;
+        int missing = path && stat(path, &sb) != 0, hub = 0;
         if (path && missing && (revision || strchr(rel, '/')) && fb_hub_is_model_id(rel)) {
+            hub = 1;
             char *local = path;
             path = NULL;
             st = fb_hub_resolve(rel, revision, &path);
-            if (st && missing)
+            if (st)
                 fb_error_prefix(st, "model '%s': no file or folder %s; as a hub id", models->keys[i],
                                 local);
-            else if (st)
-                fb_error_prefix(st, "model '%s'", models->keys[i]);
             fb_free(local);
             if (st) break;
         } else if (path && revision) {
@@ -244,6 +243,12 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
         }
         if (!path) st = FB_ERR_NOMEM;
         else st = fb_modelpool_add_path(pool, models->keys[i], path);
+        if (!st && hub) { /* remembered for the model card: id and snapshot */
+            fb_model *m = pool->models[pool->count - 1];
+            const char *slash = strrchr(path, '/');
+            if (!(m->hub_id = fb_strdup(rel)) || !(m->hub_commit = fb_strdup(slash ? slash + 1 : path)))
+                st = FB_ERR_NOMEM;
+        }
         fb_free(path);
     }
     if (st) {

@@ -1,0 +1,143 @@
+/*
+ * card.c: what a merged model's folder holds beside its weights, so that from_pretrained and
+ * the hub can use it: the base model's config.json (with the output's dtype, and the layer
+ * count of a restructured model), its generation and processor configs, the tokenizer files of
+ * the base or of `tokenizer_source`, and README.md, a model card in the hub's layout (YAML
+ * front matter with base_model (the inputs' hub ids), library_name and tags; then the method,
+ * its parameters, the input models with their revisions, the project's version and the
+ * command).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/status.h"
+#include "io/companions.h"
+#include "io/writer.h"
+#include "method.h"
+
+/* The folder a pool model was read from, when it is a Hugging Face folder (the model's own
+ * path, or the folder of its model.safetensors, index or pytorch_model.bin); NULL otherwise. */
+static char *model_folder(const fb_model *m)
+{
+    struct stat st;
+    if (!m || !m->path || stat(m->path, &st) != 0) return NULL;
+    if (S_ISDIR(st.st_mode)) return fb_strdup(m->path);
+    const char *base = strrchr(m->path, '/');
+    base = base ? base + 1 : m->path;
+    size_t n = strlen(base);
+    int hf = !strcmp(base, "model.safetensors") || !strcmp(base, "pytorch_model.bin") ||
+             (n > 11 && !strcmp(base + n - 11, ".index.json"));
+    return hf ? fb_path_dirname(m->path) : NULL;
+}
+
+static const char *torch_dtype_name(fb_dtype d)
+{
+    switch (d) {
+    case FB_F32: return "float32";
+    case FB_F16: return "float16";
+    case FB_BF16: return "bfloat16";
+    case FB_F64: return "float64";
+    default: return NULL;
+    }
+}
+
+/* Distinct N in "...layers.N..." names (a restructured model's depth), or 0 when none. */
+static int64_t count_layers(const fb_model *out)
+{
+    int64_t seen = 0, cap = 0, *ids = NULL;
+    for (int64_t i = 0; i < out->count; i++) {
+        const char *p = strstr(out->tensors[i]->name, "layers.");
+        if (!p) continue;
+        char *end;
+        long long id = strtoll(p + 7, &end, 10);
+        if (end == p + 7 || *end != '.') continue;
+        int known = 0;
+        for (int64_t k = 0; k < seen && !known; k++)
+            known = ids[k] == id;
+        if (known) continue;
+        if (fb_reserve(&ids, &cap, seen + 1, sizeof *ids)) break;
+        ids[seen++] = id;
+    }
+    fb_free(ids);
+    return seen;
+}
+
+static void card_text(fb_buf *b, const fb_method *m, const fb_modelpool *pool,
+                      const fb_run_options *opts, const char *out_path)
+{
+    /* the hub's base_model takes model ids: those of the models read that came from it */
+    fb_buf_printf(b, "---\n");
+    int ids = 0;
+    for (int i = 0; i < pool->count; i++) {
+        const fb_model *mm = pool->models[i];
+        int read = !fb_modelpool_is_special(pool->names[i]) || fb_method_reads_pretrained(m, pool);
+        if (read && mm->hub_id)
+            fb_buf_printf(b, "%s- %s\n", ids++ ? "" : "base_model:\n", mm->hub_id);
+    }
+    fb_buf_printf(b, "library_name: transformers\ntags:\n- merge\n- fusionbench-c\n---\n\n");
+    const char *slash = strrchr(out_path, '/');
+    fb_buf_printf(b, "# %s\n\n", slash && slash[1] ? slash + 1 : out_path);
+    fb_buf_printf(b, "A merge of the models below, made with FusionBench-C %s by `%s`",
+                  FB_VERSION_STRING, m->ops->name);
+    if (m->ops->target_class) fb_buf_printf(b, " (FusionBench's `%s`)", m->ops->target_class);
+    fb_buf_printf(b, ": %s.\n\n## Parameters\n\n```yaml\n", m->ops->summary);
+    char *params = fb_cfg_to_yaml(m->params);
+    fb_buf_printf(b, "%s", params && *params ? params : "{}\n");
+    free(params);
+    fb_buf_printf(b, "```\n\n## Models\n\n| name | source | revision |\n|---|---|---|\n");
+    for (int i = 0; i < pool->count; i++) {
+        const fb_model *mm = pool->models[i];
+        int read = !fb_modelpool_is_special(pool->names[i]) || fb_method_reads_pretrained(m, pool);
+        if (!read) continue;
+        fb_buf_printf(b, "| %s | %s | %s |\n", pool->names[i],
+                      mm->hub_id ? mm->hub_id
+                      : mm->path ? mm->path
+                                 : "(in memory)",
+                      mm->hub_commit ? mm->hub_commit : "");
+    }
+    if (opts && opts->command) fb_buf_printf(b, "\n## Command\n\n```sh\n%s\n```\n", opts->command);
+}
+
+fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *pool,
+                                      const fb_run_options *opts, const fb_model *out,
+                                      const char *out_path, fb_companions *c)
+{
+    memset(c, 0, sizeof *c);
+    const fb_model *base = fb_modelpool_get(pool, "_pretrained_");
+    if (!base && pool->count) base = pool->models[0];
+    const char *tok_name = opts ? opts->tokenizer_source : NULL;
+    const fb_model *tok = tok_name ? fb_modelpool_get(pool, tok_name) : base;
+    if (tok_name && !tok)
+        return fb_set_error(FB_ERR_ARG, "tokenizer_source '%s' is not a model of the pool",
+                            tok_name);
+    char *base_dir = model_folder(base), *tok_dir = model_folder(tok);
+    if (tok_name && !tok_dir) {
+        fb_free(base_dir);
+        return fb_set_error(FB_ERR_ARG,
+                            "tokenizer_source '%s' (%s) is not a Hugging Face folder to take "
+                            "tokenizer files from",
+                            tok_name, fb_model_label(tok));
+    }
+    fb_dtype dt = FB_F32;
+    for (int64_t i = 0; i < out->count; i++)
+        if (fb_dtype_is_float(out->tensors[i]->dtype)) {
+            dt = out->tensors[i]->dtype;
+            break;
+        }
+    fb_status st = fb_companions_collect(base_dir, tok_dir, torch_dtype_name(dt),
+                                         m->ops->plan ? count_layers(out) : 0, c);
+    fb_free(base_dir);
+    fb_free(tok_dir);
+    if (st) return st;
+    fb_buf card;
+    fb_buf_init(&card);
+    card_text(&card, m, pool, opts, out_path);
+    st = card.failed ? FB_ERR_NOMEM : fb_companions_add(c, "README.md", card.data, card.len);
+    fb_buf_free(&card);
+    if (st) fb_companions_free(c);
+    return st;
+}
