@@ -73,6 +73,12 @@ typedef struct job {
     int release;              /* inputs larger than memory: drop what the merge has read */
     uint8_t *keep;            /* release: per output tensor, whether prepare passes keep its
                                * input pages cached for the merge */
+    /* the pool's selection (fb_pool_select): which tensors are merged */
+    const fb_pool_select *sel;
+    fb_name_filter *include, *exclude;
+    const fb_tensor **out_src; /* per output tensor: the reference's tensor it comes from */
+    uint8_t *copy_only;        /* per output tensor: copied from out_src, not merged */
+    uint8_t *rows_differ;      /* per output tensor: models hold different numbers of rows */
 } job;
 
 /* Elements whose merged value waits for merge_finish's decision (fb_merge_fixup). */
@@ -117,16 +123,37 @@ static void list_names(fb_buf *b, const char **names, int n, int total)
     if (total > n) fb_buf_printf(b, " (and %d more)", total - n);
 }
 
-/* Input k must have exactly the reference's tensors, with the same dtypes and shapes. */
+/* Whether the pool's selection merges tensor `name` (every tensor without one). */
+static int selected(const job *J, const char *name)
+{
+    return (fb_name_filter_empty(J->include) || fb_name_filter_matches(J->include, name)) &&
+           !fb_name_filter_matches(J->exclude, name);
+}
+
+/* Shapes that differ in the first dimension only (a vocabulary's rows). */
+static int rows_only_differ(const fb_tensor *a, const fb_tensor *b)
+{
+    if (a->ndim != b->ndim || a->ndim == 0) return 0;
+    for (int d = 1; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d]) return 0;
+    return 1;
+}
+
+/* Input k must have exactly the reference's tensors, with the same dtypes and shapes; the
+ * pool's selection relaxes that for tensors it does not merge, tensors only some models have
+ * (missing: keep) and rows (vocab: base or union). */
 static fb_status check_agreement(const job *J, int k)
 {
     const fb_model *a = J->ref, *b = J->inputs[k];
     enum { SHOW = 3 };
     const char *missing[SHOW], *extra[SHOW];
     int nmissing = 0, nextra = 0;
+    const int relax_missing = J->sel && J->sel->keep_missing;
     for (int64_t i = 0; i < a->count; i++) {
         const fb_tensor *ta = a->tensors[i], *tb = fb_model_find(b, ta->name);
+        if (J->sel && !selected(J, ta->name)) continue; /* copied from the base, or left out */
         if (!tb) {
+            if (relax_missing) continue;
             if (nmissing < SHOW) missing[nmissing] = ta->name;
             nmissing++;
             continue;
@@ -142,6 +169,7 @@ static fb_status check_agreement(const job *J, int k)
                                 fb_model_label(a));
         int same = ta->ndim == tb->ndim;
         for (int d = 0; same && d < ta->ndim; d++) same = ta->shape[d] == tb->shape[d];
+        if (!same && J->sel && J->sel->vocab && rows_only_differ(ta, tb)) same = 1;
         if (!same) {
             fb_buf sa, sb;
             fb_buf_init(&sa);
@@ -161,8 +189,10 @@ static fb_status check_agreement(const job *J, int k)
         }
     }
     for (int64_t i = 0; i < b->count; i++) {
-        if (fb_model_find(a, b->tensors[i]->name)) continue;
-        if (nextra < SHOW) extra[nextra] = b->tensors[i]->name;
+        const char *name = b->tensors[i]->name;
+        if (fb_model_find(a, name)) continue;
+        if (J->sel && (!selected(J, name) || relax_missing)) continue; /* not in the output */
+        if (nextra < SHOW) extra[nextra] = name;
         nextra++;
     }
     if (!nmissing && !nextra) return FB_OK;
@@ -178,6 +208,9 @@ static fb_status check_agreement(const job *J, int k)
         fb_buf_printf(&msg, "%s it has %d extra: ", nmissing ? ";" : "", nextra);
         list_names(&msg, extra, nextra < SHOW ? nextra : SHOW, nextra);
     }
+    if (!J->sel) /* what the pool file can say about it */
+        fb_buf_printf(&msg, " (a model pool can merge only some tensors: include, exclude, "
+                            "merge_backbone, missing: keep)");
     fb_status st = fb_set_error(FB_ERR_MISMATCH, "%s", msg.failed ? "tensor sets differ" : msg.data);
     fb_buf_free(&msg);
     return st;
@@ -214,8 +247,16 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
         return fb_set_error(FB_ERR_ARG,
                             "method %s needs the base model: add '%s' to the model pool",
                             m->ops->name, FB_PRETRAINED);
-    /* remove_keys copies from the base: bring it in even when the method does not use it */
-    int copy_base = !J->has_base && m->remove && fb_modelpool_has_pretrained(pool);
+    /* remove_keys and a pool's selection copy from the base: bring it in even when the method
+     * does not use it; with a selection the base is the reference (its tensors the output's) */
+    J->sel = fb_modelpool_selects(pool) ? &pool->select : NULL;
+    fb_status fst = J->sel ? fb_name_filter_create(pool->select.include, "modelpool.include",
+                                                   &J->include)
+                           : FB_OK;
+    if (!fst && J->sel)
+        fst = fb_name_filter_create(pool->select.exclude, "modelpool.exclude", &J->exclude);
+    if (fst) return fst;
+    int copy_base = !J->has_base && (m->remove || J->sel) && fb_modelpool_has_pretrained(pool);
     J->num_inputs = J->num_models + (J->has_base || copy_base);
     J->inputs = fb_calloc((size_t)J->num_inputs, sizeof *J->inputs);
     J->names = fb_calloc((size_t)J->num_inputs, sizeof *J->names);
@@ -228,7 +269,7 @@ static fb_status collect_inputs(job *J, const fb_method *m, const fb_modelpool *
         J->names[J->num_models] = FB_PRETRAINED;
         J->inputs[J->num_models] = fb_modelpool_get(pool, FB_PRETRAINED);
     }
-    int r = J->has_base ? J->num_models : 0;
+    int r = J->has_base || (J->sel && copy_base) ? J->num_models : 0;
     J->ref = J->inputs[r];
     J->ref_name = J->names[r];
     for (int k = 0; k < J->num_inputs && !m->ops->plan; k++) {
@@ -260,7 +301,37 @@ static fb_status output_dtype(const fb_tensor *t, const fb_run_options *opts, fb
 /* The input tensor output tensor i is made from (the reference's, or the plan's source). */
 static const fb_tensor *out_source(const job *J, int64_t i)
 {
-    return J->method->ops->plan ? J->plan.entries[i].source : J->ref->tensors[i];
+    return J->method->ops->plan ? J->plan.entries[i].source : J->out_src[i];
+}
+
+/* Output tensor for reference tensor t under the pool's selection: *skip when it is left out,
+ * *copy when it is copied rather than merged, the rows it gets (vocab: union takes the most
+ * any model has) and whether the models' rows differ. */
+static void select_output(const job *J, const fb_tensor *t, int *skip, int *copy, int64_t *rows,
+                          int *differ)
+{
+    *skip = *copy = *differ = 0;
+    *rows = t->ndim ? t->shape[0] : 0;
+    if (!J->sel) return;
+    if (!selected(J, t->name) || !fb_dtype_is_float(t->dtype)) {
+        int sel = selected(J, t->name);
+        *skip = !sel && J->sel->drop_unmerged;
+        *copy = !sel;
+        if (sel) { /* a selected int buffer: merged as before (equal in every model) */
+            for (int k = 0; k < J->num_inputs; k++) *copy |= !fb_model_find(J->inputs[k], t->name);
+        }
+        return;
+    }
+    for (int k = 0; k < J->num_inputs; k++) {
+        const fb_tensor *o = fb_model_find(J->inputs[k], t->name);
+        if (!o) {
+            *copy = 1; /* missing: keep */
+            continue;
+        }
+        if (o->ndim && o->shape[0] != t->shape[0]) *differ = 1;
+        if (o->ndim && J->sel->vocab == FB_VOCAB_UNION && o->shape[0] > *rows) *rows = o->shape[0];
+    }
+    if (*copy) *differ = 0, *rows = t->ndim ? t->shape[0] : 0;
 }
 
 static fb_status plan_output(job *J, const fb_run_options *opts)
@@ -273,14 +344,32 @@ static fb_status plan_output(job *J, const fb_run_options *opts)
         st = J->method->ops->plan(J->method->state, &J->setup, J->inputs, &J->plan);
         if (st) return fb_error_prefix(st, "method %s", J->method->ops->name);
         count = J->plan.count;
+    } else {
+        size_t n = (size_t)(count ? count : 1);
+        J->out_src = fb_calloc(n, sizeof *J->out_src);
+        J->copy_only = fb_calloc(n, 1);
+        J->rows_differ = fb_calloc(n, 1);
+        if (!J->out_src || !J->copy_only || !J->rows_differ) return FB_ERR_NOMEM;
     }
+    int64_t ti = 0;
     for (int64_t i = 0; i < count && !st; i++) {
-        const fb_tensor *t = out_source(J, i);
+        const fb_tensor *t = J->method->ops->plan ? out_source(J, i) : r->tensors[i];
         const char *name = J->method->ops->plan ? J->plan.entries[i].name : t->name;
+        int64_t shape[FB_MAX_DIMS];
+        memcpy(shape, t->shape, sizeof shape);
+        if (!J->method->ops->plan) {
+            int skip, copy, differ;
+            select_output(J, t, &skip, &copy, &shape[0], &differ);
+            if (skip) continue;
+            J->out_src[ti] = t;
+            J->copy_only[ti] = (uint8_t)copy;
+            J->rows_differ[ti] = (uint8_t)differ;
+        }
+        ti++;
         fb_dtype dt;
         if ((st = output_dtype(t, opts, &dt))) break;
-        st = J->to_memory ? fb_model_add_tensor(J->out, name, dt, t->ndim, t->shape, NULL, NULL)
-                          : fb_model_declare_tensor(J->out, name, dt, t->ndim, t->shape);
+        st = J->to_memory ? fb_model_add_tensor(J->out, name, dt, t->ndim, shape, NULL, NULL)
+                          : fb_model_declare_tensor(J->out, name, dt, t->ndim, shape);
         if (st == FB_ERR_ARG)
             st = fb_set_error(FB_ERR_ARG, "method %s: the output would hold tensor '%s' twice",
                               J->method->ops->name, name);
@@ -397,8 +486,11 @@ static fb_status allocate_scratch(job *J)
     if (ops->whole_tensor) {
         J->threads = 1; /* whole tensors are merged on the calling thread */
         J->chunk = 1;
-        for (int64_t i = 0; i < J->out->count; i++)
-            if (out_source(J, i)->numel > J->chunk) J->chunk = out_source(J, i)->numel;
+        for (int64_t i = 0; i < J->out->count; i++) { /* the output may have more rows */
+            int64_t n = J->out->tensors[i]->numel > out_source(J, i)->numel ? J->out->tensors[i]->numel
+                                                                              : out_source(J, i)->numel;
+            if (n > J->chunk) J->chunk = n;
+        }
     }
     /* raw buffers hold inputs that need widening and outputs that need narrowing */
     J->raw_es = 0;
@@ -481,29 +573,67 @@ static int check_nonfinite(const job *J)
     return !J->opts || J->opts->nonfinite != FB_NONFINITE_PROPAGATE;
 }
 
-/* Reads chunk c of every input of the current tensor as f32 (thread tid's buffers). */
-static fb_status load_chunk(const job *J, int64_t c, int tid, fb_merge_chunk *mc)
+/* Reads chunk c of every input of the current tensor ti as f32 (thread tid's buffers). When
+ * the models hold different numbers of rows (a pool's vocab: base or union), an input's
+ * entries past its rows are the base's there, or, where the base has none either, the mean of
+ * the inputs that have them: a model without a row adds no task vector to it. */
+static fb_status load_chunk(const job *J, int64_t ti, int64_t c, int tid, fb_merge_chunk *mc)
 {
+    const int rows = J->rows_differ && J->rows_differ[ti];
+    const int64_t total = J->out->tensors[ti]->numel;
     const fb_tensor *rt = J->tensors[J->has_base ? J->num_models : 0];
+    for (int k = 0; rows && k < J->num_inputs; k++) /* one input has the output's shape */
+        if (J->tensors[k]->numel == total) rt = J->tensors[k];
     int64_t begin = c * J->chunk;
-    int64_t n = rt->numel - begin < J->chunk ? rt->numel - begin : J->chunk;
+    int64_t n = total - begin < J->chunk ? total - begin : J->chunk;
     size_t slot = (size_t)tid * (size_t)(J->num_inputs + 1);
     const float **ptrs = J->ptrs + (size_t)tid * (size_t)J->num_inputs;
+    int64_t avail[64];
+    int padded = 0;
     fb_status st;
+    if (rows && J->num_inputs > 64)
+        return fb_set_error(FB_ERR_UNSUPPORTED, "tensor '%s': rows that differ across more than 64 "
+                                                "models",
+                            rt->name);
     for (int k = 0; k < J->num_inputs; k++) {
         const fb_tensor *t = J->tensors[k];
         float *fbuf = J->f32 + (slot + (size_t)k) * (size_t)J->chunk;
         uint8_t *rbuf = J->raw + (slot + (size_t)k) * (size_t)J->chunk * J->raw_es;
         size_t es = fb_dtype_size(t->dtype);
-        const void *p;
+        int64_t m = n;
+        if (rows) {
+            m = t->numel - begin < n ? t->numel - begin : n;
+            if (m < 0) m = 0;
+            avail[k] = m;
+            padded |= m < n;
+        }
+        const void *p = fbuf;
         if (t->dtype == FB_F32) {
-            if ((st = fb_tensor_view(t, (size_t)begin * 4, (size_t)n * 4, fbuf, &p))) return st;
-            ptrs[k] = p;
+            if (m && (st = fb_tensor_view(t, (size_t)begin * 4, (size_t)m * 4, fbuf, &p))) return st;
+            if (m < n && p != fbuf) memcpy(fbuf, p, (size_t)m * 4); /* to pad it below */
+            ptrs[k] = m < n ? fbuf : p;
             continue;
         }
-        if ((st = fb_tensor_view(t, (size_t)begin * es, (size_t)n * es, rbuf, &p))) return st;
-        if ((st = fb_convert_to_f32(t->dtype, p, fbuf, n))) return st;
+        if (m && (st = fb_tensor_view(t, (size_t)begin * es, (size_t)m * es, rbuf, &p))) return st;
+        if (m && (st = fb_convert_to_f32(t->dtype, p, fbuf, m))) return st;
         ptrs[k] = fbuf;
+    }
+    if (padded) {
+        float *fill = J->f32 + (slot + (size_t)J->num_inputs) * (size_t)J->chunk; /* output slot, free until the merge */
+        const int base = J->num_inputs > J->num_models ? J->num_models : -1;
+        for (int64_t j = 0; j < n; j++) {
+            if (base >= 0 && avail[base] > j) {
+                fill[j] = ptrs[base][j];
+                continue;
+            }
+            double sum = 0;
+            int have = 0;
+            for (int k = 0; k < J->num_models; k++)
+                if (avail[k] > j) sum += ptrs[k][j], have++;
+            fill[j] = have ? (float)(sum / have) : 0.0f;
+        }
+        for (int k = 0; k < J->num_inputs; k++)
+            for (int64_t j = avail[k]; j < n; j++) ((float *)ptrs[k])[j] = fill[j];
     }
     for (int k = 0; check_nonfinite(J) && k < J->num_inputs; k++) {
         int64_t bad = first_nonfinite(ptrs[k], n);
@@ -610,7 +740,7 @@ static fb_status check_merged(const fb_tensor *ot, const fb_merge_chunk *mc)
 static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int what)
 {
     fb_merge_chunk mc;
-    fb_status st = load_chunk(J, c, tid, &mc);
+    fb_status st = load_chunk(J, ti, c, tid, &mc);
     if (st) return st;
     mc.tensor_index = ti;
     const fb_method_ops *ops = J->method->ops;
@@ -646,7 +776,7 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
  * unless the method takes whole tensors. */
 static fb_status run_tensor(job *J, int64_t ti, int what, int64_t stride)
 {
-    int64_t numel = J->tensors[0]->numel;
+    int64_t numel = J->out->tensors[ti]->numel; /* models' rows may differ (vocab) */
     int64_t nchunks = (numel + J->chunk - 1) / J->chunk;
     if (J->method->ops->whole_tensor) return nchunks ? run_chunk(J, ti, 0, 0, what) : FB_OK;
     int64_t err_chunk = INT64_MAX;
@@ -714,14 +844,13 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* A restructured output tensor: its source copied (scaled and converted where asked). */
-static fb_status copy_plan_tensor(job *J, int64_t ti)
+/* Output tensor ti copied from src, scaled and converted where asked: a restructured model's
+ * tensors, and those a pool's selection does not merge. */
+static fb_status copy_source_tensor(job *J, int64_t ti, const fb_tensor *src, float scale)
 {
-    const fb_plan_entry *e = &J->plan.entries[ti];
-    const fb_tensor *src = e->source;
     fb_tensor *ot = J->out->tensors[ti];
     fb_status st;
-    if (!fb_dtype_is_float(src->dtype) || (src->dtype == ot->dtype && e->scale == 1.0f)) {
+    if (!fb_dtype_is_float(src->dtype) || (src->dtype == ot->dtype && scale == 1.0f)) {
         for (size_t off = 0; off < src->nbytes; off += COPY_BYTES) {
             size_t n = src->nbytes - off < COPY_BYTES ? src->nbytes - off : COPY_BYTES;
             if ((st = fb_tensor_read(src, off, n, J->copy_buf))) return st;
@@ -739,7 +868,7 @@ static fb_status copy_plan_tensor(job *J, int64_t ti)
         int64_t n = src->numel - begin < step ? src->numel - begin : step;
         if ((st = fb_tensor_read(src, (size_t)begin * ies, (size_t)n * ies, raw))) return st;
         if ((st = fb_convert_to_f32(src->dtype, raw, f, n))) return st;
-        for (int64_t j = 0; j < n; j++) f[j] *= e->scale;
+        for (int64_t j = 0; j < n; j++) f[j] *= scale;
         if ((st = fb_convert_from_f32(ot->dtype, f, outb, n))) return st;
         if (J->to_memory) memcpy((uint8_t *)ot->data + (size_t)begin * oes, outb, (size_t)n * oes);
         else if ((st = write_out(J, ti, (size_t)begin * oes, outb, NULL, (size_t)n * oes)))
@@ -756,9 +885,10 @@ static void select_tensor(job *J, int64_t ti)
 
 static int is_merged(const job *J, int64_t ti)
 {
-    const fb_tensor *t = J->ref->tensors[ti];
+    const fb_tensor *t = out_source(J, ti);
     const fb_method_ops *ops = J->method->ops;
     return fb_dtype_is_float(t->dtype) && !fb_name_filter_matches(J->method->remove, t->name) &&
+           !(J->copy_only && J->copy_only[ti]) &&
            (!ops->merges_tensor || ops->merges_tensor(J->tstate[ti], t));
 }
 
@@ -770,14 +900,16 @@ static fb_status merge_all(job *J, int report)
     for (int64_t ti = 0; ti < J->out->count; ti++) {
         double t0 = now_seconds();
         if (ops->plan) {
-            st = copy_plan_tensor(J, ti);
+            st = copy_source_tensor(J, ti, J->plan.entries[ti].source, J->plan.entries[ti].scale);
+        } else if (J->copy_only[ti]) {
+            st = copy_source_tensor(J, ti, J->out_src[ti], 1.0f);
         } else {
             select_tensor(J, ti);
             if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
             else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE, 1);
         }
         if (st) return st;
-        for (int k = 0; J->release && !ops->plan && k < J->num_inputs; k++)
+        for (int k = 0; J->release && !ops->plan && !J->copy_only[ti] && k < J->num_inputs; k++)
             fb_tensor_release_cache(J->tensors[k]);
         if (report && J->opts && J->opts->on_tensor)
             J->opts->on_tensor(J->opts->user, J->out->tensors[ti]->name, ti, J->out->count,
@@ -922,6 +1054,11 @@ static fb_status execute(job *J)
 
 static void job_free(job *J)
 {
+    fb_name_filter_free(J->include);
+    fb_name_filter_free(J->exclude);
+    fb_free(J->out_src);
+    fb_free(J->copy_only);
+    fb_free(J->rows_differ);
     fb_free(J->inputs);
     fb_free(J->names);
     fb_free(J->f32);
@@ -982,6 +1119,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
         with_files.files = comp.files;
         with_files.num_files = comp.count;
     }
+    J.save = &with_files; /* an alternative output (merge_alternative) gets the same files */
     if (!st && path) st = fb_writer_open(path, &with_files, J.out, &J.writer);
     if (!st && xpath) st = fb_writer_open(xpath, NULL, J.extras, &J.extras_writer);
     if (!st) st = execute(&J);

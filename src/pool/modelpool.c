@@ -36,7 +36,64 @@ void fb_modelpool_free(fb_modelpool *pool)
     }
     fb_free(pool->names);
     fb_free(pool->models);
+    fb_config_free(pool->select.include);
+    fb_config_free(pool->select.exclude);
     fb_free(pool);
+}
+
+int fb_modelpool_selects(const fb_modelpool *pool)
+{
+    const fb_pool_select *s = &pool->select;
+    return s->include || s->exclude || s->drop_unmerged || s->keep_missing || s->vocab;
+}
+
+/* One of `choices` (a NULL-terminated list) for key, as its index; absent: 0. */
+static fb_status choice(const fb_config *node, const char *key, const char *const *choices, int *out)
+{
+    const fb_config *v = fb_cfg_map_get(node, key);
+    *out = 0;
+    if (fb_cfg_is_null(v)) return FB_OK;
+    const char *s;
+    fb_status st = fb_cfg_string(v, key, &s);
+    if (st) return st;
+    for (int i = 0; choices[i]; i++)
+        if (!strcmp(s, choices[i])) return *out = i, FB_OK;
+    return fb_set_error(FB_ERR_CONFIG, "%s: modelpool '%s' is '%s'; it must be %s or %s",
+                        fb_cfg_where(v), key, s, choices[0], choices[1] ? choices[1] : "");
+}
+
+/* include / exclude / merge_backbone / unmerged / missing / vocab. */
+static fb_status read_select(const fb_config *node, fb_pool_select *sel)
+{
+    static const char *const unmerged[] = {"keep", "drop", NULL};
+    static const char *const missing[] = {"error", "keep", NULL};
+    static const char *const vocab[] = {"error", "base", "union", NULL};
+    fb_status st = choice(node, "unmerged", unmerged, &sel->drop_unmerged);
+    if (!st) st = choice(node, "missing", missing, &sel->keep_missing);
+    if (!st) st = choice(node, "vocab", vocab, &sel->vocab);
+    const char *lists[2] = {"include", "exclude"};
+    fb_config **dst[2] = {&sel->include, &sel->exclude};
+    for (int i = 0; i < 2 && !st; i++) {
+        const fb_config *v = fb_cfg_map_get(node, lists[i]);
+        if (fb_cfg_is_null(v)) continue;
+        if (v->kind != FB_CFG_SEQ)
+            return fb_set_error(FB_ERR_CONFIG, "%s: modelpool '%s' must be a list of tensor-name "
+                                               "patterns",
+                                fb_cfg_where(v), lists[i]);
+        st = fb_cfg_copy(v, dst[i]);
+    }
+    int backbone = 0;
+    const fb_config *b = fb_cfg_map_get(node, "merge_backbone");
+    if (!st && !fb_cfg_is_null(b)) st = fb_cfg_bool(b, "merge_backbone", &backbone);
+    if (!st && backbone) { /* FusionBench's CausalLMBackbonePool: the decoder layers only */
+        if (sel->include)
+            return fb_set_error(FB_ERR_CONFIG, "%s: modelpool gives both merge_backbone and "
+                                               "include; choose one",
+                                fb_cfg_where(b));
+        const char *layers = "['^model\\.layers\\.']";
+        st = fb_cfg_parse_text(layers, strlen(layers), NULL, &sel->include);
+    }
+    return st;
 }
 
 static int find(const fb_modelpool *pool, const char *name)
@@ -199,11 +256,16 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
                             fb_cfg_where(node));
     for (int i = 0; i < node->count; i++) {
         const char *k = node->keys[i];
-        if (strcmp(k, "models") && strcmp(k, "_target_") && strcmp(k, "_recursive_") &&
-            strcmp(k, "_usage_"))
+        static const char *const known[] = {"models", "_target_", "_recursive_", "_usage_",
+                                            "include", "exclude", "merge_backbone", "unmerged",
+                                            "missing", "vocab", NULL};
+        int ok = 0;
+        for (int j = 0; known[j] && !ok; j++) ok = !strcmp(k, known[j]);
+        if (!ok)
             return fb_set_error(FB_ERR_CONFIG,
                                 "%s: unknown modelpool key '%s' (known: models, _target_, "
-                                "_recursive_, _usage_)",
+                                "_recursive_, _usage_, include, exclude, merge_backbone, "
+                                "unmerged, missing, vocab)",
                                 fb_cfg_where(node->items[i]), k);
     }
     const fb_config *models = fb_cfg_map_get(node, "models");
@@ -214,6 +276,7 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
     fb_modelpool *pool;
     fb_status st = fb_modelpool_create(&pool);
     if (st) return st;
+    st = read_select(node, &pool->select);
     for (int i = 0; i < models->count && !st; i++) {
         const fb_config *v = models->items[i];
         const char *rel, *revision;
