@@ -245,6 +245,11 @@ case("bin_compressed.bin",
      "is compressed")
 case("bin_memo_never_stored.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02h\x05."),
      "memo fetch of an index never stored")
+case("bin_memo_cycle.bin",  # a dict that holds itself: a cycle through the memo
+     torch_zip(None, {}, raw_pickle=b"\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s."),
+     "'a' is not a tensor")
+case("bin_list_holds_itself.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02]q\x00h\x00a."),
+     "holds no state dict")
 case("bin_unknown_opcode.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02(i__main__\nX\n."),
      "opcode 0x69")
 case("bin_no_stop.bin", torch_zip(None, {}, raw_pickle=b"\x80\x02}"), "ends without STOP")
