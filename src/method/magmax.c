@@ -3,8 +3,11 @@
  * Learning", ECCV 2024).
  *
  *     tau_i = theta_i - theta_0
- *     tau[j] = tau_{i*}[j],  i* = argmax_i |tau_i[j]|   (the first model on ties)
+ *     tau[j] = tau_{i*}[j],  i* = argmax_i |tau_i[j]|   (the last model on ties)
  *     theta = theta_0 + lambda * tau
+ *
+ * Ties go to the later model, as FusionBench's MagMaxAlgorithm and the official code
+ * (merge_max_abs) fold the task vectors with |tau_i| >= |best|; bf16 checkpoints tie often.
  */
 #include <math.h>
 
@@ -40,15 +43,17 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     const float lambda = ((const state *)p)->lambda;
     const float *base = c->base;
     float *restrict out = c->out;
-    for (int64_t j = 0; j < c->count; j++) out[j] = c->models[0][j] - base[j];
+    for (int64_t j = 0; j < c->count; j++)
+        out[j] = c->models[0][j] - base[j];
     for (int i = 1; i < c->num_models; i++) {
         const float *m = c->models[i];
         for (int64_t j = 0; j < c->count; j++) {
             float tau = m[j] - base[j];
-            out[j] = fabsf(tau) > fabsf(out[j]) ? tau : out[j];
+            out[j] = fabsf(tau) >= fabsf(out[j]) ? tau : out[j];
         }
     }
-    for (int64_t j = 0; j < c->count; j++) out[j] = base[j] + lambda * out[j];
+    for (int64_t j = 0; j < c->count; j++)
+        out[j] = base[j] + lambda * out[j];
     return FB_OK;
 }
 

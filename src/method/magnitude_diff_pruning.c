@@ -4,25 +4,45 @@
  * 2015, applied to the task vector).
  *
  *     d = theta_ft - theta_0, per tensor matching extract_names (default: linear weights)
- *     unstructured:   q = quantile(|d|, prune_ratio) (linear interpolation, as torch.quantile);
- *                     keep d where |d| > q
+ *     minor (FusionBench's default): in each row (the last dimension), the floor(cols *
+ *                     prune_ratio) entries of smallest |d| are set to zero, ties to the earlier
+ *                     entry (a stable sort of |d|, as FusionBench's unstructured_magnitude_prune_)
+ *     major:          the same for the entries of largest |d| (a stable sort of -|d|)
+ *     unstructured:   one cut per tensor: q = quantile(|d|, prune_ratio) (linear interpolation,
+ *                     as torch.quantile); keep d where |d| > q (FusionBench's rule before 2025)
  *     semistructured: in every group of m consecutive entries of a row, keep the n largest |d|
- *     rescale:        divide kept entries by the fraction kept (1 - prune_ratio, or n / m)
+ *     rescale:        minor, major: true multiplies the kept entries by 1 / prune_ratio, a
+ *                     number multiplies them by that number (as FusionBench); unstructured,
+ *                     semistructured: true divides by the fraction kept (1 - prune_ratio, n / m)
  *     theta = theta_0 + kept d;  other tensors keep the base's values
  *
- * FusionBench's version with rescale: false multiplies the kept difference by zero (it returns
- * the base); here rescale: false keeps the difference as it is, as magnitude pruning means.
+ * FusionBench with rescale: false multiplies the kept difference by False, that is zero (it
+ * returns the base); here rescale: false keeps the difference as it is, as magnitude pruning
+ * means. A 1-D tensor is one row (FusionBench's rule needs two dimensions).
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/status.h"
 #include "method.h"
 
+enum { MINOR, MAJOR, UNSTRUCTURED, SEMISTRUCTURED };
+
+/* A row entry to sort: its key (|d| or -|d|) and position. */
+typedef struct keyed {
+    float key;
+    int64_t at;
+} keyed;
+
 typedef struct state {
     float ratio;
-    int rescale, semistructured;
+    double ratio_exact; /* floor(cols * prune_ratio) in double, as Python computes it */
+    int rescale, type;
+    float rescale_by; /* minor, major: the kept entries' factor (1 without rescale) */
+    keyed *order;
+    int64_t order_len;
     int64_t n, m;
     fb_name_filter *extract;
     float *work;
@@ -30,11 +50,14 @@ typedef struct state {
 } state;
 
 static const fb_param_spec params[] = {
-    {"prune_ratio", "0.5", "fraction of each tensor's difference set to zero, in [0, 1)"},
-    {"prune_type", "unstructured", "unstructured (per-tensor quantile) or semistructured (n:m)"},
+    {"prune_ratio", "0.5",
+     "fraction of each row's (or tensor's) difference set to zero, in [0, 1)"},
+    {"prune_type", "minor",
+     "minor or major (per row, FusionBench), unstructured (per-tensor "
+     "quantile) or semistructured (n:m)"},
     {"n", "2", "semistructured: entries kept per group"},
     {"m", "4", "semistructured: group size"},
-    {"rescale", "false", "divide kept entries by the fraction kept"},
+    {"rescale", "false", "true, or a factor for the kept entries (see the method's docs)"},
     {"extract_names", "null", "tensor-name patterns to prune (default: linear-layer weights)"},
     {NULL, NULL, NULL},
 };
@@ -45,6 +68,7 @@ static void destroy(void *p)
     if (!s) return;
     fb_name_filter_free(s->extract);
     fb_free(s->work);
+    fb_free(s->order);
     fb_free(s);
 }
 
@@ -55,25 +79,48 @@ static fb_status create(const fb_config *p, void **out)
     double ratio;
     const char *type;
     fb_status st = fb_param_double(p, "prune_ratio", 0.0, 1.0, &ratio);
-    if (!st && ratio >= 1.0) st = fb_set_error(FB_ERR_ARG, "'prune_ratio' is 1; it must be below 1");
+    if (!st && ratio >= 1.0)
+        st = fb_set_error(FB_ERR_ARG, "'prune_ratio' is 1; it must be below 1");
     if (!st) st = fb_cfg_string(fb_cfg_map_get(p, "prune_type"), "prune_type", &type);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "n"), "n", &s->n);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "m"), "m", &s->m);
-    if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "rescale"), "rescale", &s->rescale);
-    if (!st) st = fb_name_filter_create(fb_cfg_map_get(p, "extract_names"), "extract_names", &s->extract);
-    if (!st) {
-        if (!strcmp(type, "semistructured")) s->semistructured = 1;
-        else if (strcmp(type, "unstructured"))
-            st = fb_set_error(FB_ERR_ARG, "'prune_type' is '%s'; it must be unstructured or "
-                                          "semistructured", type);
+    const fb_config *rs = fb_cfg_map_get(p, "rescale");
+    double factor = 1.0;
+    if (!st && !fb_cfg_is_null(rs) && fb_cfg_bool(rs, "rescale", &s->rescale)) { /* a factor */
+        st = fb_cfg_double(rs, "rescale", &factor);
+        if (st)
+            st = fb_set_error(FB_ERR_CONFIG, "%s: 'rescale' must be true, false or a number",
+                              fb_cfg_where(rs));
+        s->rescale = 2;
     }
-    if (!st && s->semistructured && !(s->m >= 1 && s->n >= 0 && s->n <= s->m))
-        st = fb_set_error(FB_ERR_ARG, "semistructured pruning needs 0 <= n <= m and m >= 1 (got "
-                                      "n=%lld, m=%lld)", (long long)s->n, (long long)s->m);
+    if (!st)
+        st =
+            fb_name_filter_create(fb_cfg_map_get(p, "extract_names"), "extract_names", &s->extract);
+    if (!st) {
+        static const char *const types[] = {"minor", "major", "unstructured", "semistructured"};
+        s->type = -1;
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(type, types[i])) s->type = i;
+        if (s->type < 0)
+            st = fb_set_error(FB_ERR_ARG,
+                              "'prune_type' is '%s'; it must be minor, major, "
+                              "unstructured or semistructured",
+                              type);
+    }
+    if (!st && s->type == SEMISTRUCTURED && !(s->m >= 1 && s->n >= 0 && s->n <= s->m))
+        st = fb_set_error(FB_ERR_ARG,
+                          "semistructured pruning needs 0 <= n <= m and m >= 1 (got "
+                          "n=%lld, m=%lld)",
+                          (long long)s->n, (long long)s->m);
+    if (!st && s->rescale == 1 && s->type <= MAJOR && ratio == 0.0)
+        st = fb_set_error(FB_ERR_ARG, "rescale: true multiplies by 1 / prune_ratio, so "
+                                      "prune_ratio may not be 0");
     if (st) {
         destroy(s);
         return st;
     }
+    s->ratio_exact = ratio;
+    s->rescale_by = s->rescale == 2 ? (float)factor : s->rescale ? (float)(1.0 / ratio) : 1.0f;
     s->ratio = (float)ratio;
     *out = s;
     return FB_OK;
@@ -82,8 +129,17 @@ static fb_status create(const fb_config *p, void **out)
 static int merges_tensor(const void *p, const fb_tensor *t)
 {
     const state *s = p;
-    if (!fb_name_filter_empty(s->extract)) return fb_name_filter_matches(s->extract, fb_tensor_name(t));
+    if (!fb_name_filter_empty(s->extract))
+        return fb_name_filter_matches(s->extract, fb_tensor_name(t));
     return fb_is_linear_weight(t);
+}
+
+/* Ascending keys, equal keys in position order: a stable sort, as torch.sort(stable=True). */
+static int by_key_then_position(const void *pa, const void *pb)
+{
+    const keyed *a = pa, *b = pb;
+    if (a->key != b->key) return a->key < b->key ? -1 : 1;
+    return (a->at > b->at) - (a->at < b->at);
 }
 
 /* The k-th smallest of v[0..n) (0-based), reordering v: Hoare's selection, O(n). */
@@ -94,17 +150,22 @@ static float select_kth(float *v, int64_t n, int64_t k)
         float pivot = v[lo + (hi - lo) / 2];
         int64_t i = lo, j = hi;
         while (i <= j) {
-            while (v[i] < pivot) i++;
-            while (v[j] > pivot) j--;
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
             if (i <= j) {
                 float t = v[i];
                 v[i++] = v[j];
                 v[j--] = t;
             }
         }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else return v[k];
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return v[k];
     }
     return v[k];
 }
@@ -131,16 +192,40 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     const int64_t n = c->count;
     const float *ft = c->models[0], *base = c->base;
     float *d = c->out;
-    for (int64_t j = 0; j < n; j++) d[j] = ft[j] - base[j];
+    for (int64_t j = 0; j < n; j++)
+        d[j] = ft[j] - base[j];
     if (n == 0) return FB_OK;
     if (fb_reserve(&s->work, &s->work_len, n, sizeof *s->work)) return FB_ERR_NOMEM;
-    if (!s->semistructured) {
-        for (int64_t j = 0; j < n; j++) s->work[j] = fabsf(d[j]);
+    if (s->type == MINOR || s->type == MAJOR) {
+        int64_t cols = c->tensor->ndim >= 2 ? c->tensor->shape[c->tensor->ndim - 1] : n;
+        int64_t prune = (int64_t)((double)cols * s->ratio_exact); /* int() truncates, as here */
+        if (fb_reserve(&s->order, &s->order_len, cols ? cols : 1, sizeof *s->order))
+            return FB_ERR_NOMEM;
+        for (int64_t row = 0; row < n; row += cols) {
+            for (int64_t j = 0; j < cols; j++) {
+                float a = fabsf(d[row + j]);
+                s->order[j] = (keyed){s->type == MINOR ? a : -a, j};
+            }
+            qsort(s->order, (size_t)cols, sizeof *s->order, by_key_then_position);
+            for (int64_t j = 0; j < cols; j++)
+                s->work[row + j] = d[row + j] * s->rescale_by;
+            for (int64_t j = 0; j < prune; j++)
+                s->work[row + s->order[j].at] = 0.0f;
+        }
+        for (int64_t j = 0; j < n; j++)
+            c->out[j] = base[j] + s->work[j];
+        return FB_OK;
+    }
+    if (s->type == UNSTRUCTURED) {
+        for (int64_t j = 0; j < n; j++)
+            s->work[j] = fabsf(d[j]);
         float q = quantile(s->work, n, s->ratio);
         float keep = (float)(1.0 - (double)s->ratio);
         for (int64_t j = 0; j < n; j++) {
             float v = fabsf(d[j]) > q ? d[j] : 0.0f;
-            c->out[j] = base[j] + (s->rescale ? v / keep : v);
+            c->out[j] = base[j] + (s->rescale == 1   ? v / keep
+                                   : s->rescale == 2 ? v * s->rescale_by
+                                                     : v);
         }
         return FB_OK;
     }
@@ -160,14 +245,17 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
         }
     }
     for (int64_t j = 0; j < n; j++)
-        c->out[j] = base[j] + (s->rescale && s->n ? s->work[j] / keep : s->work[j]);
+        c->out[j] = base[j] + (s->rescale == 1 && s->n ? s->work[j] / keep
+                               : s->rescale == 2       ? s->work[j] * s->rescale_by
+                                                       : s->work[j]);
     return FB_OK;
 }
 
 const fb_method_ops fb_method_magnitude_diff_pruning = {
     .name = "magnitude_diff_pruning",
     .target_class = "MagnitudeDiffPruningAlgorithm",
-    .summary = "prune the smallest entries of a fine-tuned model's difference from _pretrained_",
+    .summary = "prune the smallest (or largest) entries of a fine-tuned model's difference from "
+               "_pretrained_",
     .params = params,
     .needs_base = 1,
     .min_models = 1,

@@ -216,6 +216,12 @@ for dname, dtype in [("f32", torch.float32), ("f16", torch.float16), ("bf16", to
         ("magnitude_diff_pruning", "{prune_ratio: 0.3, rescale: true, extract_names: ['.*weight']}",
          ["method.prune_ratio=0.3", "method.rescale=true", "method.extract_names=[.*weight]"],
          R.magnitude_diff_pruning(base, models[0], 0.3, True, [".*weight"]), pair),
+        ("magnitude_diff_pruning", "{prune_ratio: 0.3, prune_type: major, rescale: 2.0}",
+         ["method.prune_ratio=0.3", "method.prune_type=major", "method.rescale=2.0"],
+         R.magnitude_diff_pruning(base, models[0], 0.3, 2.0, prune_type="major"), pair),
+        ("magnitude_diff_pruning", "{prune_ratio: 0.4, prune_type: unstructured, rescale: true}",
+         ["method.prune_ratio=0.4", "method.prune_type=unstructured", "method.rescale=true"],
+         R.magnitude_diff_pruning(base, models[0], 0.4, True, prune_type="unstructured"), pair),
         ("task_singular_vector", "{alpha: 1.0}", [], R.tsv(base, models, 1.0), None, 1e-5),
         ("task_singular_vector", "{alpha: [0.5, 1.0, 1.5], exclude_keys: ['encoder.*fc2.weight']}",
          ["method.alpha=[0.5,1.0,1.5]", "method.exclude_keys=[encoder.*fc2.weight]"],
@@ -391,6 +397,15 @@ for name, vals, method, params, thr, lam, mf, dare in [
         overrides += ["method.sparsity_ratio=0.3", "method.seed=5"]
     cases.append({"pool": os.path.join(d, "pool.yaml"), "dtype": "f32", "method": method,
                   "params": params, "overrides": overrides, "expected": exp})
+
+# MagMax on crowded task vectors: equal magnitudes of both signs everywhere, so which model
+# wins a tie decides most entries (FusionBench: the later one)
+d, b, ms = ties_pool("crowd4", crowd4)
+exp = os.path.join(d, "expected_magmax.safetensors")
+st.save(exp, finish(R.magmax(b, ms, 0.5), b))
+cases.append({"pool": os.path.join(d, "pool.yaml"), "dtype": "f32", "method": "magmax",
+              "params": "{scaling_factor: 0.5}", "overrides": ["method.scaling_factor=0.5"],
+              "expected": exp})
 
 # --- restructuring: a Llama-layout pool (4 layers) for depth up-scaling and passthrough ------
 ll_dir = os.path.join(OUT, "pool_llama")

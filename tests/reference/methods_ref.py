@@ -146,7 +146,7 @@ def magmax(base, models, scaling_factor):
         best = models[0][n].float() - b
         for m in models[1:]:
             t = m[n].float() - b
-            best = torch.where(t.abs() > best.abs(), t, best)
+            best = torch.where(t.abs() >= best.abs(), t, best)  # later models win ties
         out[n] = b + f32(scaling_factor) * best
     return out
 
@@ -252,22 +252,40 @@ def model_stock(base, models, ignore_keys=()):
     return out
 
 
-def magnitude_diff_pruning(base, ft, prune_ratio, rescale=False, names=None):
+def magnitude_diff_pruning(base, ft, prune_ratio, rescale=False, names=None, prune_type="minor"):
+    """FusionBench's MagnitudeDiffPruningAlgorithm: per row (the last dimension), a stable sort
+    of |d| (minor) or -|d| (major) and the first int(cols * ratio) entries zeroed; rescale True
+    multiplies by 1 / ratio, a number by itself (False: unscaled, where FusionBench zeroes d).
+    prune_type "unstructured": the earlier per-tensor quantile rule, rescale dividing by the
+    fraction kept."""
     out = {}
     for n in base:
         if not is_float(base[n]):
             continue
         b = base[n].float()
-        chosen = (any(re.fullmatch(p, n) for p in names) if names is not None
+        chosen = (any(re.search(p, n) for p in names) if names is not None
                   else is_linear_weight(n, base[n]))
         if not chosen or base[n].numel() == 0:
             out[n] = b
             continue
         d = ft[n].float() - b
-        q = torch.quantile(d.abs().reshape(-1), prune_ratio)
-        kept = torch.where(d.abs() > q, d, torch.zeros_like(d))
-        if rescale:
-            kept = kept / f32(1.0 - prune_ratio)
+        if prune_type == "unstructured":
+            q = torch.quantile(d.abs().reshape(-1), prune_ratio)
+            kept = torch.where(d.abs() > q, d, torch.zeros_like(d))
+            if rescale:
+                kept = kept / f32(1.0 - prune_ratio)
+            out[n] = b + kept
+            continue
+        rows = d.reshape(-1, d.shape[-1]) if d.dim() >= 2 else d.reshape(1, -1)
+        metric = rows.abs() if prune_type == "minor" else -rows.abs()
+        mask = torch.zeros_like(metric) == 1
+        idx = torch.sort(metric, dim=-1, stable=True)[1][:, : int(metric.shape[1] * prune_ratio)]
+        mask.scatter_(1, idx, True)
+        kept = rows.masked_fill(mask, 0).reshape(d.shape)
+        if rescale is True:
+            kept = kept * f32(1 / prune_ratio)
+        elif rescale is not False:
+            kept = kept * f32(rescale)
         out[n] = b + kept
     return out
 
