@@ -477,6 +477,20 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     const char *a1 = solo ? strstr(solo, "  all ") : NULL, *a2 = dummy ? strstr(dummy, "  all ") : NULL;
     EXPECT(a1 && a2 && !strncmp(a1, a2, (size_t)(strchr(a2, '\n') - a2)));
     free(solo);
+    /* the max predictor takes the element-wise maximum of the towers' outputs and projects it
+     * with _pretrained_'s visual_projection (FusionBench): over copies of one model, with that
+     * model as _pretrained_, it is that model */
+    char same[8192];
+    snprintf(same, sizeof same, "models:\n  _pretrained_: %s/pairs.safetensors\n"
+                                "  x: %s/pairs.safetensors\n  y: %s/pairs.safetensors\n",
+             fb_test_path("zoo1"), fb_test_path("zoo1"), fb_test_path("zoo1"));
+    fb_test_write_file(fb_test_path("same.yaml"), same, strlen(same));
+    char same_arg[4200];
+    snprintf(same_arg, sizeof same_arg, "modelpool=%s", fb_test_path("same.yaml"));
+    REQUIRE(run_cli(&solo, (const char *[]){"method=max_model_predictor", same_arg, tp, NULL}) == 0);
+    a1 = solo ? strstr(solo, "  all ") : NULL;
+    EXPECT(a1 && a2 && !strncmp(a1, a2, (size_t)(strchr(a2, '\n') - a2)));
+    free(solo);
     free(dummy);
     const char *argv_bad0[] = {fb_test_cli, "method=simple_ensemble", mp, NULL};
     char *err0 = NULL;

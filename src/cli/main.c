@@ -648,6 +648,7 @@ static int run(cli *c)
                 models[k] = fb_modelpool_get(c->pool, fb_modelpool_model_name(c->pool, k));
             if (!st)
                 st = fb_taskpool_evaluate_ensemble(c->taskpool, models, K, w, ops->ensemble == 2,
+                                                   fb_modelpool_get(c->pool, "_pretrained_"),
                                                    results, NULL, NULL);
             fb_free(models);
             fb_free(w);

@@ -6,9 +6,10 @@
  *
  *     simple_ensemble      features = (1/K) sum_k f_k(x)
  *     weighted_ensemble    features = sum_k w_k f_k(x)   (w / sum w when normalize)
- *     max_model_predictor  the logits of the model whose softmax is most confident on x
+ *     max_model_predictor  features = P max_k g_k(x)   (element-wise, as FusionBench)
  *
- * f_k(x) is model k's image features (CLIP: the projected embedding), then the task's head.
+ * f_k(x) is model k's image features (CLIP: the projected embedding), then the task's head;
+ * g_k(x) its tower's output before visual_projection, and P _pretrained_'s projection.
  */
 #include "core/alloc.h"
 #include "core/status.h"

@@ -294,10 +294,12 @@ fb_status fb_task_model_from_extras(const fb_model *merged, const fb_model *base
 
 fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *models, int K,
                                         const double *weights, int max_predictor,
-                                        fb_task_result *results, fb_eval_progress progress,
-                                        void *user)
+                                        const fb_model *projection, fb_task_result *results,
+                                        fb_eval_progress progress, void *user)
 {
     const int64_t B = tp->batch_size, F = fb_taskpool_features(tp);
+    /* the max predictor keeps the towers' outputs before the projection (E wide) */
+    const int64_t P = tp->clip.projection, E = tp->clip.hidden, S = max_predictor ? E : F;
     const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
     const int T = tp->set.num_tasks;
     int64_t total = 0, Kmax = 1;
@@ -306,12 +308,26 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
         if (tp->set.tasks[t].num_classes > Kmax) Kmax = tp->set.tasks[t].num_classes;
     }
     /* every model's features of every example, models outer: one parameter load each */
-    float *feats = fb_malloc((size_t)K * (size_t)(total ? total : 1) * (size_t)F * 4);
+    float *feats = fb_malloc((size_t)K * (size_t)(total ? total : 1) * (size_t)S * 4);
+    float *proj = max_predictor && P ? fb_malloc((size_t)(P * E) * 4) : NULL;
+    float *pooled_max = fb_malloc((size_t)E * 4);
     float *mix = fb_malloc((size_t)F * 4), *head = fb_malloc((size_t)(Kmax * F) * 4);
     float *logits = fb_malloc((size_t)Kmax * 4), *best = fb_malloc((size_t)Kmax * 4);
     float *probs = fb_malloc((size_t)Kmax * 4), *normed = fb_malloc((size_t)F * 4), norm;
     fb_clip *net = NULL;
-    fb_status st = feats && mix && head && logits && best && probs && normed ? FB_OK : FB_ERR_NOMEM;
+    fb_status st = feats && mix && head && logits && best && probs && normed && pooled_max &&
+                           (proj || !max_predictor || !P)
+                       ? FB_OK
+                       : FB_ERR_NOMEM;
+    if (!st && proj) { /* the classifier's projection: the base's, as FusionBench's CLIP model */
+        const fb_model *from = projection ? projection : models[0];
+        const fb_tensor *w = fb_model_find(from, "visual_projection.weight");
+        if (!w || fb_tensor_numel(w) != P * E)
+            st = fb_set_error(FB_ERR_MISMATCH, "max_model_predictor: %s has no visual_projection.weight "
+                                               "of [%lld, %lld] to project the towers' outputs",
+                              fb_model_label(from), (long long)P, (long long)E);
+        else st = fb_tensor_to_f32(w, proj);
+    }
     if (!st) st = fb_clip_create(&tp->clip, B, &net);
     for (int k = 0; k < K && !st; k++) {
         if ((st = fb_clip_set_params(net, models[k]))) break;
@@ -323,8 +339,12 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
                 const int64_t b = n - b0 < B ? n - b0 : B;
                 const float *f;
                 if ((st = fb_clip_forward(net, task->x[tp->split] + b0 * img, b, &f))) break;
-                memcpy(feats + ((size_t)k * (size_t)total + (size_t)(at + b0)) * (size_t)F, f,
-                       (size_t)(b * F) * 4);
+                if (max_predictor && P) { /* the tower's output, before visual_projection */
+                    int64_t rows, cols;
+                    f = fb_clip_linear_input(net, "visual_projection.weight", &rows, &cols);
+                }
+                memcpy(feats + ((size_t)k * (size_t)total + (size_t)(at + b0)) * (size_t)S, f,
+                       (size_t)(b * S) * 4);
             }
             at += n;
         }
@@ -338,24 +358,26 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
         int64_t correct = 0;
         double loss = 0;
         for (int64_t i = 0; i < n; i++) {
-            const float *fi = feats + (size_t)(at + i) * (size_t)F;
-            if (max_predictor) { /* the model most confident about this example decides */
-                float conf = -1;
-                for (int k = 0; k < K; k++) {
-                    fb_head_forward(logits, normed, &norm, fi + (size_t)k * (size_t)total * (size_t)F,
-                                    head, tp->logit_scale, 1, F, Kt);
-                    fb_softmax_forward(probs, logits, 1, Kt);
-                    float m = probs[0];
-                    for (int64_t c = 1; c < Kt; c++) m = probs[c] > m ? probs[c] : m;
-                    if (m > conf) {
-                        conf = m;
-                        memcpy(best, logits, (size_t)Kt * 4);
+            const float *fi = feats + (size_t)(at + i) * (size_t)S;
+            if (max_predictor) { /* FusionBench: the element-wise maximum of the outputs */
+                for (int64_t j = 0; j < S; j++) {
+                    float m = fi[j];
+                    for (int k = 1; k < K; k++) {
+                        float v = fi[(size_t)k * (size_t)total * (size_t)S + (size_t)j];
+                        m = v > m ? v : m;
                     }
+                    pooled_max[j] = m;
                 }
+                const float *feature = pooled_max;
+                if (P) {
+                    fb_linear_forward(mix, pooled_max, proj, NULL, 1, E, P);
+                    feature = mix;
+                }
+                fb_head_forward(best, normed, &norm, feature, head, tp->logit_scale, 1, F, Kt);
             } else { /* the weighted mean of the models' features */
                 for (int64_t j = 0; j < F; j++) mix[j] = 0;
                 for (int k = 0; k < K; k++) {
-                    const float *fk = fi + (size_t)k * (size_t)total * (size_t)F;
+                    const float *fk = fi + (size_t)k * (size_t)total * (size_t)S;
                     for (int64_t j = 0; j < F; j++) mix[j] += (float)weights[k] * fk[j];
                 }
                 fb_head_forward(best, normed, &norm, mix, head, tp->logit_scale, 1, F, Kt);
@@ -375,6 +397,8 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
     }
     fb_clip_free(net);
     fb_free(feats);
+    fb_free(proj);
+    fb_free(pooled_max);
     fb_free(mix);
     fb_free(head);
     fb_free(logits);

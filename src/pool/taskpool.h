@@ -65,12 +65,14 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
 
 /* Evaluates an ensemble of K models as one model (FusionBench's SimpleEnsemble,
  * WeightedEnsemble, MaxModelPredictor): the image features are the weighted mean of the
- * models' features (weights[K]), or, with max_predictor, each example takes the logits of the
- * model whose softmax is most confident. progress reports models done as (0, k, K). */
+ * models' features (weights[K]), or, with max_predictor, the element-wise maximum of the
+ * vision towers' outputs (before visual_projection), projected by `projection`'s
+ * visual_projection (the pool's _pretrained_, as FusionBench's classifier holds it; NULL: the
+ * first model's). progress reports models done as (0, k, K). */
 fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *models, int K,
                                         const double *weights, int max_predictor,
-                                        fb_task_result *results, fb_eval_progress progress,
-                                        void *user);
+                                        const fb_model *projection, fb_task_result *results,
+                                        fb_eval_progress progress, void *user);
 
 /* Task `name`'s own model from a merge with per-task extras (fb_method_run_extras): theta_0 +
  * r M (merged - theta_0), with M the BOOL masks "<name>/<tensor>" and r the scalar
