@@ -3,6 +3,7 @@
  * on the same Debian files), CLIP-style preprocessing, task splits, evaluation through the
  * taskpool, and the zoo on a tiny configuration.
  */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 
 #include "config/config.h"
 #include "core/alloc.h"
+
 #include "harness.h"
 #include "io/dataset.h"
 #include "nn/clip_vit.h"
@@ -503,6 +505,30 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     const char *argv_bad2[] = {fb_test_cli, "method=fisher_merging", "method.num_fisher_examples=0", mp, tp, NULL};
     EXPECT(fb_test_run(argv_bad2, NULL, &err) != 0 && err && strstr(err, "num_fisher_examples must be positive"));
     free(err);
+    /* FusionBench's report schema, for scripts that collect its reports */
+    char fb_rep[4200];
+    snprintf(fb_rep, sizeof fb_rep, "report_save_path=%s", fb_test_path("fb_report.json"));
+    REQUIRE(run_cli(NULL, (const char *[]){"method=task_arithmetic", "report_format=fusionbench", fb_rep,
+                                           mp, tp, NULL}) == 0);
+    char *fbr = fb_test_read_file(fb_test_path("fb_report.json"), NULL);
+    cJSON *j = fbr ? cJSON_Parse(fbr) : NULL;
+    const cJSON *info = cJSON_GetObjectItem(j, "model_info"), *avg = cJSON_GetObjectItem(j, "average");
+    EXPECT(info && cJSON_GetObjectItem(info, "all_params") &&
+           cJSON_GetObjectItem(info, "trainable_params") && avg &&
+           cJSON_GetObjectItem(avg, "accuracy") && cJSON_GetObjectItem(avg, "loss"));
+    double sum = 0;
+    int tasks = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, j)
+    {
+        if (!strcmp(item->string, "model_info") || !strcmp(item->string, "average")) continue;
+        sum += cJSON_GetObjectItem(item, "accuracy")->valuedouble;
+        tasks++;
+    }
+    EXPECT(tasks >= 2 && avg && fabs(sum / tasks - cJSON_GetObjectItem(avg, "accuracy")->valuedouble) < 1e-12);
+    EXPECT(!cJSON_GetObjectItem(j, "config") && !cJSON_GetObjectItem(j, "timings_s"));
+    cJSON_Delete(j);
+    free(fbr);
     /* method=dummy with a model name evaluates that model as it is */
     REQUIRE(run_cli(&out, (const char *[]){"method=dummy", "method.model_name=pairs", mp, tp,
                                           "taskpool.evaluate=[pairs]", NULL}) == 0);

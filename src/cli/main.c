@@ -44,7 +44,7 @@ enum { NUM_GROUPS = 3 };
 static const char *const root_keys[] = {
     "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
     "dtype", "report_save_path", "print_config", "page_cache", "nonfinite", "input_dtype",
-    "tokenizer_source",
+    "tokenizer_source", "report_format",
 };
 
 static void usage(FILE *f)
@@ -543,6 +543,17 @@ static fb_status check_outputs(const cli *c, const char *out_path, const char *r
     return st;
 }
 
+/* Elements of the model's float tensors: parameters as FusionBench counts them. */
+static int64_t float_params(const fb_model *m)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; m && i < fb_model_num_tensors(m); i++) {
+        const fb_tensor *t = fb_model_tensor(m, i);
+        if (fb_dtype_is_float(fb_tensor_dtype(t))) n += fb_tensor_numel(t);
+    }
+    return n;
+}
+
 static int run(cli *c)
 {
     int rc = 0;
@@ -555,6 +566,11 @@ static int run(cli *c)
     const char *nonfinite = optional_string(root, "nonfinite", &rc);
     const char *input_dtype = optional_string(root, "input_dtype", &rc);
     const char *tokenizer_source = optional_string(root, "tokenizer_source", &rc);
+    const char *report_format = optional_string(root, "report_format", &rc);
+    int fusionbench_report = report_format && !strcmp(report_format, "fusionbench");
+    if (report_format && !fusionbench_report && strcmp(report_format, "fusionbench_c"))
+        return fail(2, "'report_format' must be fusionbench_c (this project's report) or "
+                       "fusionbench (FusionBench's schema)");
     if (rc) return rc;
     progress prog = {.tty = isatty(2)};
     fb_run_options ro = {.on_tensor = on_tensor, .on_step = on_step, .user = &prog,
@@ -684,6 +700,7 @@ static int run(cli *c)
         .output_path = out_path,
         .merged_tensors = fb_model_num_tensors(ref),
         .merged_params = fb_model_num_params(ref),
+        .merged_float_params = float_params(ref),
         .load_seconds = t1 - t0,
         .merge_seconds = t2 - t1,
         .eval_seconds = t3 - t2,
@@ -728,7 +745,9 @@ static int run(cli *c)
                rep.eval_seconds);
     }
     if (report_path) {
-        if (fb_report_write(&rep, report_path)) rc = fail(1, fb_last_error());
+        fb_status rst = fusionbench_report ? fb_report_write_fusionbench(&rep, report_path)
+                                           : fb_report_write(&rep, report_path);
+        if (rst) rc = fail(1, fb_last_error());
         else printf("  report: %s\n", report_path);
     }
     fb_model_free(extras);

@@ -63,6 +63,8 @@ static cJSON *models_json(const fb_modelpool *pool, int pretrained_read)
     return arr;
 }
 
+static fb_status write_json(cJSON *root, const char *path);
+
 fb_status fb_report_write(const fb_run_report *r, const char *path)
 {
     cJSON *root = cJSON_CreateObject();
@@ -160,6 +162,47 @@ fb_status fb_report_write(const fb_run_report *r, const char *path)
     cJSON_AddNumberToObject(root, "threads", r->threads);
     cJSON_AddStringToObject(root, "simd", fb_simd_name(fb_simd_active()));
     cJSON_AddStringToObject(root, "blas_core", openblas_get_corename());
+    return write_json(root, path);
+}
+
+/* FusionBench's report (its CLIP task pool's evaluate): model_info with parameter counts, then
+ * {accuracy, loss} per task, then their average; a ensemble's model_info counts every model. */
+fb_status fb_report_write_fusionbench(const fb_run_report *r, const char *path)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *info = root ? cJSON_AddObjectToObject(root, "model_info") : NULL;
+    if (!info) {
+        cJSON_Delete(root);
+        return fb_set_error(FB_ERR_NOMEM, "out of memory building the report");
+    }
+    /* its count_parameters: parameters (float tensors; buffers such as position_ids are not),
+     * all of them trainable in a merged model */
+    cJSON_AddNumberToObject(info, "trainable_params", (double)r->merged_float_params);
+    cJSON_AddNumberToObject(info, "all_params", (double)r->merged_float_params);
+    cJSON_AddNumberToObject(info, "trainable_percentage", r->merged_float_params ? 1.0 : 0.0);
+    double acc = 0, loss = 0;
+    for (int i = 0; i < r->num_results; i++) {
+        cJSON *o = cJSON_AddObjectToObject(root, r->results[i].task);
+        if (o) {
+            cJSON_AddNumberToObject(o, "accuracy", r->results[i].accuracy);
+            cJSON_AddNumberToObject(o, "loss", r->results[i].loss);
+        }
+        acc += r->results[i].accuracy / r->num_results;
+        loss += r->results[i].loss / r->num_results;
+    }
+    if (r->num_results) {
+        cJSON *avg = cJSON_AddObjectToObject(root, "average");
+        if (avg) {
+            cJSON_AddNumberToObject(avg, "accuracy", acc);
+            cJSON_AddNumberToObject(avg, "loss", loss);
+        }
+    }
+    return write_json(root, path);
+}
+
+/* Renders root (which it frees) and writes it to path atomically, with a final newline. */
+static fb_status write_json(cJSON *root, const char *path)
+{
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return fb_set_error(FB_ERR_NOMEM, "out of memory rendering the report");

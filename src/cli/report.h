@@ -27,6 +27,7 @@ typedef struct fb_run_report {
     const char *extras_path;  /* per-model masks and scalars, or NULL */
     const fb_model *extras;   /* the same, opened, for scalars to report; may be NULL */
     int64_t merged_tensors, merged_params;
+    int64_t merged_float_params; /* parameters as FusionBench counts them (float tensors) */
     double load_seconds, merge_seconds, eval_seconds, total_seconds;
     const fb_task_result *results; /* the taskpool's evaluation, or NULL */
     int num_results;
@@ -40,5 +41,9 @@ typedef struct fb_run_report {
 
 /* Writes the report as JSON to path, atomically (temporary file, fsync, rename). */
 fb_status fb_report_write(const fb_run_report *r, const char *path);
+
+/* The same in FusionBench's schema (report_format=fusionbench): model_info, one {accuracy, loss}
+ * per task, and average, so scripts that collect FusionBench's reports read it. */
+fb_status fb_report_write_fusionbench(const fb_run_report *r, const char *path);
 
 #endif
