@@ -150,6 +150,40 @@ TEST(cli_accepts_fusionbench_method_files)
     EXPECT(fb_test_models_match(got, want, 1));
     fb_model_free(got);
     fb_model_free(want);
+    /* FusionBench's other class names, keys that only steer PyTorch (accepted, listed once),
+     * and its group sub-folders */
+    const char *files[][2] = {
+        {"iso.yaml", "_target_: fusion_bench.method.ISO_C_Merge\nscaling_factor: 1.0\nexclude_keys: null\n"},
+        {"ens.yaml", "_target_: fusion_bench.method.SimpleEnsembleAlgorithm\ndevice_map: null\n"},
+        {"lm.yaml", "_target_: fusion_bench.method.TaskArithmeticForCausalLM\nscaling_factor: 0.7\n"
+                    "merge_backbone: false\nmodel_save_path: ${path.log_dir}/checkpoint\n"},
+        {"rm.yaml", "_target_: fusion_bench.method.RegMeanAlgorithmForCLIP\nnum_regmean_examples: 8\n"
+                    "dataloader_kwargs:\n  batch_size: 4\n  num_workers: 0\n"},
+        {"push.yaml", "_target_: fusion_bench.method.TaskArithmeticForCausalLM\npush_to_hub: true\n"},
+    };
+    for (int i = 0; i < 5; i++) {
+        fb_test_write_file(fb_test_path(files[i][0]), files[i][1], strlen(files[i][1]));
+        snprintf(method, sizeof method, "method=%s", fb_test_path(files[i][0]));
+        const char *pc[] = {"--print-config", method, NULL};
+        char *out = NULL;
+        err = NULL;
+        int rc = cli(&out, &err, pc);
+        switch (i) {
+        case 0: EXPECT(rc == 0 && out && strstr(out, "name: iso_c")); break;
+        case 1: EXPECT(rc == 0 && err && strstr(err, "ignored, as they only steer PyTorch: device_map")); break;
+        case 2: EXPECT(rc == 0 && out && strstr(out, "name: task_arithmetic") && strstr(out, "scaling_factor: 0.7") &&
+                       err && strstr(err, "merge_backbone, model_save_path")); break;
+        case 3: EXPECT(rc == 0 && out && strstr(out, "batch_size: 4") &&
+                       err && strstr(err, "dataloader_kwargs.num_workers")); break;
+        case 4: EXPECT(rc == 0 && err && strstr(err, "would not run") && strstr(err, "push_to_hub: true")); break;
+        }
+        free(out);
+        free(err);
+    }
+    const char *sub[] = {"--print-config", "method=dare/ties_merging", NULL};
+    char *out = NULL;
+    EXPECT(cli(&out, NULL, sub) == 0 && out && strstr(out, "name: dare_ties_merging"));
+    free(out);
 }
 
 TEST(cli_sharded_bf16_output_and_threads_give_the_same_bytes)

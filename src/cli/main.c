@@ -355,7 +355,10 @@ static int compose(cli *c, int argc, char **argv)
         rc = fail(2, "no method selected (method=NAME; see --list-methods)");
         goto done;
     }
-    if (fb_method_create_from_config(mnode, &c->method)) {
+    if (!fb_method_create_from_config(mnode, &c->method) && c->method->ignored[0])
+        fprintf(stderr, "fusion_bench: note: method keys ignored, as they only steer PyTorch: %s\n",
+                c->method->ignored);
+    if (!c->method) {
         if (c->print_config_only) { /* show what was composed, and why it would not run */
             snprintf(c->incomplete, sizeof c->incomplete, "%s", fb_last_error());
             goto done;

@@ -185,6 +185,7 @@ struct fb_method {
     int num_variants;
     fb_pattern_use *uses; /* remove_keys' patterns, then each rule's entries */
     int num_uses;
+    char ignored[512]; /* FusionBench keys that only steer PyTorch, accepted and ignored */
 };
 
 /* The patterns of m's parameters with the tensors each applied to in the last merge (the

@@ -92,6 +92,21 @@ const fb_method_ops *fb_method_lookup(const char *name)
     return NULL;
 }
 
+/* FusionBench's other class names for methods the project has: older names, and variants for
+ * a model family whose merge of state dicts is the same. */
+static const struct {
+    const char *cls, *method;
+} target_aliases[] = {
+    {"ISO_C_Merge", "iso_c"},
+    {"ISO_CTS_Merge", "iso_cts"},
+    {"FisherMergingForCLIPVisionModel", "fisher_merging"},
+    {"TaskArithmeticForCausalLM", "task_arithmetic"},
+    {"TiesMergingForCausalLM", "ties_merging"},
+    {"SimpleAverageForCausalLM", "simple_average"},
+    {"SlerpForCausalLM", "slerp"},
+    {"WeightedAverageForLLama", "weighted_average"},
+};
+
 /* "_target_: fusion_bench.method.TaskArithmeticAlgorithm" (any module path) -> its method. */
 static const fb_method_ops *lookup_target(const char *target)
 {
@@ -101,7 +116,67 @@ static const fb_method_ops *lookup_target(const char *target)
         if (fb_method_registry[i]->target_class &&
             strcmp(fb_method_registry[i]->target_class, cls) == 0)
             return fb_method_registry[i];
+    for (size_t i = 0; i < sizeof target_aliases / sizeof target_aliases[0]; i++)
+        if (!strcmp(target_aliases[i].cls, cls)) return fb_method_lookup(target_aliases[i].method);
     return NULL;
+}
+
+/* Keys of FusionBench's method configs that only steer PyTorch (devices, progress bars, data
+ * loader workers, where its program saves): accepted and listed as ignored. A key that would
+ * change the result is not here: it stays an error unless the method implements it. */
+static const char *const torch_only_keys[] = {"device_map", "show_pbar", "model_save_path",
+                                              "save_tokenizer", "num_workers"};
+
+/* dataloader_kwargs: batch_size becomes the method's own batch_size where it has one (Fisher,
+ * RegMean: it changes the result); the rest (num_workers, pin_memory, ...) only steer
+ * PyTorch. Flags that must be off here: push_to_hub, merge_backbone / backbone_only (a pool's
+ * merge_backbone says it here). */
+static fb_status torch_only(char *ignored, size_t cap, const fb_method_ops *ops,
+                            const fb_config *given, int i, fb_config *params, int *handled)
+{
+    const char *k = given->keys[i];
+    const fb_config *v = given->items[i];
+    *handled = 1;
+    for (size_t j = 0; j < sizeof torch_only_keys / sizeof torch_only_keys[0]; j++)
+        if (!strcmp(k, torch_only_keys[j])) {
+            snprintf(ignored + strlen(ignored), cap - strlen(ignored), "%s%s",
+                     ignored[0] ? ", " : "", k);
+            return FB_OK;
+        }
+    if (!strcmp(k, "push_to_hub") || !strcmp(k, "merge_backbone") || !strcmp(k, "backbone_only")) {
+        int on = 0;
+        if (!fb_cfg_is_null(v) && fb_cfg_bool(v, k, &on)) return FB_ERR_CONFIG;
+        if (on)
+            return fb_set_error(FB_ERR_UNSUPPORTED, "%s: method %s: '%s: true' is not done by the "
+                                                    "method here%s",
+                                fb_cfg_where(v), ops->name, k,
+                                strcmp(k, "push_to_hub") ? " (set merge_backbone: true in the "
+                                                           "model pool)"
+                                                         : " (nothing is uploaded)");
+        snprintf(ignored + strlen(ignored), cap - strlen(ignored), "%s%s", ignored[0] ? ", " : "", k);
+        return FB_OK;
+    }
+    if (!strcmp(k, "dataloader_kwargs") && v->kind == FB_CFG_MAP) {
+        for (int j = 0; j < v->count; j++) {
+            int has_batch = 0;
+            for (const fb_param_spec *q = ops->params; q->name; q++)
+                has_batch |= !strcmp(q->name, "batch_size");
+            if (!strcmp(v->keys[j], "batch_size") && has_batch) {
+                if (!fb_cfg_map_get(given, "batch_size")) {
+                    fb_config *c;
+                    fb_status st = fb_cfg_copy(v->items[j], &c);
+                    if (!st) st = fb_cfg_map_set(params, "batch_size", c);
+                    if (st) return st;
+                }
+                continue;
+            }
+            snprintf(ignored + strlen(ignored), cap - strlen(ignored), "%sdataloader_kwargs.%s",
+                     ignored[0] ? ", " : "", v->keys[j]);
+        }
+        return FB_OK;
+    }
+    *handled = 0;
+    return FB_OK;
 }
 
 fb_status fb_method_unknown(const char *name)
@@ -378,11 +453,15 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     /* given keys first, each one checked against the declared parameters; remove_keys is
      * accepted by every method (unless it declares its own) */
     const fb_config *remove = NULL;
+    char ignored[512] = "";
     for (int i = 0; given && i < given->count && !st; i++) {
         const char *k = given->keys[i];
         if (is_meta_key(k)) continue;
-        int declared = 0;
+        int declared = 0, handled = 0;
         for (const fb_param_spec *q = ops->params; q->name; q++) declared |= !strcmp(q->name, k);
+        if (!declared && ((st = torch_only(ignored, sizeof ignored, ops, given, i, params, &handled)) ||
+                          handled))
+            continue;
         if (!declared && !strcmp(k, "remove_keys")) {
             remove = given->items[i];
             fb_config *c;
@@ -419,6 +498,7 @@ static fb_status make_method(const fb_method_ops *ops, const fb_config *given, f
     }
     m->ops = ops;
     m->params = params;
+    snprintf(m->ignored, sizeof m->ignored, "%s", ignored);
     if (remove) st = fb_name_filter_create(remove, "remove_keys", &m->remove);
     if (!st && remove && ops->plan)
         st = fb_set_error(FB_ERR_UNSUPPORTED, "remove_keys does not apply to a restructuring method");
