@@ -44,7 +44,8 @@ enum { NUM_GROUPS = 3 };
 static const char *const root_keys[] = {
     "method", "modelpool", "taskpool", "merged_model_save_path", "merged_model_max_shard_size",
     "dtype", "report_save_path", "print_config", "page_cache", "nonfinite", "input_dtype",
-    "tokenizer_source", "report_format",
+    "tokenizer_source", "report_format", "path", "seed", "fast_dev_run", "dry_run",
+    "print_function_call", "merged_model_save_kwargs", "_target_", "_recursive_", "hydra", "fabric",
 };
 
 static void usage(FILE *f)
@@ -295,10 +296,11 @@ static int compose(cli *c, int argc, char **argv)
     }
     /* group selections first, as Hydra does, whatever their place on the line */
     for (int i = 0; i < argc; i++) {
-        char *eq = strchr(argv[i], '=');
-        if (!eq) continue;
+        char *a = argv[i] + (argv[i][0] == '+') + (argv[i][0] == '+' && argv[i][1] == '+');
+        char *eq = strchr(a, '=');
+        if (!eq || argv[i][0] == '~') continue;
         *eq = '\0';
-        int g = is_group(argv[i]);
+        int g = is_group(a);
         *eq = '=';
         if (g < 0) continue;
         selection[g] = eq + 1;
@@ -318,22 +320,58 @@ static int compose(cli *c, int argc, char **argv)
     /* only now: the default selections point into this node */
     fb_cfg_map_remove(c->root, "defaults");
     for (int i = 0; i < argc; i++) {
-        char *eq = strchr(argv[i], '=');
-        if (!eq || eq == argv[i]) {
+        /* Hydra's forms: key=value sets, +key=value adds (the key must be new), ++key=value
+         * adds or sets, ~key (or ~key=value) deletes */
+        const char *a = argv[i];
+        int add = 0, force = 0, del = 0;
+        if (!strncmp(a, "++", 2)) force = 1, a += 2;
+        else if (*a == '+') add = 1, a += 1;
+        else if (*a == '~') del = 1, a += 1;
+        char *eq = strchr(a, '=');
+        if ((!eq && !del) || eq == a || !*a) {
             char msg[512];
-            snprintf(msg, sizeof msg, "'%s' is not an override (expected key=value; see --help)",
+            snprintf(msg, sizeof msg, "'%s' is not an override (expected key=value, +key=value, "
+                                      "++key=value or ~key; see --help)",
                      argv[i]);
             rc = fail(2, msg);
             goto done;
         }
-        *eq = '\0';
-        int g = is_group(argv[i]);
-        fb_status st = g >= 0 ? FB_OK : fb_cfg_override(c->root, argv[i], eq + 1);
-        *eq = '=';
+        char key[512];
+        snprintf(key, sizeof key, "%.*s", (int)(eq ? (size_t)(eq - a) : strlen(a)), a);
+        int g = is_group(key);
+        fb_config *parent = c->root, *found = NULL;
+        char *leaf = key;
+        for (char *dot; (dot = strchr(leaf, '.')) && parent; leaf = dot + 1) {
+            *dot = '\0';
+            parent = fb_cfg_map_get(parent, leaf);
+            parent = parent && parent->kind == FB_CFG_MAP ? parent : NULL;
+            *dot = '.';
+        }
+        found = parent ? fb_cfg_map_get(parent, leaf) : NULL;
+        fb_status st = FB_OK;
+        if (del) {
+            if (!found) st = fb_set_error(FB_ERR_CONFIG, "~%s: there is no such key to delete", key);
+            else if (eq && (found->kind != FB_CFG_SCALAR || strcmp(found->value, eq + 1)))
+                st = fb_set_error(FB_ERR_CONFIG, "~%s=%s: the key's value is not %s", key, eq + 1,
+                                  eq + 1);
+            else fb_cfg_map_remove(parent, leaf);
+        } else if (add && found && !fb_cfg_is_null(found) && g < 0) {
+            st = fb_set_error(FB_ERR_CONFIG, "+%s: the key is already in the config (++%s= sets "
+                                             "it either way)",
+                              key, key);
+        } else if (g < 0) {
+            (void)force;
+            st = fb_cfg_override(c->root, key, eq + 1);
+        }
         if (st) {
             rc = fail(2, fb_last_error());
             goto done;
         }
+    }
+    /* ${...} interpolation, once everything is composed */
+    if (fb_cfg_resolve(c->root)) {
+        rc = fail(2, fb_last_error());
+        goto done;
     }
     for (int i = 0; i < c->root->count; i++) {
         int known = 0;
@@ -564,6 +602,31 @@ static int run(cli *c)
     const fb_config *root = c->root;
     const char *out_path = optional_string(root, "merged_model_save_path", &rc);
     const char *report_path = optional_string(root, "report_save_path", &rc);
+    /* FusionBench's program keys: what would change the result and is not done here is an
+     * error; "{log_dir}" in the report path is FusionBench's str.format with path.log_dir */
+    int flag = 0;
+    const char *target = optional_string(root, "_target_", &rc);
+    if (!rc && target && !strstr(target, "FabricModelFusionProgram") && !strstr(target, "ModelFusionProgram"))
+        return fail(2, "'_target_' names a program other than FusionBench's model fusion program");
+    const fb_config *fdr = fb_cfg_map_get(root, "fast_dev_run");
+    if (!fb_cfg_is_null(fdr) && (fb_cfg_bool(fdr, "fast_dev_run", &flag) || flag))
+        return fail(2, "'fast_dev_run: true' (one batch instead of the data) is not done here");
+    if (!fb_cfg_is_null(fb_cfg_map_get(root, "merged_model_save_kwargs")))
+        return fail(2, "'merged_model_save_kwargs' is not done here (merged_model_max_shard_size "
+                       "and dtype say how the model is saved)");
+    int dry_run = 0;
+    const fb_config *dr = fb_cfg_map_get(root, "dry_run");
+    if (!fb_cfg_is_null(dr) && fb_cfg_bool(dr, "dry_run", &dry_run)) return fail(2, fb_last_error());
+    char report_buf[4096];
+    const fb_config *logdir = fb_cfg_map_get(fb_cfg_map_get(root, "path"), "log_dir");
+    const char *brace = report_path ? strstr(report_path, "{log_dir}") : NULL;
+    if (brace) {
+        if (!logdir || logdir->kind != FB_CFG_SCALAR)
+            return fail(2, "report_save_path uses {log_dir}, but path.log_dir is not set");
+        snprintf(report_buf, sizeof report_buf, "%.*s%s%s", (int)(brace - report_path), report_path,
+                 logdir->value, brace + 9);
+        report_path = report_buf;
+    }
     const char *dtype_name = optional_string(root, "dtype", &rc);
     const char *cache = optional_string(root, "page_cache", &rc);
     const char *nonfinite = optional_string(root, "nonfinite", &rc);
@@ -626,6 +689,12 @@ static int run(cli *c)
     }
     ro.taskpool = c->taskpool;
     if (check_outputs(c, out_path, report_path)) return fail(2, fb_last_error());
+    if (dry_run) { /* FusionBench's dry_run: everything composed and checked, nothing run */
+        printf("fusion_bench: dry run: the configuration, the model pool%s and every output path "
+               "are checked; nothing was merged\n",
+               c->taskpool ? ", the task pool" : "");
+        return 0;
+    }
     double t1 = now();
 
     /* With a taskpool the merged model stays in memory for evaluation; else it streams. */

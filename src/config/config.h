@@ -55,6 +55,10 @@ fb_status fb_cfg_double_list(const fb_config *node, const char *key, double **ou
  * numbers, true/false, null, strings, [lists], {maps}); intermediate maps are created. */
 fb_status fb_cfg_override(fb_config *root, const char *dotted_key, const char *value_text);
 
+/* Resolves OmegaConf interpolation (${a.b}, ${..key}, ${oc.env:VAR,default}, ${now:FMT}) in
+ * every value of root, in place (interp.c). Errors name the key, its file and line. */
+fb_status fb_cfg_resolve(fb_config *root);
+
 /* Renders as YAML into a malloc'd string (free with free()). */
 char *fb_cfg_to_yaml(const fb_config *node);
 

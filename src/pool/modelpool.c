@@ -259,13 +259,27 @@ fb_status fb_modelpool_from_config(const fb_config *node, fb_modelpool **out)
         static const char *const known[] = {"models", "_target_", "_recursive_", "_usage_",
                                             "include", "exclude", "merge_backbone", "unmerged",
                                             "missing", "vocab", NULL};
+        /* FusionBench's pool keys that do not change a merge here: its data sets (the task
+         * pool holds the data), the image processor (the task pool preprocesses), the hub */
+        static const char *const ignored[] = {"defaults", "processor", "train_datasets",
+                                              "test_datasets", "val_datasets", "tokenizer", NULL};
         int ok = 0;
         for (int j = 0; known[j] && !ok; j++) ok = !strcmp(k, known[j]);
+        for (int j = 0; ignored[j] && !ok; j++) ok = !strcmp(k, ignored[j]);
+        if (!ok && !strcmp(k, "platform")) {
+            const char *plat = NULL;
+            ok = !fb_cfg_string(node->items[i], "platform", &plat) && !strcmp(plat, "hf");
+            if (!ok)
+                return fb_set_error(FB_ERR_CONFIG, "%s: modelpool platform '%s': only hf (the "
+                                                   "Hugging Face cache) is read here",
+                                    fb_cfg_where(node->items[i]), plat ? plat : "?");
+        }
         if (!ok)
             return fb_set_error(FB_ERR_CONFIG,
                                 "%s: unknown modelpool key '%s' (known: models, _target_, "
                                 "_recursive_, _usage_, include, exclude, merge_backbone, "
-                                "unmerged, missing, vocab)",
+                                "unmerged, missing, vocab; FusionBench's defaults, processor, "
+                                "platform and *_datasets are accepted and ignored)",
                                 fb_cfg_where(node->items[i]), k);
     }
     const fb_config *models = fb_cfg_map_get(node, "models");
