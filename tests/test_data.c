@@ -529,6 +529,35 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     EXPECT(!cJSON_GetObjectItem(j, "config") && !cJSON_GetObjectItem(j, "timings_s"));
     cJSON_Delete(j);
     free(fbr);
+    /* a sweep chosen on the validation split, the choice scored on the test split: the
+     * selected run's test score is what evaluating that merge on the test split gives */
+    char sweep_dir[4200];
+    snprintf(sweep_dir, sizeof sweep_dir, "--sweep-dir=%s", fb_test_path("sweep"));
+    REQUIRE(run_cli(&out, (const char *[]){"-m", "method=task_arithmetic", "method.scaling_factor=0.2,0.8",
+                                           mp, tp, "--select-on=val", sweep_dir, NULL}) == 0);
+    EXPECT(out && strstr(out, "Selected on the validation split: run "));
+    free(out);
+    char *sj = fb_test_read_file(fb_test_path("sweep/summary.json"), NULL);
+    cJSON *sw = sj ? cJSON_Parse(sj) : NULL;
+    const cJSON *sel = cJSON_GetObjectItem(sw, "selected");
+    int chosen = sel ? cJSON_GetObjectItem(sel, "run")->valueint : -1;
+    const cJSON *runs = cJSON_GetObjectItem(sw, "runs");
+    double va = cJSON_GetObjectItem(cJSON_GetArrayItem(runs, 0), "accuracy")->valuedouble,
+           vb = cJSON_GetObjectItem(cJSON_GetArrayItem(runs, 1), "accuracy")->valuedouble;
+    EXPECT(chosen == (vb > va ? 1 : 0));
+    REQUIRE(run_cli(&out, (const char *[]){"method=task_arithmetic", chosen ? "method.scaling_factor=0.8"
+                                                                            : "method.scaling_factor=0.2",
+                                           mp, tp, fb_rep, NULL}) == 0);
+    free(out);
+    char *direct = fb_test_read_file(fb_test_path("fb_report.json"), NULL);
+    cJSON *dj = direct ? cJSON_Parse(direct) : NULL;
+    const cJSON *davg = cJSON_GetObjectItem(cJSON_GetObjectItem(dj, "taskpool"), "average");
+    EXPECT(sel && davg && cJSON_GetObjectItem(sel, "test_accuracy")->valuedouble ==
+                              cJSON_GetObjectItem(davg, "accuracy")->valuedouble);
+    cJSON_Delete(dj);
+    free(direct);
+    cJSON_Delete(sw);
+    free(sj);
     /* method=dummy with a model name evaluates that model as it is */
     REQUIRE(run_cli(&out, (const char *[]){"method=dummy", "method.model_name=pairs", mp, tp,
                                           "taskpool.evaluate=[pairs]", NULL}) == 0);

@@ -174,3 +174,63 @@ TEST(fusionbench_program_and_pool_keys)
         free(err);
     }
 }
+
+TEST(sweeps_run_every_combination_go_past_failures_and_summarise)
+{
+    float v[4] = {1, 2, 3, 4};
+    int64_t shape = 4;
+    for (int k = 0; k < 3; k++) {
+        fb_model *m;
+        fb_model_create(&m);
+        v[0] = (float)k;
+        fb_model_add_tensor(m, "w", FB_F32, 1, &shape, v, NULL);
+        char name[32];
+        snprintf(name, sizeof name, "m%d.safetensors", k);
+        fb_model_save(m, fb_test_path(name), NULL);
+        fb_model_free(m);
+    }
+    const char *pool = "models:\n  _pretrained_: m0.safetensors\n  a: m1.safetensors\n  b: m2.safetensors\n";
+    fb_test_write_file(fb_test_path("pool.yaml"), pool, strlen(pool));
+    char pool_arg[4200], dir[4200], *out = NULL, *err = NULL;
+    snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", fb_test_path("pool.yaml"));
+    snprintf(dir, sizeof dir, "--sweep-dir=%s", fb_test_path("sweep"));
+    /* 3 x 2 = 6 runs; the scale 1e39 fails (past float32), the others go on */
+    const char *argv[] = {fb_test_cli, "-m", "method=task_arithmetic", pool_arg, dir,
+                          "method.scaling_factor=0.5,1e39,1", "dtype=f32,bf16",
+                          "merged_model_save_path=merged.safetensors", NULL};
+    EXPECT(fb_test_run(argv, &out, &err) == 1);
+    EXPECT(out && strstr(out, "6 runs, 2 failed"));
+    for (int i = 0; i < 6; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "sweep/%d/merged.safetensors", i);
+        EXPECT(fb_test_exists(fb_test_path(p)) == (i != 2 && i != 3));
+        snprintf(p, sizeof p, "sweep/%d/report.json", i);
+        EXPECT(fb_test_exists(fb_test_path(p)) == (i != 2 && i != 3));
+    }
+    char *md = fb_test_read_file(fb_test_path("sweep/summary.md"), NULL);
+    EXPECT(md && strstr(md, "| 0 | 0.5 | f32 | ok |") && strstr(md, "| 3 | 1e39 | bf16 | failed |") &&
+           strstr(md, "| 5 | 1 | bf16 | ok |"));
+    EXPECT(fb_test_exists(fb_test_path("sweep/summary.json")));
+    free(md);
+    free(out);
+    free(err);
+    /* run 4 merged with scale 1, f32: theta_0 + 1 * (1 + 2) = 3 in entry 0 */
+    fb_model *m;
+    REQUIRE_OK(fb_model_load(fb_test_path("sweep/4/merged.safetensors"), &m));
+    float got[4];
+    REQUIRE_OK(fb_tensor_to_f32(fb_model_find(m, "w"), got));
+    EXPECT(got[0] == 3.0f);
+    fb_model_free(m);
+    /* bad sweeps: an empty value, a range with none */
+    const char *bad[][2] = {{"method.scaling_factor=0.1,,0.3", "an empty value in the sweep"},
+                            {"method.scaling_factor=range(1,1)", "gives no value"},
+                            {"method.scaling_factor=range(0,1,0)", "a step that is not 0"}};
+    for (int i = 0; i < 3; i++) {
+        const char *a[] = {fb_test_cli, "-m", "method=task_arithmetic", pool_arg, dir, bad[i][0], NULL};
+        err = NULL;
+        int rc = fb_test_run(a, NULL, &err);
+        if (rc != 2 || !err || !strstr(err, bad[i][1]) || !strstr(err, "method.scaling_factor"))
+            fb_test_fail(__FILE__, __LINE__, "%s: exit %d: %s", bad[i][0], rc, err ? err : "");
+        free(err);
+    }
+}

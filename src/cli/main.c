@@ -12,6 +12,7 @@
  * Exit status: 0 success, 1 the run failed, 2 bad command line or configuration.
  */
 #include <cblas.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -35,6 +36,7 @@
 #include "pool/modelpool.h"
 #include "pool/taskpool.h"
 #include "report.h"
+#include "sweep.h"
 #include "zoo.h"
 
 static const char *const groups[] = {"method", "modelpool", "taskpool"};
@@ -82,6 +84,11 @@ static void usage(FILE *f)
             "  --threads N                 threads to use (results never depend on it)\n"
             "  --config-dir DIR            where fusion_bench.yaml and the groups live\n"
             "  --version                   the version, SIMD level (FB_SIMD) and BLAS kernels in use\n"
+            "  -m, --multirun              a sweep: key=a,b,c or key=range(start,stop,step) values,\n"
+            "                              every combination run, then a summary table\n"
+            "  --sweep-dir DIR             where a sweep's runs go (outputs/multirun/<date>_<time>)\n"
+            "  --select-on SPLIT           a sweep: score runs on this task-pool split (val) and\n"
+            "                              run the best again on test\n"
             "\n"
             "example:\n"
             "  fusion_bench method=task_arithmetic method.scaling_factor=0.3 \\\n"
@@ -268,7 +275,25 @@ static fb_status parse_size(const fb_config *n, size_t *out)
                         s);
 }
 
+/* A sweep's runs share what they can: the last model pool and task pool loaded, kept while the
+ * next run's composed pool configuration is the same (open files, loaded data, heads). */
+typedef struct sweep_cache {
+    char *pool_key, *taskpool_key; /* the pools' composed YAML */
+    fb_modelpool *pool;
+    fb_taskpool *taskpool;
+} sweep_cache;
+
+static void sweep_cache_free(sweep_cache *k)
+{
+    free(k->pool_key);
+    free(k->taskpool_key);
+    fb_modelpool_free(k->pool);
+    fb_taskpool_free(k->taskpool);
+    memset(k, 0, sizeof *k);
+}
+
 typedef struct cli {
+    sweep_cache *cache; /* -m: pools borrowed from here, not owned */
     const char *config_dir_opt;
     int print_config_only, threads;
     char incomplete[FB_ERROR_MAX]; /* --print-config: why the composed config would not run */
@@ -680,12 +705,46 @@ static int run(cli *c)
     const fb_config *pnode = fb_cfg_map_get(root, "modelpool");
     if (fb_cfg_is_null(pnode))
         return fail(2, "no model pool selected (modelpool=NAME_OR_PATH; see --help)");
-    fb_status pst = fb_modelpool_from_config(pnode, &c->pool);
-    if (pst) return fail(exit_code(pst), fb_last_error());
     const fb_config *tnode = fb_cfg_map_get(root, "taskpool");
-    if (!fb_cfg_is_null(tnode)) {
-        fb_status e = fb_taskpool_open(tnode, &c->taskpool);
-        if (e) return fail(exit_code(e), fb_last_error());
+    if (c->cache) { /* a sweep: reuse the pools when their configuration is the same */
+        char *pkey = fb_cfg_to_yaml(pnode), *tkey = fb_cfg_is_null(tnode) ? NULL : fb_cfg_to_yaml(tnode);
+        if (!pkey || (!fb_cfg_is_null(tnode) && !tkey)) {
+            free(pkey);
+            free(tkey);
+            return fail(1, "out of memory");
+        }
+        if (!c->cache->pool || strcmp(pkey, c->cache->pool_key)) {
+            fb_modelpool_free(c->cache->pool);
+            free(c->cache->pool_key);
+            c->cache->pool = NULL;
+            c->cache->pool_key = pkey;
+            fb_status pst = fb_modelpool_from_config(pnode, &c->cache->pool);
+            if (pst) {
+                free(tkey);
+                return fail(exit_code(pst), fb_last_error());
+            }
+        } else {
+            free(pkey);
+        }
+        if (tkey && (!c->cache->taskpool || strcmp(tkey, c->cache->taskpool_key))) {
+            fb_taskpool_free(c->cache->taskpool);
+            free(c->cache->taskpool_key);
+            c->cache->taskpool = NULL;
+            c->cache->taskpool_key = tkey;
+            fb_status e = fb_taskpool_open(tnode, &c->cache->taskpool);
+            if (e) return fail(exit_code(e), fb_last_error());
+        } else {
+            free(tkey);
+        }
+        c->pool = c->cache->pool;
+        c->taskpool = fb_cfg_is_null(tnode) ? NULL : c->cache->taskpool;
+    } else {
+        fb_status pst = fb_modelpool_from_config(pnode, &c->pool);
+        if (pst) return fail(exit_code(pst), fb_last_error());
+        if (!fb_cfg_is_null(tnode)) {
+            fb_status e = fb_taskpool_open(tnode, &c->taskpool);
+            if (e) return fail(exit_code(e), fb_last_error());
+        }
     }
     ro.taskpool = c->taskpool;
     if (check_outputs(c, out_path, report_path)) return fail(2, fb_last_error());
@@ -828,6 +887,201 @@ static int run(cli *c)
     return rc;
 }
 
+/* A run's average accuracy and loss from its report, if it was scored. */
+static int read_score(const char *report, double *acc, double *loss)
+{
+    char *text = NULL;
+    FILE *f = fopen(report, "r");
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        text = n > 0 ? calloc(1, (size_t)n + 1) : NULL;
+        if (text && fread(text, 1, (size_t)n, f) != (size_t)n) text[0] = '\0';
+        fclose(f);
+    }
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    const cJSON *avg = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "taskpool"), "average");
+    int ok = cJSON_IsNumber(cJSON_GetObjectItem(avg, "accuracy"));
+    if (ok) {
+        *acc = cJSON_GetObjectItem(avg, "accuracy")->valuedouble;
+        *loss = cJSON_GetObjectItem(avg, "loss")->valuedouble;
+    }
+    cJSON_Delete(j);
+    free(text);
+    return ok;
+}
+
+/* One run of a sweep, in this process with the sweep's pools: compose and run argv, its
+ * report in dir/report.json. Returns the exit status. */
+static int sweep_run(const cli *base, sweep_cache *cache, char **argv, int argc, const char *dir,
+                     fb_sweep_run *r)
+{
+    cli c = {.cache = cache, .config_dir_opt = base->config_dir_opt, .threads = base->threads};
+    snprintf(c.command, sizeof c.command, "%s", base->command);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "fusion_bench: error: cannot make %s: %s\n", dir, strerror(errno));
+        return r->status = 1;
+    }
+    int rc = compose(&c, argc, argv);
+    if (!rc) rc = run(&c);
+    fb_method_free(c.method);
+    fb_config_free(c.root);
+    char report[4200];
+    snprintf(report, sizeof report, "%s/report.json", dir);
+    r->status = rc;
+    r->scored = !rc && read_score(report, &r->accuracy, &r->loss);
+    return rc;
+}
+
+/* fusion_bench -m: every combination of the swept overrides ("key=a,b,c", "key=range(a,b,s)"),
+ * each run in its own folder (DIR/i, with its report and merged model), on past a failed run;
+ * then the summary. --select-on SPLIT scores the runs on that split of the task pool and runs
+ * the best one again on its test split. */
+static int sweep(cli *c, int argc, char **argv, const char *dir_opt, const char *select_on)
+{
+    char dir[4096];
+    if (dir_opt) snprintf(dir, sizeof dir, "%s", dir_opt);
+    else {
+        time_t t = time(NULL);
+        struct tm tm;
+        localtime_r(&t, &tm);
+        strftime(dir, sizeof dir, "outputs/multirun/%Y-%m-%d_%H-%M-%S", &tm);
+    }
+    fb_sweep_param params[16];
+    int np = 0, nfixed = 0, rc = 0;
+    char **fixed = calloc((size_t)argc + 8, sizeof *fixed);
+    const char *save_name = NULL;
+    if (!fixed) return fail(1, "out of memory");
+    for (int i = 0; i < argc && !rc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (eq && !strncmp(argv[i], "merged_model_save_path=", 23)) { /* one per run */
+            const char *slash = strrchr(eq + 1, '/');
+            save_name = slash ? slash + 1 : eq + 1;
+            continue;
+        }
+        if (eq && (!strncmp(argv[i], "report_save_path=", 17))) continue; /* DIR/i/report.json */
+        char **vals = NULL;
+        int n = 0;
+        char key[512];
+        snprintf(key, sizeof key, "%.*s", (int)(eq ? (size_t)(eq - argv[i]) : 0), argv[i]);
+        if (!eq || fb_sweep_values(key, eq + 1, &vals, &n)) {
+            rc = eq ? fail(2, fb_last_error()) : 0;
+            fixed[nfixed++] = argv[i];
+            continue;
+        }
+        if (n == 1) {
+            fb_sweep_values_free(vals, n);
+            fixed[nfixed++] = argv[i];
+            continue;
+        }
+        if (np == 16) {
+            fb_sweep_values_free(vals, n);
+            rc = fail(2, "more than 16 swept keys");
+            break;
+        }
+        params[np].key = strdup(key);
+        params[np].values = vals;
+        params[np++].count = n;
+    }
+    long total = 1;
+    for (int k = 0; k < np; k++) total *= params[k].count;
+    if (!rc && total > 10000) rc = fail(2, "a sweep of more than 10000 runs");
+    if (!rc && fb_path_identity(dir, &(unsigned long long){0}, &(unsigned long long){0}) == 0) {
+        char cmd[4200], *p = cmd; /* make DIR and its parents */
+        snprintf(cmd, sizeof cmd, "%s", dir);
+        for (p = cmd + 1; *p; p++)
+            if (*p == '/') *p = '\0', mkdir(cmd, 0755), *p = '/';
+        if (mkdir(cmd, 0755) != 0 && errno != EEXIST) rc = fail(1, "cannot make the sweep folder");
+    }
+    fb_sweep_run *runs = rc ? NULL : calloc((size_t)total, sizeof *runs);
+    const char **values = rc ? NULL : calloc((size_t)(total * (np ? np : 1)), sizeof *values);
+    if (!rc && (!runs || !values)) rc = fail(1, "out of memory");
+    sweep_cache cache = {0};
+    int failed = 0, best = -1;
+    printf("fusion_bench: sweep of %ld run%s into %s\n", total, total == 1 ? "" : "s", dir);
+    for (long i = 0; !rc && i < total; i++) {
+        char **args = calloc((size_t)(nfixed + np + 4), sizeof *args);
+        char run_dir[4200], rep[4300], save[4300], split[64];
+        int na = 0;
+        for (int f = 0; f < nfixed; f++) args[na++] = fixed[f];
+        long rem = i; /* the first parameter varies slowest */
+        for (int k = np - 1; k >= 0; k--) {
+            int v = (int)(rem % params[k].count);
+            rem /= params[k].count;
+            values[i * np + k] = params[k].values[v];
+        }
+        for (int k = 0; k < np; k++) {
+            char *kv = malloc(strlen(params[k].key) + strlen(values[i * np + k]) + 2);
+            sprintf(kv, "%s=%s", params[k].key, values[i * np + k]);
+            args[na++] = kv;
+        }
+        snprintf(run_dir, sizeof run_dir, "%s/%ld", dir, i);
+        snprintf(rep, sizeof rep, "report_save_path=%s/report.json", run_dir);
+        args[na++] = rep;
+        if (save_name) {
+            snprintf(save, sizeof save, "merged_model_save_path=%s/%s", run_dir, save_name);
+            args[na++] = save;
+        }
+        if (select_on) {
+            snprintf(split, sizeof split, "taskpool.split=%s", select_on);
+            args[na++] = split;
+        }
+        runs[i].values = values + i * np;
+        printf("\n== run %ld of %ld:", i, total);
+        for (int k = 0; k < np; k++) printf(" %s=%s", params[k].key, values[i * np + k]);
+        printf("\n");
+        fflush(stdout);
+        failed += sweep_run(c, &cache, args, na, run_dir, &runs[i]) != 0;
+        if (runs[i].scored && (best < 0 || runs[i].accuracy > runs[best].accuracy)) best = (int)i;
+        for (int k = 0; k < np; k++) free(args[nfixed + k]);
+        free(args);
+    }
+    fb_sweep_run test = {0};
+    if (!rc && select_on && best >= 0) { /* the chosen run, scored on the test split */
+        char **args = calloc((size_t)(nfixed + np + 4), sizeof *args);
+        char run_dir[4200], rep[4300], save[4300];
+        int na = 0;
+        for (int f = 0; f < nfixed; f++) args[na++] = fixed[f];
+        for (int k = 0; k < np; k++) {
+            char *kv = malloc(strlen(params[k].key) + strlen(values[best * np + k]) + 2);
+            sprintf(kv, "%s=%s", params[k].key, values[best * np + k]);
+            args[na++] = kv;
+        }
+        snprintf(run_dir, sizeof run_dir, "%s/selected", dir);
+        snprintf(rep, sizeof rep, "report_save_path=%s/report.json", run_dir);
+        args[na++] = rep;
+        if (save_name) {
+            snprintf(save, sizeof save, "merged_model_save_path=%s/%s", run_dir, save_name);
+            args[na++] = save;
+        }
+        char test_split[] = "taskpool.split=test"; /* compose writes into its arguments */
+        args[na++] = test_split;
+        printf("\n== the run chosen on %s (%d), on the test split\n", select_on, best);
+        test.values = values + best * np;
+        failed += sweep_run(c, &cache, args, na, run_dir, &test) != 0;
+        for (int k = 0; k < np; k++) free(args[nfixed + k]);
+        free(args);
+    }
+    if (!rc) {
+        printf("\n");
+        if (fb_sweep_summary(dir, params, np, runs, (int)total, select_on ? best : -1, &test))
+            rc = fail(1, fb_last_error());
+        else
+            printf("\nfusion_bench: %ld run%s, %d failed; %s/summary.{md,json,png}\n", total,
+                   total == 1 ? "" : "s", failed, dir);
+    }
+    sweep_cache_free(&cache);
+    for (int k = 0; k < np; k++) {
+        free(params[k].key);
+        fb_sweep_values_free(params[k].values, params[k].count);
+    }
+    free(values);
+    free(runs);
+    free(fixed);
+    return rc ? rc : failed ? 1 : 0;
+}
+
 /* SIGINT, SIGTERM, SIGHUP: remove what the run was writing, then die of the signal as if
  * unhandled (so the shell and the exit status see it). */
 static void on_signal(int sig)
@@ -860,10 +1114,15 @@ int main(int argc, char **argv)
     /* Options may stand anywhere, as --name VALUE or --name=VALUE; the rest (group choices and
      * overrides, or `zoo` and its overrides) keep their order. */
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    int nrest = 0;
+    int nrest = 0, multirun = 0;
+    const char *sweep_dir = NULL, *select_on = NULL;
     if (!rest) return fail(1, "out of memory");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--multirun")) {
+            multirun = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0 && strcmp(a, "-h") != 0) {
             rest[nrest++] = argv[i];
             continue;
@@ -871,7 +1130,8 @@ int main(int argc, char **argv)
         char name[64];
         const char *eq = strchr(a, '='), *v = eq ? eq + 1 : NULL;
         snprintf(name, sizeof name, "%.*s", (int)(eq ? (size_t)(eq - a) : strlen(a)), a);
-        int takes_value = !strcmp(name, "--threads") || !strcmp(name, "--config-dir");
+        int takes_value = !strcmp(name, "--threads") || !strcmp(name, "--config-dir") ||
+                          !strcmp(name, "--sweep-dir") || !strcmp(name, "--select-on");
         if (!takes_value && v) {
             free(rest);
             fprintf(stderr, "fusion_bench: error: %s takes no value (got '%s')\n", name, a);
@@ -904,6 +1164,10 @@ int main(int argc, char **argv)
             c.print_config_only = 1;
         } else if (!strcmp(name, "--config-dir")) {
             c.config_dir_opt = v;
+        } else if (!strcmp(name, "--sweep-dir")) {
+            sweep_dir = v;
+        } else if (!strcmp(name, "--select-on")) {
+            select_on = v;
         } else if (!strcmp(name, "--threads")) {
             char *end;
             long t = strtol(v, &end, 10);
@@ -935,6 +1199,12 @@ int main(int argc, char **argv)
         char *dir = find_config_dir(c.config_dir_opt);
         rc = dir ? fb_zoo_main(dir, nrest - 1, rest + 1) : fail(2, fb_last_error());
         fb_free(dir);
+        free(rest);
+        return rc;
+    }
+    if (multirun || select_on || sweep_dir) {
+        rc = multirun ? sweep(&c, nrest, rest, sweep_dir, select_on)
+                      : fail(2, "--sweep-dir and --select-on go with -m (a sweep)");
         free(rest);
         return rc;
     }
