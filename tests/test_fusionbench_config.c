@@ -189,15 +189,22 @@ TEST(sweeps_run_every_combination_go_past_failures_and_summarise)
         fb_model_save(m, fb_test_path(name), NULL);
         fb_model_free(m);
     }
-    const char *pool = "models:\n  _pretrained_: m0.safetensors\n  a: m1.safetensors\n  b: m2.safetensors\n";
+    const char *pool =
+        "models:\n  _pretrained_: m0.safetensors\n  a: m1.safetensors\n  b: m2.safetensors\n";
     fb_test_write_file(fb_test_path("pool.yaml"), pool, strlen(pool));
     char pool_arg[4200], dir[4200], *out = NULL, *err = NULL;
     snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", fb_test_path("pool.yaml"));
     snprintf(dir, sizeof dir, "--sweep-dir=%s", fb_test_path("sweep"));
     /* 3 x 2 = 6 runs; the scale 1e39 fails (past float32), the others go on */
-    const char *argv[] = {fb_test_cli, "-m", "method=task_arithmetic", pool_arg, dir,
-                          "method.scaling_factor=0.5,1e39,1", "dtype=f32,bf16",
-                          "merged_model_save_path=merged.safetensors", NULL};
+    const char *argv[] = {fb_test_cli,
+                          "-m",
+                          "method=task_arithmetic",
+                          pool_arg,
+                          dir,
+                          "method.scaling_factor=0.5,1e39,1",
+                          "dtype=f32,bf16",
+                          "merged_model_save_path=merged.safetensors",
+                          NULL};
     EXPECT(fb_test_run(argv, &out, &err) == 1);
     EXPECT(out && strstr(out, "6 runs, 2 failed"));
     for (int i = 0; i < 6; i++) {
@@ -208,8 +215,8 @@ TEST(sweeps_run_every_combination_go_past_failures_and_summarise)
         EXPECT(fb_test_exists(fb_test_path(p)) == (i != 2 && i != 3));
     }
     char *md = fb_test_read_file(fb_test_path("sweep/summary.md"), NULL);
-    EXPECT(md && strstr(md, "| 0 | 0.5 | f32 | ok |") && strstr(md, "| 3 | 1e39 | bf16 | failed |") &&
-           strstr(md, "| 5 | 1 | bf16 | ok |"));
+    EXPECT(md && strstr(md, "| 0 | 0.5 | f32 | ok |") &&
+           strstr(md, "| 3 | 1e39 | bf16 | failed |") && strstr(md, "| 5 | 1 | bf16 | ok |"));
     EXPECT(fb_test_exists(fb_test_path("sweep/summary.json")));
     free(md);
     free(out);
@@ -226,11 +233,43 @@ TEST(sweeps_run_every_combination_go_past_failures_and_summarise)
                             {"method.scaling_factor=range(1,1)", "gives no value"},
                             {"method.scaling_factor=range(0,1,0)", "a step that is not 0"}};
     for (int i = 0; i < 3; i++) {
-        const char *a[] = {fb_test_cli, "-m", "method=task_arithmetic", pool_arg, dir, bad[i][0], NULL};
+        const char *a[] = {fb_test_cli, "-m", "method=task_arithmetic", pool_arg, dir,
+                           bad[i][0],   NULL};
         err = NULL;
         int rc = fb_test_run(a, NULL, &err);
         if (rc != 2 || !err || !strstr(err, bad[i][1]) || !strstr(err, "method.scaling_factor"))
             fb_test_fail(__FILE__, __LINE__, "%s: exit %d: %s", bad[i][0], rc, err ? err : "");
         free(err);
     }
+}
+
+/* Every method file the project ships, in its own layout and in FusionBench's (group
+ * sub-folders, FusionBench's class names), composes; the ones that need a value from the user
+ * say which. The files are found by listing config/method. */
+TEST(every_shipped_method_file_and_fusionbench_path_composes)
+{
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "cd '%s/config/method' && find . -name '*.yaml' | sort > '%s'",
+             fb_test_src_dir, fb_test_path("files.txt"));
+    REQUIRE(system(cmd) == 0);
+    char *list = fb_test_read_file(fb_test_path("files.txt"), NULL);
+    REQUIRE(list);
+    int files = 0, fusionbench_paths = 0;
+    for (char *line = strtok(list, "\n"); line; line = strtok(NULL, "\n")) {
+        char method[512];
+        snprintf(method, sizeof method, "method=%.*s", (int)(strlen(line) - 7), line + 2);
+        char *out = NULL, *err = NULL;
+        int rc = print_config(&out, &err, (const char *[]){method, NULL});
+        int needs_value =
+            err && strstr(err, "would not run") &&
+            (strstr(err, "weights") || strstr(err, "layer_indices") || strstr(err, "slices"));
+        if (rc != 0 || !out || (err && strstr(err, "would not run") && !needs_value))
+            fb_test_fail(__FILE__, __LINE__, "%s: exit %d: %s", method, rc, err ? err : "");
+        files++;
+        fusionbench_paths += strchr(line + 2, '/') != NULL;
+        free(out);
+        free(err);
+    }
+    EXPECT(files >= 60 && fusionbench_paths >= 28);
+    free(list);
 }
