@@ -24,6 +24,23 @@ static int one_line(const char *s)
     return s && strchr(s, '\n') && !strchr(strchr(s, '\n') + 1, '\n');
 }
 
+/* m0, m1, m2.safetensors: one tensor "w" = [k, 2, 3, 4] for model k. */
+static void write_models(void)
+{
+    float v[4] = {1, 2, 3, 4};
+    int64_t shape = 4;
+    for (int k = 0; k < 3; k++) {
+        fb_model *m;
+        fb_model_create(&m);
+        v[0] = (float)k;
+        fb_model_add_tensor(m, "w", FB_F32, 1, &shape, v, NULL);
+        char name[32];
+        snprintf(name, sizeof name, "m%d.safetensors", k);
+        fb_model_save(m, fb_test_path(name), NULL);
+        fb_model_free(m);
+    }
+}
+
 TEST(omegaconf_interpolation_resolves_as_fusionbench_files_use_it)
 {
     const char *method = "_target_: fusion_bench.method.TaskArithmeticAlgorithm\n"
@@ -126,18 +143,7 @@ TEST(fusionbench_program_and_pool_keys)
 {
     /* a model pool as FusionBench writes it (its data sets and processor are the task pool's
      * business here), merged for a dry run: everything checked, nothing written */
-    float v[4] = {1, 2, 3, 4};
-    int64_t shape = 4;
-    for (int k = 0; k < 3; k++) {
-        fb_model *m;
-        fb_model_create(&m);
-        v[0] = (float)k;
-        fb_model_add_tensor(m, "w", FB_F32, 1, &shape, v, NULL);
-        char name[32];
-        snprintf(name, sizeof name, "m%d.safetensors", k);
-        fb_model_save(m, fb_test_path(name), NULL);
-        fb_model_free(m);
-    }
+    write_models();
     const char *pool =
         "defaults:\n  - /dataset/image_classification/train@train_datasets: [sun397]\n"
         "  - _self_\n_target_: fusion_bench.modelpool.CLIPVisionModelPool\n"
@@ -177,18 +183,7 @@ TEST(fusionbench_program_and_pool_keys)
 
 TEST(sweeps_run_every_combination_go_past_failures_and_summarise)
 {
-    float v[4] = {1, 2, 3, 4};
-    int64_t shape = 4;
-    for (int k = 0; k < 3; k++) {
-        fb_model *m;
-        fb_model_create(&m);
-        v[0] = (float)k;
-        fb_model_add_tensor(m, "w", FB_F32, 1, &shape, v, NULL);
-        char name[32];
-        snprintf(name, sizeof name, "m%d.safetensors", k);
-        fb_model_save(m, fb_test_path(name), NULL);
-        fb_model_free(m);
-    }
+    write_models();
     const char *pool =
         "models:\n  _pretrained_: m0.safetensors\n  a: m1.safetensors\n  b: m2.safetensors\n";
     fb_test_write_file(fb_test_path("pool.yaml"), pool, strlen(pool));
