@@ -529,6 +529,71 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     EXPECT(!cJSON_GetObjectItem(j, "config") && !cJSON_GetObjectItem(j, "timings_s"));
     cJSON_Delete(j);
     free(fbr);
+    /* against PyTorch (tests/reference/ensemble_max.py): the max predictor over two different
+     * models, projected by _pretrained_'s visual_projection, on the task pool's own images */
+    {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/taskpool.yaml", fb_test_path("zoo1"));
+        fb_taskpool *etp;
+        fb_modelpool *epool;
+        REQUIRE_OK(fb_taskpool_load(path, &etp));
+        snprintf(path, sizeof path, "%s/modelpool.yaml", fb_test_path("zoo1"));
+        REQUIRE_OK(fb_modelpool_load_config(path, &epool));
+        const fb_model *models[2] = {fb_modelpool_get(epool, "all"), fb_modelpool_get(epool, "pairs")};
+        const double w[2] = {0.5, 0.5};
+        fb_task_result res[8];
+        REQUIRE(models[0] && models[1] && etp->set.num_tasks <= 8);
+        REQUIRE_OK(fb_taskpool_evaluate_ensemble(etp, models, 2, w, 1,
+                                                 fb_modelpool_get(epool, "_pretrained_"), res, NULL, NULL));
+        fb_model *dump;
+        REQUIRE_OK(fb_model_create(&dump));
+        const int64_t S = etp->set.image_size, C = etp->set.channels, F = fb_taskpool_features(etp);
+        for (int t = 0; t < etp->set.num_tasks; t++) {
+            const fb_task *task = &etp->set.tasks[t];
+            char name[256];
+            int64_t n = task->n[etp->split], ishape[4] = {n, C, S, S}, hshape[2] = {task->num_classes, F};
+            float *head = malloc((size_t)(task->num_classes * F) * sizeof *head);
+            REQUIRE(head && !fb_taskpool_head(etp, t, head));
+            snprintf(name, sizeof name, "images.%s", task->name);
+            REQUIRE_OK(fb_model_add_tensor(dump, name, FB_F32, 4, ishape, task->x[etp->split], NULL));
+            snprintf(name, sizeof name, "labels.%s", task->name);
+            REQUIRE_OK(fb_model_add_tensor(dump, name, FB_I32, 1, &n, task->y[etp->split], NULL));
+            snprintf(name, sizeof name, "head.%s", task->name);
+            REQUIRE_OK(fb_model_add_tensor(dump, name, FB_F32, 2, hshape, head, NULL));
+            free(head);
+        }
+        int64_t one = 1;
+        REQUIRE_OK(fb_model_add_tensor(dump, "logit_scale", FB_F32, 1, &one, &etp->logit_scale, NULL));
+        REQUIRE_OK(fb_model_save(dump, fb_test_path("ens_inputs.safetensors"), NULL));
+        fb_model_free(dump);
+        char script[4200];
+        snprintf(script, sizeof script, "%s/tests/reference/ensemble_max.py", fb_test_src_dir);
+        const char *py[] = {"/usr/bin/python3", script, fb_test_path("zoo1"),
+                            fb_test_path("ens_inputs.safetensors"), fb_test_path("ens_expected.json"),
+                            "all", "pairs", NULL};
+        char *pyerr = NULL;
+        int prc = fb_test_run(py, NULL, &pyerr);
+        if (prc) fb_test_fail(__FILE__, __LINE__, "ensemble_max.py: exit %d: %s", prc, pyerr);
+        free(pyerr);
+        char *ej = fb_test_read_file(fb_test_path("ens_expected.json"), NULL);
+        cJSON *exp = ej ? cJSON_Parse(ej) : NULL;
+        for (int t = 0; exp && t < etp->set.num_tasks; t++) {
+            const cJSON *e = cJSON_GetObjectItem(exp, res[t].task);
+            double ea = e ? cJSON_GetObjectItem(e, "accuracy")->valuedouble : -1;
+            double el = e ? cJSON_GetObjectItem(e, "loss")->valuedouble : -1;
+            /* float32 here, float64 there: one example whose top two logits nearly tie may go
+             * either way, nothing more */
+            double one_example = 1.0 / (double)res[t].examples + 1e-12;
+            if (!e || fabs(ea - res[t].accuracy) > one_example || fabs(el - res[t].loss) > 1e-4 * fabs(el))
+                fb_test_fail(__FILE__, __LINE__, "%s: accuracy %g loss %g, PyTorch %g %g", res[t].task,
+                             res[t].accuracy, res[t].loss, ea, el);
+        }
+        EXPECT(exp != NULL);
+        cJSON_Delete(exp);
+        free(ej);
+        fb_modelpool_free(epool);
+        fb_taskpool_free(etp);
+    }
     /* a sweep chosen on the validation split, the choice scored on the test split: the
      * selected run's test score is what evaluating that merge on the test split gives */
     char sweep_dir[4200];
