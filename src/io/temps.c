@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -73,20 +74,69 @@ int fb_temp_register(const char *path, int kind)
     return slot;
 }
 
-int fb_temp_create(char *template_path, int kind, int *slot)
+/*
+ * A signal may be handled by any thread that does not block it (an OpenMP or OpenBLAS worker),
+ * while the thread that writes the output goes on. So holding signals off in the writing
+ * thread is not enough: the handler could walk the table between mkstemp and the recording,
+ * or while a file is being created inside a temporary folder, and the process then die with
+ * an unrecorded file on disk. Creations therefore announce themselves (`creating`), and the
+ * handler first raises `dying`, then waits for announced creations to finish before it walks:
+ * a creation that starts after `dying` is refused (EINTR); one that started before is recorded
+ * (or inside a recorded folder) by the time the walk begins. Both flags are read after a full
+ * fence, so at least one side sees the other.
+ */
+static volatile sig_atomic_t dying;
+static int creating;
+
+typedef struct {
+    sigset_t old;
+} creation;
+
+static int creation_begin(creation *c)
 {
-    sigset_t hold, old;
+    sigset_t hold;
     sigemptyset(&hold);
     sigaddset(&hold, SIGINT);
     sigaddset(&hold, SIGTERM);
     sigaddset(&hold, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &hold, &old);
-    int rc = kind == FB_TEMP_FILE ? mkstemp(template_path) : (mkdtemp(template_path) ? 0 : -1);
+    pthread_sigmask(SIG_BLOCK, &hold, &c->old);
+    __atomic_add_fetch(&creating, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (dying) {
+        __atomic_sub_fetch(&creating, 1, __ATOMIC_SEQ_CST);
+        pthread_sigmask(SIG_SETMASK, &c->old, NULL);
+        errno = EINTR;
+        return -1;
+    }
+    return 0;
+}
+
+static void creation_end(creation *c)
+{
     int e = errno;
-    *slot = rc >= 0 ? fb_temp_register(template_path, kind) : -1;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    __atomic_sub_fetch(&creating, 1, __ATOMIC_SEQ_CST);
+    pthread_sigmask(SIG_SETMASK, &c->old, NULL);
     errno = e;
+}
+
+int fb_temp_create(char *template_path, int kind, int *slot)
+{
+    creation c;
+    *slot = -1;
+    if (creation_begin(&c) < 0) return -1;
+    int rc = kind == FB_TEMP_FILE ? mkstemp(template_path) : (mkdtemp(template_path) ? 0 : -1);
+    if (rc >= 0) *slot = fb_temp_register(template_path, kind);
+    creation_end(&c);
     return rc;
+}
+
+int fb_temp_open_inside(const char *path)
+{
+    creation c;
+    if (creation_begin(&c) < 0) return -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    creation_end(&c);
+    return fd;
 }
 
 void fb_temp_forget(int slot)
@@ -122,6 +172,15 @@ static void remove_folder_raw(const char *path)
 
 void fb_remove_temporaries(void)
 {
+    dying = 1;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    /* creations under way finish in microseconds; the bound only guards against a caller that
+     * runs this while its own thread is inside one (signals are held off there, so not ours) */
+    for (int waited = 0; __atomic_load_n(&creating, __ATOMIC_SEQ_CST) > 0 && waited < 20000;
+         waited++) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
     for (int i = 0; i < MAX_TEMPS; i++) {
         int kind = temp_kind[i];
         __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -200,7 +200,7 @@ static fb_status write_all(int fd, const char *path, const void *data, size_t n,
 static fb_status open_shard(fb_writer *w, int s, const char *file_path, int fd)
 {
     shard *sh = &w->shards[s];
-    if (fd < 0) fd = open(file_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) fd = fb_temp_open_inside(file_path);
     if (fd < 0)
         return fb_set_error(FB_ERR_IO, "%s: cannot create: %s", file_path, strerror(errno));
     sh->fd = fd;
@@ -367,7 +367,7 @@ static fb_status write_small_file(const fb_writer *w, const char *name, const vo
     char *p = fb_path_join(w->tmp_path, name);
     if (!p) return FB_ERR_NOMEM;
     fb_status st;
-    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = fb_temp_open_inside(p);
     if (fd < 0) st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
     else {
         st = write_all(fd, p, data, n, 0);
