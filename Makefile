@@ -11,7 +11,7 @@ DEB_DATA := dataset-fashion-mnist python3-sklearn
 
 OPT      ?= -O3
 WARN     := -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation
-CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off -fno-trapping-math \
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off -fno-trapping-math -fPIC \
             -Iinclude -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 LDFLAGS  += -fopenmp
@@ -23,6 +23,9 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libfusionbench.a
+SOVER    := 0
+SONAME   := libfusionbench.so.$(SOVER)
+SOLIB    := $(BUILD)/libfusionbench.so.0.1.0
 CLI      := $(BUILD)/fusion_bench
 TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
@@ -34,8 +37,8 @@ TDEPS_OK := $(BUILD)/.test-deps-ok
 DATA_OK  := $(BUILD)/.data-deps-ok
 
 .SECONDARY:
-.PHONY: all deps test-deps test test-sanitize fuzz demo bench clean format
-all: $(CLI) $(EXAMPLES)
+.PHONY: all deps test-deps test test-sanitize fuzz demo bench clean format install uninstall
+all: $(CLI) $(EXAMPLES) $(SOLIB)
 
 # Missing Debian packages: installed when root, else named. The stamp keeps it to one check.
 define need_debs
@@ -67,6 +70,12 @@ $(BUILD)/%.o: %.c $(DEPS_OK)
 
 $(LIB): $(LIB_OBJ)
 	$(AR) rcs $@ $^
+# The shared library: only the public fb_ symbols are exported (src/fusionbench.map).
+$(SOLIB): $(LIB_OBJ) src/fusionbench.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/fusionbench.map $(LDFLAGS) \
+	    $(LIB_OBJ) $(LDLIBS) -o $@
+	ln -sf $(notdir $@) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/libfusionbench.so
 $(CLI): $(CLI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 $(TESTS): $(TEST_OBJ) $(LIB)
@@ -77,7 +86,7 @@ $(BUILD)/bench_%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 # Reference data from PyTorch, then every test; the runner's last line is "N passed, N failed".
-test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES) $(BENCHES)
+test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES) $(BENCHES) $(SOLIB)
 	@rm -rf $(BUILD)/ref && mkdir -p $(BUILD)/ref
 	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
 	$(PYTHON) tests/reference/nn_reference.py $(BUILD)/ref
@@ -121,6 +130,34 @@ bench: $(BENCHES) $(CLI)
 
 format:
 	clang-format -i include/*.h src/*/*.[ch] tests/*.[ch] bench/*.c examples/*.c
+
+# make install PREFIX=/usr/local DESTDIR=: the CLI, the libraries, the header, pkg-config's
+# fusionbench.pc, the config tree, the man page and the Python package (docs/python.md).
+PREFIX  ?= /usr/local
+PYDIR   ?= $(PREFIX)/lib/python3/dist-packages
+install: $(CLI) $(LIB) $(SOLIB)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
+	    $(DESTDIR)$(PREFIX)/share/fusionbench $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PYDIR)
+	install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/fusion_bench
+	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libfusionbench.a
+	install -m 755 $(SOLIB) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf $(notdir $(SOLIB)) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libfusionbench.so
+	install -m 644 include/fusionbench.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@REQUIRES@|$(PKGS)|' fusionbench.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/fusionbench.pc
+	rm -rf $(DESTDIR)$(PREFIX)/share/fusionbench/config
+	cp -r config $(DESTDIR)$(PREFIX)/share/fusionbench/config
+	install -m 644 docs/fusion_bench.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	rm -rf $(DESTDIR)$(PYDIR)/fusionbench_c
+	cp -r python/fusionbench_c $(DESTDIR)$(PYDIR)/fusionbench_c
+	find $(DESTDIR)$(PYDIR)/fusionbench_c -name __pycache__ -prune -exec rm -rf {} +
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/fusion_bench $(DESTDIR)$(PREFIX)/lib/libfusionbench.a \
+	    $(DESTDIR)$(PREFIX)/lib/$(notdir $(SOLIB)) $(DESTDIR)$(PREFIX)/lib/$(SONAME) \
+	    $(DESTDIR)$(PREFIX)/lib/libfusionbench.so $(DESTDIR)$(PREFIX)/include/fusionbench.h \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/fusionbench.pc $(DESTDIR)$(PREFIX)/share/man/man1/fusion_bench.1
+	rm -rf $(DESTDIR)$(PREFIX)/share/fusionbench $(DESTDIR)$(PYDIR)/fusionbench_c
 
 clean:
 	rm -rf $(BUILD)

@@ -7,7 +7,9 @@
  * simple average, weighted average (0.5, 0.3, 0.2, normalized) and task arithmetic (0.3, with
  * a fourth model as _pretrained_). Each result is checked against the formula computed here.
  *
- * Build and run: make && ./build/quickstart
+ * Build and run: make && ./build/quickstart [OUTPUT.safetensors]
+ * or, installed:  cc quickstart.c $(pkg-config --cflags --libs fusionbench) -o quickstart
+ * The last merge is saved to OUTPUT (default: quickstart_merged.safetensors here).
  */
 #include <fusionbench.h>
 #include <math.h>
@@ -100,8 +102,9 @@ static int report(const char *what, const fb_model *merged, double err)
     return err <= 1e-6;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    const char *out_path = argc > 1 ? argv[1] : "quickstart_merged.safetensors";
     /* The pool takes ownership of the models; keep borrowed pointers for checking. */
     fb_modelpool *pool;
     CHECK(fb_modelpool_create(&pool));
@@ -139,8 +142,8 @@ int main(void)
                  max_error(merged, models, fb_modelpool_get(pool, "_pretrained_"), task_arith));
 
     /* Save the last merge; any safetensors reader can open it. */
-    CHECK(fb_model_save(merged, "build/quickstart_merged.safetensors", NULL));
-    printf("saved build/quickstart_merged.safetensors\n");
+    CHECK(fb_model_save(merged, out_path, NULL));
+    printf("saved %s\n", out_path);
     fb_model_free(merged);
     fb_method_free(method);
     fb_modelpool_free(pool);

@@ -44,6 +44,7 @@ typedef enum fb_status {
     FB_ERR_CONFIG = 7,      /* a config is invalid (unknown key, wrong type, bad override) */
     FB_ERR_UNSUPPORTED = 8, /* valid but not supported (e.g. writing an F8 dtype) */
     FB_ERR_INTERNAL = 9,    /* a bug: please report it */
+    FB_ERR_INTERRUPTED = 10, /* fb_interrupt() stopped the run (nothing was written) */
 } fb_status;
 
 /* A constant name for a status code ("FB_ERR_IO"); never NULL. */
@@ -230,6 +231,8 @@ const char *fb_method_name(const fb_method *method);
 int fb_method_registry_count(void);
 const char *fb_method_registry_name(int index);
 const char *fb_method_registry_summary(int index);
+/* FusionBench's class name for the method ("TaskArithmeticAlgorithm"), or NULL if it has none. */
+const char *fb_method_registry_target(int index);
 
 /* How a merge is run. Zeroed options (or NULL) mean defaults. */
 typedef struct fb_run_options {
@@ -319,10 +322,18 @@ fb_status fb_taskpool_evaluate_model(fb_taskpool *taskpool, const fb_model *mode
 
 /* ------------------------------------------------------------ interrupted runs -- */
 
+/* Asks the merge running now (in any thread) to stop: it returns FB_ERR_INTERRUPTED at its next
+ * tensor, its temporaries removed and nothing at the output path. Async-signal-safe; the
+ * request is cleared when the next run starts. */
+void fb_interrupt(void);
+
 /* Removes the temporary files and folders of every output being written now (merged models,
  * masks, reports). Async-signal-safe: call it from a SIGINT/SIGTERM handler, then end the
- * process; the fusion_bench command does. Temporaries a killed run could not remove are
- * removed by the next output written into the same folder. */
+ * process; the fusion_bench command does. Whichever thread runs it, a temporary being created
+ * at that moment on another thread is waited for and removed too, and no new one can be
+ * created after it (creating one fails with EINTR): call it only when the process is ending.
+ * Temporaries a killed run could not remove are removed by the next output written into the
+ * same folder. */
 void fb_remove_temporaries(void);
 
 /* ---------------------------------------------------------------------- SIMD level -- */

@@ -69,11 +69,11 @@ static void usage(FILE *f)
             "  merged_model_max_shard_size=S  shard the output folder (bytes, or 5GB, 500MB)\n"
             "  dtype=D                     output dtype of float tensors (f32, f16, bf16, f64)\n"
             "  page_cache=auto|drop|keep   drop inputs/output from the page cache once merged\n"
+            "                              (auto: when the inputs exceed 3/4 of memory)\n"
             "  input_dtype=f32             read float tensors as float32, so models may differ in\n"
             "                              float dtype (output f32 unless dtype= says otherwise)\n"
             "  nonfinite=error|propagate   NaN/Inf in an input or the merged model: stop (default)\n"
             "                              or merge them as they are\n"
-            "                              (auto: when the inputs exceed 3/4 of memory)\n"
             "  report_save_path=P          write a JSON report (config, models, timings, memory)\n"
             "  print_config=true           print the composed config, then run\n"
             "\n"
@@ -157,7 +157,8 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* --config-dir, else $FUSION_BENCH_CONFIG_DIR, else <exe>/../config, else the source tree's. */
+/* --config-dir, else $FUSION_BENCH_CONFIG_DIR, else <exe>/../config (the source tree's, for
+ * build/fusion_bench), else <exe>/../share/fusionbench/config (make install's). */
 static char *find_config_dir(const char *given)
 {
     if (given) return fb_strdup(given);
@@ -168,13 +169,19 @@ static char *find_config_dir(const char *given)
     if (n > 0) {
         exe[n] = '\0';
         char *dir = fb_path_dirname(exe);
-        char *cand = dir ? fb_path_join(dir, "../config") : NULL;
-        char *root = cand ? fb_path_join(cand, "fusion_bench.yaml") : NULL;
-        int ok = root && file_exists(root);
+        const char *rel[] = {"../config", "../share/fusionbench/config"};
+        for (int i = 0; dir && i < 2; i++) {
+            char *cand = fb_path_join(dir, rel[i]);
+            char *root = cand ? fb_path_join(cand, "fusion_bench.yaml") : NULL;
+            int ok = root && file_exists(root);
+            fb_free(root);
+            if (ok) {
+                fb_free(dir);
+                return cand;
+            }
+            fb_free(cand);
+        }
         fb_free(dir);
-        fb_free(root);
-        if (ok) return cand;
-        fb_free(cand);
     }
 #ifdef FB_CONFIG_DIR
     return fb_strdup(FB_CONFIG_DIR);

@@ -27,6 +27,7 @@ const char *fb_status_str(fb_status status)
     case FB_ERR_CONFIG: return "FB_ERR_CONFIG";
     case FB_ERR_UNSUPPORTED: return "FB_ERR_UNSUPPORTED";
     case FB_ERR_INTERNAL: return "FB_ERR_INTERNAL";
+    case FB_ERR_INTERRUPTED: return "FB_ERR_INTERRUPTED";
     }
     return "FB_ERR_UNKNOWN";
 }

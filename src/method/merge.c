@@ -15,6 +15,7 @@
  * worker is recorded with its chunk number; the lowest chunk's error is raised afterwards.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -892,12 +893,24 @@ static int is_merged(const job *J, int64_t ti)
            (!ops->merges_tensor || ops->merges_tensor(J->tstate[ti], t));
 }
 
+static atomic_int interrupt_requested;
+
+void fb_interrupt(void) { atomic_store(&interrupt_requested, 1); }
+
+static fb_status check_interrupt(void)
+{
+    return atomic_load(&interrupt_requested)
+               ? fb_set_error(FB_ERR_INTERRUPTED, "interrupted: the merge stopped; nothing was written")
+               : FB_OK;
+}
+
 /* One pass over every output tensor: merged, copied or restructured. */
 static fb_status merge_all(job *J, int report)
 {
     const fb_method_ops *ops = J->method->ops;
     fb_status st;
     for (int64_t ti = 0; ti < J->out->count; ti++) {
+        if ((st = check_interrupt())) return st;
         double t0 = now_seconds();
         if (ops->plan) {
             st = copy_source_tensor(J, ti, J->plan.entries[ti].source, J->plan.entries[ti].scale);
@@ -1012,6 +1025,7 @@ static fb_status execute(job *J)
         for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
         for (int64_t ti = 0; ti < J->out->count; ti++) {
             if (!is_merged(J, ti)) continue;
+            if ((st = check_interrupt())) return st;
             select_tensor(J, ti);
             if ((st = run_tensor(J, ti, pass, stride))) return st;
             for (int k = 0; J->release && stride == 1 && !J->keep[ti] && k < J->num_inputs; k++)
@@ -1090,6 +1104,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     char *xpath = NULL;
     fb_status st = fb_simd_get(NULL); /* an unusable FB_SIMD is an error before any work */
     if (st) return st;
+    atomic_store(&interrupt_requested, 0); /* a request belongs to the run it interrupted */
     if (m->ops->ensemble)
         return fb_set_error(FB_ERR_ARG, "method %s is an ensemble, not one model: evaluate it with "
                             "a taskpool (taskpool=NAME_OR_PATH)", m->ops->name);

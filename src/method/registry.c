@@ -85,6 +85,11 @@ const char *fb_method_registry_summary(int i)
     return i >= 0 && i < fb_method_registry_size ? fb_method_registry[i]->summary : NULL;
 }
 
+const char *fb_method_registry_target(int i)
+{
+    return i >= 0 && i < fb_method_registry_size ? fb_method_registry[i]->target_class : NULL;
+}
+
 const fb_method_ops *fb_method_lookup(const char *name)
 {
     for (int i = 0; i < fb_method_registry_size; i++)
