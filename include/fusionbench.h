@@ -197,7 +197,8 @@ void fb_modelpool_free(fb_modelpool *pool);
 
 /* Adds an in-memory model; the pool takes ownership of it (also on failure). */
 fb_status fb_modelpool_add_model(fb_modelpool *pool, const char *name, fb_model *model);
-/* Adds a model loaded lazily from a path (see fb_model_load). */
+/* Adds a model loaded lazily from a path (see fb_model_load), or, when no such path exists, a
+ * Hugging Face model id ("org/name") found in the local hub cache, at its main revision. */
 fb_status fb_modelpool_add_path(fb_modelpool *pool, const char *name, const char *path);
 
 /* Builds a pool from a YAML file ("models: {_pretrained_: path, task_a: path, ...}"); relative

@@ -78,6 +78,13 @@ TEST(hub_ids_resolve_to_snapshots_by_branch_tag_and_hash)
     const char *path = fb_modelpool_path(pool, "tagged");
     EXPECT(path && strstr(path, HASH_B) && strstr(path, "models--org--clip/snapshots/"));
     fb_modelpool_free(pool);
+    /* the API takes ids too (the main revision), when no such path exists */
+    REQUIRE_OK(fb_modelpool_create(&pool));
+    REQUIRE_OK(fb_modelpool_add_path(pool, "api", "org/clip"));
+    EXPECT(first_value(pool, "api") == 1.0f);
+    EXPECT(fb_modelpool_add_path(pool, "gone", "org/none") == FB_ERR_NOT_FOUND &&
+           strstr(fb_last_error(), "model 'gone'") && strstr(fb_last_error(), "org/none"));
+    fb_modelpool_free(pool);
     /* the CLI merges them, and a local path of that name would win */
     char pool_arg[4200], save[4200];
     snprintf(pool_arg, sizeof pool_arg, "modelpool=%s", fb_test_path("pool.yaml"));

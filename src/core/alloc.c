@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "status.h"
 
@@ -79,3 +80,18 @@ char *fb_strndup(const char *s, size_t n)
 char *fb_strdup(const char *s) { return fb_strndup(s, strlen(s)); }
 
 void fb_free(void *ptr) { free(ptr); }
+
+void *fb_alloc_pages(size_t size)
+{
+    if (injected_failure()) return nomem(size);
+    void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED) return nomem(size);
+    madvise(p, size, MADV_HUGEPAGE); /* advisory: fewer page faults where THP is on madvise */
+    return p;
+}
+
+void fb_free_pages(void *ptr, size_t size)
+{
+    if (ptr) munmap(ptr, size ? size : 1);
+}

@@ -124,7 +124,8 @@ fb_status fb_model_create(fb_model **out)
 static void tensor_free(fb_tensor *t)
 {
     if (!t) return;
-    if (t->owns_data) fb_free(t->data);
+    if (t->owns_data == FB_OWNS_PAGES) fb_free_pages(t->data, t->nbytes);
+    else if (t->owns_data) fb_free(t->data);
     if (t->src) fb_source_unref(t->src);
     fb_free(t->name);
     fb_free(t);
@@ -205,12 +206,14 @@ fb_status fb_model_add_tensor(fb_model *m, const char *name, fb_dtype dtype, int
     fb_tensor *t;
     fb_status st = tensor_new(m, name, dtype, ndim, shape, &t);
     if (st) return st;
-    t->data = data ? fb_malloc(t->nbytes) : fb_calloc(1, t->nbytes);
+    int pages = t->nbytes >= FB_PAGES_MIN;
+    t->data = pages ? fb_alloc_pages(t->nbytes)
+                    : data ? fb_malloc(t->nbytes) : fb_calloc(1, t->nbytes);
     if (!t->data) {
         tensor_free(t);
         return FB_ERR_NOMEM;
     }
-    t->owns_data = 1;
+    t->owns_data = pages ? FB_OWNS_PAGES : 1;
     if (data && t->nbytes) memcpy(t->data, data, t->nbytes);
     st = model_append(m, t);
     if (!st && t_out) *t_out = t;

@@ -11,6 +11,8 @@
 #include "source.h"
 #include "strmap.h"
 
+enum { FB_OWNS_PAGES = 2 }; /* owns_data: the bytes came from fb_alloc_pages */
+
 struct fb_tensor {
     char *name;
     fb_dtype dtype;
@@ -19,7 +21,7 @@ struct fb_tensor {
     int64_t numel;
     size_t nbytes;
     void *data;        /* owned or borrowed bytes; NULL for a lazy tensor */
-    int owns_data;
+    int owns_data;     /* 0: borrowed or lazy; 1: fb_malloc'd; FB_OWNS_PAGES: fb_alloc_pages'd */
     fb_source *src;    /* lazy tensors: the file holding the bytes */
     uint64_t src_offset; /* absolute offset of the bytes in src */
 };

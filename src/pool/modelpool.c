@@ -141,7 +141,16 @@ fb_status fb_modelpool_add_path(fb_modelpool *pool, const char *name, const char
     if (find(pool, name) >= 0)
         return fb_set_error(FB_ERR_ARG, "model '%s' is already in the pool", name);
     fb_model *m;
-    fb_status st = fb_model_load(path, &m);
+    struct stat sb;
+    char *resolved = NULL;
+    fb_status st = FB_OK;
+    /* a path that exists wins; else "org/name" is looked up in the hub cache */
+    if (stat(path, &sb) != 0 && strchr(path, '/') && fb_hub_is_model_id(path)) {
+        if ((st = fb_hub_resolve(path, NULL, &resolved)))
+            return fb_error_prefix(st, "model '%s': no file or folder %s; as a hub id", name, path);
+    }
+    st = fb_model_load(resolved ? resolved : path, &m);
+    fb_free(resolved);
     if (st) return fb_error_prefix(st, "model '%s'", name);
     return fb_modelpool_add_model(pool, name, m);
 }
