@@ -117,11 +117,25 @@ TEST(allocation_failure_anywhere_in_a_merge_is_an_error)
 
 static char *read_inputs(int n, size_t *len);
 
-/* Starts the CLI, sends it sig after 0 to 48 ms; returns 1 if the signal ended it. */
+/* Starts the CLI, sends it sig after 0 to 48 ms; returns 1 if the signal ended it. The CLI
+ * starts with the default action for the signals: a suite started in the background (where
+ * the shell ignores SIGINT) or under nohup would otherwise pass it an ignored one, which it
+ * rightly keeps ignored. */
 static int signal_run(const char *const *argv, int sig, int i)
 {
     pid_t pid;
-    if (posix_spawn(&pid, fb_test_cli, NULL, NULL, (char *const *)argv, environ) != 0) return 0;
+    posix_spawnattr_t attr;
+    sigset_t def;
+    sigemptyset(&def);
+    sigaddset(&def, SIGINT);
+    sigaddset(&def, SIGTERM);
+    sigaddset(&def, SIGHUP);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setsigdefault(&attr, &def);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
+    int rc = posix_spawn(&pid, fb_test_cli, NULL, &attr, (char *const *)argv, environ);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) return 0;
     struct timespec ts = {0, (long)(i % 13) * 4000000L};
     nanosleep(&ts, NULL);
     kill(pid, sig);

@@ -173,7 +173,9 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 child = r"""
-import sys, torch
+import signal, sys, torch
+# as in a terminal, even when this suite runs in the background (where SIGINT starts ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fusionbench_c.method import TiesMergingAlgorithm
 torch.manual_seed(0)
 pool = {n: {f"t{i}": torch.randn(1 << 20) for i in range(96)} for n in ["_pretrained_", "a", "b", "c"]}
