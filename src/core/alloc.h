@@ -19,7 +19,8 @@ void fb_free(void *ptr);
 /* Zeroed memory straight from the kernel (mmap), for large tensors: whatever thread asks,
  * it comes without growing a malloc arena (glibc grows a non-main thread's arena by mprotect
  * steps, which made a first in-memory merge from a Python worker thread 3x slower) and goes
- * back to the system when freed. fb_free_pages takes the size given. */
+ * back to the system when freed (calloc under AddressSanitizer, so its checks still see it).
+ * fb_free_pages takes the size given. */
 enum { FB_PAGES_MIN = 1 << 20 };
 void *fb_alloc_pages(size_t size);
 void fb_free_pages(void *ptr, size_t size);
