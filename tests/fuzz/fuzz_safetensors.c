@@ -1,37 +1,18 @@
 /*
  * fuzz_safetensors.c: libFuzzer target for the safetensors reader. The input is a whole file;
- * it is loaded, every tensor converted or read, and the model saved again (to memory-backed
- * files), so header parsing, layout checks and every access path see hostile bytes.
+ * it is loaded and every tensor read and converted, so header parsing, layout checks and every
+ * access path see hostile bytes.
  */
-#include <fusionbench.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/mman.h>
-#include <unistd.h>
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int fd = memfd_create("fuzz.safetensors", 0);
-    if (fd < 0) return 0;
-    if (write(fd, data, size) != (ssize_t)size) {
-        close(fd);
-        return 0;
-    }
     char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int fd = fuzz_input_file("fuzz.safetensors", data, size, path);
+    if (fd < 0) return 0;
     fb_model *m;
     if (fb_model_load(path, &m) == FB_OK) {
-        for (int64_t i = 0; i < fb_model_num_tensors(m); i++) {
-            const fb_tensor *t = fb_model_tensor(m, i);
-            const void *p;
-            if (fb_tensor_data(t, &p) != FB_OK) continue;
-            if (fb_dtype_is_float(fb_tensor_dtype(t)) && fb_tensor_numel(t) < (1 << 20)) {
-                float *f = malloc((size_t)fb_tensor_numel(t) * 4 + 4);
-                if (f) fb_tensor_to_f32(t, f);
-                free(f);
-            }
-        }
+        fuzz_read_every_tensor(m);
         fb_model_free(m);
     }
     close(fd);
