@@ -16,7 +16,7 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off 
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 LDFLAGS  += -fopenmp
 
-LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c src/nn/*.c)
+LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c src/nn/*.c src/mergekit/*.c)
 CLI_SRC  := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -294,6 +294,26 @@ fb_status fb_method_run_to_file(fb_method *method, fb_modelpool *pool,
                                 const fb_run_options *opts, const char *path,
                                 const fb_save_options *save);
 
+/* ------------------------------------------------------------------------ mergekit -- */
+
+/* Options of fb_mergekit_run; zeroed (or NULL) means mergekit's defaults. */
+typedef struct fb_mergekit_options {
+    size_t max_shard_bytes;       /* output shards (0: 5 GB, mergekit's --out-shard-size) */
+    uint64_t random_seed;         /* dare_* and della*: masks keyed by (seed, tensor, model) */
+    const char *intermediate_dir; /* mergekit-multi's named merges (NULL: OUT_DIR.intermediates) */
+    const fb_run_options *run;    /* progress callbacks, page cache, non-finite policy (or NULL) */
+    int dry_run;                  /* 1: validate, read every header and resolve every
+                                   * parameter, then stop before merging */
+} fb_mergekit_options;
+
+/* Runs a mergekit configuration file (mergekit-yaml's CONFIG.yml, or mergekit-multi's
+ * documents separated by "---") into the Hugging Face folder out_dir, on the streaming
+ * engine: docs/mergekit.md says what is supported and where it departs from mergekit. Every
+ * document is validated, and every model's headers read, before any tensor is merged; the
+ * output appears atomically. */
+fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
+                          const fb_mergekit_options *opts);
+
 /* ----------------------------------------------------------------------- task pool -- */
 
 /* Tasks (image classification datasets with a head per task) on which a model is evaluated,

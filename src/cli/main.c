@@ -30,6 +30,7 @@
 #include "core/alloc.h"
 #include "core/status.h"
 #include "io/companions.h"
+#include "mergekit_cmd.h"
 #include "io/outputs.h"
 #include "io/writer.h"
 #include "method/method.h"
@@ -1117,6 +1118,7 @@ static void install_signal_cleanup(void)
 int main(int argc, char **argv)
 {
     install_signal_cleanup();
+    if (argc > 1 && !strcmp(argv[1], "mergekit")) return fb_mergekit_main(argc - 2, argv + 2);
     cli c = {0};
     /* Options may stand anywhere, as --name VALUE or --name=VALUE; the rest (group choices and
      * overrides, or `zoo` and its overrides) keep their order. */

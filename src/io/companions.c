@@ -26,7 +26,7 @@ static const char *const tokenizer_files[] = {
 
 int fb_companion_name(const char *name)
 {
-    if (!strcmp(name, "README.md")) return 1;
+    if (!strcmp(name, "README.md") || !strcmp(name, "mergekit_config.yml")) return 1;
     for (size_t i = 0; i < sizeof model_files / sizeof model_files[0]; i++)
         if (!strcmp(name, model_files[i])) return 1;
     for (size_t i = 0; i < sizeof tokenizer_files / sizeof tokenizer_files[0]; i++)
@@ -77,9 +77,11 @@ static fb_status edit_config(const char *path, const uint8_t *text, size_t n, co
             cJSON_AddStringToObject(root, "dtype", dtype);
         }
     }
-    if (num_layers > 0 && cJSON_GetObjectItemCaseSensitive(root, "num_hidden_layers")) {
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "num_hidden_layers");
-        cJSON_AddNumberToObject(root, "num_hidden_layers", (double)num_layers);
+    static const char *const layer_keys[] = {"num_hidden_layers", "n_layer", "num_layers"};
+    for (size_t k = 0; num_layers > 0 && k < sizeof layer_keys / sizeof layer_keys[0]; k++) {
+        if (!cJSON_GetObjectItemCaseSensitive(root, layer_keys[k])) continue;
+        cJSON_DeleteItemFromObjectCaseSensitive(root, layer_keys[k]);
+        cJSON_AddNumberToObject(root, layer_keys[k], (double)num_layers);
     }
     *out = cJSON_Print(root);
     cJSON_Delete(root);

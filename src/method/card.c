@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/status.h"
@@ -102,6 +104,39 @@ static void card_text(fb_buf *b, const fb_method *m, const fb_modelpool *pool,
     if (opts && opts->command) fb_buf_printf(b, "\n## Command\n\n```sh\n%s\n```\n", opts->command);
 }
 
+/* Sets "chat_template" in the folder's tokenizer_config.json (made when there is none). */
+static fb_status set_chat_template(fb_companions *c, const char *tmpl)
+{
+    int at = -1;
+    for (int i = 0; i < c->count; i++)
+        if (!strcmp(c->files[i].name, "tokenizer_config.json")) at = i;
+    cJSON *root = at >= 0 ? cJSON_ParseWithLength(c->files[at].data, c->files[at].size)
+                          : cJSON_CreateObject();
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return at >= 0 ? fb_set_error(FB_ERR_FORMAT, "tokenizer_config.json is not a JSON object")
+                       : FB_ERR_NOMEM;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "chat_template");
+    char *text = cJSON_AddStringToObject(root, "chat_template", tmpl) ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return FB_ERR_NOMEM;
+    fb_status st = FB_OK;
+    if (at >= 0) {
+        char *copy = fb_strdup(text);
+        if (!copy) st = FB_ERR_NOMEM;
+        else {
+            fb_free((void *)c->files[at].data);
+            c->files[at].data = copy;
+            c->files[at].size = strlen(copy);
+        }
+    } else {
+        st = fb_companions_add(c, "tokenizer_config.json", text, strlen(text));
+    }
+    cJSON_free(text);
+    return st;
+}
+
 fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *pool,
                                       const fb_run_options *opts, const fb_model *out,
                                       const char *out_path, fb_companions *c)
@@ -114,7 +149,8 @@ fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *po
     if (tok_name && !tok)
         return fb_set_error(FB_ERR_ARG, "tokenizer_source '%s' is not a model of the pool",
                             tok_name);
-    char *base_dir = model_folder(base), *tok_dir = model_folder(tok);
+    char *base_dir = model_folder(base);
+    char *tok_dir = m->tokenizer_dir ? fb_strdup(m->tokenizer_dir) : model_folder(tok);
     if (tok_name && !tok_dir) {
         fb_free(base_dir);
         return fb_set_error(FB_ERR_ARG,
@@ -128,15 +164,19 @@ fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *po
             dt = out->tensors[i]->dtype;
             break;
         }
-    fb_status st = fb_companions_collect(base_dir, tok_dir, torch_dtype_name(dt),
-                                         m->ops->plan ? count_layers(out) : 0, c);
+    int64_t layers = m->out_layers > 0 ? m->out_layers : m->ops->plan ? count_layers(out) : 0;
+    fb_status st = fb_companions_collect(base_dir, tok_dir, torch_dtype_name(dt), layers, c);
     fb_free(base_dir);
     fb_free(tok_dir);
     if (st) return st;
+    if (m->chat_template) st = set_chat_template(c, m->chat_template);
+    if (!st && m->extra_name)
+        st = fb_companions_add(c, m->extra_name, m->extra_text, strlen(m->extra_text));
     fb_buf card;
     fb_buf_init(&card);
-    card_text(&card, m, pool, opts, out_path);
-    st = card.failed ? FB_ERR_NOMEM : fb_companions_add(c, "README.md", card.data, card.len);
+    if (m->card) fb_buf_printf(&card, "%s", m->card);
+    else card_text(&card, m, pool, opts, out_path);
+    if (!st) st = card.failed ? FB_ERR_NOMEM : fb_companions_add(c, "README.md", card.data, card.len);
     fb_buf_free(&card);
     if (st) fb_companions_free(c);
     return st;

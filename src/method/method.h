@@ -186,6 +186,14 @@ struct fb_method {
     fb_pattern_use *uses; /* remove_keys' patterns, then each rule's entries */
     int num_uses;
     char ignored[512]; /* FusionBench keys that only steer PyTorch, accepted and ignored */
+    /* Set by the mergekit translator (src/mergekit/), else zero: every tensor's full parameter
+     * mapping (instead of per-tensor rules), and the output folder's layer count (>0: set in
+     * config.json), tokenizer folder, chat template (set in tokenizer_config.json), model card
+     * and one more file (mergekit_config.yml). All borrowed. */
+    const fb_config *(*tensor_params)(void *user, const char *name);
+    void *tensor_params_user;
+    int64_t out_layers;
+    const char *tokenizer_dir, *chat_template, *card, *extra_name, *extra_text;
 };
 
 /* The patterns of m's parameters with the tensors each applied to in the last merge (the

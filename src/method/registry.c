@@ -49,6 +49,24 @@ extern const fb_method_ops fb_method_regmean_plusplus;
 extern const fb_method_ops fb_method_simple_ensemble;
 extern const fb_method_ops fb_method_weighted_ensemble;
 extern const fb_method_ops fb_method_max_model_predictor;
+extern const fb_method_ops fb_method_mergekit_task_arithmetic;
+extern const fb_method_ops fb_method_mergekit_ties;
+extern const fb_method_ops fb_method_mergekit_dare_ties;
+extern const fb_method_ops fb_method_mergekit_dare_linear;
+extern const fb_method_ops fb_method_mergekit_breadcrumbs;
+extern const fb_method_ops fb_method_mergekit_breadcrumbs_ties;
+extern const fb_method_ops fb_method_mergekit_della;
+extern const fb_method_ops fb_method_mergekit_della_linear;
+extern const fb_method_ops fb_method_mergekit_linear;
+extern const fb_method_ops fb_method_mergekit_passthrough;
+extern const fb_method_ops fb_method_mergekit_nearswap;
+extern const fb_method_ops fb_method_mergekit_nuslerp;
+extern const fb_method_ops fb_method_mergekit_multislerp;
+extern const fb_method_ops fb_method_mergekit_model_stock;
+extern const fb_method_ops fb_method_mergekit_sce;
+extern const fb_method_ops fb_method_mergekit_ram;
+extern const fb_method_ops fb_method_mergekit_ramplus_tl;
+extern const fb_method_ops fb_method_mergekit_arcee_fusion;
 
 const fb_method_ops *const fb_method_registry[] = {
     &fb_method_simple_average,       &fb_method_weighted_average,
@@ -70,6 +88,24 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_regmean_plusplus,
     &fb_method_simple_ensemble,      &fb_method_weighted_ensemble,
     &fb_method_max_model_predictor,
+    &fb_method_mergekit_task_arithmetic,
+    &fb_method_mergekit_ties,
+    &fb_method_mergekit_dare_ties,
+    &fb_method_mergekit_dare_linear,
+    &fb_method_mergekit_breadcrumbs,
+    &fb_method_mergekit_breadcrumbs_ties,
+    &fb_method_mergekit_della,
+    &fb_method_mergekit_della_linear,
+    &fb_method_mergekit_linear,
+    &fb_method_mergekit_passthrough,
+    &fb_method_mergekit_nearswap,
+    &fb_method_mergekit_nuslerp,
+    &fb_method_mergekit_multislerp,
+    &fb_method_mergekit_model_stock,
+    &fb_method_mergekit_sce,
+    &fb_method_mergekit_ram,
+    &fb_method_mergekit_ramplus_tl,
+    &fb_method_mergekit_arcee_fusion,
 };
 const int fb_method_registry_size = sizeof fb_method_registry / sizeof fb_method_registry[0];
 
@@ -410,9 +446,21 @@ fb_status fb_method_state_for(fb_method *m, const char *name, const fb_merge_set
     *state = m->state;
     fb_status rec = m->num_uses ? record_pattern_uses(m, name) : FB_OK;
     if (rec) return rec;
-    if (!m->num_rules) return FB_OK;
-    fb_config *r;
-    fb_status st = resolve(m, name, -1, -1, &r);
+    if (!m->num_rules && !m->tensor_params) return FB_OK;
+    fb_config *r = NULL;
+    fb_status st;
+    if (m->tensor_params) {
+        const fb_config *given = m->tensor_params(m->tensor_params_user, name);
+        if (!given) return FB_OK;
+        st = fb_cfg_copy(m->params, &r); /* every parameter, then the tensor's values */
+        for (int i = 0; !st && i < given->count; i++) {
+            fb_config *v;
+            if (!(st = fb_cfg_copy(given->items[i], &v))) st = fb_cfg_map_set(r, given->keys[i], v);
+        }
+        if (st) fb_config_free(r);
+    } else {
+        st = resolve(m, name, -1, -1, &r);
+    }
     if (st) return st;
     char *key = fb_cfg_to_yaml(r);
     if (!key) {

@@ -1,0 +1,121 @@
+/*
+ * mergekit_cmd.c: `fusion_bench mergekit CONFIG.yml OUT_DIR [options]`, mergekit-yaml's and
+ * mergekit-multi's command line over fb_mergekit_run.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fusionbench.h"
+#include "mergekit_cmd.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: fusion_bench mergekit CONFIG.yml OUT_DIR [options]\n"
+            "\n"
+            "Runs a mergekit configuration (mergekit-yaml; several documents separated by ---\n"
+            "as mergekit-multi) on FusionBench-C's streaming engine; docs/mergekit.md.\n"
+            "\n"
+            "options:\n"
+            "  --out-shard-size SIZE     output shard size, bytes or with K/M/B (default 5B)\n"
+            "  --random-seed N           seed of the random methods (dare_*, della*; default 0)\n"
+            "  --intermediate-dir DIR    where named documents go (default OUT_DIR.intermediates)\n"
+            "  --threads N               worker threads (default: all cores)\n"
+            "  --dry-run                 validate, read every header, resolve every parameter;\n"
+            "                            merge nothing\n");
+}
+
+/* mergekit's parse_kmb: a number of bytes, or one with a K, M or B (10^9) suffix. */
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v <= 0) return -1;
+    double mul = 1;
+    if (*end) {
+        char c = (char)toupper((unsigned char)*end);
+        mul = c == 'K' ? 1e3 : c == 'M' ? 1e6 : c == 'B' || c == 'G' ? 1e9 : 0;
+        if (!mul || end[1]) return -1;
+    }
+    *out = (size_t)(v * mul);
+    return *out ? 0 : -1;
+}
+
+int fb_mergekit_main(int argc, char **argv)
+{
+    const char *pos[2];
+    int npos = 0;
+    fb_mergekit_options o = {0};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 || !strcmp(a, "--")) {
+            if (npos == 2) {
+                fprintf(stderr, "fusion_bench mergekit: error: unexpected argument '%s'\n", a);
+                return 2;
+            }
+            pos[npos++] = a;
+            continue;
+        }
+        char name[64];
+        const char *eq = strchr(a, '='), *v = eq ? eq + 1 : NULL;
+        snprintf(name, sizeof name, "%.*s", (int)(eq ? (size_t)(eq - a) : strlen(a)), a);
+        if (!strcmp(name, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(name, "--dry-run")) {
+            o.dry_run = 1;
+            continue;
+        }
+        int known = !strcmp(name, "--out-shard-size") || !strcmp(name, "--random-seed") ||
+                    !strcmp(name, "--intermediate-dir") || !strcmp(name, "--threads");
+        if (!known) {
+            fprintf(stderr, "fusion_bench mergekit: error: unknown option %s (see --help)\n", name);
+            return 2;
+        }
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "fusion_bench mergekit: error: %s needs a value\n", name);
+                return 2;
+            }
+            v = argv[++i];
+        }
+        char *end;
+        if (!strcmp(name, "--out-shard-size") && parse_size(v, &o.max_shard_bytes)) {
+            fprintf(stderr, "fusion_bench mergekit: error: --out-shard-size '%s' is not a size\n", v);
+            return 2;
+        } else if (!strcmp(name, "--random-seed")) {
+            errno = 0;
+            o.random_seed = strtoull(v, &end, 10);
+            if (*end || errno || !*v || *v == '-') {
+                fprintf(stderr, "fusion_bench mergekit: error: --random-seed '%s' is not a "
+                                "non-negative integer\n", v);
+                return 2;
+            }
+        } else if (!strcmp(name, "--intermediate-dir")) {
+            o.intermediate_dir = v;
+        } else if (!strcmp(name, "--threads")) {
+            long n = strtol(v, &end, 10);
+            if (*end || n < 1 || n > 4096) {
+                fprintf(stderr, "fusion_bench mergekit: error: --threads '%s' is not a count\n", v);
+                return 2;
+            }
+            fb_set_num_threads((int)n);
+        }
+    }
+    if (npos != 2) {
+        usage(stderr);
+        return 2;
+    }
+    fb_status st = fb_mergekit_run(pos[0], pos[1], &o);
+    if (st) {
+        fprintf(stderr, "fusion_bench mergekit: error: %s\n", fb_last_error());
+        return st == FB_ERR_CONFIG || st == FB_ERR_ARG || st == FB_ERR_UNSUPPORTED ? 2 : 1;
+    }
+    printf(o.dry_run ? "%s: valid; nothing written\n" : "wrote %s\n", o.dry_run ? pos[0] : pos[1]);
+    return 0;
+}

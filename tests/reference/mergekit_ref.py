@@ -1,0 +1,599 @@
+"""Reference merges for `fusion_bench mergekit`, computed with PyTorch from mergekit's
+formulas (its config.py, plan.py, sparsify.py and merge_methods/, read for their semantics;
+this is an independent implementation, not mergekit's code).
+
+    /usr/bin/python3 tests/reference/mergekit_ref.py OUT_DIR
+
+Writes OUT_DIR/mergekit/: a tiny Llama-layout pool in f32 and bf16 (base, a, b, c: 4 layers,
+each a Hugging Face folder with config.json and tokenizer files), one mergekit configuration
+per case (model paths relative to that folder: run from there), the merged model each case
+must produce, and cases.json. Arithmetic is float32 (inputs widened once, the result rounded
+once to the output dtype), as FusionBench-C computes; random masks use the project's
+counter-based generator (methods_ref.rng_uniform) in place of torch.bernoulli.
+"""
+import json
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import methods_ref as R  # noqa: E402
+import st  # noqa: E402
+
+OUT = os.path.join(sys.argv[1], "mergekit")
+os.makedirs(OUT, exist_ok=True)
+torch.manual_seed(1234)
+
+H, I, V, L = 16, 24, 40, 4
+MODELS = ["base", "a", "b", "c"]
+
+
+def layer_names(i):
+    p = f"model.layers.{i}."
+    return {p + "self_attn.q_proj.weight": (H, H), p + "self_attn.k_proj.weight": (H, H),
+            p + "self_attn.v_proj.weight": (H, H), p + "self_attn.o_proj.weight": (H, H),
+            p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
+            p + "mlp.down_proj.weight": (H, I), p + "input_layernorm.weight": (H,),
+            p + "post_attention_layernorm.weight": (H,)}
+
+
+SHAPES = {"model.embed_tokens.weight": (V, H)}
+for i in range(L):
+    SHAPES.update(layer_names(i))
+SHAPES["model.norm.weight"] = (H,)
+SHAPES["lm_head.weight"] = (V, H)
+
+BASE = {n: torch.randn(s) * 0.1 for n, s in SHAPES.items()}
+POOL32 = {"base": BASE}
+for k, m in enumerate(MODELS[1:]):
+    POOL32[m] = {n: t + torch.randn(t.shape) * 0.02 * (k + 1) for n, t in BASE.items()}
+
+
+def write_pool(folder, dtype):
+    pool = {}
+    for m in MODELS:
+        d = os.path.join(OUT, folder, m)
+        os.makedirs(d, exist_ok=True)
+        tensors = {n: t.to(dtype) for n, t in POOL32[m].items()}
+        st.save(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
+        cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
+               "intermediate_size": I, "num_hidden_layers": L, "vocab_size": V,
+               "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump({"model_max_length": 64, "tokenizer_class": "LlamaTokenizer",
+                       "source": m}, f)
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump({"version": "1.0", "model": {"type": "BPE", "vocab": {}}, "source": m}, f)
+        pool[m] = {n: t.float() for n, t in tensors.items()}
+    return pool
+
+
+POOLS = {"f32": write_pool("f32", torch.float32), "bf16": write_pool("bf16", torch.bfloat16)}
+
+# ------------------------------------------------------------------ mergekit's planning --
+
+
+def is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def evaluate(setting, tensor, t):
+    if setting is None:
+        return None
+    if not isinstance(setting, list):
+        return setting
+    if all(is_num(e) for e in setting):
+        scaled = t * (len(setting) - 1)
+        i0 = int(scaled)
+        i1 = min(len(setting) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * setting[i0] + frac * setting[i1]
+    if all(not isinstance(e, dict) for e in setting):
+        return setting[int(t * (len(setting) - 1))]
+    for cond in setting:
+        f = cond.get("filter")
+        if f is None or f == "*" or f in tensor:
+            return evaluate(cond["value"], tensor, t)
+    return None
+
+
+def layer_of(name):
+    parts = name.split(".")
+    if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers":
+        return int(parts[2]), ".".join(parts[3:])
+    return None, None
+
+
+GLOBAL = {
+    "linear": {"normalize": True}, "slerp": {"t": None},
+    "nuslerp": {"nuslerp_row_wise": False, "nuslerp_flatten": True},
+    "multislerp": {"normalize_weights": True, "eps": 1e-8}, "karcher": {"max_iter": 10, "tol": 1e-5},
+    "passthrough": {}, "model_stock": {"filter_wise": False}, "arcee_fusion": {},
+    "nearswap": {"t": None}, "sce": {"select_topk": 1.0, "int8_mask": False},
+    "ram": {"epsilon": 1e-5}, "ramplus_tl": {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5},
+}
+GTA = {  # name: (sparsify, consensus, normalize, rescale)
+    "task_arithmetic": (None, False, False, False), "ties": ("magnitude", True, True, False),
+    "dare_ties": ("random", True, False, True), "dare_linear": ("random", False, False, True),
+    "breadcrumbs": ("outliers", False, False, False),
+    "breadcrumbs_ties": ("outliers", True, False, False),
+    "della": ("della", True, True, True), "della_linear": ("della", False, False, True),
+}
+for g, (_, _, nz, rs) in GTA.items():
+    GLOBAL[g] = {"int8_mask": False, "normalize": nz, "rescale": rs, "lambda": 1.0}
+TENSOR = {"linear": {"weight": None}, "nuslerp": {"weight": None}, "multislerp": {"weight": None},
+          "passthrough": {"scale": None}}
+for g in GTA:
+    TENSOR[g] = {"weight": None, "density": 1.0}
+TENSOR["breadcrumbs"]["gamma"] = TENSOR["breadcrumbs_ties"]["gamma"] = 0.01
+TENSOR["della"]["epsilon"] = TENSOR["della_linear"]["epsilon"] = 0.15
+BASE_SEPARATE = {"slerp", "nuslerp", "multislerp", "model_stock", "arcee_fusion", "nearswap",
+                 "sce", "ram", "ramplus_tl"} | set(GTA)
+
+
+def plan(cfg, pool):
+    """[(out_name, [(model, in_name, tensor params)], global params, base_index)]"""
+    method = cfg["merge_method"]
+    base = cfg.get("base_model")
+    top = cfg.get("parameters") or {}
+    if "models" in cfg:
+        srcs = [{"model": m["model"], "layer_range": [0, L], "parameters": m.get("parameters")}
+                for m in cfg["models"]]
+        if base and base not in [s["model"] for s in srcs]:
+            srcs.append({"model": base, "layer_range": [0, L], "parameters": None})
+        slices = [{"sources": srcs}]
+        identity = True
+    else:
+        slices = cfg["slices"]
+        identity = False
+
+    def param(sl, model, tensor, t, name):
+        if model is not None:
+            for s in sl["sources"]:
+                if s["model"] == model and s.get("parameters") and name in s["parameters"]:
+                    v = evaluate(s["parameters"][name], tensor, t)
+                    if v is not None:
+                        return v
+        for level in (sl.get("parameters") or {}, top):
+            if name in level:
+                v = evaluate(level[name], tensor, t)
+                if v is not None:
+                    return v
+        return None
+
+    def entry(sl, out, ins, t):
+        gp = {}
+        for k, d in GLOBAL[method].items():
+            v = param(sl, None, out, t, k)
+            gp[k] = d if v is None else v
+        b = sl.get("base_model") or base
+        inputs = []
+        for s, nm in zip(sl["sources"], ins):
+            tp = {}
+            for k, d in TENSOR.get(method, {}).items():
+                v = param(sl, s["model"], nm, t, k)
+                tp[k] = d if v is None else v
+            inputs.append((s["model"], nm, tp))
+        bi = [s["model"] for s in sl["sources"]].index(b) if b in [s["model"] for s in sl["sources"]] else None
+        return (out, inputs, gp, bi)
+
+    res = []
+    if identity:
+        sl = slices[0]
+        for n in SHAPES:
+            li, _ = layer_of(n)
+            t = 0.0 if li is None else li / (L - 1)
+            res.append(entry(sl, n, [n] * len(sl["sources"]), t))
+        return res
+    pre = [n for n in SHAPES if layer_of(n)[0] is None and "embed" in n]
+    post = [n for n in SHAPES if layer_of(n)[0] is None and "embed" not in n]
+    for n in pre:
+        res.append(entry(slices[0], n, [n] * len(slices[0]["sources"]), 0.0))
+    out_layer = 0
+    for sl in slices:
+        lo0, hi0 = sl["sources"][0]["layer_range"]
+        num = hi0 - lo0
+        for idx in range(num):
+            t = idx / (num - 1) if num > 1 else 1
+            for rest in [k[len(f"model.layers.{lo0 + idx}."):] for k in layer_names(lo0 + idx)]:
+                out = f"model.layers.{out_layer}.{rest}"
+                ins = [f"model.layers.{s['layer_range'][0] + idx}.{rest}" for s in sl["sources"]]
+                res.append(entry(sl, out, ins, t))
+            out_layer += 1
+    for n in post:
+        res.append(entry(slices[-1], n, [n] * len(slices[-1]["sources"]), 0.0))
+    return res
+
+
+# ---------------------------------------------------------------------- the methods --
+
+def l1_rescale(orig, masked):
+    before, after = orig.abs().sum(), masked.abs().sum()
+    if before < 1e-7 or after < 1e-7:
+        return masked
+    return masked * (before / after)
+
+
+def sparsify(kind, x, name, k, density, gamma, eps, rescale, seed):
+    if kind is None or density >= 1:
+        return x
+    n = x.numel()
+    flat = x.reshape(-1)
+    if kind == "magnitude":
+        kk = int(density * n)
+        order = sorted(range(n), key=lambda j: (-abs(flat[j].item()), j))
+        mask = torch.zeros(n)
+        mask[order[:kk]] = 1
+    elif kind == "random":
+        u = R.rng_uniform(R.rng_key(seed, name, k), n)
+        mask = (u < torch.tensor(density, dtype=torch.float32)).float()
+    elif kind == "outliers":
+        target, top = int(density * n), int(gamma * n)
+        bot = n - target - top
+        if bot < 0:
+            top += bot
+            bot = 0
+        order = sorted(range(n), key=lambda j: (abs(flat[j].item()), j))
+        mask = torch.zeros(n)
+        mask[order[bot:n - top]] = 1  # FusionBench-C: top == 0 drops nothing (docs/mergekit.md)
+    elif kind == "della":
+        rows = x.reshape(1, -1) if x.dim() < 2 else x
+        u = R.rng_uniform(R.rng_key(seed, name, k), n).reshape(rows.shape)
+        mask = torch.zeros(rows.shape)
+        lo = torch.tensor(density - eps, dtype=torch.float32)
+        span = torch.tensor(2.0 * eps, dtype=torch.float32)
+        for r in range(rows.shape[0]):
+            row = rows[r]
+            order = sorted(range(row.numel()), key=lambda j: (abs(row[j].item()), j))
+            for rank, j in enumerate(order):
+                norm = torch.tensor(rank / (row.numel() - 1) if row.numel() > 1 else 0.0,
+                                    dtype=torch.float32)
+                p = lo + norm * span
+                mask[r, j] = float(u[r, j] < p)
+        mask = mask.reshape(-1)
+    masked = (flat * mask).reshape(x.shape)
+    return l1_rescale(x, masked) if rescale else masked
+
+
+def gta(method, base, xs, tps, gp, name, seed):
+    kind, consensus, _, _ = GTA[method]
+    deltas, ws = [], []
+    for k, (x, tp) in enumerate(zip(xs, tps)):
+        d = sparsify(kind, x - base, name, k, tp["density"], tp.get("gamma", 0),
+                     tp.get("epsilon", 0), gp["rescale"], seed)
+        deltas.append(d)
+        ws.append(tp["weight"])
+    deltas = torch.stack(deltas)
+    w = torch.tensor(ws, dtype=torch.float32).reshape(-1, *([1] * base.dim()))
+    wd = deltas * w
+    if consensus:
+        maj = (wd.sum(0) >= 0).float() * 2 - 1
+        mask = (wd.sign() == maj).float()
+        mixed = (wd * mask).sum(0)
+        div = (w * mask).sum(0)
+        div[div == 0] = 1
+    else:
+        mixed = wd.sum(0)
+        div = w.sum(0)
+        if div.abs() < 1e-8:
+            div = torch.ones_like(div)
+    if gp["normalize"]:
+        mixed = mixed / div
+    if gp["lambda"] != 1:
+        mixed = mixed * gp["lambda"]
+    return base + mixed
+
+
+def nuslerp_vecs(t, v0, v1):
+    def nrm(x):
+        return x / x.double().norm(dim=-1, keepdim=True).clamp(min=1e-7).float()
+    cos = (nrm(v0).double() * nrm(v1).double()).sum(-1, keepdim=True)
+    theta = torch.acos(cos.clamp(-1, 1))
+    s = torch.sin(theta)
+    res = (torch.sin((1 - t) * theta) * v0.double() + torch.sin(t * theta) * v1.double()) / s
+    col = s.abs() < 1e-8
+    lerp = (1 - t) * v0.double() + t * v1.double()
+    return torch.where(col, lerp, res).float()
+
+
+def nuslerp(base, xs, tps, gp):
+    w0, w1 = tps[0]["weight"], tps[1]["weight"]
+    t = 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)
+    v0, v1 = (xs[0] - base, xs[1] - base) if base is not None else (xs[0], xs[1])
+    shape = v0.shape
+    if gp["nuslerp_flatten"] or v0.dim() <= 1:
+        r = nuslerp_vecs(t, v0.reshape(-1), v1.reshape(-1)).reshape(shape)
+    elif not gp["nuslerp_row_wise"]:
+        r = nuslerp_vecs(t, v0, v1)
+    else:
+        r = nuslerp_vecs(t, v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
+    return r + base if base is not None else r
+
+
+def multislerp(base, xs, tps, gp):
+    if len(xs) == 1:
+        return xs[0]
+    ts = torch.stack(xs).double()
+    if base is not None:
+        ts = ts - base.double()
+    flat = ts.reshape(ts.shape[0], -1)
+    w = torch.tensor([tp["weight"] for tp in tps], dtype=torch.float64)
+    if gp["normalize_weights"]:
+        w = w / w.sum()
+    eps = gp["eps"]
+    norms = flat.norm(dim=-1, keepdim=True)
+    unit = flat / (norms + eps)
+    mean = (unit * w.reshape(-1, 1)).sum(0)
+    mean = mean / mean.norm()
+    dots = (unit * mean).sum(-1, keepdim=True)
+    tan = ((unit - dots * mean) * w.reshape(-1, 1)).sum(0)
+    tn = tan.norm() + eps
+    res = (mean * torch.cos(tn) + tan * (torch.sin(tn) / tn)) * (norms.squeeze(-1) * w).sum()
+    res = res.reshape(ts.shape[1:]).float()
+    return res + base if base is not None else res
+
+
+def model_stock(base, xs, gp):
+    shape = base.shape
+    if gp["filter_wise"]:
+        b = base.reshape(-1, shape[-1]) if base.dim() >= 1 else base.reshape(1, -1)
+        ws = [x.reshape(b.shape) for x in xs]
+    else:
+        b = base.reshape(1, -1)
+        ws = [x.reshape(1, -1) for x in xs]
+    offs = [(w - b).double() for w in ws]
+    cs = []
+    for i in range(len(offs)):
+        for j in range(i + 1, len(offs)):
+            npd = offs[i].norm(dim=-1) * offs[j].norm(dim=-1)
+            cs.append(((offs[i] * offs[j]).sum(-1) / npd.clamp(min=1e-6)).clamp(-1, 1))
+    c = torch.stack(cs).mean(0).unsqueeze(-1)
+    n = len(ws)
+    t = (n * c / (1 + (n - 1) * c)).float()
+    avg = sum(ws) / n
+    return (t * avg + (1 - t) * b).reshape(shape)
+
+
+def sce(base, xs, gp):
+    tvs = torch.stack([x - base for x in xs])
+    k_frac = gp["select_topk"]
+    if k_frac < 1:
+        var = tvs.var(dim=0, unbiased=False)
+        k = int(torch.count_nonzero(var) * k_frac)
+        mask = torch.zeros(var.numel())
+        if k > 0:
+            mask[torch.topk(var.abs().reshape(-1), k).indices] = 1
+        tvs = tvs * mask.reshape(var.shape)
+    maj = (tvs.sum(0) >= 0).float() * 2 - 1
+    erase = (tvs.sign() == maj).float()
+    w = (tvs.double() ** 2).mean(dim=list(range(1, tvs.dim())))
+    w = w / w.sum() if abs(w.sum().item()) >= 1e-6 else torch.ones_like(w) / w.numel()
+    w = w.float().reshape(-1, *([1] * base.dim()))
+    ew = w * erase
+    return base + (tvs * ew).sum(0) / ew.sum(0).clamp(min=1e-6)
+
+
+def ram(base, xs, gp, plus):
+    eps = gp["epsilon"]
+    tv = torch.stack([x - base for x in xs]).reshape(len(xs), -1)
+    nz = tv.abs() > eps
+    cnt = nz.sum(0, keepdim=True)
+    ov, un = cnt > 1, cnt == 1
+    tvz = tv * nz
+    if plus:
+        shared = (nz & ov).sum(1).float()
+        uniq = (nz & un).sum(1).float()
+        rho = shared / uniq.clamp(min=eps)
+        lam = 1 + gp["r"] * rho.clamp(min=0, max=gp["alpha"])
+        merged = (tvz * un * lam.unsqueeze(-1) + tvz * ov / cnt.clamp(min=1)).sum(0)
+    else:
+        merged = (tvz * un + tvz * ov / cnt.clamp(min=1)).sum(0)
+    return base + merged.reshape(base.shape)
+
+
+def arcee_fusion(base, x):
+    diff = (x - base).abs()
+    p = torch.softmax(x.double(), dim=-1).float() + 1e-8
+    q = torch.softmax(base.double(), dim=-1).float() + 1e-8
+    kl = (p.double() * torch.log(p / q).double()).sum(-1).float()
+    imp = diff * kl.unsqueeze(-1) if x.dim() >= 1 else diff * kl
+    s = torch.sort(imp.reshape(-1)).values
+    idx = (torch.tensor([0.5, 0.25, 0.75]) * (s.numel() - 1)).long()
+    med, q1, q3 = s[idx[0]], s[idx[1]], s[idx[2]]
+    thr = med + 1.5 * (q3 - q1)
+    return base + (x - base) * (imp >= thr).float()
+
+
+def merge(cfg, pool, seed=0):
+    method = cfg["merge_method"]
+    out = {}
+    for name, inputs, gp, bi in plan(cfg, pool):
+        ts = [pool[m][nm] for m, nm, _ in inputs]
+        tps = [tp for _, _, tp in inputs]
+        if method in BASE_SEPARATE and bi is not None:
+            base = ts[bi]
+            xs = [t for i, t in enumerate(ts) if i != bi]
+            tps = [tp for i, tp in enumerate(tps) if i != bi]
+        else:
+            base, xs = None, ts
+        if method in GTA:
+            r = gta(method, base, xs, tps, gp, name, seed)
+        elif method == "linear":
+            w = torch.tensor([tp["weight"] for tp in tps], dtype=torch.float32)
+            r = (torch.stack(xs) * w.reshape(-1, *([1] * xs[0].dim()))).sum(0)
+            if gp["normalize"]:
+                r = r / w.sum()
+        elif method == "slerp":
+            r = R.slerp({name: base}, {name: xs[0]}, float(gp["t"]))[name]
+        elif method == "nuslerp":
+            r = nuslerp(base, xs, tps, gp)
+        elif method == "multislerp":
+            r = multislerp(base, xs, tps, gp)
+        elif method == "karcher":
+            r = R.karcher([{name: x} for x in xs], gp["max_iter"], gp["tol"])[name]
+        elif method == "passthrough":
+            r = xs[0] * tps[0]["scale"] if tps[0]["scale"] is not None else xs[0]
+        elif method == "model_stock":
+            r = model_stock(base, xs, gp)
+        elif method == "sce":
+            r = sce(base, xs, gp)
+        elif method in ("ram", "ramplus_tl"):
+            r = ram(base, xs, gp, method == "ramplus_tl")
+        elif method == "nearswap":
+            w = (gp["t"] / (base - xs[0]).abs().clamp(min=1e-6)).clamp(0, 1)
+            r = w * xs[0] + (1 - w) * base
+        elif method == "arcee_fusion":
+            r = arcee_fusion(base, xs[0])
+        else:
+            raise ValueError(method)
+        out[name] = r
+    return out
+
+
+# ------------------------------------------------------------------------------ cases --
+
+def yaml_value(v, indent):
+    """A small YAML writer for the configs (so the test does not need PyYAML)."""
+    pad = " " * indent
+    if isinstance(v, dict):
+        if not v:
+            return " {}\n"
+        s = "\n"
+        for k, x in v.items():
+            s += f"{pad}{k}:{yaml_value(x, indent + 2)}"
+        return s
+    if isinstance(v, list):
+        if all(not isinstance(e, (dict, list)) for e in v):
+            return " [" + ", ".join(scalar(e) for e in v) + "]\n"
+        s = "\n"
+        for e in v:
+            body = yaml_value(e, indent + 2)
+            s += f"{pad}-" + (" " + body.lstrip() if isinstance(e, dict) else body)
+        return s
+    return " " + scalar(v) + "\n"
+
+
+def scalar(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "null"
+    return str(v)
+
+
+def to_yaml(cfg):
+    return "".join(f"{k}:{yaml_value(v, 2)}" for k, v in cfg.items())
+
+
+CASES = []
+
+
+def case(name, cfg, pool="f32", dtype=None, seed=0, extra=None):
+    p = dict(POOLS[pool])
+    text = to_yaml(cfg)  # model names are the pool's folder names: run from its folder
+    with open(os.path.join(OUT, pool, name + ".yml"), "w") as f:
+        f.write(text)
+    res = merge(cfg, p, seed)
+    out_dtype = dtype or (torch.float32 if pool == "f32" else torch.bfloat16)
+    st.save(os.path.join(OUT, pool, name + ".expected.safetensors"),
+            {n: t.to(out_dtype) for n, t in res.items()})
+    CASES.append({"name": name, "pool": pool, "seed": seed, **(extra or {})})
+
+
+W3 = [{"model": "a", "parameters": {"weight": 0.5}}, {"model": "b", "parameters": {"weight": 0.3}},
+      {"model": "c", "parameters": {"weight": 0.2}}]
+
+case("linear", {"models": W3, "merge_method": "linear", "dtype": "float32"})
+case("linear_filters", {
+    "models": [{"model": "a", "parameters": {"weight": [{"filter": "self_attn", "value": [0.2, 0.8]},
+                                                        {"value": 0.5}]}},
+               {"model": "b", "parameters": {"weight": [0.1, 0.9, 0.4]}},
+               {"model": "c"}],
+    "merge_method": "linear", "parameters": {"weight": 0.25, "normalize": False}})
+case("slerp_gradient", {
+    "slices": [{"sources": [{"model": "base", "layer_range": [0, 4]},
+                            {"model": "a", "layer_range": [0, 4]}]}],
+    "merge_method": "slerp", "base_model": "base",
+    "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                         {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]},
+    "dtype": "bfloat16"}, pool="bf16")
+TIES_MODELS = [{"model": "base"},
+               {"model": "a", "parameters": {"density": [1, 0.7, 0.1], "weight": 1.0}},
+               {"model": "b", "parameters": {"density": 0.5, "weight": [0, 0.3, 0.7, 1]}},
+               {"model": "c", "parameters": {"density": 0.33, "weight": [{"filter": "mlp", "value": 0.5},
+                                                                        {"value": 0}]}}]
+for pool in ("f32", "bf16"):
+    case("ties_" + pool, {"models": TIES_MODELS, "merge_method": "ties", "base_model": "base",
+                          "parameters": {"normalize": True, "int8_mask": True}}, pool=pool)
+case("task_arithmetic", {"models": W3, "merge_method": "task_arithmetic", "base_model": "base",
+                         "parameters": {"lambda": 0.8}})
+GTA_MODELS = [{"model": "a", "parameters": {"weight": 0.6, "density": 0.5}},
+              {"model": "b", "parameters": {"weight": 0.4, "density": [0.3, 0.7]}},
+              {"model": "c", "parameters": {"weight": 0.3, "density": 0.6}}]
+for m in ("dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"):
+    params = {"gamma": 0.05} if "breadcrumbs" in m else {"epsilon": 0.1} if "della" in m else {}
+    case(m, {"models": GTA_MODELS, "merge_method": m, "base_model": "base",
+             "parameters": params}, seed=7)
+case("nuslerp", {"models": [{"model": "a", "parameters": {"weight": 0.3}},
+                            {"model": "b", "parameters": {"weight": 0.7}}],
+                 "merge_method": "nuslerp", "base_model": "base"})
+case("nuslerp_rows", {"models": [{"model": "a", "parameters": {"weight": 0.3}},
+                                 {"model": "b", "parameters": {"weight": 0.7}}],
+                      "merge_method": "nuslerp",
+                      "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}})
+case("multislerp", {"models": W3, "merge_method": "multislerp", "base_model": "base"})
+case("karcher", {"models": [{"model": "a"}, {"model": "b"}, {"model": "c"}],
+                 "merge_method": "karcher"})
+case("model_stock", {"models": [{"model": "a"}, {"model": "b"}, {"model": "c"}],
+                     "merge_method": "model_stock", "base_model": "base"})
+case("model_stock_filter_wise", {"models": [{"model": "a"}, {"model": "b"}, {"model": "c"}],
+                                 "merge_method": "model_stock", "base_model": "base",
+                                 "parameters": {"filter_wise": True}})
+case("sce", {"models": [{"model": "a"}, {"model": "b"}, {"model": "c"}], "merge_method": "sce",
+             "base_model": "base", "parameters": {"select_topk": 0.5}})
+case("ram", {"models": [{"model": "a"}, {"model": "b"}, {"model": "c"}], "merge_method": "ram",
+             "base_model": "base", "parameters": {"epsilon": 0.02}})
+case("ramplus_tl", {"models": [{"model": "a"}, {"model": "b"}, {"model": "c"}],
+                    "merge_method": "ramplus_tl", "base_model": "base",
+                    "parameters": {"epsilon": 0.03, "r": 0.5, "alpha": 0.4}})
+case("nearswap", {"models": [{"model": "a"}], "merge_method": "nearswap", "base_model": "base",
+                  "parameters": {"t": 0.01}})
+case("arcee_fusion", {"models": [{"model": "a"}], "merge_method": "arcee_fusion",
+                      "base_model": "base"})
+case("passthrough", {
+    "slices": [{"sources": [{"model": "a", "layer_range": [0, 3]}]},
+               {"sources": [{"model": "b", "layer_range": [1, 4], "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]}}]}],
+    "merge_method": "passthrough", "dtype": "bfloat16"}, pool="bf16", extra={"layers": 6})
+case("slices_precedence", {
+    "slices": [{"sources": [{"model": "base", "layer_range": [0, 2]},
+                            {"model": "a", "layer_range": [0, 2], "parameters": {"weight": 0.9}},
+                            {"model": "b", "layer_range": [2, 4]}],
+                "parameters": {"weight": [0.1, 0.6]}},
+               {"sources": [{"model": "base", "layer_range": [2, 4]},
+                            {"model": "a", "layer_range": [2, 4]},
+                            {"model": "b", "layer_range": [0, 2], "parameters": {"weight": [{"filter": "mlp", "value": 2.0}]}}]}],
+    "merge_method": "task_arithmetic", "base_model": "base", "parameters": {"weight": 0.3}})
+
+# mergekit-multi: a linear intermediate, then ties on it
+inter = merge({"models": W3[:2], "merge_method": "linear"}, POOLS["f32"])
+multi_pool = dict(POOLS["f32"], first=inter)
+with open(os.path.join(OUT, "f32", "multi.yml"), "w") as f:
+    f.write("name: first\n" + to_yaml({"models": W3[:2], "merge_method": "linear"}) + "---\n" +
+            to_yaml({"models": [{"model": "first", "parameters": {"weight": 0.7, "density": 0.6}},
+                                {"model": "c", "parameters": {"weight": 0.5, "density": 0.8}}],
+                     "merge_method": "ties", "base_model": "base"}))
+res = merge({"models": [{"model": "first", "parameters": {"weight": 0.7, "density": 0.6}},
+                        {"model": "c", "parameters": {"weight": 0.5, "density": 0.8}}],
+             "merge_method": "ties", "base_model": "base"}, multi_pool)
+st.save(os.path.join(OUT, "f32", "multi.expected.safetensors"), res)
+CASES.append({"name": "multi", "pool": "f32", "seed": 0})
+
+with open(os.path.join(OUT, "cases.json"), "w") as f:
+    json.dump(CASES, f, indent=1)
+print(f"mergekit reference: {len(CASES)} cases")
