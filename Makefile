@@ -90,6 +90,7 @@ test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES) $(BENCHES) $(SOLIB)
 	@rm -rf $(BUILD)/ref && mkdir -p $(BUILD)/ref
 	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
 	$(PYTHON) tests/reference/nn_reference.py $(BUILD)/ref
+	$(PYTHON) tests/reference/mergekit_ref.py $(BUILD)/ref
 	$(TESTS) --ref $(BUILD)/ref --cli $(CLI) --bin $(BUILD)
 
 # The whole suite under AddressSanitizer, UndefinedBehaviorSanitizer and LeakSanitizer, in a

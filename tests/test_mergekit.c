@@ -1,0 +1,273 @@
+/*
+ * test_mergekit.c: `fusion_bench mergekit` and fb_mergekit_run against PyTorch merges written
+ * from mergekit's formulas (tests/reference/mergekit_ref.py: every method, gradients, filters,
+ * slices, precedence, bf16 and f32, a mergekit-multi chain), byte-identical for 1 and 2
+ * threads; the output folder as mergekit writes it; and bad configurations refused with one
+ * line before any work.
+ */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static cJSON *load_cases(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/mergekit/cases.json", fb_test_ref_dir);
+    char *text = fb_test_read_file(path, NULL);
+    cJSON *c = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!c) fb_test_fail(__FILE__, __LINE__, "cannot read %s", path);
+    return c;
+}
+
+static const char *pool_dir(const char *pool)
+{
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/mergekit/%s", fb_test_ref_dir, pool);
+    return path;
+}
+
+/* Runs case `name` of pool `pool` from the pool's folder (its model paths are relative). */
+static fb_status run_case(const char *pool, const char *name, uint64_t seed, const char *out)
+{
+    char cwd[4096], cfg[512];
+    if (!getcwd(cwd, sizeof cwd) || chdir(pool_dir(pool)) != 0) return FB_ERR_IO;
+    snprintf(cfg, sizeof cfg, "%s.yml", name);
+    fb_mergekit_options o = {.random_seed = seed};
+    fb_status st = fb_mergekit_run(cfg, out, &o);
+    if (chdir(cwd) != 0) return FB_ERR_IO;
+    return st;
+}
+
+TEST(mergekit_configs_match_pytorch_for_every_method)
+{
+    cJSON *cases = load_cases();
+    REQUIRE(cases);
+    int n = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cases)
+    {
+        const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
+        const char *pool = cJSON_GetObjectItem(c, "pool")->valuestring;
+        uint64_t seed = (uint64_t)cJSON_GetObjectItem(c, "seed")->valuedouble;
+        const char *out = fb_test_path(name);
+        fb_status st = run_case(pool, name, seed, out);
+        if (st) {
+            fb_test_fail(__FILE__, __LINE__, "case %s: %s", name, fb_last_error());
+            continue;
+        }
+        char path[4400];
+        snprintf(path, sizeof path, "%s/model.safetensors", out);
+        fb_model *got = NULL, *want = NULL;
+        EXPECT_OK(fb_model_load(path, &got));
+        snprintf(path, sizeof path, "%s/%s.expected.safetensors", pool_dir(pool), name);
+        EXPECT_OK(fb_model_load(path, &want));
+        if (got && want && !fb_test_models_close(got, want, 1e-6))
+            fb_test_fail(__FILE__, __LINE__, "case %s differs from PyTorch", name);
+        const cJSON *layers = cJSON_GetObjectItem(c, "layers");
+        if (layers) { /* a restructured stack: config.json counts the output's layers */
+            snprintf(path, sizeof path, "%s/config.json", out);
+            char *cfg = fb_test_read_file(path, NULL), want_text[64];
+            snprintf(want_text, sizeof want_text, "\"num_hidden_layers\":\t%d", layers->valueint);
+            EXPECT(cfg && strstr(cfg, want_text));
+            free(cfg);
+        }
+        fb_model_free(got);
+        fb_model_free(want);
+        n++;
+    }
+    EXPECT(n >= 26);
+    cJSON_Delete(cases);
+}
+
+TEST(mergekit_merges_are_the_same_bytes_for_1_and_2_threads)
+{
+    const char *names[][2] = {{"f32", "dare_ties"}, {"f32", "della"}, {"bf16", "ties_bf16"},
+                              {"f32", "sce"},       {"f32", "multislerp"}, {"f32", "arcee_fusion"},
+                              {"bf16", "slerp_gradient"}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char a[256], b[256];
+        snprintf(a, sizeof a, "%s_1", names[i][1]);
+        snprintf(b, sizeof b, "%s_2", names[i][1]);
+        fb_set_num_threads(1);
+        EXPECT_OK(run_case(names[i][0], names[i][1], 7, fb_test_path(a)));
+        fb_set_num_threads(2);
+        EXPECT_OK(run_case(names[i][0], names[i][1], 7, fb_test_path(b)));
+        char pa[4400], pb[4400];
+        snprintf(pa, sizeof pa, "%s/model.safetensors", fb_test_path(a));
+        snprintf(pb, sizeof pb, "%s/model.safetensors", fb_test_path(b));
+        size_t la = 0, lb = 0;
+        char *da = fb_test_read_file(pa, &la), *db = fb_test_read_file(pb, &lb);
+        if (!da || !db || la != lb || memcmp(da, db, la))
+            fb_test_fail(__FILE__, __LINE__, "%s: 1 and 2 threads differ", names[i][1]);
+        free(da);
+        free(db);
+    }
+    /* and another seed draws other masks */
+    EXPECT_OK(run_case("f32", "dare_ties", 8, fb_test_path("seed8")));
+    size_t la = 0, lb = 0;
+    char pa[4400], pb[4400];
+    snprintf(pa, sizeof pa, "%s/model.safetensors", fb_test_path("dare_ties_1"));
+    snprintf(pb, sizeof pb, "%s/model.safetensors", fb_test_path("seed8"));
+    char *da = fb_test_read_file(pa, &la), *db = fb_test_read_file(pb, &lb);
+    EXPECT(da && db && la == lb && memcmp(da, db, la) != 0);
+    free(da);
+    free(db);
+}
+
+static void write_config(const char *name, const char *fmt)
+{
+    /* %1$s in fmt stands for the f32 pool folder */
+    char text[8192];
+    snprintf(text, sizeof text, fmt, pool_dir("f32"));
+    fb_test_write_file(fb_test_path(name), text, strlen(text));
+}
+
+TEST(mergekit_output_folder_holds_config_tokenizer_card_and_the_configuration)
+{
+    write_config("tok.yml", "models:\n  - model: %1$s/a\n    parameters: {weight: 1.0}\n"
+                            "  - model: %1$s/b\n    parameters: {weight: 0.5}\n"
+                            "merge_method: linear\ntokenizer_source: %1$s/b\n"
+                            "chat_template: \"{%% for m in messages %%}{{ m.content }}{%% endfor %%}\"\n");
+    const char *out = fb_test_path("tok_out");
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "%s mergekit %s %s --out-shard-size 2K", fb_test_cli,
+             fb_test_path("tok.yml"), out);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    char *err = NULL;
+    int rc = fb_test_run(argv, NULL, &err);
+    EXPECT(rc == 0);
+    if (rc) fb_test_fail(__FILE__, __LINE__, "stderr: %s", err ? err : "");
+    free(err);
+    char p[4400];
+    snprintf(p, sizeof p, "%s/mergekit_config.yml", out);
+    char *saved = fb_test_read_file(p, NULL), *given = fb_test_read_file(fb_test_path("tok.yml"), NULL);
+    EXPECT(saved && given && !strcmp(saved, given));
+    snprintf(p, sizeof p, "%s/tokenizer.json", out);
+    char *tok = fb_test_read_file(p, NULL);
+    EXPECT(tok && strstr(tok, "\"source\": \"b\""));
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", out);
+    char *tc = fb_test_read_file(p, NULL);
+    EXPECT(tc && strstr(tc, "\"chat_template\":") && strstr(tc, "m.content") &&
+           strstr(tc, "\"source\":\t\"b\""));
+    snprintf(p, sizeof p, "%s/README.md", out);
+    char *card = fb_test_read_file(p, NULL);
+    EXPECT(card && strstr(card, "- mergekit\n") && strstr(card, "mergekit's `linear`") &&
+           strstr(card, "```yaml\nmodels:"));
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", out); /* 2 KB shards */
+    EXPECT(fb_test_exists(p));
+    fb_model *m = NULL;
+    EXPECT_OK(fb_model_load(out, &m));
+    EXPECT(m && fb_model_num_tensors(m) == 2 + 4 * 9 + 1);
+    fb_model_free(m);
+    free(saved);
+    free(given);
+    free(tok);
+    free(tc);
+    free(card);
+}
+
+TEST(mergekit_models_by_hub_id_and_revision)
+{
+    char p[4400], src[4400];
+    const char *dirs[] = {"hub", "hub/models--org--tiny", "hub/models--org--tiny/refs",
+                          "hub/models--org--tiny/snapshots",
+                          "hub/models--org--tiny/snapshots/1111111111111111111111111111111111111111",
+                          "hub/models--org--tiny/snapshots/2222222222222222222222222222222222222222"};
+    for (int i = 0; i < 6; i++) mkdir(fb_test_path(dirs[i]), 0755);
+    const char *which[2] = {"a", "b"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/model.safetensors", fb_test_path(dirs[4 + i]));
+        snprintf(src, sizeof src, "%s/%s/model.safetensors", pool_dir("f32"), which[i]);
+        REQUIRE(symlink(src, p) == 0);
+    }
+    fb_test_write_file(fb_test_path("hub/models--org--tiny/refs/main"),
+                       "1111111111111111111111111111111111111111", 40);
+    fb_test_write_file(fb_test_path("hub/models--org--tiny/refs/v1"),
+                       "2222222222222222222222222222222222222222", 40);
+    setenv("HF_HUB_CACHE", fb_test_path("hub"), 1);
+    write_config("hub.yml", "models:\n  - model: org/tiny@v1\n    parameters: {weight: 1.0}\n"
+                            "merge_method: linear\n");
+    REQUIRE_OK(fb_mergekit_run(fb_test_path("hub.yml"), fb_test_path("hub_out"), NULL));
+    fb_model *got = NULL, *want = NULL;
+    snprintf(src, sizeof src, "%s/b/model.safetensors", pool_dir("f32"));
+    EXPECT_OK(fb_model_load(fb_test_path("hub_out"), &got));
+    EXPECT_OK(fb_model_load(src, &want));
+    EXPECT(got && want && fb_test_models_match(got, want, 0));
+    fb_model_free(got);
+    fb_model_free(want);
+    write_config("hub2.yml", "models:\n  - model: org/tiny@v2\n    parameters: {weight: 1.0}\n"
+                             "merge_method: linear\n");
+    EXPECT_ERROR(fb_mergekit_run(fb_test_path("hub2.yml"), fb_test_path("hub2_out"), NULL),
+                 FB_ERR_NOT_FOUND, "org/tiny@v2");
+    EXPECT(!fb_test_exists(fb_test_path("hub2_out")));
+}
+
+/* The config fails with exit status `code`, one line naming `what`, and nothing written. */
+static void refused(const char *text, int code, const char *what)
+{
+    write_config("bad.yml", text);
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "%s mergekit %s %s", fb_test_cli, fb_test_path("bad.yml"),
+             fb_test_path("bad_out"));
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    char *err = NULL;
+    int rc = fb_test_run(argv, NULL, &err);
+    if (rc != code || !err || !strstr(err, what) || strchr(err, '\n') != err + strlen(err) - 1)
+        fb_test_fail(__FILE__, __LINE__, "'%s': exit %d, stderr '%s' (wanted %d and '%s')", text,
+                     rc, err ? err : "", code, what);
+    EXPECT(!fb_test_exists(fb_test_path("bad_out")));
+    free(err);
+}
+
+TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
+{
+    refused("models:\n  - model: %1$s/a\nmerge_method: frankenstein\n", 2,
+            "unknown merge_method 'frankenstein'");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, densty: 0.5}\n"
+            "merge_method: ties\nbase_model: %1$s/base\n", 2, "no parameter 'densty'");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, normalize: true}\n"
+            "merge_method: ties\nbase_model: %1$s/base\n", 2, "'normalize' of ties is not per model");
+    refused("slices:\n  - sources:\n      - model: %1$s/a\n        layer_range: [0, 9]\n"
+            "merge_method: passthrough\n", 2, "outside its 4 layers");
+    refused("slices:\n  - sources:\n      - model: %1$s/a\n        layer_range: [0, 2]\n"
+            "      - model: %1$s/b\n        layer_range: [0, 3]\n"
+            "merge_method: slerp\nbase_model: %1$s/a\nparameters: {t: 0.5}\n", 2,
+            "the same number of layers");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: []}\nmerge_method: linear\n", 2,
+            "empty list");
+    refused("models:\n  - model: %1$s/a\n  - model: %1$s/b\n    parameters: {weight: 1}\n"
+            "merge_method: linear\n", 2, "has no 'weight'");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: ties\n", 2,
+            "needs base_model");
+    refused("models:\n  - model: %1$s/a\n    parameters:\n      weight: {filter: mlp, value: 1}\n"
+            "merge_method: linear\n", 2, "must stand in a list");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
+            "---\nmodels:\n  - model: %1$s/b\n    parameters: {weight: 1}\n"
+            "merge_method: linear\n", 2, "without a name");
+    refused("models:\n  - model: %1$s/nowhere\n    parameters: {weight: 1}\n"
+            "merge_method: linear\n", 1, "nowhere");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
+            "tokenizer_source: union\n", 2, "union");
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
+            "dtype: float8\n", 2, "dtype 'float8'");
+    /* the density TIES keeps of a 16-entry norm: none at 0.01 (mergekit refuses it too) */
+    refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.01}\n"
+            "merge_method: ties\nbase_model: %1$s/base\n", 2, "keeps none");
+}
+
+TEST(mergekit_dry_run_resolves_everything_and_writes_nothing)
+{
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "cd %s && %s mergekit slices_precedence.yml %s --dry-run",
+             pool_dir("f32"), fb_test_cli, fb_test_path("dry"));
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    char *out = NULL;
+    EXPECT(fb_test_run(argv, &out, NULL) == 0);
+    EXPECT(out && strstr(out, "valid; nothing written"));
+    EXPECT(!fb_test_exists(fb_test_path("dry")));
+    free(out);
+}
