@@ -314,6 +314,24 @@ typedef struct fb_mergekit_options {
 fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
                           const fb_mergekit_options *opts);
 
+/* Options of fb_lora_extract (mergekit-extract-lora's); zeroed means its defaults. */
+typedef struct fb_lora_extract_options {
+    int max_rank;                       /* 0: 128 */
+    double sv_epsilon;                  /* >0: drop singular values at most this */
+    const char *const *include_regexes; /* NULL-terminated; modules must match one (NULL: all) */
+    const char *const *exclude_regexes; /* modules matching one are left out */
+    const char *const *save_modules;    /* modules saved whole (name or last component) */
+    int embed_lora;                     /* decompose the embeddings too (else saved whole) */
+    int no_distribute_scale;            /* A = S Vt, B = U (default: sqrt(S) on each side) */
+    int skip_undecomposable;            /* leave norms and convolutions out (else saved whole) */
+} fb_lora_extract_options;
+
+/* Writes a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors, README.md)
+ * at out_dir holding the low-rank SVD of each 2-D weight's difference between the fine-tuned
+ * model and its base (mergekit-extract-lora's job; docs/mergekit.md). Atomic. */
+fb_status fb_lora_extract(const char *model, const char *base_model, const char *out_dir,
+                          const fb_lora_extract_options *opts);
+
 /* ----------------------------------------------------------------------- task pool -- */
 
 /* Tasks (image classification datasets with a head per task) on which a model is evaluated,

@@ -6,6 +6,7 @@
  * line before any work.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -270,4 +271,181 @@ TEST(mergekit_dry_run_resolves_everything_and_writes_nothing)
     EXPECT(out && strstr(out, "valid; nothing written"));
     EXPECT(!fb_test_exists(fb_test_path("dry")));
     free(out);
+}
+
+/* ||D - B A||_F for a module of adapter `ad`, D = a - base (as f32). */
+static double residual(const fb_model *ad, const char *weight, int64_t *rank)
+{
+    char mod[512], name[600], p[4400];
+    snprintf(mod, sizeof mod, "%.*s", (int)(strlen(weight) - 7), weight);
+    snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", mod);
+    const fb_tensor *A = fb_model_find(ad, name);
+    snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", mod);
+    const fb_tensor *B = fb_model_find(ad, name);
+    if (!A || !B) return -1.0;
+    fb_model *a = NULL, *base = NULL;
+    snprintf(p, sizeof p, "%s/a", pool_dir("f32"));
+    fb_model_load(p, &a);
+    snprintf(p, sizeof p, "%s/base", pool_dir("f32"));
+    fb_model_load(p, &base);
+    const fb_tensor *ta = fb_model_find(a, weight), *tb = fb_model_find(base, weight);
+    int64_t m = fb_tensor_shape(ta)[0], n = fb_tensor_shape(ta)[1], r = fb_tensor_shape(A)[0];
+    float *x = malloc((size_t)(m * n) * 4), *y = malloc((size_t)(m * n) * 4);
+    float *fa = malloc((size_t)(r * n) * 4), *fb = malloc((size_t)(m * r) * 4);
+    fb_tensor_to_f32(ta, x);
+    fb_tensor_to_f32(tb, y);
+    fb_tensor_to_f32(A, fa);
+    fb_tensor_to_f32(B, fb);
+    double err = 0.0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double ba = 0.0;
+            for (int64_t k = 0; k < r; k++) ba += (double)fb[i * r + k] * fa[k * n + j];
+            double d = (double)x[i * n + j] - y[i * n + j] - ba;
+            err += d * d;
+        }
+    free(x), free(y), free(fa), free(fb);
+    fb_model_free(a);
+    fb_model_free(base);
+    *rank = r;
+    return sqrt(err);
+}
+
+TEST(lora_extraction_reconstructs_within_the_truncation_error)
+{
+    char model[4200], base[4200], svd_path[4200];
+    snprintf(model, sizeof model, "%s/a", pool_dir("f32"));
+    snprintf(base, sizeof base, "%s/base", pool_dir("f32"));
+    snprintf(svd_path, sizeof svd_path, "%s/mergekit/svd_a.json", fb_test_ref_dir);
+    char *text = fb_test_read_file(svd_path, NULL);
+    cJSON *svd = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    REQUIRE(svd);
+    const double eps = 0.03;
+    for (int pass = 0; pass < 2; pass++) { /* rank 5; then singular values above eps */
+        fb_lora_extract_options o = {.max_rank = pass ? 64 : 5, .sv_epsilon = pass ? eps : 0};
+        const char *out = fb_test_path(pass ? "lora_eps" : "lora5");
+        REQUIRE_OK(fb_lora_extract(model, base, out, &o));
+        char p[4400];
+        snprintf(p, sizeof p, "%s/adapter_model.safetensors", out);
+        fb_model *ad = NULL;
+        REQUIRE_OK(fb_model_load(p, &ad));
+        snprintf(p, sizeof p, "%s/adapter_config.json", out);
+        char *cfg_text = fb_test_read_file(p, NULL);
+        cJSON *cfg = cfg_text ? cJSON_Parse(cfg_text) : NULL;
+        free(cfg_text);
+        REQUIRE(cfg);
+        int64_t max_rank = (int64_t)cJSON_GetObjectItem(cfg, "r")->valuedouble;
+        const cJSON *e;
+        int modules = 0;
+        cJSON_ArrayForEach(e, svd)
+        {
+            int64_t k = cJSON_GetArraySize(e), want_rank = pass ? 0 : 5, rank = 0;
+            if (pass) {
+                for (int64_t i = 0; i < k; i++) want_rank += cJSON_GetArrayItem(e, (int)i)->valuedouble > eps;
+                if (want_rank < 1) want_rank = 1;
+            }
+            double dropped = 0.0, total = 0.0;
+            for (int64_t i = 0; i < k; i++) {
+                double s = cJSON_GetArrayItem(e, (int)i)->valuedouble;
+                total += s * s;
+                if (i >= want_rank) dropped += s * s;
+            }
+            double err = residual(ad, e->string, &rank);
+            if (rank != want_rank || fabs(err - sqrt(dropped)) > 1e-5 * sqrt(total) + 1e-7)
+                fb_test_fail(__FILE__, __LINE__, "%s: rank %lld (want %lld), error %.9g, "
+                             "predicted %.9g", e->string, (long long)rank, (long long)want_rank,
+                             err, sqrt(dropped));
+            /* modules of another rank than r are in rank_pattern and alpha_pattern */
+            char mod[512];
+            snprintf(mod, sizeof mod, "%.*s", (int)(strlen(e->string) - 7), e->string);
+            const cJSON *rp = cJSON_GetObjectItem(cJSON_GetObjectItem(cfg, "rank_pattern"), mod);
+            const cJSON *ap = cJSON_GetObjectItem(cJSON_GetObjectItem(cfg, "alpha_pattern"), mod);
+            if (rank != max_rank) EXPECT(rp && ap && rp->valuedouble == rank && ap->valuedouble == rank);
+            else EXPECT(!rp && !ap);
+            modules++;
+        }
+        EXPECT(modules == 4 * 7);
+        /* embeddings, norms and lm_head are saved whole */
+        EXPECT(fb_model_find(ad, "base_model.model.model.embed_tokens.weight") &&
+               fb_model_find(ad, "base_model.model.lm_head.weight") &&
+               fb_model_find(ad, "base_model.model.model.layers.0.input_layernorm.weight"));
+        cJSON_Delete(cfg);
+        fb_model_free(ad);
+    }
+    cJSON_Delete(svd);
+}
+
+TEST(lora_adapters_round_trip_as_merge_inputs)
+{
+    char model[4200], base[4200];
+    snprintf(model, sizeof model, "%s/a", pool_dir("f32"));
+    snprintf(base, sizeof base, "%s/base", pool_dir("f32"));
+    /* full rank: base + adapter is model a again (up to float32 rounding) */
+    fb_lora_extract_options o = {.max_rank = 64};
+    REQUIRE_OK(fb_lora_extract(model, base, fb_test_path("full"), &o));
+    char text[9000];
+    snprintf(text, sizeof text, "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+                                "merge_method: linear\n", base, fb_test_path("full"));
+    fb_test_write_file(fb_test_path("rt.yml"), text, strlen(text));
+    REQUIRE_OK(fb_mergekit_run(fb_test_path("rt.yml"), fb_test_path("rt_out"), NULL));
+    fb_model *got = NULL, *want = NULL;
+    EXPECT_OK(fb_model_load(fb_test_path("rt_out"), &got));
+    EXPECT_OK(fb_model_load(model, &want));
+    EXPECT(got && want && fb_test_models_close(got, want, 2e-6));
+    fb_model_free(got);
+    fb_model_free(want);
+    /* include/exclude and skip_undecomposable choose what the adapter holds */
+    const char *inc[] = {"mlp", NULL}, *exc[] = {"layers\\.3\\.", NULL};
+    fb_lora_extract_options o2 = {.max_rank = 2, .include_regexes = inc, .exclude_regexes = exc,
+                                  .skip_undecomposable = 1};
+    REQUIRE_OK(fb_lora_extract(model, base, fb_test_path("some"), &o2));
+    char p[4400];
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", fb_test_path("some"));
+    fb_model *ad = NULL;
+    REQUIRE_OK(fb_model_load(p, &ad));
+    EXPECT(fb_model_num_tensors(ad) == 3 * 3 * 2);
+    EXPECT(fb_model_find(ad, "base_model.model.model.layers.2.mlp.up_proj.lora_A.weight"));
+    EXPECT(!fb_model_find(ad, "base_model.model.model.layers.3.mlp.up_proj.lora_A.weight"));
+    fb_model_free(ad);
+    /* the CLI, and an adapter that does not fit its model */
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "%s mergekit-extract-lora --model %s --base-model %s --out-path %s "
+                              "--max-rank 3 --embed-lora -e 'layers\\.[12]\\.'",
+             fb_test_cli, model, base, fb_test_path("cli"));
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    EXPECT(fb_test_run(argv, NULL, NULL) == 0);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", fb_test_path("cli"));
+    REQUIRE_OK(fb_model_load(p, &ad));
+    EXPECT(fb_model_find(ad, "base_model.model.model.embed_tokens.lora_embedding_A"));
+    EXPECT(fb_model_find(ad, "base_model.model.lm_head.lora_A.weight"));
+    EXPECT(!fb_model_find(ad, "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"));
+    fb_model_free(ad);
+    /* the embed-lora adapter applies (embedding factors transposed as PEFT stores them) */
+    snprintf(text, sizeof text, "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+                                "merge_method: linear\n", base, fb_test_path("cli"));
+    fb_test_write_file(fb_test_path("emb.yml"), text, strlen(text));
+    EXPECT_OK(fb_mergekit_run(fb_test_path("emb.yml"), fb_test_path("emb_out"), NULL));
+    /* a module the model lacks */
+    snprintf(p, sizeof p, "%s/adapter_config.json", fb_test_path("some"));
+    char *cfg = fb_test_read_file(p, NULL);
+    mkdir(fb_test_path("bad_adapter"), 0755);
+    snprintf(p, sizeof p, "%s/adapter_config.json", fb_test_path("bad_adapter"));
+    fb_test_write_file(p, cfg, strlen(cfg));
+    free(cfg);
+    fb_model *bad;
+    fb_model_create(&bad);
+    float v[2 * 16] = {0};
+    int64_t sa[2] = {2, 16}, sb[2] = {16, 2};
+    fb_model_add_tensor(bad, "base_model.model.model.layers.9.mlp.up_proj.lora_A.weight", FB_F32, 2, sa, v, NULL);
+    fb_model_add_tensor(bad, "base_model.model.model.layers.9.mlp.up_proj.lora_B.weight", FB_F32, 2, sb, v, NULL);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", fb_test_path("bad_adapter"));
+    fb_model_save(bad, p, NULL);
+    fb_model_free(bad);
+    snprintf(text, sizeof text, "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+                                "merge_method: linear\n", base, fb_test_path("bad_adapter"));
+    fb_test_write_file(fb_test_path("bad.yml"), text, strlen(text));
+    EXPECT_ERROR(fb_mergekit_run(fb_test_path("bad.yml"), fb_test_path("bad_out"), NULL),
+                 FB_ERR_MISMATCH, "layers.9.mlp.up_proj.lora_A.weight' matches no tensor");
+    EXPECT(!fb_test_exists(fb_test_path("bad_out")));
 }

@@ -1119,6 +1119,8 @@ int main(int argc, char **argv)
 {
     install_signal_cleanup();
     if (argc > 1 && !strcmp(argv[1], "mergekit")) return fb_mergekit_main(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "mergekit-extract-lora"))
+        return fb_mergekit_extract_main(argc - 2, argv + 2);
     cli c = {0};
     /* Options may stand anywhere, as --name VALUE or --name=VALUE; the rest (group choices and
      * overrides, or `zoo` and its overrides) keep their order. */

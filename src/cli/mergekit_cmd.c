@@ -119,3 +119,126 @@ int fb_mergekit_main(int argc, char **argv)
     printf(o.dry_run ? "%s: valid; nothing written\n" : "wrote %s\n", o.dry_run ? pos[0] : pos[1]);
     return 0;
 }
+
+static void extract_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: fusion_bench mergekit-extract-lora --model FT --base-model BASE --out-path OUT\n"
+            "                                          [options]\n"
+            "\n"
+            "Extracts a PEFT LoRA adapter (the SVD of each weight's difference) as\n"
+            "mergekit-extract-lora does; docs/mergekit.md.\n"
+            "\n"
+            "options:\n"
+            "  --max-rank N              largest rank of a module (default 128)\n"
+            "  --sv-epsilon E            drop singular values at most E (default 0: none)\n"
+            "  -i, --include-regex RE    only modules whose name RE matches (repeatable)\n"
+            "  -e, --exclude-regex RE    leave out modules RE matches (repeatable)\n"
+            "  --save-module NAME        save this module whole (repeatable)\n"
+            "  --embed-lora              decompose the embeddings too (default: saved whole)\n"
+            "  --no-distribute-scale     A = S Vt, B = U (default: sqrt(S) on both)\n"
+            "  --skip-undecomposable     leave norms and convolutions out (default: saved whole)\n"
+            "  --threads N               worker threads\n");
+}
+
+int fb_mergekit_extract_main(int argc, char **argv)
+{
+    const char *model = NULL, *base = NULL, *out = NULL;
+    const char **inc = calloc((size_t)argc + 1, sizeof *inc);
+    const char **exc = calloc((size_t)argc + 1, sizeof *exc);
+    const char **save = calloc((size_t)argc + 1, sizeof *save);
+    int ni = 0, ne = 0, ns = 0, rc = 0;
+    fb_lora_extract_options o = {0};
+    if (!inc || !exc || !save) rc = 1;
+    for (int i = 0; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        char name[64];
+        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL, *v = eq ? eq + 1 : NULL;
+        snprintf(name, sizeof name, "%.*s", (int)(eq ? (size_t)(eq - a) : strlen(a)), a);
+        if (!strcmp(name, "--help")) {
+            extract_usage(stdout);
+            rc = -1;
+            break;
+        }
+        if (!strcmp(name, "--embed-lora")) o.embed_lora = 1;
+        else if (!strcmp(name, "--no-embed-lora")) o.embed_lora = 0;
+        else if (!strcmp(name, "--distribute-scale")) o.no_distribute_scale = 0;
+        else if (!strcmp(name, "--no-distribute-scale")) o.no_distribute_scale = 1;
+        else if (!strcmp(name, "--skip-undecomposable")) o.skip_undecomposable = 1;
+        else {
+            static const char *const valued[] = {"--model", "--base-model", "--out-path",
+                                                 "--max-rank", "--sv-epsilon", "-i",
+                                                 "--include-regex", "-e", "--exclude-regex",
+                                                 "--save-module", "--threads", NULL};
+            int known = 0;
+            for (const char *const *k = valued; *k; k++) known |= !strcmp(*k, name);
+            if (!known) {
+                fprintf(stderr, "fusion_bench mergekit-extract-lora: error: unknown %s '%s' "
+                                "(see --help)\n", a[0] == '-' ? "option" : "argument", a);
+                rc = 2;
+                break;
+            }
+            if (!v) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: %s needs a "
+                                    "value\n", name);
+                    rc = 2;
+                    break;
+                }
+                v = argv[++i];
+            }
+            char *end;
+            if (!strcmp(name, "--model")) model = v;
+            else if (!strcmp(name, "--base-model")) base = v;
+            else if (!strcmp(name, "--out-path")) out = v;
+            else if (!strcmp(name, "-i") || !strcmp(name, "--include-regex")) inc[ni++] = v;
+            else if (!strcmp(name, "-e") || !strcmp(name, "--exclude-regex")) exc[ne++] = v;
+            else if (!strcmp(name, "--save-module")) save[ns++] = v;
+            else if (!strcmp(name, "--max-rank")) {
+                long r = strtol(v, &end, 10);
+                if (*end || r < 1 || r > 1000000) {
+                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: --max-rank '%s' "
+                                    "is not a positive integer\n", v);
+                    rc = 2;
+                }
+                o.max_rank = (int)r;
+            } else if (!strcmp(name, "--sv-epsilon")) {
+                o.sv_epsilon = strtod(v, &end);
+                if (*end || !(o.sv_epsilon >= 0)) {
+                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: --sv-epsilon '%s' "
+                                    "is not a number >= 0\n", v);
+                    rc = 2;
+                }
+            } else if (!strcmp(name, "--threads")) {
+                long n = strtol(v, &end, 10);
+                if (*end || n < 1 || n > 4096) {
+                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: --threads '%s' is "
+                                    "not a count\n", v);
+                    rc = 2;
+                } else {
+                    fb_set_num_threads((int)n);
+                }
+            }
+        }
+    }
+    if (!rc && (!model || !base || !out)) {
+        extract_usage(stderr);
+        rc = 2;
+    }
+    if (!rc) {
+        o.include_regexes = ni ? inc : NULL;
+        o.exclude_regexes = ne ? exc : NULL;
+        o.save_modules = ns ? save : NULL;
+        fb_status st = fb_lora_extract(model, base, out, &o);
+        if (st) {
+            fprintf(stderr, "fusion_bench mergekit-extract-lora: error: %s\n", fb_last_error());
+            rc = st == FB_ERR_CONFIG || st == FB_ERR_ARG || st == FB_ERR_UNSUPPORTED ? 2 : 1;
+        } else {
+            printf("wrote %s\n", out);
+        }
+    }
+    free(inc);
+    free(exc);
+    free(save);
+    return rc < 0 ? 0 : rc;
+}

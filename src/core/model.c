@@ -64,7 +64,8 @@ fb_status fb_tensor_read(const fb_tensor *t, size_t offset, size_t n, void *dst)
 void fb_tensor_release_cache(const fb_tensor *t)
 {
     if (t->src && !t->data && t->nbytes)
-        posix_fadvise(t->src->fd, (off_t)t->src_offset, (off_t)t->nbytes, POSIX_FADV_DONTNEED);
+        if (t->src->fd >= 0)
+            posix_fadvise(t->src->fd, (off_t)t->src_offset, (off_t)t->nbytes, POSIX_FADV_DONTNEED);
 }
 
 fb_status fb_tensor_view(const fb_tensor *t, size_t offset, size_t n, void *scratch,

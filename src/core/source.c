@@ -71,13 +71,43 @@ fb_status fb_source_open(const char *path, fb_source **out)
     return FB_OK;
 }
 
+fb_status fb_source_virtual(const char *path, uint64_t size,
+                            fb_status (*read)(void *ctx, uint64_t offset, size_t n, void *dst),
+                            void (*free_ctx)(void *ctx), void *ctx, fb_source **out)
+{
+    *out = NULL;
+    fb_source *s = fb_calloc(1, sizeof *s);
+    char *p = fb_strdup(path);
+    if (!s || !p) {
+        fb_free(s);
+        fb_free(p);
+        free_ctx(ctx);
+        return FB_ERR_NOMEM;
+    }
+    s->path = p;
+    s->fd = -1;
+    s->size = size;
+    s->refs = 1;
+    s->vread = read;
+    s->vfree = free_ctx;
+    s->vctx = ctx;
+    pthread_mutex_init(&s->lock, NULL);
+    *out = s;
+    return FB_OK;
+}
+
 void fb_source_ref(fb_source *s) { __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED); }
 
 void fb_source_unref(fb_source *s)
 {
     if (!s || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
-    if (s->map) munmap(s->map, s->size);
-    close(s->fd);
+    if (s->vread) {
+        fb_free(s->map);
+        s->vfree(s->vctx);
+    } else {
+        if (s->map) munmap(s->map, s->size);
+        close(s->fd);
+    }
     pthread_mutex_destroy(&s->lock);
     fb_free(s->path);
     fb_free(s);
@@ -85,6 +115,11 @@ void fb_source_unref(fb_source *s)
 
 fb_status fb_source_pread(fb_source *s, uint64_t offset, size_t n, void *dst)
 {
+    if (s->vread) {
+        if (offset > s->size || n > s->size - offset)
+            return fb_set_error(FB_ERR_INTERNAL, "%s: read past its end", s->path);
+        return s->vread(s->vctx, offset, n, dst);
+    }
     uint8_t *p = dst;
     while (n > 0) {
         ssize_t got = pread(s->fd, p, n, (off_t)offset);
@@ -109,7 +144,12 @@ fb_status fb_source_map(fb_source *s, const uint8_t **base)
 {
     fb_status st = FB_OK;
     pthread_mutex_lock(&s->lock);
-    if (!s->map && s->size > 0) {
+    if (!s->map && s->size > 0 && s->vread) {
+        void *m = fb_malloc((size_t)s->size);
+        st = m ? s->vread(s->vctx, 0, (size_t)s->size, m) : FB_ERR_NOMEM;
+        if (st) fb_free(m);
+        else s->map = m;
+    } else if (!s->map && s->size > 0) {
         void *m = mmap(NULL, s->size, PROT_READ, MAP_SHARED, s->fd, 0);
         if (m == MAP_FAILED)
             st = fb_set_error(FB_ERR_IO, "%s: cannot map: %s", s->path, strerror(errno));

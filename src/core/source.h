@@ -23,6 +23,11 @@ typedef struct fb_source {
     void *map; /* NULL until first mapped */
     pthread_mutex_t lock;
     int refs;
+    /* A computed source (fb_source_virtual; fd is -1): reads call vread; map is a malloc'd
+     * copy of all its bytes, made on the first fb_source_map. */
+    fb_status (*vread)(void *ctx, uint64_t offset, size_t n, void *dst);
+    void (*vfree)(void *ctx);
+    void *vctx;
 } fb_source;
 
 /* Opens path read-only without blocking on a FIFO or device, and refuses anything that is not
@@ -33,6 +38,13 @@ fb_status fb_open_regular(const char *path, int *fd_out, struct stat *st);
 fb_status fb_source_open(const char *path, fb_source **out);
 void fb_source_ref(fb_source *s);
 void fb_source_unref(fb_source *s);
+
+/* A source of `size` bytes computed by read(ctx, offset, n, dst) (a LoRA adapter applied to a
+ * weight as it is read); `path` names it in messages and output checks. Takes ctx (freed with
+ * free_ctx, also on failure); *out has one reference. */
+fb_status fb_source_virtual(const char *path, uint64_t size,
+                            fb_status (*read)(void *ctx, uint64_t offset, size_t n, void *dst),
+                            void (*free_ctx)(void *ctx), void *ctx, fb_source **out);
 
 /* Reads exactly n bytes at offset into dst (a short file is an FB_ERR_IO naming the path). */
 fb_status fb_source_pread(fb_source *s, uint64_t offset, size_t n, void *dst);

@@ -26,7 +26,9 @@ static const char *const tokenizer_files[] = {
 
 int fb_companion_name(const char *name)
 {
-    if (!strcmp(name, "README.md") || !strcmp(name, "mergekit_config.yml")) return 1;
+    if (!strcmp(name, "README.md") || !strcmp(name, "mergekit_config.yml") ||
+        !strcmp(name, "adapter_config.json"))
+        return 1;
     for (size_t i = 0; i < sizeof model_files / sizeof model_files[0]; i++)
         if (!strcmp(name, model_files[i])) return 1;
     for (size_t i = 0; i < sizeof tokenizer_files / sizeof tokenizer_files[0]; i++)

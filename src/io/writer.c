@@ -53,6 +53,7 @@ struct fb_writer {
     int release;               /* drop written-back pages from the page cache */
     const fb_file_blob *files; /* folder outputs: companion files (borrowed) */
     int num_files;
+    const char *stem;          /* folder outputs: "<stem>.safetensors" ("model") */
 };
 
 char *fb_path_dirname(const char *path)
@@ -95,7 +96,9 @@ static int ends_with(const char *s, const char *suffix)
  * replace. */
 static int is_output_file(const char *name)
 {
-    if (strcmp(name, INDEX_NAME) == 0 || strcmp(name, "model.safetensors") == 0) return 1;
+    if (strcmp(name, INDEX_NAME) == 0 || strcmp(name, "model.safetensors") == 0 ||
+        strcmp(name, "adapter_model.safetensors") == 0)
+        return 1;
     if (fb_companion_name(name)) return 1;
     return strncmp(name, "model-", 6) == 0 && ends_with(name, ".safetensors");
 }
@@ -172,7 +175,7 @@ static fb_status plan_shards(fb_writer *w, size_t max_bytes)
     for (s = 0; s < n; s++) {
         fb_buf b;
         fb_buf_init(&b);
-        if (n == 1) fb_buf_puts(&b, "model.safetensors");
+        if (n == 1) fb_buf_printf(&b, "%s.safetensors", w->stem ? w->stem : "model");
         else fb_buf_printf(&b, "model-%05d-of-%05d.safetensors", s + 1, n);
         if (b.failed) return FB_ERR_NOMEM;
         w->shards[s].name = b.data;
@@ -237,8 +240,17 @@ static fb_status shard_path(const fb_writer *w, int s, char **out)
     return *out ? FB_OK : FB_ERR_NOMEM;
 }
 
+static fb_status writer_open(const char *path, const fb_save_options *opts,
+                             const fb_model *layout, const char *stem, fb_writer **out);
+
 fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb_model *layout,
                          fb_writer **out)
+{
+    return writer_open(path, opts, layout, NULL, out);
+}
+
+static fb_status writer_open(const char *path, const fb_save_options *opts,
+                             const fb_model *layout, const char *stem, fb_writer **out)
 {
     *out = NULL;
     size_t max_shard = opts ? opts->max_shard_bytes : 0;
@@ -262,6 +274,7 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
     if (!w) return FB_ERR_NOMEM;
     w->layout = layout;
     w->is_folder = is_folder;
+    w->stem = stem;
     for (int i = 0; opts && i < opts->num_files; i++) {
         const char *n = opts->files[i].name;
         if (!n || !*n || strchr(n, '/') || !strcmp(n, ".") || !strcmp(n, "..") ||
@@ -474,9 +487,15 @@ void fb_writer_abort(fb_writer *w)
  * loaded model is converted or resharded without loading it whole. */
 fb_status fb_model_save(const fb_model *model, const char *path, const fb_save_options *opts)
 {
+    return fb_model_save_as(model, path, opts, NULL);
+}
+
+fb_status fb_model_save_as(const fb_model *model, const char *path, const fb_save_options *opts,
+                           const char *stem)
+{
     enum { CHUNK = 8 << 20 };
     fb_writer *w;
-    fb_status st = fb_writer_open(path, opts, model, &w);
+    fb_status st = writer_open(path, opts, model, stem, &w);
     if (st) return st;
     uint8_t *scratch = fb_malloc(CHUNK);
     if (!scratch) {

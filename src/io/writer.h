@@ -21,6 +21,11 @@ typedef struct fb_writer fb_writer;
 fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb_model *layout,
                          fb_writer **out);
 
+/* fb_model_save, for a folder whose weights file is "<stem>.safetensors" (a PEFT adapter's
+ * adapter_model.safetensors; unsharded). stem NULL: "model". */
+fb_status fb_model_save_as(const fb_model *model, const char *path, const fb_save_options *opts,
+                           const char *stem);
+
 /* Writes n bytes at byte offset `offset` within tensor `index` of the layout. Thread-safe. */
 fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data,
                           size_t n);

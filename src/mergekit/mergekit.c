@@ -36,6 +36,7 @@
 #include "core/status.h"
 #include "core/strmap.h"
 #include "io/hub.h"
+#include "io/lora.h"
 #include "io/writer.h"
 #include "method/method.h"
 #include "pool/modelpool.h"
@@ -246,14 +247,20 @@ static fb_status model_ref(const fb_config *n, const char *what, const char **ou
     if (!n || n->kind != FB_CFG_SCALAR || !n->value[0])
         return fb_set_error(FB_ERR_CONFIG, "%s: %s must be a model path or id", fb_cfg_where(n),
                             what);
-    if (strchr(n->value, '+'))
-        return fb_set_error(FB_ERR_UNSUPPORTED, "%s: '%s': LoRA adapters as inputs (model+lora) "
-                                                "are not supported yet",
+    const char *plus = strchr(n->value, '+');
+    if (plus && (plus == n->value || !plus[1] || strchr(plus + 1, '+')))
+        return fb_set_error(FB_ERR_CONFIG, "%s: '%s': a model with an adapter is MODEL+ADAPTER",
                             fb_cfg_where(n), n->value);
-    const char *at = strchr(n->value, '@');
-    if (at && strchr(at + 1, '@'))
-        return fb_set_error(FB_ERR_CONFIG, "%s: '%s': a model reference holds at most one '@'",
-                            fb_cfg_where(n), n->value);
+    /* each part, the model and the adapter, may name one @revision */
+    for (int part = 0; part < (plus ? 2 : 1); part++) {
+        const char *from = part ? plus + 1 : n->value;
+        const char *to = part || !plus ? from + strlen(from) : plus;
+        int ats = 0;
+        for (const char *c = from; c < to; c++) ats += *c == '@';
+        if (ats > 1)
+            return fb_set_error(FB_ERR_CONFIG, "%s: '%s': a model reference holds at most one "
+                                               "'@'", fb_cfg_where(n), n->value);
+    }
     *out = n->value;
     return FB_OK;
 }
@@ -622,6 +629,36 @@ static fb_status find_layers(mk_loaded *L)
     return FB_OK;
 }
 
+/* Loads MODEL or MODEL+ADAPTER (a PEFT LoRA applied as the tensors are read). */
+static fb_status load_ref(const run *R, const char *ref, char **path, fb_model **model)
+{
+    *model = NULL;
+    char *copy = fb_strdup(ref), *adapter_dir = NULL;
+    if (!copy) return FB_ERR_NOMEM;
+    char *plus = strchr(copy, '+');
+    if (plus) *plus = '\0';
+    fb_status st = resolve_ref(R, copy, path);
+    if (!st) st = fb_model_load(*path, model);
+    if (!st && plus) {
+        fb_model *applied;
+        st = resolve_ref(R, plus + 1, &adapter_dir);
+        if (!st) st = fb_lora_apply(*model, adapter_dir, &applied);
+        if (!st) {
+            fb_model_free(*model);
+            *model = applied;
+        }
+    }
+    if (st) {
+        fb_model_free(*model);
+        *model = NULL;
+        fb_free(*path);
+        *path = NULL;
+    }
+    fb_free(adapter_dir);
+    fb_free(copy);
+    return st;
+}
+
 static fb_status load(run *R, const char *ref, mk_loaded **out)
 {
     for (int i = 0; i < R->nloaded; i++)
@@ -635,10 +672,8 @@ static fb_status load(run *R, const char *ref, mk_loaded **out)
     mk_loaded *L = fb_calloc(1, sizeof *L);
     if (!L) return FB_ERR_NOMEM;
     L->ref = ref;
-    fb_status st = resolve_ref(R, ref, &L->path);
-    if (!st) st = fb_model_load(L->path, &L->model);
+    fb_status st = load_ref(R, ref, &L->path, &L->model);
     if (st) {
-        fb_free(L->path);
         fb_free(L);
         return fb_error_prefix(st, "model '%s'", ref);
     }

@@ -431,6 +431,53 @@ case("slices_precedence", {
                             {"model": "b", "layer_range": [0, 2], "parameters": {"weight": [{"filter": "mlp", "value": 2.0}]}}]}],
     "merge_method": "task_arithmetic", "base_model": "base", "parameters": {"weight": 0.3}})
 
+# A PEFT LoRA adapter written here (PEFT's layout), applied to base as a merge input:
+# linear with weight 1 gives W + (alpha / r) B A (embeddings: + (alpha / r) (B A)^T).
+ADAPTER = os.path.join(OUT, "f32", "adapter_x")
+os.makedirs(ADAPTER, exist_ok=True)
+ad, expect = {}, {n: t.clone() for n, t in POOLS["f32"]["base"].items()}
+RANKS = {"model.layers.1.mlp.down_proj": (2, 3.0)}  # rank_pattern / alpha_pattern
+for n, shape in SHAPES.items():
+    mod = n[:-len(".weight")]
+    if len(shape) != 2 or "lm_head" in n:
+        continue
+    r, alpha = RANKS.get(mod, (4, 8.0))
+    if "embed" in n:
+        A, B = torch.randn(r, shape[0]) * 0.1, torch.randn(shape[1], r) * 0.1
+        ad[f"base_model.model.{mod}.lora_embedding_A"] = A
+        ad[f"base_model.model.{mod}.lora_embedding_B"] = B
+        expect[n] = expect[n] + (B @ A).T * (alpha / r)
+    else:
+        A, B = torch.randn(r, shape[1]) * 0.1, torch.randn(shape[0], r) * 0.1
+        ad[f"base_model.model.{mod}.lora_A.weight"] = A
+        ad[f"base_model.model.{mod}.lora_B.weight"] = B
+        expect[n] = expect[n] + (B @ A) * (alpha / r)
+head = torch.randn(V, H)
+ad["base_model.model.lm_head.weight"] = head  # modules_to_save: replaces the base's
+expect["lm_head.weight"] = head
+st.save(os.path.join(ADAPTER, "adapter_model.safetensors"), ad)
+with open(os.path.join(ADAPTER, "adapter_config.json"), "w") as f:
+    json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_rslora": False,
+               "rank_pattern": {"layers.1.mlp.down_proj": 2},
+               "alpha_pattern": {"layers.1.mlp.down_proj": 3.0},
+               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                  "up_proj", "down_proj", "embed_tokens"],
+               "modules_to_save": ["lm_head"], "fan_in_fan_out": False}, f)
+with open(os.path.join(OUT, "f32", "lora_input.yml"), "w") as f:
+    f.write(to_yaml({"models": [{"model": "base+adapter_x", "parameters": {"weight": 1.0}}],
+                     "merge_method": "linear"}))
+st.save(os.path.join(OUT, "f32", "lora_input.expected.safetensors"), expect)
+CASES.append({"name": "lora_input", "pool": "f32", "seed": 0})
+
+# Singular values of each linear weight's task vector (a - base), for the extraction test.
+svd = {}
+for n, shape in SHAPES.items():
+    if len(shape) == 2 and "embed" not in n and "lm_head" not in n:
+        d = (POOLS["f32"]["a"][n] - POOLS["f32"]["base"][n]).double()
+        svd[n] = torch.linalg.svdvals(d).tolist()
+with open(os.path.join(OUT, "svd_a.json"), "w") as f:
+    json.dump(svd, f)
+
 # mergekit-multi: a linear intermediate, then ties on it
 inter = merge({"models": W3[:2], "merge_method": "linear"}, POOLS["f32"])
 multi_pool = dict(POOLS["f32"], first=inter)
