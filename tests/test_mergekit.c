@@ -80,7 +80,7 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
         fb_model_free(want);
         n++;
     }
-    EXPECT(n >= 26);
+    EXPECT(n >= 31);
     cJSON_Delete(cases);
 }
 
@@ -88,7 +88,8 @@ TEST(mergekit_merges_are_the_same_bytes_for_1_and_2_threads)
 {
     const char *names[][2] = {{"f32", "dare_ties"}, {"f32", "della"}, {"bf16", "ties_bf16"},
                               {"f32", "sce"},       {"f32", "multislerp"}, {"f32", "arcee_fusion"},
-                              {"bf16", "slerp_gradient"}};
+                              {"bf16", "slerp_gradient"}, {"big", "ties_big"},
+                              {"big", "dare_ties_big"}, {"big", "breadcrumbs_ties_big"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char a[256], b[256];
         snprintf(a, sizeof a, "%s_1", names[i][1]);

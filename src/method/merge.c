@@ -80,6 +80,11 @@ typedef struct job {
     const fb_tensor **out_src; /* per output tensor: the reference's tensor it comes from */
     uint8_t *copy_only;        /* per output tensor: copied from out_src, not merged */
     uint8_t *rows_differ;      /* per output tensor: models hold different numbers of rows */
+    void **taccs;              /* tensor_passes: one accumulator per thread */
+    size_t tacc_bytes;
+    uint8_t *slots;            /* tensor_passes: one slot per chunk of the current tensor */
+    size_t slot_bytes;
+    int64_t max_chunks;
 } job;
 
 /* Elements whose merged value waits for merge_finish's decision (fb_merge_fixup). */
@@ -536,6 +541,20 @@ static fb_status allocate_scratch(job *J)
             if (!J->fixups[t].items) return FB_ERR_NOMEM;
         }
     }
+    if (ops->tensor_passes) {
+        for (int64_t ti = 0; ti < J->out->count; ti++) {
+            size_t a = ops->tensor_acc_bytes(J->tstate[ti]), b = ops->tensor_slot_bytes(J->tstate[ti]);
+            int64_t nc = (J->out->tensors[ti]->numel + J->chunk - 1) / J->chunk;
+            if (a > J->tacc_bytes) J->tacc_bytes = a;
+            if (b > J->slot_bytes) J->slot_bytes = b;
+            if (nc > J->max_chunks) J->max_chunks = nc;
+        }
+        J->taccs = fb_calloc((size_t)J->threads, sizeof *J->taccs);
+        J->slots = fb_malloc((size_t)(J->max_chunks ? J->max_chunks : 1) * (J->slot_bytes ? J->slot_bytes : 1));
+        if (!J->taccs || !J->slots) return FB_ERR_NOMEM;
+        for (int t = 0; t < J->threads; t++)
+            if (!(J->taccs[t] = fb_malloc(J->tacc_bytes ? J->tacc_bytes : 1))) return FB_ERR_NOMEM;
+    }
     if (ops->prepare_passes || ops->merge_bytes) {
         J->acc_bytes = ops->prepare_passes ? ops->prepare_bytes(J->method->state) : 0;
         size_t mb = ops->merge_bytes ? ops->merge_bytes(J->method->state) : 0;
@@ -551,7 +570,9 @@ static fb_status allocate_scratch(job *J)
 /* --------------------------------------------------------------------- execution -- */
 
 /* What a pass over a tensor's chunks does with each chunk. */
-enum { DO_MERGE = -1, DO_COPY_SOURCE = -2 }; /* >= 0: prepare pass number */
+enum { DO_MERGE = -1, DO_COPY_SOURCE = -2, DO_TENSOR_PASS = -16 }; /* >= 0: prepare pass number;
+                                                                     * DO_TENSOR_PASS - p:
+                                                                     * tensor pass p */
 
 /* Index of the first entry of x[0, n) that is NaN or infinite, or -1. The test is on the
  * exponent bits, an integer reduction the compiler vectorises; the search runs only on a hit. */
@@ -749,6 +770,12 @@ static fb_status run_chunk(const job *J, int64_t ti, int64_t c, int tid, int wha
     mc.acc = J->accs ? J->accs[tid] : NULL;
     mc.fixups = J->fixups ? &J->fixups[tid] : NULL;
     mc.out_alt = J->alt_f32 && what == DO_MERGE ? J->alt_f32 + (size_t)tid * (size_t)J->chunk : NULL;
+    mc.chunk_index = c;
+    mc.slot = J->slots ? J->slots + (size_t)c * J->slot_bytes : NULL;
+    if (what <= DO_TENSOR_PASS) {
+        st = ops->tensor_prepare(J->tstate[ti], DO_TENSOR_PASS - what, &mc, J->taccs[tid]);
+        return st ? fb_error_prefix(st, "tensor '%s'", mc.tensor->name) : FB_OK;
+    }
     if (what >= 0) {
         st = ops->prepare(J->method->state, what, &mc, J->accs[tid]);
         return st ? fb_error_prefix(st, "tensor '%s'", mc.tensor->name) : FB_OK;
@@ -904,6 +931,26 @@ static fb_status check_interrupt(void)
                : FB_OK;
 }
 
+/* The per-tensor passes of methods with tensor_passes, before tensor ti is merged. */
+static fb_status tensor_passes(job *J, int64_t ti)
+{
+    const fb_method_ops *ops = J->method->ops;
+    void *state = J->tstate[ti];
+    int64_t nchunks = (J->out->tensors[ti]->numel + J->chunk - 1) / J->chunk;
+    memset(J->slots, 0, (size_t)nchunks * J->slot_bytes);
+    fb_status bst = ops->tensor_begin ? ops->tensor_begin(state, J->out->tensors[ti]) : FB_OK;
+    if (bst) return fb_error_prefix(bst, "tensor '%s'", J->out->tensors[ti]->name);
+    for (int p = 0; p < ops->tensor_passes; p++) {
+        if (ops->tensor_pass_needed && !ops->tensor_pass_needed(state, p)) continue;
+        for (int t = 0; t < J->threads; t++) memset(J->taccs[t], 0, J->tacc_bytes);
+        fb_status st = run_tensor(J, ti, DO_TENSOR_PASS - p, 1);
+        if (!st) st = ops->tensor_finish(state, p, J->out->tensors[ti], J->taccs, J->threads,
+                                         J->slots, nchunks);
+        if (st) return fb_error_prefix(st, "tensor '%s'", J->out->tensors[ti]->name);
+    }
+    return FB_OK;
+}
+
 /* One pass over every output tensor: merged, copied or restructured. */
 static fb_status merge_all(job *J, int report)
 {
@@ -918,8 +965,10 @@ static fb_status merge_all(job *J, int report)
             st = copy_source_tensor(J, ti, J->out_src[ti], 1.0f);
         } else {
             select_tensor(J, ti);
+            int merged = is_merged(J, ti);
             if (!fb_dtype_is_float(J->tensors[0]->dtype)) st = copy_equal_tensor(J, ti);
-            else st = run_tensor(J, ti, is_merged(J, ti) ? DO_MERGE : DO_COPY_SOURCE, 1);
+            else if (merged && ops->tensor_passes && (st = tensor_passes(J, ti))) return st;
+            else st = run_tensor(J, ti, merged ? DO_MERGE : DO_COPY_SOURCE, 1);
         }
         if (st) return st;
         for (int k = 0; J->release && !ops->plan && !J->copy_only[ti] && k < J->num_inputs; k++)
@@ -1089,6 +1138,9 @@ static void job_free(job *J)
     fb_free(J->keep);
     for (int t = 0; J->accs && t < J->threads; t++) fb_free(J->accs[t]);
     fb_free(J->accs);
+    for (int t = 0; J->taccs && t < J->threads; t++) fb_free(J->taccs[t]);
+    fb_free(J->taccs);
+    fb_free(J->slots);
     for (int t = 0; J->fixups && t < J->threads; t++) fb_free(J->fixups[t].items);
     fb_free(J->fixups);
     fb_free(J->alt_f32);

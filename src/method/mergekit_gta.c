@@ -29,6 +29,21 @@ typedef struct kind {
     int consensus; /* sign election */
 } kind;
 
+/* One model's per-tensor selection, found by the tensor passes. */
+typedef struct sel {
+    int select;          /* kept by rank (magnitude, outliers) in this tensor */
+    int none;            /* nothing kept */
+    int nt;              /* target ranks: 1 (magnitude: n - k), 2 (outliers: lo, hi - 1) */
+    int64_t rank[2];     /* the ascending ranks whose values are the thresholds */
+    uint32_t bucket[2];  /* their top 16 bits (pass 0) */
+    int64_t below[2];    /* entries in lower buckets */
+    uint32_t v[2];       /* the threshold keys (pass 1) */
+    int64_t less[2];     /* entries below each threshold */
+    int64_t ties;        /* magnitude: entries equal to v[0] that are kept (lowest index first) */
+    int64_t lo, hi;      /* outliers: the kept ascending ranks */
+    float scale;         /* L1 rescale (1: none) */
+} sel;
+
 typedef struct state {
     const char *name;
     kind k;
@@ -37,7 +52,15 @@ typedef struct state {
     double lambda;
     uint64_t seed;
     int num_models;
+    sel *sel;            /* per model, for the tensor being merged */
 } state;
+
+/* A chunk's slot: per model the L1 norms before and after sparsifying, and the entries equal
+ * to each threshold (pass 2; then, after tensor_finish, those in earlier chunks). */
+typedef struct slot_head {
+    double l1[2];
+    int64_t eq[2];
+} slot_head;
 
 #define COMMON_PARAMS(norm, resc)                                                          \
     {"weight", "null", "each model's weight: a number or one per model (required)"},       \
@@ -75,6 +98,7 @@ static void destroy(void *p)
     fb_mk_list_free(&s->density);
     fb_mk_list_free(&s->gamma);
     fb_mk_list_free(&s->epsilon);
+    fb_free(s->sel);
     fb_free(s);
 }
 
@@ -109,6 +133,11 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 {
     state *s = p;
     s->num_models = m->num_models;
+    if (m->num_models > 256)
+        return fb_set_error(FB_ERR_ARG, "method %s merges at most 256 models", s->name);
+    fb_free(s->sel);
+    if (!(s->sel = fb_calloc((size_t)(m->num_models ? m->num_models : 1), sizeof *s->sel)))
+        return FB_ERR_NOMEM;
     fb_status st = fb_mk_list_check(&s->weight, s->name, m->num_models);
     if (!st) st = fb_mk_list_check(&s->density, s->name, m->num_models);
     if (!st) st = fb_mk_list_check(&s->gamma, s->name, m->num_models);
@@ -126,27 +155,11 @@ static int scratch(const void *p)
     return s->num_models + 1; /* the task vectors, then the selection keys */
 }
 
-static fb_status merge(const void *p, const fb_merge_chunk *c)
+/* The element-wise end of the merge: v_i = w_i tau_i in tv (M x n, model-major), combined. */
+static void combine(const state *s, const float *tv, const float *w, const fb_merge_chunk *c)
 {
-    const state *s = p;
     const int64_t n = c->count;
     const int M = c->num_models;
-    float *tv = c->scratch;
-    uint32_t *keys = (uint32_t *)(void *)(c->scratch + (size_t)M * (size_t)n);
-    float w[256];
-    if (M > 256) return fb_set_error(FB_ERR_ARG, "method %s: more than 256 models", s->name);
-    for (int i = 0; i < M; i++) {
-        float *t = tv + (size_t)i * (size_t)n;
-        const float *x = c->models[i];
-        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
-        fb_status st = fb_mk_sparsify(s->k.sparsify, t, c->tensor, fb_mk_at(&s->density, i),
-                                      fb_mk_at(&s->gamma, i), fb_mk_at(&s->epsilon, i),
-                                      s->rescale, fb_rng_key(s->seed, c->tensor->name, (uint64_t)i),
-                                      keys);
-        if (st) return st;
-        w[i] = (float)fb_mk_at(&s->weight, i);
-        for (int64_t j = 0; j < n; j++) t[j] *= w[i];
-    }
     float wsum = 0.0f;
     for (int i = 0; i < M; i++) wsum += w[i];
     if (fabsf(wsum) < 1e-8f) wsum = 1.0f;
@@ -172,10 +185,306 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
         if (lambda != 1.0f) mixed *= lambda;
         c->out[j] = c->base[j] + mixed;
     }
+}
+
+/* DELLA: ranks along rows, so the whole tensor at once. */
+static fb_status merge_whole(const void *p, const fb_merge_chunk *c)
+{
+    const state *s = p;
+    const int64_t n = c->count;
+    const int M = c->num_models;
+    float *tv = c->scratch;
+    uint32_t *keys = (uint32_t *)(void *)(c->scratch + (size_t)M * (size_t)n);
+    float w[256];
+    if (M > 256) return fb_set_error(FB_ERR_ARG, "method %s: more than 256 models", s->name);
+    for (int i = 0; i < M; i++) {
+        float *t = tv + (size_t)i * (size_t)n;
+        const float *x = c->models[i];
+        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
+        fb_status st = fb_mk_sparsify(s->k.sparsify, t, c->tensor, fb_mk_at(&s->density, i),
+                                      fb_mk_at(&s->gamma, i), fb_mk_at(&s->epsilon, i),
+                                      s->rescale, fb_rng_key(s->seed, c->tensor->name, (uint64_t)i),
+                                      keys);
+        if (st) return st;
+        w[i] = (float)fb_mk_at(&s->weight, i);
+        for (int64_t j = 0; j < n; j++) t[j] *= w[i];
+    }
+    combine(s, tv, w, c);
     return FB_OK;
 }
 
-#define GTA(ident, mkname, sp, cons, prm, text)                                            \
+/* ------------------------------------------------------ chunked: the tensor passes -- */
+
+enum { PASS_NORMS, PASS_BUCKETS, PASS_TIES, PASS_AFTER, NUM_PASSES };
+enum { BINS = 1 << 16 };
+
+static slot_head *slot_of(void *slot, int model) { return (slot_head *)slot + model; }
+
+static size_t tensor_slot_bytes(const void *p)
+{
+    const state *s = p;
+    return (size_t)(s->num_models ? s->num_models : 1) * sizeof(slot_head);
+}
+
+static size_t tensor_acc_bytes(const void *p)
+{
+    const state *s = p;
+    return (size_t)(s->num_models ? s->num_models : 1) * 2 * BINS * sizeof(int64_t);
+}
+
+static int any_select(const state *s)
+{
+    for (int i = 0; i < s->num_models; i++)
+        if (s->sel[i].select) return 1;
+    return 0;
+}
+
+/* Pass 0 always runs (it also decides the selections); the others when a model selects. */
+static int tensor_pass_needed(const void *p, int pass)
+{
+    const state *s = p;
+    if (s->k.sparsify == FB_MK_NONE) return 0;
+    if (pass == PASS_NORMS) return 1;
+    if (!any_select(s)) return 0;
+    return pass != PASS_AFTER || s->rescale;
+}
+
+static uint32_t abs_key(float x) { return fb_mk_float_key(fabsf(x)); }
+
+/* Whether entry j (key k) of model i's task vector is kept; t0/t1 count the ties seen. */
+static int kept(const state *s, int i, const fb_merge_chunk *c, int64_t j, float tau,
+                int64_t *t0, int64_t *t1)
+{
+    const sel *q = &s->sel[i];
+    if (s->k.sparsify == FB_MK_RANDOM)
+        return fb_mk_at(&s->density, i) >= 1.0 ||
+               fb_rng_uniform(fb_rng_key(s->seed, c->tensor->name, (uint64_t)i),
+                              (uint64_t)(c->begin + j)) < (float)fb_mk_at(&s->density, i);
+    if (!q->select) return 1;
+    if (q->none) return 0;
+    const uint32_t k = abs_key(tau);
+    if (s->k.sparsify == FB_MK_MAGNITUDE) {
+        if (k > q->v[0]) return 1;
+        return k == q->v[0] && (*t0)++ < q->ties;
+    }
+    if (k > q->v[0] && k < q->v[1]) return 1;
+    int64_t rank;
+    if (k == q->v[0]) rank = q->less[0] + (*t0)++;
+    else if (k == q->v[1]) rank = q->less[1] + (*t1)++;
+    else return 0;
+    return rank >= q->lo && rank < q->hi;
+}
+
+static fb_status tensor_prepare(const void *p, int pass, const fb_merge_chunk *c, void *accp)
+{
+    const state *s = p;
+    int64_t *acc = accp;
+    const int64_t n = c->count;
+    for (int i = 0; i < c->num_models; i++) {
+        const sel *q = &s->sel[i];
+        const float *x = c->models[i];
+        slot_head *h = slot_of(c->slot, i);
+        int64_t *hist = acc + (size_t)i * 2 * BINS;
+        if (pass == PASS_NORMS) {
+            const int random = s->k.sparsify == FB_MK_RANDOM;
+            double before = 0.0, after = 0.0;
+            int64_t t0 = 0, t1 = 0;
+            for (int64_t j = 0; j < n; j++) {
+                const float tau = x[j] - c->base[j];
+                before += fabs((double)tau);
+                if (random && kept(s, i, c, j, tau, &t0, &t1)) after += fabs((double)tau);
+                if (q->select) hist[abs_key(tau) >> 16]++;
+            }
+            h->l1[0] = before;
+            h->l1[1] = after;
+        } else if (pass == PASS_BUCKETS && q->select && !q->none) {
+            for (int64_t j = 0; j < n; j++) {
+                const uint32_t k = abs_key(x[j] - c->base[j]);
+                for (int t = 0; t < q->nt; t++)
+                    if ((k >> 16) == q->bucket[t]) hist[(size_t)t * BINS + (k & 0xFFFF)]++;
+            }
+        } else if (pass == PASS_TIES && q->select && !q->none) {
+            for (int64_t j = 0; j < n; j++) {
+                const uint32_t k = abs_key(x[j] - c->base[j]);
+                h->eq[0] += k == q->v[0];
+                h->eq[1] += q->nt > 1 && k == q->v[1];
+            }
+        } else if (pass == PASS_AFTER && q->select) {
+            double after = 0.0;
+            int64_t t0 = h->eq[0], t1 = h->eq[1]; /* ties in earlier chunks */
+            for (int64_t j = 0; j < n; j++) {
+                const float tau = x[j] - c->base[j];
+                if (kept(s, i, c, j, tau, &t0, &t1)) after += fabs((double)tau);
+            }
+            h->l1[1] = after;
+        }
+    }
+    return FB_OK;
+}
+
+/* Which models keep entries by rank in this tensor, and which ranks decide. */
+static fb_status tensor_begin(void *p, const fb_tensor *T)
+{
+    state *s = p;
+    const int64_t n = T->numel;
+    for (int i = 0; i < s->num_models; i++) {
+        sel *q = &s->sel[i];
+        const double d = fb_mk_at(&s->density, i);
+        *q = (sel){.scale = 1.0f};
+        if (s->k.sparsify == FB_MK_NONE || s->k.sparsify == FB_MK_RANDOM || d >= 1.0) continue;
+        q->select = 1;
+        if (s->k.sparsify == FB_MK_MAGNITUDE) {
+            int64_t k = (int64_t)(d * (double)n);
+            if (k <= 0)
+                return fb_set_error(FB_ERR_ARG, "density %g keeps none of its %lld entries "
+                                                "(mergekit refuses this too)",
+                                    d, (long long)n);
+            if (k >= n) {
+                q->select = 0;
+                continue;
+            }
+            q->nt = 1;
+            q->rank[0] = n - k;
+            q->ties = k; /* minus the entries above the threshold, after pass 1 */
+        } else {
+            int64_t target = (int64_t)(d * (double)n);
+            int64_t top = (int64_t)(fb_mk_at(&s->gamma, i) * (double)n);
+            int64_t bot = n - target - top;
+            if (bot < 0) top += bot, bot = 0;
+            q->lo = bot;
+            q->hi = n - top;
+            if (q->lo >= q->hi) {
+                q->none = 1;
+                continue;
+            }
+            q->nt = 2;
+            q->rank[0] = q->lo;
+            q->rank[1] = q->hi - 1;
+        }
+    }
+    return FB_OK;
+}
+
+static fb_status tensor_finish(void *p, int pass, const fb_tensor *T, void *const *accs,
+                               int num_accs, void *slots, int64_t num_chunks)
+{
+    state *s = p;
+    const int M = s->num_models;
+    const size_t stride = tensor_slot_bytes(s);
+    const int64_t n = T->numel;
+    for (int i = 0; i < M; i++) {
+        sel *q = &s->sel[i];
+        if (pass == PASS_NORMS) {
+            /* the L1 norms in chunk order, and the selections this tensor needs */
+            double before = 0.0, after = 0.0;
+            for (int64_t c = 0; c < num_chunks; c++) {
+                const slot_head *h = slot_of((uint8_t *)slots + (size_t)c * stride, i);
+                before += h->l1[0];
+                after += h->l1[1];
+            }
+            if (s->k.sparsify == FB_MK_RANDOM) {
+                if (s->rescale && fb_mk_at(&s->density, i) < 1.0 && before >= 1e-7 && after >= 1e-7)
+                    q->scale = (float)(before / after);
+                continue;
+            }
+            if (!q->select || q->none) continue;
+            /* the buckets of the target ranks, from the top-16-bit histogram */
+            for (int t = 0; t < q->nt; t++) {
+                int64_t r = q->rank[t], below = 0;
+                uint32_t b = 0;
+                for (;; b++) {
+                    if (b == BINS) return fb_set_error(FB_ERR_INTERNAL, "rank %lld past the "
+                                                       "histogram", (long long)q->rank[t]);
+                    int64_t cnt = 0;
+                    for (int a = 0; a < num_accs; a++) cnt += ((const int64_t *)accs[a])[(size_t)i * 2 * BINS + b];
+                    if (r < cnt) break;
+                    r -= cnt;
+                    below += cnt;
+                }
+                q->bucket[t] = b;
+                q->below[t] = below;
+                q->rank[t] = r; /* now the rank within the bucket */
+            }
+        } else if (pass == PASS_BUCKETS && q->select && !q->none) {
+            for (int t = 0; t < q->nt; t++) {
+                int64_t r = q->rank[t], less = q->below[t], eq = 0;
+                uint32_t lo = 0;
+                for (;; lo++) {
+                    if (lo == BINS) return fb_set_error(FB_ERR_INTERNAL, "rank %lld past the "
+                                                        "histogram", (long long)q->rank[t]);
+                    int64_t cnt = 0;
+                    for (int a = 0; a < num_accs; a++)
+                        cnt += ((const int64_t *)accs[a])[(size_t)i * 2 * BINS + (size_t)t * BINS + lo];
+                    if (r < cnt) {
+                        eq = cnt;
+                        break;
+                    }
+                    r -= cnt;
+                    less += cnt;
+                }
+                q->v[t] = q->bucket[t] << 16 | lo;
+                q->less[t] = less;
+                if (t == 0 && s->k.sparsify == FB_MK_MAGNITUDE)
+                    q->ties = q->ties - (n - less - eq); /* k minus the entries above v */
+            }
+        } else if (pass == PASS_TIES && q->select && !q->none) {
+            int64_t run[2] = {0, 0}; /* exclusive prefix sums: ties before each chunk */
+            for (int64_t c = 0; c < num_chunks; c++) {
+                slot_head *h = slot_of((uint8_t *)slots + (size_t)c * stride, i);
+                for (int t = 0; t < 2; t++) {
+                    int64_t here = h->eq[t];
+                    h->eq[t] = run[t];
+                    run[t] += here;
+                }
+            }
+        } else if (pass == PASS_AFTER && q->select) {
+            double before = 0.0, after = 0.0;
+            for (int64_t c = 0; c < num_chunks; c++) {
+                const slot_head *h = slot_of((uint8_t *)slots + (size_t)c * stride, i);
+                before += h->l1[0];
+                after += h->l1[1];
+            }
+            if (before >= 1e-7 && after >= 1e-7) q->scale = (float)(before / after);
+        }
+    }
+    return FB_OK;
+}
+
+static int chunk_scratch(const void *p)
+{
+    const state *s = p;
+    return s->num_models;
+}
+
+static fb_status merge_chunk(const void *p, const fb_merge_chunk *c)
+{
+    const state *s = p;
+    const int64_t n = c->count;
+    const int M = c->num_models;
+    float *tv = c->scratch, w[256];
+    for (int i = 0; i < M; i++) {
+        float *t = tv + (size_t)i * (size_t)n;
+        const float *x = c->models[i];
+        const sel *q = &s->sel[i];
+        w[i] = (float)fb_mk_at(&s->weight, i);
+        const int sparse = s->k.sparsify != FB_MK_NONE &&
+                           (q->select || (s->k.sparsify == FB_MK_RANDOM && fb_mk_at(&s->density, i) < 1.0));
+        const slot_head *h = c->slot ? slot_of(c->slot, i) : NULL;
+        int64_t t0 = h ? h->eq[0] : 0, t1 = h ? h->eq[1] : 0;
+        for (int64_t j = 0; j < n; j++) {
+            float tau = x[j] - c->base[j];
+            if (sparse) {
+                tau = kept(s, i, c, j, tau, &t0, &t1) ? tau : 0.0f;
+                if (s->rescale) tau *= q->scale;
+            }
+            t[j] = tau * w[i];
+        }
+    }
+    combine(s, tv, w, c);
+    return FB_OK;
+}
+
+#define GTA_OPS(ident, mkname, prm, text, sp, cons)                                        \
     static fb_status create_##ident(const fb_config *p, void **out)                        \
     {                                                                                      \
         return create_kind(p, out, "mergekit_" mkname, (kind){sp, cons});                  \
@@ -186,13 +495,21 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
         .summary = text,                                                                   \
         .params = prm,                                                                     \
         .needs_base = 1,                                                                   \
-        .scratch_per_element = scratch,                                                    \
-        .whole_tensor = 1,                                                                 \
+        .scratch_per_element = (sp) == FB_MK_DELLA ? scratch : chunk_scratch,              \
+        .whole_tensor = (sp) == FB_MK_DELLA,                                               \
+        .tensor_passes = (sp) == FB_MK_DELLA ? 0 : NUM_PASSES,                             \
+        .tensor_begin = tensor_begin,                                                      \
+        .tensor_pass_needed = tensor_pass_needed,                                          \
+        .tensor_acc_bytes = tensor_acc_bytes,                                              \
+        .tensor_slot_bytes = tensor_slot_bytes,                                            \
+        .tensor_prepare = tensor_prepare,                                                  \
+        .tensor_finish = tensor_finish,                                                    \
         .create = create_##ident,                                                          \
         .setup = setup,                                                                    \
-        .merge = merge,                                                                    \
+        .merge = (sp) == FB_MK_DELLA ? merge_whole : merge_chunk,                          \
         .destroy = destroy,                                                                \
     };
+#define GTA(ident, mkname, sp, cons, prm, text) GTA_OPS(ident, mkname, prm, text, sp, cons)
 
 GTA(task_arithmetic, "task_arithmetic", FB_MK_NONE, 0, params_ta,
     "mergekit's task_arithmetic: base + sum of weighted task vectors")

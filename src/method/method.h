@@ -39,6 +39,8 @@ typedef struct fb_merge_chunk {
     void *acc;                  /* methods with merge_bytes: this thread's merge accumulator */
     float *out_alt;             /* with merge_alternative: the chunk of the alternative output */
     struct fb_fixups *fixups;   /* methods with merge_finish: see fb_merge_fixup */
+    int64_t chunk_index;        /* begin / FB_MERGE_CHUNK */
+    void *slot;                 /* methods with tensor_passes: this chunk's slot */
 } fb_merge_chunk;
 
 /* Number of values a fixup carries (one per outcome the method decides after the merge), and
@@ -116,6 +118,24 @@ typedef struct fb_method_ops {
      * called), 1 visits every chunk, S > 1 a sample: chunks 0, S, 2S, ... of every tensor.
      * Asked just before the pass, so it may depend on what earlier passes found. */
     int (*prepare_stride)(const void *state, int pass);
+    /* Statistics of each tensor (mergekit's per-tensor top-k and L1 norms) for methods that
+     * merge in chunks: before a tensor is merged, tensor_passes passes over its chunks (pass p
+     * skipped when tensor_pass_needed says 0). In each, tensor_prepare adds the chunk into its
+     * thread's zeroed buffer of tensor_acc_bytes (order-free integer counts) and into
+     * chunk.slot, the chunk's own slot of tensor_slot_bytes (zeroed before the first pass; for
+     * sums that must add up in chunk order); tensor_finish then gets the buffers in thread
+     * order and the slots in chunk order, and stores in the state what merge needs (it may
+     * rewrite the slots, which later passes and the merge see in chunk.slot). Tensors are
+     * merged one after another, so a state shared by several tensors holds the current one's. */
+    int tensor_passes;
+    fb_status (*tensor_begin)(void *state, const fb_tensor *tensor); /* before its passes */
+    int (*tensor_pass_needed)(const void *state, int pass);
+    size_t (*tensor_acc_bytes)(const void *state);
+    size_t (*tensor_slot_bytes)(const void *state);
+    fb_status (*tensor_prepare)(const void *state, int pass, const fb_merge_chunk *chunk,
+                                void *acc);
+    fb_status (*tensor_finish)(void *state, int pass, const fb_tensor *tensor, void *const *accs,
+                               int num_accs, void *slots, int64_t num_chunks);
     /* Decisions that need the whole merge (TIES's majority sign): merge accumulates into
      * chunk.acc (merge_bytes per thread, zeroed) and records the elements whose value depends
      * on the decision with fb_merge_fixup; merge_finish gets the accumulators in thread order,

@@ -10,20 +10,22 @@ import json
 H, I, V, L = 16, 24, 40, 4
 
 
-def layer_names(i):
-    p = f"model.layers.{i}."
-    return {p + "self_attn.q_proj.weight": (H, H), p + "self_attn.k_proj.weight": (H, H),
-            p + "self_attn.v_proj.weight": (H, H), p + "self_attn.o_proj.weight": (H, H),
-            p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
-            p + "mlp.down_proj.weight": (H, I), p + "input_layernorm.weight": (H,),
-            p + "post_attention_layernorm.weight": (H,)}
+def llama_shapes(H, I, V, L):
+    """A Llama state dict's names and shapes: embeddings, L layers, final norm, lm_head."""
+    shapes = {"model.embed_tokens.weight": (V, H)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (H, H), p + "self_attn.k_proj.weight": (H, H),
+                       p + "self_attn.v_proj.weight": (H, H), p + "self_attn.o_proj.weight": (H, H),
+                       p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
+                       p + "mlp.down_proj.weight": (H, I), p + "input_layernorm.weight": (H,),
+                       p + "post_attention_layernorm.weight": (H,)})
+    shapes["model.norm.weight"] = (H,)
+    shapes["lm_head.weight"] = (V, H)
+    return shapes
 
 
-SHAPES = {"model.embed_tokens.weight": (V, H)}
-for _i in range(L):
-    SHAPES.update(layer_names(_i))
-SHAPES["model.norm.weight"] = (H,)
-SHAPES["lm_head.weight"] = (V, H)
+SHAPES = llama_shapes(H, I, V, L)
 
 
 def read_config(path):
@@ -93,6 +95,11 @@ BASE_SEPARATE = {"slerp", "nuslerp", "multislerp", "model_stock", "arcee_fusion"
 def plan(cfg, pool):
     """[(out_name, [(model, in_name, tensor params)], global params, base_index)]"""
     method = cfg["merge_method"]
+    names = list(pool["base"])
+    L = 1 + max(layer_of(n)[0] for n in names if layer_of(n)[0] is not None)
+
+    def layer_names(i):
+        return [n for n in names if layer_of(n)[0] == i]
     base = cfg.get("base_model")
     top = cfg.get("parameters") or {}
     if "models" in cfg:
@@ -139,13 +146,13 @@ def plan(cfg, pool):
     res = []
     if identity:
         sl = slices[0]
-        for n in SHAPES:
+        for n in names:
             li, _ = layer_of(n)
             t = 0.0 if li is None else li / (L - 1)
             res.append(entry(sl, n, [n] * len(sl["sources"]), t))
         return res
-    pre = [n for n in SHAPES if layer_of(n)[0] is None and "embed" in n]
-    post = [n for n in SHAPES if layer_of(n)[0] is None and "embed" not in n]
+    pre = [n for n in names if layer_of(n)[0] is None and "embed" in n]
+    post = [n for n in names if layer_of(n)[0] is None and "embed" not in n]
     for n in pre:
         res.append(entry(slices[0], n, [n] * len(slices[0]["sources"]), 0.0))
     out_layer = 0

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import methods_ref as R  # noqa: E402
 from mergekit_plan import (BASE_SEPARATE, GLOBAL, GTA, L, SHAPES, TENSOR, H, I, V,  # noqa: E402,F401
-                           layer_names, plan)
+                           llama_shapes, plan)
 import st  # noqa: E402
 
 OUT = os.path.join(sys.argv[1], "mergekit")
@@ -29,21 +29,28 @@ os.makedirs(OUT, exist_ok=True)
 torch.manual_seed(1234)
 
 MODELS = ["base", "a", "b", "c"]
-BASE = {n: torch.randn(s) * 0.1 for n, s in SHAPES.items()}
-POOL32 = {"base": BASE}
-for k, m in enumerate(MODELS[1:]):
-    POOL32[m] = {n: t + torch.randn(t.shape) * 0.02 * (k + 1) for n, t in BASE.items()}
+def make_pool32(shapes, steps=None):
+    base = {n: torch.randn(s) * 0.1 for n, s in shapes.items()}
+    pool = {"base": base}
+    for k, m in enumerate(MODELS[1:]):
+        pool[m] = {n: t + torch.randn(t.shape) * 0.02 * (k + 1) for n, t in base.items()}
+    return pool
 
 
-def write_pool(folder, dtype):
+MODELS = ["base", "a", "b", "c"]
+POOL32 = make_pool32(SHAPES)
+
+
+def write_pool(folder, dtype, pool32=None, dims=(H, I, V, L)):
+    pool32 = pool32 or POOL32
     pool = {}
     for m in MODELS:
         d = os.path.join(OUT, folder, m)
         os.makedirs(d, exist_ok=True)
-        tensors = {n: t.to(dtype) for n, t in POOL32[m].items()}
+        tensors = {n: t.to(dtype) for n, t in pool32[m].items()}
         st.save(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
-        cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
-               "intermediate_size": I, "num_hidden_layers": L, "vocab_size": V,
+        cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": dims[0],
+               "intermediate_size": dims[1], "num_hidden_layers": dims[3], "vocab_size": dims[2],
                "torch_dtype": "float32" if dtype == torch.float32 else "bfloat16"}
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
@@ -57,6 +64,9 @@ def write_pool(folder, dtype):
 
 
 POOLS = {"f32": write_pool("f32", torch.float32), "bf16": write_pool("bf16", torch.bfloat16)}
+# tensors of several 16384-element chunks, in bf16 (many equal magnitudes: ties at the cuts)
+BIG = (128, 320, 300, 2)
+POOLS["big"] = write_pool("big", torch.bfloat16, make_pool32(llama_shapes(*BIG)), BIG)
 
 # ---------------------------------------------------------------------- the methods --
 
@@ -74,7 +84,7 @@ def sparsify(kind, x, name, k, density, gamma, eps, rescale, seed):
     flat = x.reshape(-1)
     if kind == "magnitude":
         kk = int(density * n)
-        order = sorted(range(n), key=lambda j: (-abs(flat[j].item()), j))
+        order = torch.sort(flat.abs(), descending=True, stable=True).indices  # ties: lower index first
         mask = torch.zeros(n)
         mask[order[:kk]] = 1
     elif kind == "random":
@@ -86,7 +96,7 @@ def sparsify(kind, x, name, k, density, gamma, eps, rescale, seed):
         if bot < 0:
             top += bot
             bot = 0
-        order = sorted(range(n), key=lambda j: (abs(flat[j].item()), j))
+        order = torch.sort(flat.abs(), stable=True).indices
         mask = torch.zeros(n)
         mask[order[bot:n - top]] = 1  # FusionBench-C: top == 0 drops nothing (docs/mergekit.md)
     elif kind == "della":
@@ -430,6 +440,14 @@ case("slices_precedence", {
                             {"model": "a", "layer_range": [2, 4]},
                             {"model": "b", "layer_range": [0, 2], "parameters": {"weight": [{"filter": "mlp", "value": 2.0}]}}]}],
     "merge_method": "task_arithmetic", "base_model": "base", "parameters": {"weight": 0.3}})
+
+BIG_MODELS = [{"model": "a", "parameters": {"weight": 0.6, "density": 0.3}},
+              {"model": "b", "parameters": {"weight": 0.4, "density": [0.2, 0.7]}},
+              {"model": "c", "parameters": {"weight": 0.3, "density": 0.55}}]
+for m in ("ties", "breadcrumbs_ties", "dare_ties", "task_arithmetic"):
+    params = {"gamma": 0.02, "rescale": True} if "breadcrumbs" in m else {}
+    case(m + "_big", {"models": BIG_MODELS, "merge_method": m, "base_model": "base",
+                      "parameters": params}, pool="big", seed=3)
 
 # A PEFT LoRA adapter written here (PEFT's layout), applied to base as a merge input:
 # linear with weight 1 gives W + (alpha / r) B A (embeddings: + (alpha / r) (B A)^T).
