@@ -5,7 +5,7 @@
  *     bench_scale [--params 3e9] [--models 3] [--shard 2GB] [--dir build/bench-scale]
  *                 [--methods task_arithmetic,ties_merging,dare_ties_merging]
  *                 [--cli build/fusion_bench] [--out DIR] [--threads N] [--warm 0|1]
- *                 [--reps 1] [--torch /usr/bin/python3]
+ *                 [--reps 1] [--torch /usr/bin/python3] [--mergekit CHECKOUT]
  *
  * Inputs (made once and kept in --dir): _pretrained_ and --models fine-tuned checkpoints in
  * bf16 with the Llama-3.2-3B layout (hidden 3072, MLP 8192, 8 key/value heads of 128, vocab
@@ -32,6 +32,14 @@
  *   PyTorch          bench/scale_torch.py (with --torch PYTHON) doing what FusionBench does
  *                    (load every state dict, merge in memory, save) on the same files; it
  *                    declines to start when it would need more memory than is available
+ *
+ * Methods named mergekit:NAME (mergekit:ties, mergekit:dare_ties; with /SIZE, e.g.
+ * mergekit:ties/5GB, another output shard size) run `fusion_bench mergekit` on a mergekit
+ * configuration written beside the inputs (every model at weight 0.5, density 0.5, base
+ * _pretrained_); their bound is one disk read (the per-tensor passes re-read each tensor from
+ * the page cache). With --torch and --mergekit CHECKOUT, bench/mergekit_torch.py does the same
+ * the way mergekit does (tensor by tensor: load N tensors, stack, mask, sum, with mergekit's own
+ * code; output held until a shard is full).
  */
 #include <fusionbench.h>
 #include <omp.h>
@@ -217,13 +225,14 @@ int main(int argc, char **argv)
 {
     const char *dir = "build/bench-scale", *cli = "build/fusion_bench", *out = NULL;
     const char *methods = "task_arithmetic,ties_merging,dare_ties_merging", *python = NULL;
+    const char *mergekit = NULL;
     double params = 3e9;
     int n_models = 3, warm = -1, threads = omp_get_max_threads(), reps = 1;
     size_t shard = 2000000000;
     if (argc % 2 == 0) {
         fprintf(stderr, "usage: bench_scale [--params 3e9] [--models 3] [--shard 2GB] [--dir D] "
                         "[--methods a,b] [--cli PATH] [--out DIR] [--threads N] [--warm 0|1] "
-                        "[--reps N] [--torch PYTHON] (see bench/scale.c)\n");
+                        "[--reps N] [--torch PYTHON] [--mergekit CHECKOUT] (see bench/scale.c)\n");
         return 2;
     }
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -232,6 +241,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--out")) out = argv[i + 1];
         else if (!strcmp(argv[i], "--methods")) methods = argv[i + 1];
         else if (!strcmp(argv[i], "--torch")) python = argv[i + 1];
+        else if (!strcmp(argv[i], "--mergekit")) mergekit = argv[i + 1];
         else if (!strcmp(argv[i], "--params")) params = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--models")) n_models = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--warm")) warm = atoi(argv[i + 1]);
@@ -343,6 +353,27 @@ int main(int argc, char **argv)
     snprintf(list, sizeof list, "%s", methods);
     for (char *name = strtok(list, ","); name; name = strtok(NULL, ",")) {
         int passes = strstr(name, "ties") ? 2 : 1;
+        const int mk = !strncmp(name, "mergekit:", 9);
+        char mk_yaml[4400] = "", mk_shard[64];
+        snprintf(mk_shard, sizeof mk_shard, "%zu", shard);
+        if (mk) { /* mergekit's configuration for this method, beside the inputs */
+            char method_name[64];
+            snprintf(method_name, sizeof method_name, "%s", name + 9);
+            char *slash = strchr(method_name, '/');
+            if (slash) {
+                *slash = '\0';
+                snprintf(mk_shard, sizeof mk_shard, "%zu", parse_size(slash + 1));
+            }
+            snprintf(mk_yaml, sizeof mk_yaml, "%s/mergekit_%s.yml", dir, method_name);
+            FILE *mf = fopen(mk_yaml, "w");
+            if (!mf) die(mk_yaml);
+            fprintf(mf, "merge_method: %s\nbase_model: %s\nmodels:\n", method_name, names[0]);
+            for (int k = 1; k <= n_models; k++)
+                fprintf(mf, "  - model: %s\n    parameters: {weight: 0.5, density: 0.5}\n",
+                        names[k]);
+            fclose(mf);
+            passes = 1;
+        }
         for (int w = 0; w <= warm; w++) {
             double times[99], ratios[99];
             for (int rep = 0; rep < reps; rep++) {
@@ -356,6 +387,8 @@ int main(int argc, char **argv)
                 snprintf(shard_arg, sizeof shard_arg, "merged_model_max_shard_size=%zu", shard);
                 char *args[] = {(char *)cli, "--threads", th, method_arg, pool_arg, save_arg,
                                 shard_arg, report_arg, NULL};
+                char *mk_args[] = {(char *)cli, "mergekit", mk_yaml, out_dir, "--out-shard-size",
+                                   mk_shard, "--threads", th, "--report", report, NULL};
                 row r = {.write = t_write};
                 if (!w) { /* the disk as it is now, then the run from a cold cache */
                     bench_evict_files(paths, n_paths);
@@ -367,7 +400,7 @@ int main(int argc, char **argv)
                     bench_pread_files(paths, n_paths, &got);
                 }
                 snprintf(r.what, sizeof r.what, "%s, %s", name, w ? "inputs cached" : "inputs on disk");
-                r.seconds = bench_spawn(args);
+                r.seconds = bench_spawn(mk ? mk_args : args);
                 r.rss = bench_report_number(report, "peak_rss_bytes");
                 r.read = bench_report_number(report, "bytes_read");
                 r.written = bench_report_number(report, "bytes_written");
@@ -394,9 +427,17 @@ int main(int argc, char **argv)
         snprintf(list, sizeof list, "%s", methods);
         for (char *name = strtok(list, ","); name; name = strtok(NULL, ",")) {
             int passes = strstr(name, "ties") ? 2 : 1;
-            char script[] = "bench/scale_torch.py", torch_out[4400];
+            const int mk = !strncmp(name, "mergekit:", 9);
+            if (mk && (!mergekit || strchr(name, '/'))) continue; /* needs a checkout; once */
+            char script[] = "bench/scale_torch.py", mk_script[] = "bench/mergekit_torch.py";
+            char torch_out[4400], shard_text[64];
             snprintf(torch_out, sizeof torch_out, "%s-torch", out_dir);
+            snprintf(shard_text, sizeof shard_text, "%zu", shard);
             char *args[] = {(char *)python, script, name, pool_yaml, torch_out, report, NULL};
+            char *mk_args[] = {(char *)python, mk_script, name + 9, pool_yaml, torch_out, report,
+                               shard_text, (char *)mergekit, NULL};
+            char **cmd = mk ? mk_args : args;
+            if (mk) passes = 1;
             if (warm) {
                 got = 0;
                 bench_pread_files(paths, n_paths, &got);
@@ -408,7 +449,7 @@ int main(int argc, char **argv)
                      warm ? "inputs cached" : "inputs on disk");
             unlink(report);
             int code;
-            r.seconds = bench_spawn_status(args, NULL, &code);
+            r.seconds = bench_spawn_status(cmd, NULL, &code);
             if (code == 3) {
                 printf("| %-40s | not run: it would need more memory than this machine has (its "
                        "message above) | | | | | | | | |\n", r.what);

@@ -94,6 +94,23 @@ def ties(base, task_vectors, names, lam, k=0.2):
     return {n: (base[n].float() + lam * tv[n].float()).to(base[n].dtype) for n in names}
 
 
+def write_report(path, extra=None):
+    """The peak RSS (VmHWM) and /proc/self/io counters, as fusion_bench's report has them."""
+    rep = dict(extra or {})
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            rep["peak_rss_bytes"] = int(line.split()[1]) * 1024
+    io = {}
+    for line in open("/proc/self/io"):
+        k, v = line.split(":")
+        io[k] = int(v)
+    rep["io"] = {"bytes_read": io["rchar"], "bytes_written": io["wchar"],
+                 "storage_bytes_read": io["read_bytes"],
+                 "storage_bytes_written": io["write_bytes"]}
+    with open(path, "w") as f:
+        json.dump(rep, f, indent=1)
+
+
 def main():
     method, pool_yaml, out_dir, report = sys.argv[1:5]
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # Debian's torch starts with one
@@ -147,20 +164,7 @@ def main():
         weight_map.update({n: fname for n in sd})
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    rep = {}
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            rep["peak_rss_bytes"] = int(line.split()[1]) * 1024
-    io = {}
-    for line in open("/proc/self/io"):
-        k, v = line.split(":")
-        io[k] = int(v)
-    rep["io"] = {"bytes_read": io["rchar"], "bytes_written": io["wchar"],
-                 "storage_bytes_read": io["read_bytes"],
-                 "storage_bytes_written": io["write_bytes"]}
-    with open(report, "w") as f:
-        json.dump(rep, f, indent=1)
-
+    write_report(report)
 
 if __name__ == "__main__":
     main()

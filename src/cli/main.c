@@ -117,41 +117,6 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Peak resident memory of this process. VmHWM belongs to this address space, so unlike
- * getrusage's ru_maxrss it does not include a parent's memory when we were spawned with
- * vfork semantics (posix_spawn), which Linux carries across exec. */
-static long peak_rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
-    if (f) fclose(f);
-    if (kb < 0) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        kb = ru.ru_maxrss;
-    }
-    return kb * 1024L;
-}
-
-/* This process's I/O so far (/proc/self/io): read/write call bytes, and storage bytes. */
-static void io_counters(fb_run_report *r)
-{
-    r->io_read = r->io_written = r->storage_read = r->storage_written = -1;
-    FILE *f = fopen("/proc/self/io", "r");
-    char line[128];
-    long long v;
-    while (f && fgets(line, sizeof line, f)) {
-        if (sscanf(line, "rchar: %lld", &v) == 1) r->io_read = v;
-        else if (sscanf(line, "wchar: %lld", &v) == 1) r->io_written = v;
-        else if (sscanf(line, "read_bytes: %lld", &v) == 1) r->storage_read = v;
-        else if (sscanf(line, "write_bytes: %lld", &v) == 1) r->storage_written = v;
-    }
-    if (f) fclose(f);
-}
-
 static int file_exists(const char *path)
 {
     struct stat st;
@@ -846,11 +811,11 @@ static int run(cli *c)
         .total_seconds = t3 - t0,
         .results = results,
         .num_results = c->taskpool ? c->taskpool->set.num_tasks : 0,
-        .peak_rss_bytes = peak_rss_bytes(),
+        .peak_rss_bytes = fb_peak_rss_bytes(),
         .threads = fb_get_num_threads(),
     };
     memcpy(rep.slowest, prog.slowest, sizeof rep.slowest);
-    io_counters(&rep);
+    fb_io_counters(&rep);
     /* methods with per-model extras wrote them beside the output */
     char *xpath = NULL;
     fb_model *extras = NULL;

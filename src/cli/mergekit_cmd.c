@@ -8,8 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+#include <time.h>
+
 #include "fusionbench.h"
+#include "io/writer.h"
 #include "mergekit_cmd.h"
+#include "report.h"
 
 static void usage(FILE *f)
 {
@@ -24,6 +29,7 @@ static void usage(FILE *f)
             "  --random-seed N           seed of the random methods (dare_*, della*; default 0)\n"
             "  --intermediate-dir DIR    where named documents go (default OUT_DIR.intermediates)\n"
             "  --threads N               worker threads (default: all cores)\n"
+            "  --report PATH             write seconds, peak RSS and I/O as JSON to PATH\n"
             "  --dry-run                 validate, read every header, resolve every parameter;\n"
             "                            merge nothing\n");
 }
@@ -45,9 +51,39 @@ static int parse_size(const char *s, size_t *out)
     return *out ? 0 : -1;
 }
 
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The run's time, peak memory and I/O, as JSON. */
+static fb_status write_report(const char *path, double seconds)
+{
+    fb_run_report r = {0};
+    fb_io_counters(&r);
+    cJSON *root = cJSON_CreateObject(), *io = root ? cJSON_AddObjectToObject(root, "io") : NULL;
+    if (!io) {
+        cJSON_Delete(root);
+        return FB_ERR_NOMEM;
+    }
+    cJSON_AddNumberToObject(root, "seconds", seconds);
+    cJSON_AddNumberToObject(root, "peak_rss_bytes", (double)fb_peak_rss_bytes());
+    cJSON_AddNumberToObject(io, "bytes_read", (double)r.io_read);
+    cJSON_AddNumberToObject(io, "bytes_written", (double)r.io_written);
+    cJSON_AddNumberToObject(io, "storage_bytes_read", (double)r.storage_read);
+    cJSON_AddNumberToObject(io, "storage_bytes_written", (double)r.storage_written);
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    fb_status st = text ? fb_write_text_atomic(path, text) : FB_ERR_NOMEM;
+    cJSON_free(text);
+    return st;
+}
+
 int fb_mergekit_main(int argc, char **argv)
 {
-    const char *pos[2];
+    const char *pos[2], *report = NULL;
     int npos = 0;
     fb_mergekit_options o = {0};
     for (int i = 0; i < argc; i++) {
@@ -72,7 +108,8 @@ int fb_mergekit_main(int argc, char **argv)
             continue;
         }
         int known = !strcmp(name, "--out-shard-size") || !strcmp(name, "--random-seed") ||
-                    !strcmp(name, "--intermediate-dir") || !strcmp(name, "--threads");
+                    !strcmp(name, "--intermediate-dir") || !strcmp(name, "--threads") ||
+                    !strcmp(name, "--report");
         if (!known) {
             fprintf(stderr, "fusion_bench mergekit: error: unknown option %s (see --help)\n", name);
             return 2;
@@ -98,6 +135,8 @@ int fb_mergekit_main(int argc, char **argv)
             }
         } else if (!strcmp(name, "--intermediate-dir")) {
             o.intermediate_dir = v;
+        } else if (!strcmp(name, "--report")) {
+            report = v;
         } else if (!strcmp(name, "--threads")) {
             long n = strtol(v, &end, 10);
             if (*end || n < 1 || n > 4096) {
@@ -111,7 +150,9 @@ int fb_mergekit_main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    double t0 = seconds_now();
     fb_status st = fb_mergekit_run(pos[0], pos[1], &o);
+    if (!st && report) st = write_report(report, seconds_now() - t0);
     if (st) {
         fprintf(stderr, "fusion_bench mergekit: error: %s\n", fb_last_error());
         return st == FB_ERR_CONFIG || st == FB_ERR_ARG || st == FB_ERR_UNSUPPORTED ? 2 : 1;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -218,4 +219,39 @@ static fb_status write_json(cJSON *root, const char *path)
     fb_free(with_nl);
     cJSON_free(text);
     return st;
+}
+
+/* Peak resident memory of this process. VmHWM belongs to this address space, so unlike
+ * getrusage's ru_maxrss it does not include a parent's memory when we were spawned with
+ * vfork semantics (posix_spawn), which Linux carries across exec. */
+long fb_peak_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
+    if (f) fclose(f);
+    if (kb < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        kb = ru.ru_maxrss;
+    }
+    return kb * 1024L;
+}
+
+/* This process's I/O so far (/proc/self/io): read/write call bytes, and storage bytes. */
+void fb_io_counters(fb_run_report *r)
+{
+    r->io_read = r->io_written = r->storage_read = r->storage_written = -1;
+    FILE *f = fopen("/proc/self/io", "r");
+    char line[128];
+    long long v;
+    while (f && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "rchar: %lld", &v) == 1) r->io_read = v;
+        else if (sscanf(line, "wchar: %lld", &v) == 1) r->io_written = v;
+        else if (sscanf(line, "read_bytes: %lld", &v) == 1) r->storage_read = v;
+        else if (sscanf(line, "write_bytes: %lld", &v) == 1) r->storage_written = v;
+    }
+    if (f) fclose(f);
 }

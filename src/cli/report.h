@@ -46,4 +46,9 @@ fb_status fb_report_write(const fb_run_report *r, const char *path);
  * per task, and average, so scripts that collect FusionBench's reports read it. */
 fb_status fb_report_write_fusionbench(const fb_run_report *r, const char *path);
 
+/* This process's peak resident memory (VmHWM; getrusage where /proc is missing). */
+long fb_peak_rss_bytes(void);
+/* r's io_* counters from /proc/self/io (-1 where not available). */
+void fb_io_counters(fb_run_report *r);
+
 #endif

@@ -64,13 +64,6 @@ void fb_mk_list_free(fb_mk_list *l)
     l->n = 0;
 }
 
-uint32_t fb_mk_float_key(float x)
-{
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
 fb_status fb_mk_select(const uint32_t *keys, int64_t n, int64_t r, uint32_t *out)
 {
     enum { B = 1 << 16 };

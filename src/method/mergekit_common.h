@@ -10,6 +10,7 @@
 #define FB_METHOD_MERGEKIT_COMMON_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "method.h"
 
@@ -31,7 +32,20 @@ double fb_mk_at(const fb_mk_list *l, int model);
 void fb_mk_list_free(fb_mk_list *l);
 
 /* Order-preserving unsigned key of a float: a < b as floats iff key(a) < key(b). */
-uint32_t fb_mk_float_key(float x);
+static inline uint32_t fb_mk_float_key(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+/* The key of |x| (what magnitude selections order by). */
+static inline uint32_t fb_mk_abs_key(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return b | 0x80000000u; /* |x| has the sign bit clear; setting it keeps the order */
+}
 /* *out = the value at ascending rank r (0-based) of keys[0..n). */
 fb_status fb_mk_select(const uint32_t *keys, int64_t n, int64_t r, uint32_t *out);
 

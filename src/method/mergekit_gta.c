@@ -152,38 +152,50 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 static int scratch(const void *p)
 {
     const state *s = p;
-    return s->num_models + 1; /* the task vectors, then the selection keys */
+    return s->num_models + 2; /* the task vectors, then the keys and combine's sums */
 }
 
-/* The element-wise end of the merge: v_i = w_i tau_i in tv (M x n, model-major), combined. */
+/* The element-wise end of the merge: v_i = w_i tau_i in tv (M x n, model-major, then two
+ * rows of scratch), combined. Loops run over entries inside models, so they vectorise; each
+ * entry still sums the models in pool order. */
 static void combine(const state *s, const float *tv, const float *w, const fb_merge_chunk *c)
 {
     const int64_t n = c->count;
     const int M = c->num_models;
+    float *sum = (float *)tv + (size_t)M * (size_t)n, *div = sum + n, *mixed = c->out;
     float wsum = 0.0f;
     for (int i = 0; i < M; i++) wsum += w[i];
     if (fabsf(wsum) < 1e-8f) wsum = 1.0f;
+    for (int64_t j = 0; j < n; j++) mixed[j] = 0.0f;
+    if (s->k.consensus) {
+        for (int64_t j = 0; j < n; j++) sum[j] = 0.0f, div[j] = 0.0f;
+        for (int i = 0; i < M; i++) {
+            const float *v = tv + (size_t)i * (size_t)n;
+            for (int64_t j = 0; j < n; j++) sum[j] += v[j];
+        }
+        for (int i = 0; i < M; i++) {
+            const float *v = tv + (size_t)i * (size_t)n;
+            const float wi = w[i];
+            for (int64_t j = 0; j < n; j++) {
+                /* sign(v) == the majority sign (+1 when the sum is >= 0): zeros never agree */
+                const int agree = sum[j] >= 0.0f ? v[j] > 0.0f : v[j] < 0.0f;
+                mixed[j] += agree ? v[j] : 0.0f;
+                div[j] += agree ? wi : 0.0f;
+            }
+        }
+        for (int64_t j = 0; j < n; j++) div[j] = div[j] == 0.0f ? 1.0f : div[j];
+    } else {
+        for (int i = 0; i < M; i++) {
+            const float *v = tv + (size_t)i * (size_t)n;
+            for (int64_t j = 0; j < n; j++) mixed[j] += v[j];
+        }
+    }
     const float lambda = (float)s->lambda;
     for (int64_t j = 0; j < n; j++) {
-        float mixed = 0.0f, div;
-        if (s->k.consensus) {
-            float sum = 0.0f;
-            for (int i = 0; i < M; i++) sum += tv[(size_t)i * (size_t)n + (size_t)j];
-            const int major = sum >= 0.0f ? 1 : -1;
-            div = 0.0f;
-            for (int i = 0; i < M; i++) {
-                float v = tv[(size_t)i * (size_t)n + (size_t)j];
-                int sg = (v > 0.0f) - (v < 0.0f);
-                if (sg == major) mixed += v, div += w[i];
-            }
-            if (div == 0.0f) div = 1.0f;
-        } else {
-            for (int i = 0; i < M; i++) mixed += tv[(size_t)i * (size_t)n + (size_t)j];
-            div = wsum;
-        }
-        if (s->normalize) mixed /= div;
-        if (lambda != 1.0f) mixed *= lambda;
-        c->out[j] = c->base[j] + mixed;
+        float m = mixed[j];
+        if (s->normalize) m /= s->k.consensus ? div[j] : wsum;
+        if (lambda != 1.0f) m *= lambda;
+        c->out[j] = c->base[j] + m;
     }
 }
 
@@ -249,23 +261,17 @@ static int tensor_pass_needed(const void *p, int pass)
     return pass != PASS_AFTER || s->rescale;
 }
 
-static uint32_t abs_key(float x) { return fb_mk_float_key(fabsf(x)); }
+#define abs_key fb_mk_abs_key
 
-/* Whether entry j (key k) of model i's task vector is kept; t0/t1 count the ties seen. */
-static int kept(const state *s, int i, const fb_merge_chunk *c, int64_t j, float tau,
-                int64_t *t0, int64_t *t1)
+/* Whether entry j of model i's task vector (tau) is kept, for the rank selections; t0/t1
+ * count the ties at each threshold seen so far. */
+static inline int kept_by_rank(const sel *q, int magnitude, float tau, int64_t *t0, int64_t *t1)
 {
-    const sel *q = &s->sel[i];
-    if (s->k.sparsify == FB_MK_RANDOM)
-        return fb_mk_at(&s->density, i) >= 1.0 ||
-               fb_rng_uniform(fb_rng_key(s->seed, c->tensor->name, (uint64_t)i),
-                              (uint64_t)(c->begin + j)) < (float)fb_mk_at(&s->density, i);
-    if (!q->select) return 1;
     if (q->none) return 0;
     const uint32_t k = abs_key(tau);
-    if (s->k.sparsify == FB_MK_MAGNITUDE) {
-        if (k > q->v[0]) return 1;
-        return k == q->v[0] && (*t0)++ < q->ties;
+    if (magnitude) {
+        if (k != q->v[0]) return k > q->v[0];
+        return (*t0)++ < q->ties;
     }
     if (k > q->v[0] && k < q->v[1]) return 1;
     int64_t rank;
@@ -275,47 +281,97 @@ static int kept(const state *s, int i, const fb_merge_chunk *c, int64_t j, float
     return rank >= q->lo && rank < q->hi;
 }
 
+/* Zeroes the entries of model i's task vector t (chunk c) that its sparsification drops, and
+ * applies the rescale. */
+static void sparsify_chunk(const state *s, int i, const fb_merge_chunk *c, float *t)
+{
+    const sel *q = &s->sel[i];
+    const int64_t n = c->count;
+    const double d = fb_mk_at(&s->density, i);
+    if (s->k.sparsify == FB_MK_RANDOM) {
+        if (d >= 1.0) return;
+        const uint64_t key = fb_rng_key(s->seed, c->tensor->name, (uint64_t)i);
+        const float p = (float)d;
+        for (int64_t j = 0; j < n; j++)
+            t[j] = fb_rng_uniform(key, (uint64_t)(c->begin + j)) < p ? t[j] : 0.0f;
+    } else if (q->select) {
+        const slot_head *h = slot_of(c->slot, i);
+        int64_t t0 = h->eq[0], t1 = h->eq[1]; /* ties in earlier chunks */
+        const int magnitude = s->k.sparsify == FB_MK_MAGNITUDE;
+        const uint32_t a = q->v[0], b = magnitude ? 0xFFFFFFFFu : q->v[1];
+        if (q->none) {
+            for (int64_t j = 0; j < n; j++) t[j] = 0.0f;
+        } else {
+            /* entries strictly between the thresholds are kept (a loop that vectorises); the
+             * entries equal to one, rare, are then decided in order by the tie rule */
+            int64_t eq = 0;
+            for (int64_t j = 0; j < n; j++) {
+                const uint32_t k = abs_key(t[j]);
+                const int in = (k > a) & (magnitude | (k < b));
+                eq += (k == a) | (!magnitude & (k == b));
+                t[j] = in ? t[j] : 0.0f;
+            }
+            for (int64_t j = 0; eq && j < n; j++) {
+                const float tau = c->models[i][j] - c->base[j];
+                const uint32_t k = abs_key(tau);
+                if (k != a && (magnitude || k != b)) continue;
+                t[j] = kept_by_rank(q, magnitude, tau, &t0, &t1) ? tau : 0.0f;
+                eq--;
+            }
+        }
+    } else {
+        return;
+    }
+    if (s->rescale && q->scale != 1.0f)
+        for (int64_t j = 0; j < n; j++) t[j] *= q->scale;
+}
+
 static fb_status tensor_prepare(const void *p, int pass, const fb_merge_chunk *c, void *accp)
 {
     const state *s = p;
     int64_t *acc = accp;
     const int64_t n = c->count;
+    float *t = c->scratch; /* one task vector at a time */
     for (int i = 0; i < c->num_models; i++) {
         const sel *q = &s->sel[i];
         const float *x = c->models[i];
         slot_head *h = slot_of(c->slot, i);
         int64_t *hist = acc + (size_t)i * 2 * BINS;
+        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
         if (pass == PASS_NORMS) {
-            const int random = s->k.sparsify == FB_MK_RANDOM;
-            double before = 0.0, after = 0.0;
-            int64_t t0 = 0, t1 = 0;
-            for (int64_t j = 0; j < n; j++) {
-                const float tau = x[j] - c->base[j];
-                before += fabs((double)tau);
-                if (random && kept(s, i, c, j, tau, &t0, &t1)) after += fabs((double)tau);
-                if (q->select) hist[abs_key(tau) >> 16]++;
-            }
+            double before = 0.0;
+            for (int64_t j = 0; s->rescale && j < n; j++) before += fabs((double)t[j]);
             h->l1[0] = before;
-            h->l1[1] = after;
+            if (q->select)
+                for (int64_t j = 0; j < n; j++) hist[abs_key(t[j]) >> 16]++;
+            if (s->k.sparsify == FB_MK_RANDOM && s->rescale) {
+                sparsify_chunk(s, i, c, t); /* the drop only: scale is still 1 */
+                double after = 0.0;
+                for (int64_t j = 0; j < n; j++) after += fabs((double)t[j]);
+                h->l1[1] = after;
+            }
         } else if (pass == PASS_BUCKETS && q->select && !q->none) {
-            for (int64_t j = 0; j < n; j++) {
-                const uint32_t k = abs_key(x[j] - c->base[j]);
-                for (int t = 0; t < q->nt; t++)
-                    if ((k >> 16) == q->bucket[t]) hist[(size_t)t * BINS + (k & 0xFFFF)]++;
+            for (int tt = 0; tt < q->nt; tt++) {
+                int64_t *hl = hist + (size_t)tt * BINS;
+                const uint32_t b = q->bucket[tt];
+                for (int64_t j = 0; j < n; j++) {
+                    const uint32_t k = abs_key(t[j]);
+                    if ((k >> 16) == b) hl[k & 0xFFFF]++;
+                }
             }
         } else if (pass == PASS_TIES && q->select && !q->none) {
+            int64_t e0 = 0, e1 = 0;
             for (int64_t j = 0; j < n; j++) {
-                const uint32_t k = abs_key(x[j] - c->base[j]);
-                h->eq[0] += k == q->v[0];
-                h->eq[1] += q->nt > 1 && k == q->v[1];
+                const uint32_t k = abs_key(t[j]);
+                e0 += k == q->v[0];
+                e1 += k == q->v[1];
             }
+            h->eq[0] = e0;
+            h->eq[1] = q->nt > 1 ? e1 : 0;
         } else if (pass == PASS_AFTER && q->select) {
+            sparsify_chunk(s, i, c, t); /* scale is still 1 here */
             double after = 0.0;
-            int64_t t0 = h->eq[0], t1 = h->eq[1]; /* ties in earlier chunks */
-            for (int64_t j = 0; j < n; j++) {
-                const float tau = x[j] - c->base[j];
-                if (kept(s, i, c, j, tau, &t0, &t1)) after += fabs((double)tau);
-            }
+            for (int64_t j = 0; j < n; j++) after += fabs((double)t[j]);
             h->l1[1] = after;
         }
     }
@@ -453,7 +509,7 @@ static fb_status tensor_finish(void *p, int pass, const fb_tensor *T, void *cons
 static int chunk_scratch(const void *p)
 {
     const state *s = p;
-    return s->num_models;
+    return s->num_models + 2; /* the weighted task vectors, then combine's sums */
 }
 
 static fb_status merge_chunk(const void *p, const fb_merge_chunk *c)
@@ -465,20 +521,10 @@ static fb_status merge_chunk(const void *p, const fb_merge_chunk *c)
     for (int i = 0; i < M; i++) {
         float *t = tv + (size_t)i * (size_t)n;
         const float *x = c->models[i];
-        const sel *q = &s->sel[i];
         w[i] = (float)fb_mk_at(&s->weight, i);
-        const int sparse = s->k.sparsify != FB_MK_NONE &&
-                           (q->select || (s->k.sparsify == FB_MK_RANDOM && fb_mk_at(&s->density, i) < 1.0));
-        const slot_head *h = c->slot ? slot_of(c->slot, i) : NULL;
-        int64_t t0 = h ? h->eq[0] : 0, t1 = h ? h->eq[1] : 0;
-        for (int64_t j = 0; j < n; j++) {
-            float tau = x[j] - c->base[j];
-            if (sparse) {
-                tau = kept(s, i, c, j, tau, &t0, &t1) ? tau : 0.0f;
-                if (s->rescale) tau *= q->scale;
-            }
-            t[j] = tau * w[i];
-        }
+        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
+        if (s->k.sparsify != FB_MK_NONE) sparsify_chunk(s, i, c, t);
+        for (int64_t j = 0; j < n; j++) t[j] *= w[i];
     }
     combine(s, tv, w, c);
     return FB_OK;

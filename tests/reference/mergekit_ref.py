@@ -12,7 +12,6 @@ once to the output dtype), as FusionBench-C computes; random masks use the proje
 counter-based generator (methods_ref.rng_uniform) in place of torch.bernoulli.
 """
 import json
-import math
 import os
 import sys
 
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import methods_ref as R  # noqa: E402
-from mergekit_plan import (BASE_SEPARATE, GLOBAL, GTA, L, SHAPES, TENSOR, H, I, V,  # noqa: E402,F401
+from mergekit_plan import (BASE_SEPARATE, GTA, L, SHAPES, H, I, V,  # noqa: E402,F401
                            llama_shapes, plan)
 import st  # noqa: E402
 
