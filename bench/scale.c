@@ -468,7 +468,8 @@ int main(int argc, char **argv)
         }
     }
     printf("\nbound: passes x (disk read: the mean of the reads just before and after the run; or "
-           "page-cache read when cached); passes = 1 for task arithmetic, 2 for TIES; bound + "
+           "page-cache read when cached); passes = 1 for task arithmetic and the mergekit rows "
+           "(their per-tensor passes re-read a tensor from the page cache), 2 for TIES; bound + "
            "write adds writing the output once (the disk cannot always overlap them). Targets: "
            "peak RSS < 1 GB; within 1.5x of the bound\n");
     for (int i = 0; i < n_paths; i++) free(paths[i]);

@@ -1234,6 +1234,9 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
             else snprintf(path, sizeof path, "%s", out_dir);
             st = run_doc(&R, d, path);
             if (st && d->name && ndocs > 1) st = fb_error_prefix(st, "merge '%s'", d->name);
+            if (st && st != FB_ERR_INTERRUPTED &&
+                strncmp(fb_last_error(), config_path, strlen(config_path)) != 0)
+                st = fb_error_prefix(st, "%s", config_path); /* every message names the file */
             run_free(&R);
             d->done = 1;
             done++;

@@ -251,12 +251,16 @@ static int any_select(const state *s)
     return 0;
 }
 
-/* Pass 0 always runs (it also decides the selections); the others when a model selects. */
+/* The passes a tensor needs: DARE's L1 norms when it rescales; the selections' histograms,
+ * tie counts and (rescaling) norms when a model keeps entries by rank. */
 static int tensor_pass_needed(const void *p, int pass)
 {
     const state *s = p;
-    if (s->k.sparsify == FB_MK_NONE) return 0;
-    if (pass == PASS_NORMS) return 1;
+    if (s->k.sparsify == FB_MK_RANDOM) {
+        int dropping = 0;
+        for (int i = 0; i < s->num_models; i++) dropping |= fb_mk_at(&s->density, i) < 1.0;
+        return pass == PASS_NORMS && s->rescale && dropping; /* the L1 norms of the drop */
+    }
     if (!any_select(s)) return 0;
     return pass != PASS_AFTER || s->rescale;
 }
