@@ -1,7 +1,8 @@
 /*
- * mergekit_common.c: per-model parameters, exact selection and mergekit's sparsifications
- * (mergekit/sparsify.py: magnitude, bernoulli, magnitude_outliers, della_magprune, and
- * rescaled_masked_tensor with the L1 norm).
+ * mergekit_common.c: per-model parameters, exact selection over a whole tensor (SCE's top-k,
+ * arcee_fusion's quantiles) and DELLA's magprune (mergekit/sparsify.py's della_magprune, with
+ * rescaled_masked_tensor's L1 rescale). The other sparsifications run in chunks, with the
+ * per-tensor passes of mergekit_gta.c.
  *
  * Selection is a two-pass radix select on 32-bit order-preserving keys (16 high bits, then 16
  * low), so top-k over a tensor is O(n) rather than a sort. Where mergekit sorts and cuts, the
@@ -112,32 +113,6 @@ fb_status fb_mk_keep_topk(float *x, int64_t n, int64_t k, uint32_t *keys)
     return FB_OK;
 }
 
-/* Keeps the entries whose ascending rank of |x| is in [lo, hi). */
-static fb_status keep_ranks(float *x, int64_t n, int64_t lo, int64_t hi, uint32_t *keys)
-{
-    if (lo >= hi) {
-        memset(x, 0, (size_t)n * sizeof *x);
-        return FB_OK;
-    }
-    abs_keys(x, n, keys);
-    uint32_t a, b;
-    fb_status st = fb_mk_select(keys, n, lo, &a);
-    if (!st) st = fb_mk_select(keys, n, hi - 1, &b);
-    if (st) return st;
-    int64_t less_a = 0, less_b = 0, ta = 0, tb = 0;
-    for (int64_t j = 0; j < n; j++) less_a += keys[j] < a, less_b += keys[j] < b;
-    for (int64_t j = 0; j < n; j++) {
-        uint32_t k = keys[j];
-        int64_t rank;
-        if (k > a && k < b) continue;
-        if (k == a) rank = less_a + ta++;
-        else if (k == b) rank = less_b + tb++;
-        else rank = -1;
-        if (rank < lo || rank >= hi) x[j] = 0.0f;
-    }
-    return FB_OK;
-}
-
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -177,56 +152,23 @@ static fb_status della(float *x, const fb_tensor *t, double density, double epsi
     return FB_OK;
 }
 
-fb_status fb_mk_sparsify(int how, float *x, const fb_tensor *t, double density, double gamma,
-                         double epsilon, int rescale, uint64_t key, uint32_t *keys)
+fb_status fb_mk_della(float *x, const fb_tensor *t, double density, double epsilon, int rescale,
+                      uint64_t key)
 {
     const int64_t n = t->numel;
-    if (how == FB_MK_NONE || density >= 1.0) return FB_OK;
+    if (density >= 1.0) return FB_OK;
+    if (density <= 0.0) {
+        memset(x, 0, (size_t)n * sizeof *x);
+        return FB_OK;
+    }
+    if (density + epsilon >= 1.0 || density - epsilon <= 0.0)
+        return fb_set_error(FB_ERR_ARG, "tensor '%s': density %g and epsilon %g: density "
+                                        "+/- epsilon must lie in (0, 1)",
+                            t->name, density, epsilon);
     double before = 0.0;
-    if (rescale)
-        for (int64_t j = 0; j < n; j++) before += fabs((double)x[j]);
-    switch (how) {
-    case FB_MK_MAGNITUDE: {
-        int64_t k = (int64_t)(density * (double)n);
-        if (k <= 0)
-            return fb_set_error(FB_ERR_ARG, "tensor '%s': density %g keeps none of its %lld "
-                                            "entries (mergekit refuses this too)",
-                                t->name, density, (long long)n);
-        fb_status st = fb_mk_keep_topk(x, n, k, keys);
-        if (st) return st;
-        break;
-    }
-    case FB_MK_RANDOM: {
-        const float p = (float)density;
-        for (int64_t j = 0; j < n; j++)
-            if (!(fb_rng_uniform(key, (uint64_t)j) < p)) x[j] = 0.0f;
-        break;
-    }
-    case FB_MK_OUTLIERS: {
-        int64_t target = (int64_t)(density * (double)n), top = (int64_t)(gamma * (double)n);
-        int64_t bot = n - target - top;
-        if (bot < 0) top += bot, bot = 0;
-        fb_status st = keep_ranks(x, n, bot, n - top, keys);
-        if (st) return st;
-        break;
-    }
-    case FB_MK_DELLA: {
-        if (density <= 0.0) {
-            memset(x, 0, (size_t)n * sizeof *x);
-            return FB_OK;
-        }
-        if (density + epsilon >= 1.0 || density - epsilon <= 0.0)
-            return fb_set_error(FB_ERR_ARG, "tensor '%s': density %g and epsilon %g: density "
-                                            "+/- epsilon must lie in (0, 1)",
-                                t->name, density, epsilon);
-        fb_status st = della(x, t, density, epsilon, key);
-        if (st) return st;
-        break;
-    }
-    default:
-        return fb_set_error(FB_ERR_ARG, "unknown sparsification %d", how);
-    }
-    if (!rescale) return FB_OK;
+    for (int64_t j = 0; rescale && j < n; j++) before += fabs((double)x[j]);
+    fb_status st = della(x, t, density, epsilon, key);
+    if (st || !rescale) return st;
     double after = 0.0;
     for (int64_t j = 0; j < n; j++) after += fabs((double)x[j]);
     if (before < 1e-7 || after < 1e-7) return FB_OK;

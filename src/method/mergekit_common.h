@@ -1,6 +1,6 @@
 /*
  * mergekit_common.h: what mergekit's methods share (mergekit_gta.c, mergekit_methods.c):
- * per-model parameters, its sparsifications (sparsify.py) and its sign election.
+ * per-model parameters, exact selection, DELLA's sparsification.
  *
  * A per-model parameter is a number (every model) or a list with one entry per model in pool
  * order; the mergekit translator (src/mergekit/) gives lists. Orderings (top-k, ranks) break
@@ -49,15 +49,15 @@ static inline uint32_t fb_mk_abs_key(float x)
 /* *out = the value at ascending rank r (0-based) of keys[0..n). */
 fb_status fb_mk_select(const uint32_t *keys, int64_t n, int64_t r, uint32_t *out);
 
-/* mergekit's sparsifications of one task vector x of tensor t, in place: magnitude (top-k of
- * |x|), random (DARE's Bernoulli keep with probability density), magnitude outliers
- * (breadcrumbs: the gamma largest and the smallest dropped) and DELLA's magprune (keep
- * probabilities from ranks along dim 1), each optionally rescaled to the L1 norm it had.
- * `key` seeds the random ones (element j draws number j). Fails, with the error set, for a
- * density mergekit refuses. keys: n uint32 of scratch. */
+/* The kinds of mergekit's sparsification (mergekit_gta.c). */
 enum { FB_MK_NONE, FB_MK_MAGNITUDE, FB_MK_RANDOM, FB_MK_OUTLIERS, FB_MK_DELLA };
-fb_status fb_mk_sparsify(int how, float *x, const fb_tensor *t, double density, double gamma,
-                         double epsilon, int rescale, uint64_t key, uint32_t *keys);
+
+/* DELLA's magprune of one task vector x of tensor t, in place: entries ranked by |x| along dim
+ * 1 (a vector is one row), rank r of len kept with probability (density - epsilon) + 2 epsilon
+ * r / (len - 1) (number j of stream `key`), then rescaled to the L1 norm x had (rescale).
+ * Fails, with the error set, when density +/- epsilon leaves (0, 1). */
+fb_status fb_mk_della(float *x, const fb_tensor *t, double density, double epsilon, int rescale,
+                      uint64_t key);
 
 /* Keeps the k entries of largest |x| (ties: lower index first), zeroing the others. */
 fb_status fb_mk_keep_topk(float *x, int64_t n, int64_t k, uint32_t *keys);

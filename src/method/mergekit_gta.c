@@ -152,7 +152,7 @@ static fb_status setup(void *p, const fb_merge_setup *m)
 static int scratch(const void *p)
 {
     const state *s = p;
-    return s->num_models + 2; /* the task vectors, then the keys and combine's sums */
+    return s->num_models + 2; /* the task vectors, then combine's sums */
 }
 
 /* The element-wise end of the merge: v_i = w_i tau_i in tv (M x n, model-major, then two
@@ -206,17 +206,15 @@ static fb_status merge_whole(const void *p, const fb_merge_chunk *c)
     const int64_t n = c->count;
     const int M = c->num_models;
     float *tv = c->scratch;
-    uint32_t *keys = (uint32_t *)(void *)(c->scratch + (size_t)M * (size_t)n);
     float w[256];
     if (M > 256) return fb_set_error(FB_ERR_ARG, "method %s: more than 256 models", s->name);
     for (int i = 0; i < M; i++) {
         float *t = tv + (size_t)i * (size_t)n;
         const float *x = c->models[i];
         for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
-        fb_status st = fb_mk_sparsify(s->k.sparsify, t, c->tensor, fb_mk_at(&s->density, i),
-                                      fb_mk_at(&s->gamma, i), fb_mk_at(&s->epsilon, i),
-                                      s->rescale, fb_rng_key(s->seed, c->tensor->name, (uint64_t)i),
-                                      keys);
+        fb_status st = fb_mk_della(t, c->tensor, fb_mk_at(&s->density, i),
+                                   fb_mk_at(&s->epsilon, i), s->rescale,
+                                   fb_rng_key(s->seed, c->tensor->name, (uint64_t)i));
         if (st) return st;
         w[i] = (float)fb_mk_at(&s->weight, i);
         for (int64_t j = 0; j < n; j++) t[j] *= w[i];
