@@ -222,6 +222,7 @@ static void refused(const char *text, int code, const char *what)
         fb_test_fail(__FILE__, __LINE__, "'%s': exit %d, stderr '%s' (wanted %d and '%s')", text,
                      rc, err ? err : "", code, what);
     EXPECT(!fb_test_exists(fb_test_path("bad_out")));
+    EXPECT(!fb_test_exists(fb_test_path("bad_out.intermediates")));
     free(err);
 }
 
@@ -252,6 +253,11 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
             "merge_method: linear\n", 2, "without a name");
     refused("models:\n  - model: %1$s/nowhere\n    parameters: {weight: 1}\n"
             "merge_method: linear\n", 1, "nowhere");
+    /* a later document's missing model stops the run before the first merge */
+    refused("name: first\nmodels:\n  - model: %1$s/a\n    parameters: {weight: 1}\n"
+            "merge_method: linear\n---\nmodels:\n  - model: first\n    parameters: {weight: 1}\n"
+            "  - model: %1$s/nowhere\n    parameters: {weight: 1}\nmerge_method: linear\n", 1,
+            "nowhere");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
             "tokenizer_source: union\n", 2, "union");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"

@@ -672,10 +672,10 @@ static fb_status load(run *R, const char *ref, mk_loaded **out)
     mk_loaded *L = fb_calloc(1, sizeof *L);
     if (!L) return FB_ERR_NOMEM;
     L->ref = ref;
-    fb_status st = load_ref(R, ref, &L->path, &L->model);
+    fb_status st = load_ref(R, ref, &L->path, &L->model); /* its errors name the model */
     if (st) {
         fb_free(L);
-        return fb_error_prefix(st, "model '%s'", ref);
+        return st;
     }
     grown[R->nloaded++] = L;
     find_layers(L);
@@ -1207,9 +1207,28 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
             inter = b.data;
         }
         if (!inter) st = FB_ERR_NOMEM;
-        else if (mkdir(inter, 0777) != 0 && errno != EEXIST)
-            st = fb_set_error(FB_ERR_IO, "%s: %s", inter, strerror(errno));
     }
+    /* every model that is not an intermediate is opened (headers) before the first merge */
+    for (int i = 0; !st && i < ndocs; i++) {
+        run R = {.doc = &docs[i], .opts = opts, .docs = docs, .ndocs = ndocs, .inter_dir = inter};
+        const mk_doc *d = &docs[i];
+        for (int s = -1; !st && s < d->num_slices; s++) {
+            for (int k = s < 0 ? -1 : 0; !st && k < (s < 0 ? 0 : d->slices[s].n); k++) {
+                const char *ref = s < 0 ? d->base : d->slices[s].src[k].model;
+                int named = 0;
+                for (int j = 0; ref && j < ndocs; j++)
+                    named |= docs[j].name && !strncmp(ref, docs[j].name, strlen(docs[j].name)) &&
+                             (ref[strlen(docs[j].name)] == '\0' || ref[strlen(docs[j].name)] == '+');
+                mk_loaded *L;
+                if (ref && !named) st = load(&R, ref, &L);
+            }
+        }
+        run_free(&R);
+        if (st && strncmp(fb_last_error(), config_path, strlen(config_path)) != 0)
+            st = fb_error_prefix(st, "%s", config_path);
+    }
+    if (!st && inter && mkdir(inter, 0777) != 0 && errno != EEXIST)
+        st = fb_set_error(FB_ERR_IO, "%s: %s", inter, strerror(errno));
     /* dependency order: a document runs once every document it names has run */
     for (int done = 0; !st && done < ndocs;) {
         int progressed = 0;
