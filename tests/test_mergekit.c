@@ -267,6 +267,44 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
             "merge_method: ties\nbase_model: %1$s/base\n", 2, "keeps none");
 }
 
+TEST(mergekit_tokenizer_source_with_another_vocabulary_is_refused)
+{
+    /* model a's weights with a tokenizer that swaps two tokens' ids */
+    char p[4400], src[4400];
+    mkdir(fb_test_path("swapped"), 0755);
+    const char *files[] = {"model.safetensors", "config.json"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", fb_test_path("swapped"), files[i]);
+        snprintf(src, sizeof src, "%s/a/%s", pool_dir("f32"), files[i]);
+        REQUIRE(symlink(src, p) == 0);
+    }
+    char tok[4096] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {";
+    for (int i = 0; i < 40; i++) {
+        char e[32];
+        snprintf(e, sizeof e, "%s\"t%d\": %d", i ? ", " : "", i, i == 3 ? 4 : i == 4 ? 3 : i);
+        strcat(tok, e);
+    }
+    strcat(tok, "}}, \"added_tokens\": []}");
+    snprintf(p, sizeof p, "%s/tokenizer.json", fb_test_path("swapped"));
+    fb_test_write_file(p, tok, strlen(tok));
+    char text[9000];
+    snprintf(text, sizeof text, "models:\n  - model: %s\n    parameters: {weight: 1}\n"
+                                "  - model: %s/b\n    parameters: {weight: 1}\n"
+                                "merge_method: linear\ntokenizer_source: %s/b\n",
+             fb_test_path("swapped"), pool_dir("f32"), pool_dir("f32"));
+    fb_test_write_file(fb_test_path("tok.yml"), text, strlen(text));
+    EXPECT_ERROR(fb_mergekit_run(fb_test_path("tok.yml"), fb_test_path("tok_out"), NULL),
+                 FB_ERR_UNSUPPORTED, "holds token 't3' at id 4");
+    EXPECT(!fb_test_exists(fb_test_path("tok_out")));
+    /* the same models without tokenizer_source merge row by row, as mergekit does */
+    snprintf(text, sizeof text, "models:\n  - model: %s\n    parameters: {weight: 1}\n"
+                                "  - model: %s/b\n    parameters: {weight: 1}\n"
+                                "merge_method: linear\n",
+             fb_test_path("swapped"), pool_dir("f32"));
+    fb_test_write_file(fb_test_path("tok2.yml"), text, strlen(text));
+    EXPECT_OK(fb_mergekit_run(fb_test_path("tok2.yml"), fb_test_path("tok2_out"), NULL));
+}
+
 TEST(mergekit_dry_run_resolves_everything_and_writes_nothing)
 {
     char cmd[9000];

@@ -1021,6 +1021,119 @@ static fb_status card_and_files(const mk_doc *d, const plan *p, fb_buf *card)
     return card->failed ? FB_ERR_NOMEM : FB_OK;
 }
 
+/* A tokenizer's vocabulary (tokenizer.json: the model's vocab, object or Unigram list, and the
+ * added tokens): token -> id, the keys borrowed from json. */
+typedef struct vocab {
+    cJSON *json;
+    fb_strmap ids;
+    int64_t size;
+} vocab;
+
+static void vocab_free(vocab *v)
+{
+    fb_strmap_clear(&v->ids);
+    cJSON_Delete(v->json);
+    memset(v, 0, sizeof *v);
+}
+
+/* *found = 0 when the folder has no tokenizer.json (mergekit then assumes the base's). */
+static fb_status vocab_read(const char *folder, vocab *v, int *found)
+{
+    memset(v, 0, sizeof *v);
+    fb_strmap_init(&v->ids);
+    *found = 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", folder);
+    FILE *f = fopen(path, "rb");
+    if (!f) return FB_OK;
+    fb_buf b;
+    fb_buf_init(&b);
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (256u << 20))
+        fb_buf_printf(&b, "%.*s", (int)got, chunk);
+    fclose(f);
+    if (b.failed) return FB_ERR_NOMEM;
+    v->json = cJSON_Parse(b.data ? b.data : "");
+    fb_buf_free(&b);
+    if (!v->json) return fb_set_error(FB_ERR_FORMAT, "%s: not JSON", path);
+    *found = 1;
+    const cJSON *model = cJSON_GetObjectItem(v->json, "model");
+    const cJSON *entries = cJSON_GetObjectItem(model, "vocab"), *e;
+    fb_status st = FB_OK;
+    int64_t pos = 0;
+    cJSON_ArrayForEach(e, entries)
+    {
+        /* BPE and WordPiece: "token": id; Unigram: ["token", score] at position id */
+        const char *tok = cJSON_IsArray(e) ? cJSON_GetStringValue(cJSON_GetArrayItem(e, 0)) : e->string;
+        int64_t id = cJSON_IsNumber(e) ? (int64_t)e->valuedouble : pos;
+        pos++;
+        if (!tok) continue;
+        if (fb_strmap_get(&v->ids, tok) < 0 && (st = fb_strmap_put(&v->ids, tok, id))) break;
+    }
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(v->json, "added_tokens"))
+    {
+        const char *tok = cJSON_GetStringValue(cJSON_GetObjectItem(e, "content"));
+        const cJSON *id = cJSON_GetObjectItem(e, "id");
+        if (!st && tok && cJSON_IsNumber(id) && fb_strmap_get(&v->ids, tok) < 0)
+            st = fb_strmap_put(&v->ids, tok, (int64_t)id->valuedouble);
+    }
+    v->size = v->ids.count;
+    return st;
+}
+
+/* With tokenizer_source, mergekit gives every model's embedding rows the output tokenizer's
+ * ids (token by token, resized to its vocabulary). That is the identity when every model
+ * holds each of the tokenizer's tokens at the same id and as many embedding rows; otherwise it
+ * is a permutation FusionBench-C does not make yet: an error, rather than a merge of rows
+ * that hold different tokens. */
+static fb_status check_vocabularies(const plan *p, const char *tok_dir)
+{
+    vocab out;
+    int found;
+    fb_status st = vocab_read(tok_dir, &out, &found);
+    if (st || !found) {
+        vocab_free(&out);
+        return st;
+    }
+    for (int s = 0; !st && s < p->num_slices; s++)
+        for (int k = 0; !st && k < p->slices[s].n; k++) {
+            const mk_loaded *L = p->src[s][k];
+            struct stat sb;
+            char *dir = stat(L->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(L->path)
+                                                                        : fb_path_dirname(L->path);
+            vocab mv;
+            int has = 0;
+            st = dir ? vocab_read(dir, &mv, &has) : FB_ERR_NOMEM;
+            fb_free(dir);
+            for (int64_t i = 0; !st && has && i < out.ids.cap; i++) {
+                const char *tok = out.ids.keys[i];
+                if (!tok) continue;
+                int64_t want = out.ids.values[i], got = fb_strmap_get(&mv.ids, tok);
+                if (got != want)
+                    st = fb_set_error(FB_ERR_UNSUPPORTED, "model '%s' holds token '%s' at id %lld, "
+                                                          "the tokenizer_source at %lld: embeddings "
+                                                          "permuted to another vocabulary are not "
+                                                          "supported yet",
+                                      L->ref, tok, (long long)got, (long long)want);
+            }
+            for (int64_t i = 0; !st && i < L->model->count; i++) {
+                const fb_tensor *t = L->model->tensors[i];
+                const int embed = t->ndim == 2 && (strstr(t->name, "embed_tokens") ||
+                                                   strstr(t->name, "lm_head") || strstr(t->name, "wte"));
+                if (embed && t->shape[0] != out.size)
+                    st = fb_set_error(FB_ERR_UNSUPPORTED, "model '%s': '%s' has %lld rows and the "
+                                                          "tokenizer_source %lld tokens: mergekit "
+                                                          "would resize it to the tokenizer; not "
+                                                          "supported yet",
+                                      L->ref, t->name, (long long)t->shape[0], (long long)out.size);
+            }
+            vocab_free(&mv);
+        }
+    vocab_free(&out);
+    return st;
+}
+
 static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
 {
     plan p = {0};
@@ -1083,6 +1196,7 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         }
     }
     if (!st) st = d->from_models ? plan_models(R, &p) : plan_slices(R, &p);
+    if (!st && tok_dir) st = check_vocabularies(&p, tok_dir);
     /* the pool's models: every source but the base (kept apart for methods that use it) */
     int models[256], nmodels = 0;
     for (int k = 0; k < p.P && !st; k++) {

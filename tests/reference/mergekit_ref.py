@@ -57,7 +57,8 @@ def write_pool(folder, dtype, pool32=None, dims=(H, I, V, L)):
             json.dump({"model_max_length": 64, "tokenizer_class": "LlamaTokenizer",
                        "source": m}, f)
         with open(os.path.join(d, "tokenizer.json"), "w") as f:
-            json.dump({"version": "1.0", "model": {"type": "BPE", "vocab": {}}, "source": m}, f)
+            json.dump({"version": "1.0", "source": m, "added_tokens": [],
+                       "model": {"type": "BPE", "vocab": {f"t{i}": i for i in range(dims[2])}}}, f)
         pool[m] = {n: t.float() for n, t in tensors.items()}
     return pool
 
