@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "harness.h"
 
 static cJSON *load_cases(void)
@@ -493,4 +494,50 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     EXPECT_ERROR(fb_mergekit_run(fb_test_path("bad.yml"), fb_test_path("bad_out"), NULL),
                  FB_ERR_MISMATCH, "layers.9.mlp.up_proj.lora_A.weight' matches no tensor");
     EXPECT(!fb_test_exists(fb_test_path("bad_out")));
+}
+
+/* The temporaries a failed run might leave beside out (there must be none). */
+static int debris(const char *dir)
+{
+    char cmd[4400], *out = NULL;
+    snprintf(cmd, sizeof cmd, "ls -A %s | grep -c tmp", dir);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    fb_test_run(argv, &out, NULL);
+    int n = out ? atoi(out) : -1;
+    free(out);
+    return n;
+}
+
+TEST(mergekit_and_lora_allocation_failures_are_errors_and_leave_nothing)
+{
+    /* ties with an adapter applied to one input: the translator, the adapter and the chunked
+     * per-tensor passes, with the n-th allocation failing */
+    char text[9000], model[4200], base[4200];
+    snprintf(text, sizeof text, "models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.5}\n"
+                                "  - model: %1$s/base+%1$s/adapter_x\n    parameters: {weight: 0.5, density: 0.7}\n"
+                                "merge_method: ties\nbase_model: %1$s/base\n", pool_dir("f32"));
+    fb_test_write_file(fb_test_path("f.yml"), text, strlen(text));
+    snprintf(model, sizeof model, "%s/a", pool_dir("f32"));
+    snprintf(base, sizeof base, "%s/base", pool_dir("f32"));
+    int failures = 0;
+    for (int which = 0; which < 2; which++) { /* the merge, then the extraction */
+        fb_status st = FB_ERR_NOMEM;
+        long n = 0;
+        /* every early allocation, then a sample, until the run needs no more */
+        for (; st != FB_OK && n < 1000000; n += n < 120 ? 1 : n / 6) {
+            fb_alloc_fail_after(n);
+            fb_lora_extract_options o = {.max_rank = 4};
+            st = which ? fb_lora_extract(model, base, fb_test_path("l_out"), &o)
+                       : fb_mergekit_run(fb_test_path("f.yml"), fb_test_path("f_out"), NULL);
+            fb_alloc_fail_after(-1);
+            if (st == FB_ERR_NOMEM) failures++;
+            else if (st != FB_OK)
+                fb_test_fail(__FILE__, __LINE__, "%s, allocation %ld: %s (%s)",
+                             which ? "extract" : "merge", n, fb_status_str(st), fb_last_error());
+            if (st) EXPECT(!fb_test_exists(fb_test_path(which ? "l_out" : "f_out")));
+        }
+        EXPECT(st == FB_OK);
+    }
+    EXPECT(debris(fb_test_tmp()) == 0);
+    EXPECT(failures > 200);
 }

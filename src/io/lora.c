@@ -97,7 +97,7 @@ static fb_status read_json(const char *path, cJSON **out)
     char chunk[8192];
     size_t got;
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (4u << 20))
-        fb_buf_printf(&b, "%.*s", (int)got, chunk);
+        fb_buf_append(&b, chunk, got);
     fclose(f);
     if (b.failed) return FB_ERR_NOMEM;
     *out = cJSON_Parse(b.data ? b.data : "");

@@ -545,7 +545,7 @@ fb_status fb_safetensors_header(const fb_model *layout, int64_t first, int64_t c
                       (unsigned long long)(rel_offsets[i] + t->nbytes));
     }
     fb_buf_puts(&json, "}");
-    while ((json.len + 8) % 8) fb_buf_puts(&json, " ");
+    while (!json.failed && (json.len + 8) % 8) fb_buf_puts(&json, " "); /* pad */
     if (json.failed) {
         fb_buf_free(&json);
         return FB_ERR_NOMEM;

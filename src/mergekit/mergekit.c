@@ -304,7 +304,7 @@ static fb_status parse_sources(const fb_config *list, mk_slice *sl, const mk_met
 
 static void doc_free(mk_doc *d)
 {
-    for (int i = 0; i < d->num_slices; i++) fb_free(d->slices[i].src);
+    for (int i = 0; d->slices && i < d->num_slices; i++) fb_free(d->slices[i].src);
     fb_free(d->slices);
     fb_config_free(d->root);
     fb_free(d->text);
@@ -445,16 +445,17 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
     char chunk[65536];
     size_t got;
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        fb_buf_printf(&text, "%.*s", (int)got, chunk);
+        fb_buf_append(&text, chunk, got);
         if (text.len > (16u << 20)) break;
     }
     int err = ferror(f);
     fclose(f);
     if (err || text.failed || text.len > (16u << 20)) {
+        fb_status bad = err ? fb_set_error(FB_ERR_IO, "%s: read failed", path)
+                        : text.failed ? FB_ERR_NOMEM
+                                      : fb_set_error(FB_ERR_FORMAT, "%s: config file over 16 MB", path);
         fb_buf_free(&text);
-        return err ? fb_set_error(FB_ERR_IO, "%s: read failed", path)
-                   : text.failed ? FB_ERR_NOMEM
-                                 : fb_set_error(FB_ERR_FORMAT, "%s: config file over 16 MB", path);
+        return bad;
     }
     const char *s = text.data ? text.data : "";
     fb_status st = FB_OK;
@@ -474,7 +475,7 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
             for (const char *q = s; q < start; q++) first_line += *q == '\n';
             for (int k = 0; k < first_line; k++) fb_buf_printf(&doc, "\n");
             size_t pad = doc.len;
-            fb_buf_printf(&doc, "%.*s", (int)(stop - start), start);
+            fb_buf_append(&doc, start, (size_t)(stop - start));
             int blank = 1;
             for (size_t k = pad; k < doc.len && blank; k++) {
                 char c = doc.data[k];
@@ -1051,7 +1052,7 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
     char chunk[65536];
     size_t got;
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (256u << 20))
-        fb_buf_printf(&b, "%.*s", (int)got, chunk);
+        fb_buf_append(&b, chunk, got);
     fclose(f);
     if (b.failed) return FB_ERR_NOMEM;
     v->json = cJSON_Parse(b.data ? b.data : "");
