@@ -77,11 +77,19 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
             EXPECT(cfg && strstr(cfg, want_text));
             free(cfg);
         }
+        const cJSON *vocab = cJSON_GetObjectItem(c, "vocab_size");
+        if (vocab) { /* tokenizer_source: config.json has the output vocabulary's size */
+            snprintf(path, sizeof path, "%s/config.json", out);
+            char *cfg = fb_test_read_file(path, NULL), want_text[64];
+            snprintf(want_text, sizeof want_text, "\"vocab_size\":\t%d", vocab->valueint);
+            EXPECT(cfg && strstr(cfg, want_text));
+            free(cfg);
+        }
         fb_model_free(got);
         fb_model_free(want);
         n++;
     }
-    EXPECT(n >= 31);
+    EXPECT(n >= 33);
     cJSON_Delete(cases);
 }
 
@@ -90,7 +98,8 @@ TEST(mergekit_merges_are_the_same_bytes_for_1_and_2_threads)
     const char *names[][2] = {{"f32", "dare_ties"}, {"f32", "della"}, {"bf16", "ties_bf16"},
                               {"f32", "sce"},       {"f32", "multislerp"}, {"f32", "arcee_fusion"},
                               {"bf16", "slerp_gradient"}, {"big", "ties_big"},
-                              {"big", "dare_ties_big"}, {"big", "breadcrumbs_ties_big"}};
+                              {"big", "dare_ties_big"}, {"big", "breadcrumbs_ties_big"},
+                              {"vocab", "vocab_b"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char a[256], b[256];
         snprintf(a, sizeof a, "%s_1", names[i][1]);
@@ -266,44 +275,6 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
     /* the density TIES keeps of a 16-entry norm: none at 0.01 (mergekit refuses it too) */
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.01}\n"
             "merge_method: ties\nbase_model: %1$s/base\n", 2, "keeps none");
-}
-
-TEST(mergekit_tokenizer_source_with_another_vocabulary_is_refused)
-{
-    /* model a's weights with a tokenizer that swaps two tokens' ids */
-    char p[4400], src[4400];
-    mkdir(fb_test_path("swapped"), 0755);
-    const char *files[] = {"model.safetensors", "config.json"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s/%s", fb_test_path("swapped"), files[i]);
-        snprintf(src, sizeof src, "%s/a/%s", pool_dir("f32"), files[i]);
-        REQUIRE(symlink(src, p) == 0);
-    }
-    char tok[4096] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {";
-    for (int i = 0; i < 40; i++) {
-        char e[32];
-        snprintf(e, sizeof e, "%s\"t%d\": %d", i ? ", " : "", i, i == 3 ? 4 : i == 4 ? 3 : i);
-        strcat(tok, e);
-    }
-    strcat(tok, "}}, \"added_tokens\": []}");
-    snprintf(p, sizeof p, "%s/tokenizer.json", fb_test_path("swapped"));
-    fb_test_write_file(p, tok, strlen(tok));
-    char text[9000];
-    snprintf(text, sizeof text, "models:\n  - model: %s\n    parameters: {weight: 1}\n"
-                                "  - model: %s/b\n    parameters: {weight: 1}\n"
-                                "merge_method: linear\ntokenizer_source: %s/b\n",
-             fb_test_path("swapped"), pool_dir("f32"), pool_dir("f32"));
-    fb_test_write_file(fb_test_path("tok.yml"), text, strlen(text));
-    EXPECT_ERROR(fb_mergekit_run(fb_test_path("tok.yml"), fb_test_path("tok_out"), NULL),
-                 FB_ERR_UNSUPPORTED, "holds token 't3' at id 4");
-    EXPECT(!fb_test_exists(fb_test_path("tok_out")));
-    /* the same models without tokenizer_source merge row by row, as mergekit does */
-    snprintf(text, sizeof text, "models:\n  - model: %s\n    parameters: {weight: 1}\n"
-                                "  - model: %s/b\n    parameters: {weight: 1}\n"
-                                "merge_method: linear\n",
-             fb_test_path("swapped"), pool_dir("f32"));
-    fb_test_write_file(fb_test_path("tok2.yml"), text, strlen(text));
-    EXPECT_OK(fb_mergekit_run(fb_test_path("tok2.yml"), fb_test_path("tok2_out"), NULL));
 }
 
 TEST(mergekit_dry_run_resolves_everything_and_writes_nothing)

@@ -718,6 +718,8 @@ typedef struct plan {
     int nsets;
     fb_strmap by_name;
     mk_src *extra;        /* models: the appended base source */
+    fb_model *synth;      /* embeddings permuted to the output vocabulary (tokenizer_source) */
+    int64_t vocab_size;   /* >0: the output vocabulary's size, for config.json */
 } plan;
 
 static void plan_free(plan *p)
@@ -737,6 +739,7 @@ static void plan_free(plan *p)
         fb_free(p->slices);
     }
     fb_strmap_clear(&p->by_name);
+    fb_model_free(p->synth);
 }
 
 static fb_status add_out(plan *p, const char *name, int slice, double t)
@@ -1083,23 +1086,140 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
     return st;
 }
 
-/* With tokenizer_source, mergekit gives every model's embedding rows the output tokenizer's
- * ids (token by token, resized to its vocabulary). That is the identity when every model
- * holds each of the tokenizer's tokens at the same id and as many embedding rows; otherwise it
- * is a permutation FusionBench-C does not make yet: an error, rather than a merge of rows
- * that hold different tokens. */
-static fb_status check_vocabularies(const plan *p, const char *tok_dir)
+/* One model's embedding matrix in the output vocabulary's order (mergekit's
+ * PermutedEmbeddings): row r is the model's row for that token, or, where the model lacks it,
+ * the token's default row: the one model's that has it, else the base's, else the mean of those
+ * that have it (float32, rounded once), else zeros. Read row by row from the models' files. */
+typedef struct permuted {
+    int nm;                 /* models of this tensor's merge */
+    fb_source **src;        /* their tensor's file, offset, rows */
+    uint64_t *offset;
+    int64_t *rows;
+    fb_dtype dtype;
+    int64_t width, out_rows;
+    int self;               /* which of them this matrix is */
+    int64_t *row;           /* out_rows x nm: each model's row for the token, or -1 */
+    int32_t *fallback;      /* out_rows: the donor model, -1 the mean, -2 zeros */
+} permuted;
+
+static void permuted_free(void *p)
 {
-    vocab out;
-    int found;
-    fb_status st = vocab_read(tok_dir, &out, &found);
-    if (st || !found) {
-        vocab_free(&out);
-        return st;
+    permuted *q = p;
+    if (!q) return;
+    for (int m = 0; q->src && m < q->nm; m++) fb_source_unref(q->src[m]);
+    fb_free(q->src);
+    fb_free(q->offset);
+    fb_free(q->rows);
+    fb_free(q->row);
+    fb_free(q->fallback);
+    fb_free(q);
+}
+
+static fb_status model_row(const permuted *q, int m, int64_t r, float *tmp, void *raw)
+{
+    const size_t es = fb_dtype_size(q->dtype), bytes = (size_t)q->width * es;
+    fb_status st = fb_source_pread(q->src[m], q->offset[m] + (uint64_t)r * bytes, bytes, raw);
+    return st ? st : fb_convert_to_f32(q->dtype, raw, tmp, q->width);
+}
+
+static fb_status permuted_read(void *p, uint64_t offset, size_t n, void *dst)
+{
+    const permuted *q = p;
+    const size_t es = fb_dtype_size(q->dtype);
+    const int64_t e0 = (int64_t)(offset / es), e1 = (int64_t)((offset + n) / es);
+    if (offset % es || n % es) return fb_set_error(FB_ERR_INTERNAL, "unaligned embedding read");
+    float *row = fb_malloc((size_t)q->width * 2 * sizeof *row);
+    void *raw = fb_malloc((size_t)q->width * 8);
+    fb_status st = row && raw ? FB_OK : FB_ERR_NOMEM;
+    for (int64_t r = e0 / q->width; !st && r * q->width < e1; r++) {
+        const int64_t own = q->row[r * q->nm + q->self];
+        float *acc = row, *tmp = row + q->width;
+        if (own >= 0) {
+            st = model_row(q, q->self, own, acc, raw);
+        } else if (q->fallback[r] >= 0) {
+            st = model_row(q, q->fallback[r], q->row[r * q->nm + q->fallback[r]], acc, raw);
+        } else {
+            int count = 0;
+            memset(acc, 0, (size_t)q->width * sizeof *acc);
+            for (int m = 0; !st && q->fallback[r] == -1 && m < q->nm; m++) {
+                const int64_t src = q->row[r * q->nm + m];
+                if (src < 0) continue;
+                if ((st = model_row(q, m, src, tmp, raw))) break;
+                for (int64_t j = 0; j < q->width; j++) acc[j] += tmp[j];
+                count++;
+            }
+            for (int64_t j = 0; count && j < q->width; j++) acc[j] /= (float)count;
+        }
+        /* the part of row r inside [e0, e1) */
+        const int64_t from = r * q->width > e0 ? r * q->width : e0;
+        const int64_t to = (r + 1) * q->width < e1 ? (r + 1) * q->width : e1;
+        if (!st)
+            st = fb_convert_from_f32(q->dtype, acc + (from - r * q->width),
+                                     (uint8_t *)dst + (size_t)(from - e0) * es, to - from);
     }
-    for (int s = 0; !st && s < p->num_slices; s++)
-        for (int k = 0; !st && k < p->slices[s].n; k++) {
-            const mk_loaded *L = p->src[s][k];
+    fb_free(row);
+    fb_free(raw);
+    return st;
+}
+
+static int embedding_name(const char *name)
+{
+    return strstr(name, "embed_tokens") || strstr(name, "lm_head") || strstr(name, "wte.");
+}
+
+/* mergekit's tokenizer_source: every model's embedding rows (embed_tokens, lm_head) rebuilt in
+ * the output tokenizer's order, token by token (tokenizer.json's vocabulary and added tokens;
+ * a model without one has the base's), resized to that vocabulary; the base's vocabulary is cut
+ * to its embedding rows. When that changes nothing the tensors stay as they are. */
+static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loaded *base,
+                                      int from_base)
+{
+    vocab out, base_vocab;
+    int found, base_found = 0;
+    fb_status st = vocab_read(tok_dir, &out, &found);
+    if (!st && base) {
+        struct stat sb;
+        char *dir = stat(base->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(base->path)
+                                                                      : fb_path_dirname(base->path);
+        st = dir ? vocab_read(dir, &base_vocab, &base_found) : FB_ERR_NOMEM;
+        fb_free(dir);
+    } else {
+        memset(&base_vocab, 0, sizeof base_vocab);
+        fb_strmap_init(&base_vocab.ids);
+    }
+    if (st || !found) goto done;
+    /* the output's ids: 0 .. V-1; "base" keeps the base's tokens below its embedding rows */
+    int64_t V = 0, base_rows = -1;
+    for (int64_t i = 0; base && from_base && i < base->model->count; i++)
+        if (embedding_name(base->model->tensors[i]->name) && base->model->tensors[i]->ndim == 2)
+            base_rows = base->model->tensors[i]->shape[0];
+    for (int64_t i = 0; i < out.ids.cap; i++) {
+        if (!out.ids.keys[i]) continue;
+        if (base_rows >= 0 && out.ids.values[i] >= base_rows) {
+            out.ids.keys[i] = NULL; /* stripped (the map is only iterated from now on) */
+            continue;
+        }
+        if (out.ids.values[i] + 1 > V) V = out.ids.values[i] + 1;
+    }
+    int64_t count = 0;
+    for (int64_t i = 0; i < out.ids.cap; i++) count += out.ids.keys[i] != NULL;
+    if (count != V) {
+        st = fb_set_error(FB_ERR_UNSUPPORTED, "%s: the tokenizer's ids are not 0..%lld",
+                          tok_dir, (long long)(count - 1));
+        goto done;
+    }
+    /* each output embedding tensor: its models' permutations, defaults, new tensors */
+    for (int64_t o = 0; !st && o < p->nouts; o++) {
+        mk_out *O = &p->outs[o];
+        if (!embedding_name(O->name) || O->in[0]->ndim != 2) continue;
+        const int nm = p->P, bpos = p->base_pos[O->slice];
+        int64_t *row = fb_malloc((size_t)(V * nm) * sizeof *row);
+        int32_t *fallback = fb_malloc((size_t)(V ? V : 1) * sizeof *fallback);
+        int identity = 1;
+        if (!row || !fallback) st = FB_ERR_NOMEM;
+        for (int m = 0; !st && m < nm; m++) {
+            const mk_loaded *L = p->src[O->slice][m];
+            const fb_tensor *T = O->in[m];
             struct stat sb;
             char *dir = stat(L->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(L->path)
                                                                         : fb_path_dirname(L->path);
@@ -1107,31 +1227,89 @@ static fb_status check_vocabularies(const plan *p, const char *tok_dir)
             int has = 0;
             st = dir ? vocab_read(dir, &mv, &has) : FB_ERR_NOMEM;
             fb_free(dir);
-            for (int64_t i = 0; !st && has && i < out.ids.cap; i++) {
-                const char *tok = out.ids.keys[i];
-                if (!tok) continue;
-                int64_t want = out.ids.values[i], got = fb_strmap_get(&mv.ids, tok);
-                if (got != want)
-                    st = fb_set_error(FB_ERR_UNSUPPORTED, "model '%s' holds token '%s' at id %lld, "
-                                                          "the tokenizer_source at %lld: embeddings "
-                                                          "permuted to another vocabulary are not "
-                                                          "supported yet",
-                                      L->ref, tok, (long long)got, (long long)want);
+            const vocab *use = has ? &mv : &base_vocab;
+            if (!st && !has && !base_found) use = &out; /* nobody says otherwise */
+            for (int64_t i = 0; !st && i < out.ids.cap; i++) {
+                if (!out.ids.keys[i]) continue;
+                int64_t r = out.ids.values[i], src = fb_strmap_get(&use->ids, out.ids.keys[i]);
+                if (src >= T->shape[0]) src = -1; /* padding rows beyond the embedding */
+                row[r * nm + m] = src;
+                identity &= src == r;
             }
-            for (int64_t i = 0; !st && i < L->model->count; i++) {
-                const fb_tensor *t = L->model->tensors[i];
-                const int embed = t->ndim == 2 && (strstr(t->name, "embed_tokens") ||
-                                                   strstr(t->name, "lm_head") || strstr(t->name, "wte"));
-                if (embed && t->shape[0] != out.size)
-                    st = fb_set_error(FB_ERR_UNSUPPORTED, "model '%s': '%s' has %lld rows and the "
-                                                          "tokenizer_source %lld tokens: mergekit "
-                                                          "would resize it to the tokenizer; not "
-                                                          "supported yet",
-                                      L->ref, t->name, (long long)t->shape[0], (long long)out.size);
-            }
+            identity &= T->shape[0] == V;
+            if (!st && (T->dtype != O->in[0]->dtype || T->shape[1] != O->in[0]->shape[1]))
+                st = fb_set_error(FB_ERR_MISMATCH, "'%s' differs in dtype or width between models",
+                                  O->name);
             vocab_free(&mv);
         }
+        if (st || identity) {
+            fb_free(row);
+            fb_free(fallback);
+            continue;
+        }
+        for (int64_t r = 0; r < V; r++) { /* mergekit's assign_embedding_sources */
+            int present = 0, donor = -1;
+            for (int m = 0; m < nm; m++)
+                if (row[r * nm + m] >= 0) present++, donor = m;
+            fallback[r] = present == 1 ? donor
+                          : present == 0 ? -2
+                          : bpos >= 0 && row[r * nm + bpos] >= 0 ? bpos
+                                                                : -1;
+        }
+        if (!p->synth && (st = fb_model_create(&p->synth))) break;
+        for (int m = 0; !st && m < nm; m++) {
+            permuted *q = fb_calloc(1, sizeof *q);
+            if (!q) {
+                st = FB_ERR_NOMEM;
+                break;
+            }
+            q->nm = nm;
+            q->self = m;
+            q->dtype = O->in[0]->dtype;
+            q->width = O->in[0]->shape[1];
+            q->out_rows = V;
+            q->src = fb_calloc((size_t)nm, sizeof *q->src);
+            q->offset = fb_calloc((size_t)nm, sizeof *q->offset);
+            q->rows = fb_calloc((size_t)nm, sizeof *q->rows);
+            q->row = fb_malloc((size_t)(V * nm) * sizeof *q->row);
+            q->fallback = fb_malloc((size_t)(V ? V : 1) * sizeof *q->fallback);
+            if (!q->src || !q->offset || !q->rows || !q->row || !q->fallback) st = FB_ERR_NOMEM;
+            for (int k = 0; !st && k < nm; k++) {
+                const fb_tensor *T = O->in[k];
+                if (!T->src) {
+                    st = fb_set_error(FB_ERR_UNSUPPORTED, "'%s': an in-memory tensor", T->name);
+                    break;
+                }
+                fb_source_ref(T->src);
+                q->src[k] = T->src;
+                q->offset[k] = T->src_offset;
+                q->rows[k] = T->shape[0];
+            }
+            if (!st) {
+                memcpy(q->row, row, (size_t)(V * nm) * sizeof *row);
+                memcpy(q->fallback, fallback, (size_t)V * sizeof *fallback);
+            }
+            fb_source *vs = NULL;
+            if (st) permuted_free(q);
+            else st = fb_source_virtual(O->in[m]->src->path,
+                                        (uint64_t)(V * q->width) * fb_dtype_size(q->dtype),
+                                        permuted_read, permuted_free, q, &vs);
+            /* the synthetic tensor, named as the output, stands for input m from now on */
+            char name[1200];
+            snprintf(name, sizeof name, "%s#%lld.%d", O->name, (long long)o, m);
+            int64_t shape[2] = {V, q->width};
+            fb_dtype dt = O->in[m]->dtype;
+            if (!st) st = fb_model_add_tensor_lazy(p->synth, name, dt, 2, shape, vs, 0);
+            if (vs) fb_source_unref(vs);
+            if (!st) O->in[m] = fb_model_find(p->synth, name);
+        }
+        fb_free(row);
+        fb_free(fallback);
+        p->vocab_size = V;
+    }
+done:
     vocab_free(&out);
+    vocab_free(&base_vocab);
     return st;
 }
 
@@ -1197,7 +1375,10 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         }
     }
     if (!st) st = d->from_models ? plan_models(R, &p) : plan_slices(R, &p);
-    if (!st && tok_dir) st = check_vocabularies(&p, tok_dir);
+    mk_loaded *base_loaded = NULL;
+    if (!st && tok_dir && d->base) st = load(R, d->base, &base_loaded);
+    if (!st && tok_dir)
+        st = permute_vocabularies(&p, tok_dir, base_loaded, !strcmp(d->tokenizer_source, "base"));
     /* the pool's models: every source but the base (kept apart for methods that use it) */
     int models[256], nmodels = 0;
     for (int k = 0; k < p.P && !st; k++) {
@@ -1253,6 +1434,7 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         method->tensor_params_user = &p;
         method->out_layers = p.out_layers;
         method->tokenizer_dir = tok_dir;
+        method->out_vocab = p.vocab_size;
         method->chat_template = d->chat_template;
     }
     /* the views: model v is the v-th source that is not the base, in every slice, under the

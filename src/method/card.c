@@ -104,6 +104,26 @@ static void card_text(fb_buf *b, const fb_method *m, const fb_modelpool *pool,
     if (opts && opts->command) fb_buf_printf(b, "\n## Command\n\n```sh\n%s\n```\n", opts->command);
 }
 
+/* Sets config.json's vocab_size (a vocabulary rebuilt by mergekit's tokenizer_source). */
+static fb_status set_vocab_size(fb_companions *c, int64_t v)
+{
+    for (int i = 0; i < c->count; i++) {
+        if (strcmp(c->files[i].name, "config.json")) continue;
+        cJSON *root = cJSON_ParseWithLength(c->files[i].data, c->files[i].size);
+        if (!root) return fb_set_error(FB_ERR_FORMAT, "config.json is not JSON");
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "vocab_size");
+        char *text = cJSON_AddNumberToObject(root, "vocab_size", (double)v) ? cJSON_Print(root) : NULL;
+        cJSON_Delete(root);
+        char *copy = text ? fb_strdup(text) : NULL;
+        cJSON_free(text);
+        if (!copy) return FB_ERR_NOMEM;
+        fb_free((void *)c->files[i].data);
+        c->files[i].data = copy;
+        c->files[i].size = strlen(copy);
+    }
+    return FB_OK;
+}
+
 /* Sets "chat_template" in the folder's tokenizer_config.json (made when there is none). */
 static fb_status set_chat_template(fb_companions *c, const char *tmpl)
 {
@@ -170,6 +190,7 @@ fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *po
     fb_free(tok_dir);
     if (st) return st;
     if (m->chat_template) st = set_chat_template(c, m->chat_template);
+    if (!st && m->out_vocab > 0) st = set_vocab_size(c, m->out_vocab);
     if (!st && m->extra_name)
         st = fb_companions_add(c, m->extra_name, m->extra_text, strlen(m->extra_text));
     fb_buf card;

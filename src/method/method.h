@@ -213,6 +213,7 @@ struct fb_method {
     const fb_config *(*tensor_params)(void *user, const char *name);
     void *tensor_params_user;
     int64_t out_layers;
+    int64_t out_vocab; /* >0: config.json's vocab_size */
     const char *tokenizer_dir, *chat_template, *card, *extra_name, *extra_text;
 };
 

@@ -449,6 +449,68 @@ for m in ("ties", "breadcrumbs_ties", "dare_ties", "task_arithmetic"):
     case(m + "_big", {"models": BIG_MODELS, "merge_method": m, "base_model": "base",
                       "parameters": params}, pool="big", seed=3)
 
+# tokenizer_source with vocabularies that differ (mergekit's PermutedEmbeddings): base has
+# t0..t39; a adds "<y>" at 40; b swaps t3 and t4 and adds "<y>" at 40. Rows are rebuilt in the
+# output tokenizer's order: a model's own row for each token, else the one holder's, else the
+# base's, else the mean of the holders' (here "<y>" for the base: a's and b's).
+VOC = os.path.join(OUT, "vocab")
+vocabs = {"base": {f"t{i}": i for i in range(40)},
+          "a": dict({f"t{i}": i for i in range(40)}, **{"<y>": 40}),
+          "b": dict({f"t{i}": (4 if i == 3 else 3 if i == 4 else i) for i in range(40)},
+                    **{"<y>": 40})}
+vpool = {}
+for m, voc in vocabs.items():
+    d = os.path.join(VOC, m)
+    os.makedirs(d, exist_ok=True)
+    rows = len(voc)
+    tensors = {n: torch.randn((rows, H) if ("embed" in n or "lm_head" in n) else shp) * 0.1
+               for n, shp in SHAPES.items()}
+    vpool[m] = tensors
+    st.save(os.path.join(d, "model.safetensors"), tensors)
+    plain = {t: i for t, i in voc.items() if not t.startswith("<")}
+    added = [{"id": i, "content": t, "special": True} for t, i in voc.items() if t.startswith("<")]
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        json.dump({"model": {"type": "BPE", "vocab": plain}, "added_tokens": added, "source": m}, f)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({"model_type": "llama", "num_hidden_layers": L, "vocab_size": rows}, f)
+
+
+def permuted(out_vocab, models, base):
+    """Each model's embedding rows in out_vocab's order, as PermutedEmbeddings builds them."""
+    res = {}
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        V = len(out_vocab)
+        p = {m: {i: vocabs[m].get(t, -1) for t, i in out_vocab.items()} for m in models}
+        default = {}
+        for t, i in out_vocab.items():
+            have = [m for m in models if p[m][i] >= 0]
+            if len(have) == 1:
+                default[i] = vpool[have[0]][n][p[have[0]][i]]
+            elif base in have:
+                default[i] = vpool[base][n][p[base][i]]
+            elif have:
+                default[i] = sum(vpool[m][n][p[m][i]] for m in have) / len(have)
+        for m in models:
+            res[(m, n)] = torch.stack([vpool[m][n][p[m][i]] if p[m][i] >= 0 else default[i]
+                                       for i in range(V)])
+    return res
+
+
+W = {"base": 0.2, "a": 0.5, "b": 0.3}
+for src, out_vocab in (("base", vocabs["base"]), ("b", vocabs["b"])):
+    name = "vocab_" + src
+    cfg = {"models": [{"model": m, "parameters": {"weight": w}} for m, w in W.items()],
+           "merge_method": "linear", "base_model": "base", "tokenizer_source": src}
+    with open(os.path.join(VOC, name + ".yml"), "w") as f:
+        f.write(to_yaml(cfg))
+    per = permuted(out_vocab, list(W), "base")
+    expect = {}
+    for n in SHAPES:
+        xs = {m: per[(m, n)] if (m, n) in per else vpool[m][n] for m in W}
+        expect[n] = sum(W[m] * xs[m] for m in W) / sum(W.values())
+    st.save(os.path.join(VOC, name + ".expected.safetensors"), expect)
+    CASES.append({"name": name, "pool": "vocab", "seed": 0, "vocab_size": len(out_vocab)})
+
 # A PEFT LoRA adapter written here (PEFT's layout), applied to base as a merge input:
 # linear with weight 1 gives W + (alpha / r) B A (embeddings: + (alpha / r) (B A)^T).
 ADAPTER = os.path.join(OUT, "f32", "adapter_x")
