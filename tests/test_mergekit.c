@@ -85,11 +85,46 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
             EXPECT(cfg && strstr(cfg, want_text));
             free(cfg);
         }
+        const cJSON *added = cJSON_GetObjectItem(c, "added"), *a;
+        if (added) { /* union: the new tokens in the tokenizer, with their ids and kinds */
+            snprintf(path, sizeof path, "%s/tokenizer.json", out);
+            char *text = fb_test_read_file(path, NULL);
+            cJSON *tj = text ? cJSON_Parse(text) : NULL;
+            free(text);
+            cJSON_ArrayForEach(a, added)
+            {
+                const char *tok = cJSON_GetArrayItem(a, 0)->valuestring;
+                int id = cJSON_GetArrayItem(a, 1)->valueint, special = cJSON_IsTrue(cJSON_GetArrayItem(a, 2));
+                int ok = 0;
+                const cJSON *e;
+                cJSON_ArrayForEach(e, cJSON_GetObjectItem(tj, "added_tokens"))
+                    ok |= !strcmp(cJSON_GetObjectItem(e, "content")->valuestring, tok) &&
+                          cJSON_GetObjectItem(e, "id")->valueint == id &&
+                          cJSON_IsTrue(cJSON_GetObjectItem(e, "special")) == special;
+                if (!ok) fb_test_fail(__FILE__, __LINE__, "case %s: token '%s' not added at %d", name, tok, id);
+            }
+            cJSON_Delete(tj);
+            /* and tokenizer_config.json's added_tokens_decoder, keyed by id */
+            snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
+            text = fb_test_read_file(path, NULL);
+            cJSON *tc = text ? cJSON_Parse(text) : NULL;
+            free(text);
+            const cJSON *dec = cJSON_GetObjectItem(tc, "added_tokens_decoder");
+            cJSON_ArrayForEach(a, added)
+            {
+                char id[16];
+                snprintf(id, sizeof id, "%d", cJSON_GetArrayItem(a, 1)->valueint);
+                const cJSON *e = cJSON_GetObjectItem(dec, id);
+                EXPECT(e && !strcmp(cJSON_GetObjectItem(e, "content")->valuestring,
+                                    cJSON_GetArrayItem(a, 0)->valuestring));
+            }
+            cJSON_Delete(tc);
+        }
         fb_model_free(got);
         fb_model_free(want);
         n++;
     }
-    EXPECT(n >= 33);
+    EXPECT(n >= 34);
     cJSON_Delete(cases);
 }
 
@@ -269,7 +304,7 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
             "  - model: %1$s/nowhere\n    parameters: {weight: 1}\nmerge_method: linear\n", 1,
             "nowhere");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
-            "tokenizer_source: union\n", 2, "union");
+            "tokenizer:\n  source: union\n  tokens:\n    x: {source: zero}\n", 2, "tokenizer.tokens");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
             "dtype: float8\n", 2, "dtype 'float8'");
     /* the density TIES keeps of a 16-entry norm: none at 0.01 (mergekit refuses it too) */

@@ -365,11 +365,6 @@ static fb_status parse_doc(mk_doc *d)
     }
     if (ts && !fb_cfg_is_null(ts)) {
         if ((st = fb_cfg_string(ts, "tokenizer_source", &d->tokenizer_source))) return st;
-        if (!strcmp(d->tokenizer_source, "union"))
-            return fb_set_error(FB_ERR_UNSUPPORTED, "%s: tokenizer_source: union (a merged "
-                                                    "vocabulary with permuted embeddings) is not "
-                                                    "supported yet; use base or a model",
-                                fb_cfg_where(ts));
     }
     if ((n = fb_cfg_map_get(r, "chat_template")) && !fb_cfg_is_null(n)) {
         if ((st = fb_cfg_string(n, "chat_template", &d->chat_template))) return st;
@@ -1030,12 +1025,14 @@ static fb_status card_and_files(const mk_doc *d, const plan *p, fb_buf *card)
 typedef struct vocab {
     cJSON *json;
     fb_strmap ids;
+    fb_strmap added; /* the added tokens: content -> index in json's added_tokens */
     int64_t size;
 } vocab;
 
 static void vocab_free(vocab *v)
 {
     fb_strmap_clear(&v->ids);
+    fb_strmap_clear(&v->added);
     cJSON_Delete(v->json);
     memset(v, 0, sizeof *v);
 }
@@ -1045,6 +1042,7 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
 {
     memset(v, 0, sizeof *v);
     fb_strmap_init(&v->ids);
+    fb_strmap_init(&v->added);
     *found = 0;
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", folder);
@@ -1075,12 +1073,15 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
         if (!tok) continue;
         if (fb_strmap_get(&v->ids, tok) < 0 && (st = fb_strmap_put(&v->ids, tok, id))) break;
     }
+    int64_t index = 0;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(v->json, "added_tokens"))
     {
         const char *tok = cJSON_GetStringValue(cJSON_GetObjectItem(e, "content"));
         const cJSON *id = cJSON_GetObjectItem(e, "id");
         if (!st && tok && cJSON_IsNumber(id) && fb_strmap_get(&v->ids, tok) < 0)
             st = fb_strmap_put(&v->ids, tok, (int64_t)id->valuedouble);
+        if (!st && tok && fb_strmap_get(&v->added, tok) < 0) st = fb_strmap_put(&v->added, tok, index);
+        index++;
     }
     v->size = v->ids.count;
     return st;
@@ -1167,16 +1168,145 @@ static int embedding_name(const char *name)
     return strstr(name, "embed_tokens") || strstr(name, "lm_head") || strstr(name, "wte.");
 }
 
+static int64_t embedding_rows(const mk_loaded *L, int64_t fallback)
+{
+    for (int64_t i = 0; i < L->model->count; i++)
+        if (embedding_name(L->model->tensors[i]->name) && L->model->tensors[i]->ndim == 2)
+            return L->model->tensors[i]->shape[0];
+    return fallback;
+}
+
+typedef struct tok_id {
+    const char *tok;
+    int64_t id;
+} tok_id;
+
+static int cmp_tok_id(const void *a, const void *b)
+{
+    int64_t x = ((const tok_id *)a)->id, y = ((const tok_id *)b)->id;
+    return (x > y) - (x < y);
+}
+
+/* mergekit's union tokenizer: the base's tokens (below its embedding rows) at their ids, then
+ * every model's other tokens (base first, then the sources in order; each model's by
+ * ascending id, as far as its embedding rows go), then the added tokens that are still new,
+ * with their settings; a token added in any model counts as added. *appended: the JSON array
+ * of the new entries for the output tokenizer's added_tokens. The models' vocabularies stay
+ * in *keep (the map borrows their strings); the caller frees them. */
+static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, vocab **keep,
+                             int *nkeep, char **appended)
+{
+    const mk_loaded *models[256];
+    int n = 0;
+    models[n++] = base;
+    for (int s = 0; s < p->num_slices; s++)
+        for (int k = 0; k < p->slices[s].n; k++) {
+            int seen = 0;
+            for (int i = 0; i < n; i++) seen |= models[i] == p->src[s][k];
+            if (!seen && n < 256) models[n++] = p->src[s][k];
+        }
+    vocab *mv = fb_calloc((size_t)n, sizeof *mv);
+    int *has = fb_calloc((size_t)n, sizeof *has);
+    tok_id *list = NULL;
+    cJSON *added = cJSON_CreateArray();
+    fb_status st = mv && has && added ? FB_OK : FB_ERR_NOMEM;
+    memset(out, 0, sizeof *out);
+    fb_strmap_init(&out->ids);
+    fb_strmap_init(&out->added);
+    for (int i = 0; !st && i < n; i++) {
+        struct stat sb;
+        char *dir = stat(models[i]->path, &sb) == 0 && S_ISDIR(sb.st_mode)
+                        ? fb_strdup(models[i]->path) : fb_path_dirname(models[i]->path);
+        st = dir ? vocab_read(dir, &mv[i], &has[i]) : FB_ERR_NOMEM;
+        fb_free(dir);
+    }
+    if (!st && !has[0])
+        st = fb_set_error(FB_ERR_NOT_FOUND, "tokenizer_source union: the base model '%s' has no "
+                                            "tokenizer.json", base->ref);
+    int64_t V = 0, count = 0;
+    const int64_t rows0 = st ? 0 : embedding_rows(base, mv[0].ids.count);
+    for (int64_t j = 0; !st && j < mv[0].ids.cap; j++) {
+        if (!mv[0].ids.keys[j] || mv[0].ids.values[j] >= rows0) continue;
+        st = fb_strmap_put(&out->ids, mv[0].ids.keys[j], mv[0].ids.values[j]);
+        if (mv[0].ids.values[j] + 1 > V) V = mv[0].ids.values[j] + 1;
+        count++;
+    }
+    if (!st && count != V)
+        st = fb_set_error(FB_ERR_UNSUPPORTED, "tokenizer_source union: the base's token ids are not "
+                                              "0..%lld", (long long)(count - 1));
+    for (int pass = 0; !st && pass < 2; pass++) /* plain tokens, then added ones */
+        for (int i = 0; !st && i < n; i++) {
+            if (!has[i]) continue; /* no tokenizer: the base's, nothing new */
+            const int64_t rows = embedding_rows(models[i], mv[i].ids.count);
+            int64_t m = 0;
+            fb_free(list);
+            list = fb_malloc((size_t)(mv[i].ids.count ? mv[i].ids.count : 1) * sizeof *list);
+            if (!list) {
+                st = FB_ERR_NOMEM;
+                break;
+            }
+            for (int64_t j = 0; j < mv[i].ids.cap; j++) {
+                const char *tok = mv[i].ids.keys[j];
+                if (!tok || mv[i].ids.values[j] >= rows) continue;
+                int is_added = 0;
+                for (int x = 0; x < n; x++) is_added |= has[x] && fb_strmap_get(&mv[x].added, tok) >= 0;
+                if (is_added != pass) continue;
+                list[m++] = (tok_id){tok, mv[i].ids.values[j]};
+            }
+            qsort(list, (size_t)m, sizeof *list, cmp_tok_id);
+            for (int64_t j = 0; !st && j < m; j++) {
+                if (fb_strmap_get(&out->ids, list[j].tok) >= 0) continue;
+                st = fb_strmap_put(&out->ids, list[j].tok, V);
+                cJSON *e;
+                int64_t at = fb_strmap_get(&mv[i].added, list[j].tok);
+                if (pass && at >= 0) { /* the added token's settings, at its new id */
+                    e = cJSON_Duplicate(cJSON_GetArrayItem(cJSON_GetObjectItem(mv[i].json, "added_tokens"),
+                                                           (int)at), 1);
+                    if (e) cJSON_DeleteItemFromObjectCaseSensitive(e, "id");
+                } else { /* what add_tokens gives a plain string */
+                    e = cJSON_CreateObject();
+                    if (e) {
+                        cJSON_AddStringToObject(e, "content", list[j].tok);
+                        cJSON_AddBoolToObject(e, "single_word", 0);
+                        cJSON_AddBoolToObject(e, "lstrip", 0);
+                        cJSON_AddBoolToObject(e, "rstrip", 0);
+                        cJSON_AddBoolToObject(e, "normalized", 1);
+                        cJSON_AddBoolToObject(e, "special", 0);
+                    }
+                }
+                if (!e || !cJSON_AddNumberToObject(e, "id", (double)V)) st = FB_ERR_NOMEM;
+                else cJSON_AddItemToArray(added, e);
+                V++;
+            }
+        }
+    out->size = V;
+    *appended = st ? NULL : cJSON_PrintUnformatted(added);
+    if (!st && !*appended) st = FB_ERR_NOMEM;
+    cJSON_Delete(added);
+    fb_free(list);
+    fb_free(has);
+    *keep = mv;
+    *nkeep = mv ? n : 0;
+    return st;
+}
+
 /* mergekit's tokenizer_source: every model's embedding rows (embed_tokens, lm_head) rebuilt in
  * the output tokenizer's order, token by token (tokenizer.json's vocabulary and added tokens;
  * a model without one has the base's), resized to that vocabulary; the base's vocabulary is cut
  * to its embedding rows. When that changes nothing the tensors stay as they are. */
 static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loaded *base,
-                                      int from_base)
+                                      int from_base, const vocab *given)
 {
     vocab out, base_vocab;
-    int found, base_found = 0;
-    fb_status st = vocab_read(tok_dir, &out, &found);
+    int found = 1, base_found = 0;
+    fb_status st = FB_OK;
+    if (given) { /* the union's: its map, borrowed (cleared below without freeing its json) */
+        out = *given;
+        out.json = NULL;
+        from_base = 0;
+    } else {
+        st = vocab_read(tok_dir, &out, &found);
+    }
     if (!st && base) {
         struct stat sb;
         char *dir = stat(base->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(base->path)
@@ -1307,8 +1437,9 @@ static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loa
         fb_free(fallback);
         p->vocab_size = V;
     }
+    if (given) p->vocab_size = V;
 done:
-    vocab_free(&out);
+    if (!given) vocab_free(&out);
     vocab_free(&base_vocab);
     return st;
 }
@@ -1364,9 +1495,11 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
     const char *cfg_ref = d->base ? d->base : p.slices[0].src[0].model;
     mk_loaded *cfg_model = NULL;
     if (!st) st = load(R, cfg_ref, &cfg_model);
+    const int union_tok = d->tokenizer_source && !strcmp(d->tokenizer_source, "union");
     if (!st && d->tokenizer_source) {
         mk_loaded *tm;
-        const char *ref = strcmp(d->tokenizer_source, "base") ? d->tokenizer_source : cfg_ref;
+        const char *ref = strcmp(d->tokenizer_source, "base") && !union_tok ? d->tokenizer_source
+                                                                           : cfg_ref;
         if (!(st = load(R, ref, &tm))) {
             struct stat sb;
             tok_dir = stat(tm->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(tm->path)
@@ -1376,9 +1509,15 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
     }
     if (!st) st = d->from_models ? plan_models(R, &p) : plan_slices(R, &p);
     mk_loaded *base_loaded = NULL;
+    vocab uv, *keep = NULL;
+    int nkeep = 0;
+    char *appended = NULL;
+    memset(&uv, 0, sizeof uv);
     if (!st && tok_dir && d->base) st = load(R, d->base, &base_loaded);
+    if (!st && union_tok) st = union_vocab(&p, cfg_model, &uv, &keep, &nkeep, &appended);
     if (!st && tok_dir)
-        st = permute_vocabularies(&p, tok_dir, base_loaded, !strcmp(d->tokenizer_source, "base"));
+        st = permute_vocabularies(&p, tok_dir, base_loaded, !strcmp(d->tokenizer_source, "base"),
+                                  union_tok ? &uv : NULL);
     /* the pool's models: every source but the base (kept apart for methods that use it) */
     int models[256], nmodels = 0;
     for (int k = 0; k < p.P && !st; k++) {
@@ -1435,6 +1574,7 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         method->out_layers = p.out_layers;
         method->tokenizer_dir = tok_dir;
         method->out_vocab = p.vocab_size;
+        method->added_tokens = appended;
         method->chat_template = d->chat_template;
     }
     /* the views: model v is the v-th source that is not the base, in every slice, under the
@@ -1484,6 +1624,11 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
     fb_buf_free(&card);
     fb_free(tok_dir);
     plan_free(&p);
+    fb_strmap_clear(&uv.ids);
+    fb_strmap_clear(&uv.added);
+    for (int i = 0; i < nkeep; i++) vocab_free(&keep[i]);
+    fb_free(keep);
+    cJSON_free(appended);
     return st;
 }
 

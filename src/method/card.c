@@ -124,6 +124,64 @@ static fb_status set_vocab_size(fb_companions *c, int64_t v)
     return FB_OK;
 }
 
+/* Replaces companion i's bytes with root printed. */
+static fb_status replace_json(fb_companions *c, int i, cJSON *root)
+{
+    char *text = cJSON_Print(root);
+    char *copy = text ? fb_strdup(text) : NULL;
+    cJSON_free(text);
+    if (!copy) return FB_ERR_NOMEM;
+    fb_free((void *)c->files[i].data);
+    c->files[i].data = copy;
+    c->files[i].size = strlen(copy);
+    return FB_OK;
+}
+
+/* Appends tokens (a JSON array of added-token entries with their ids) to tokenizer.json's
+ * added_tokens and tokenizer_config.json's added_tokens_decoder (a union vocabulary). */
+static fb_status add_tokens(fb_companions *c, const char *tokens)
+{
+    cJSON *list = cJSON_Parse(tokens);
+    if (!list) return FB_ERR_NOMEM;
+    fb_status st = FB_OK;
+    for (int i = 0; !st && i < c->count; i++) {
+        int tj = !strcmp(c->files[i].name, "tokenizer.json");
+        int tc = !strcmp(c->files[i].name, "tokenizer_config.json");
+        if (!tj && !tc) continue;
+        cJSON *root = cJSON_ParseWithLength(c->files[i].data, c->files[i].size);
+        if (!root || !cJSON_IsObject(root)) {
+            cJSON_Delete(root);
+            st = fb_set_error(FB_ERR_FORMAT, "%s is not a JSON object", c->files[i].name);
+            break;
+        }
+        const char *key = tj ? "added_tokens" : "added_tokens_decoder";
+        cJSON *into = cJSON_GetObjectItem(root, key);
+        if (!into) into = tj ? cJSON_AddArrayToObject(root, key) : cJSON_AddObjectToObject(root, key);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, list)
+        {
+            cJSON *copy = cJSON_Duplicate(e, 1);
+            if (!copy || !into) {
+                cJSON_Delete(copy);
+                st = FB_ERR_NOMEM;
+                break;
+            }
+            if (tj) {
+                cJSON_AddItemToArray(into, copy);
+            } else { /* keyed by id, without it */
+                char id[32];
+                snprintf(id, sizeof id, "%lld", (long long)cJSON_GetObjectItem(copy, "id")->valuedouble);
+                cJSON_DeleteItemFromObjectCaseSensitive(copy, "id");
+                cJSON_AddItemToObject(into, id, copy);
+            }
+        }
+        if (!st) st = replace_json(c, i, root);
+        cJSON_Delete(root);
+    }
+    cJSON_Delete(list);
+    return st;
+}
+
 /* Sets "chat_template" in the folder's tokenizer_config.json (made when there is none). */
 static fb_status set_chat_template(fb_companions *c, const char *tmpl)
 {
@@ -191,6 +249,7 @@ fb_status fb_method_output_companions(const fb_method *m, const fb_modelpool *po
     if (st) return st;
     if (m->chat_template) st = set_chat_template(c, m->chat_template);
     if (!st && m->out_vocab > 0) st = set_vocab_size(c, m->out_vocab);
+    if (!st && m->added_tokens) st = add_tokens(c, m->added_tokens);
     if (!st && m->extra_name)
         st = fb_companions_add(c, m->extra_name, m->extra_text, strlen(m->extra_text));
     fb_buf card;

@@ -214,6 +214,7 @@ struct fb_method {
     void *tensor_params_user;
     int64_t out_layers;
     int64_t out_vocab; /* >0: config.json's vocab_size */
+    const char *added_tokens; /* a JSON array of tokens to add to the tokenizer files, or NULL */
     const char *tokenizer_dir, *chat_template, *card, *extra_name, *extra_text;
 };
 

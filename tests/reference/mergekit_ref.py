@@ -450,14 +450,16 @@ for m in ("ties", "breadcrumbs_ties", "dare_ties", "task_arithmetic"):
                       "parameters": params}, pool="big", seed=3)
 
 # tokenizer_source with vocabularies that differ (mergekit's PermutedEmbeddings): base has
-# t0..t39; a adds "<y>" at 40; b swaps t3 and t4 and adds "<y>" at 40. Rows are rebuilt in the
-# output tokenizer's order: a model's own row for each token, else the one holder's, else the
-# base's, else the mean of the holders' (here "<y>" for the base: a's and b's).
+# t0..t39; a adds the added token "<y>" at 40; b swaps t3 and t4, adds "<y>" at 40 and a plain
+# "t40" at 41. Rows are rebuilt in the output tokenizer's order: a model's own row for each
+# token, else the one holder's, else the base's, else the mean of the holders' (here "<y>" for
+# the base: a's and b's). union: the base's tokens, then new plain ones (t40), then new added
+# ones (<y>).
 VOC = os.path.join(OUT, "vocab")
 vocabs = {"base": {f"t{i}": i for i in range(40)},
           "a": dict({f"t{i}": i for i in range(40)}, **{"<y>": 40}),
           "b": dict({f"t{i}": (4 if i == 3 else 3 if i == 4 else i) for i in range(40)},
-                    **{"<y>": 40})}
+                    **{"<y>": 40, "t40": 41})}
 vpool = {}
 for m, voc in vocabs.items():
     d = os.path.join(VOC, m)
@@ -473,6 +475,9 @@ for m, voc in vocabs.items():
         json.dump({"model": {"type": "BPE", "vocab": plain}, "added_tokens": added, "source": m}, f)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump({"model_type": "llama", "num_hidden_layers": L, "vocab_size": rows}, f)
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"added_tokens_decoder": {str(e["id"]): {"content": e["content"], "special": True}
+                                            for e in added}, "source": m}, f)
 
 
 def permuted(out_vocab, models, base):
@@ -497,7 +502,8 @@ def permuted(out_vocab, models, base):
 
 
 W = {"base": 0.2, "a": 0.5, "b": 0.3}
-for src, out_vocab in (("base", vocabs["base"]), ("b", vocabs["b"])):
+union = dict(vocabs["base"], **{"t40": 40, "<y>": 41})
+for src, out_vocab in (("base", vocabs["base"]), ("b", vocabs["b"]), ("union", union)):
     name = "vocab_" + src
     cfg = {"models": [{"model": m, "parameters": {"weight": w}} for m, w in W.items()],
            "merge_method": "linear", "base_model": "base", "tokenizer_source": src}
@@ -509,7 +515,8 @@ for src, out_vocab in (("base", vocabs["base"]), ("b", vocabs["b"])):
         xs = {m: per[(m, n)] if (m, n) in per else vpool[m][n] for m in W}
         expect[n] = sum(W[m] * xs[m] for m in W) / sum(W.values())
     st.save(os.path.join(VOC, name + ".expected.safetensors"), expect)
-    CASES.append({"name": name, "pool": "vocab", "seed": 0, "vocab_size": len(out_vocab)})
+    CASES.append({"name": name, "pool": "vocab", "seed": 0, "vocab_size": len(out_vocab),
+                  **({"added": [["t40", 40, False], ["<y>", 41, True]]} if src == "union" else {})})
 
 # A PEFT LoRA adapter written here (PEFT's layout), applied to base as a merge input:
 # linear with weight 1 gives W + (alpha / r) B A (embeddings: + (alpha / r) (B A)^T).
