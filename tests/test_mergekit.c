@@ -525,22 +525,32 @@ TEST(mergekit_and_lora_allocation_failures_are_errors_and_leave_nothing)
     fb_test_write_file(fb_test_path("f.yml"), text, strlen(text));
     snprintf(model, sizeof model, "%s/a", pool_dir("f32"));
     snprintf(base, sizeof base, "%s/base", pool_dir("f32"));
+    /* and a union vocabulary, with embeddings rebuilt as they are read */
+    char vocab_cfg[4400];
+    snprintf(vocab_cfg, sizeof vocab_cfg, "%s/mergekit/vocab/vocab_union.yml", fb_test_ref_dir);
+    char cwd[4096];
+    REQUIRE(getcwd(cwd, sizeof cwd) != NULL);
     int failures = 0;
-    for (int which = 0; which < 2; which++) { /* the merge, then the extraction */
+    for (int which = 0; which < 3; which++) { /* the merge, the extraction, the union */
         fb_status st = FB_ERR_NOMEM;
         long n = 0;
         /* every early allocation, then a sample, until the run needs no more */
         for (; st != FB_OK && n < 1000000; n += n < 120 ? 1 : n / 6) {
             fb_alloc_fail_after(n);
             fb_lora_extract_options o = {.max_rank = 4};
-            st = which ? fb_lora_extract(model, base, fb_test_path("l_out"), &o)
-                       : fb_mergekit_run(fb_test_path("f.yml"), fb_test_path("f_out"), NULL);
+            if (which == 2 && chdir(fb_test_ref_dir) == 0 && chdir("mergekit/vocab") == 0)
+                st = fb_mergekit_run(vocab_cfg, fb_test_path("u_out"), NULL);
+            else
+                st = which ? fb_lora_extract(model, base, fb_test_path("l_out"), &o)
+                           : fb_mergekit_run(fb_test_path("f.yml"), fb_test_path("f_out"), NULL);
+            if (which == 2 && chdir(cwd) != 0) st = FB_ERR_IO;
             fb_alloc_fail_after(-1);
             if (st == FB_ERR_NOMEM) failures++;
             else if (st != FB_OK)
                 fb_test_fail(__FILE__, __LINE__, "%s, allocation %ld: %s (%s)",
-                             which ? "extract" : "merge", n, fb_status_str(st), fb_last_error());
-            if (st) EXPECT(!fb_test_exists(fb_test_path(which ? "l_out" : "f_out")));
+                             which == 2 ? "union" : which ? "extract" : "merge", n,
+                             fb_status_str(st), fb_last_error());
+            if (st) EXPECT(!fb_test_exists(fb_test_path(which == 2 ? "u_out" : which ? "l_out" : "f_out")));
         }
         EXPECT(st == FB_OK);
     }
