@@ -304,6 +304,8 @@ typedef struct fb_mergekit_options {
     const fb_run_options *run;    /* progress callbacks, page cache, non-finite policy (or NULL) */
     int dry_run;                  /* 1: validate, read every header and resolve every
                                    * parameter, then stop before merging */
+    const char *report_path;      /* a file the caller writes after the run (or NULL): checked
+                                   * with the outputs against every input before any work */
 } fb_mergekit_options;
 
 /* Runs a mergekit configuration file (mergekit-yaml's CONFIG.yml, or mergekit-multi's

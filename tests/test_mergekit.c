@@ -312,6 +312,36 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
             "merge_method: ties\nbase_model: %1$s/base\n", 2, "keeps none");
 }
 
+TEST(mergekit_outputs_that_are_inputs_are_refused_before_any_work)
+{
+    const char *cmds[][2] = {
+        {"mergekit linear.yml a", "output folder a holds the input files of model 'a'"},
+        {"mergekit linear.yml %s --report a/model.safetensors", "report a/model.safetensors is the input file"},
+        {"mergekit-extract-lora --model a --base-model base --out-path base", "adapter folder base holds"},
+    };
+    char before[4400];
+    snprintf(before, sizeof before, "%s/a/model.safetensors", pool_dir("f32"));
+    size_t len0 = 0;
+    char *bytes0 = fb_test_read_file(before, &len0);
+    for (int i = 0; i < 3; i++) {
+        char cmd[9000], args[4400];
+        snprintf(args, sizeof args, cmds[i][0], fb_test_path("out"));
+        snprintf(cmd, sizeof cmd, "cd %s && %s %s", pool_dir("f32"), fb_test_cli, args);
+        const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+        char *err = NULL;
+        int rc = fb_test_run(argv, NULL, &err);
+        if (rc != 2 || !err || !strstr(err, cmds[i][1]))
+            fb_test_fail(__FILE__, __LINE__, "%s: exit %d, '%s'", args, rc, err ? err : "");
+        free(err);
+        EXPECT(!fb_test_exists(fb_test_path("out")));
+    }
+    size_t len1 = 0;
+    char *bytes1 = fb_test_read_file(before, &len1);
+    EXPECT(bytes0 && bytes1 && len0 == len1 && !memcmp(bytes0, bytes1, len0));
+    free(bytes0);
+    free(bytes1);
+}
+
 TEST(mergekit_dry_run_resolves_everything_and_writes_nothing)
 {
     char cmd[9000];

@@ -151,6 +151,7 @@ int fb_mergekit_main(int argc, char **argv)
         return 2;
     }
     double t0 = seconds_now();
+    o.report_path = report;
     fb_status st = fb_mergekit_run(pos[0], pos[1], &o);
     if (!st && report) st = write_report(report, seconds_now() - t0);
     if (st) {

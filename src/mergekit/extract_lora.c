@@ -29,6 +29,7 @@
 #include "core/buf.h"
 #include "core/model.h"
 #include "core/status.h"
+#include "io/outputs.h"
 #include "io/writer.h"
 #include "method/linalg.h"
 
@@ -186,6 +187,22 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
     if (!st) st = compile(o.exclude_regexes, "exclude regex", &exc);
     if (!st) st = fb_model_load(model_path, &ft);
     if (!st) st = fb_model_load(base_path, &base);
+    if (!st) { /* the adapter folder must not be, or hold, a file of either model */
+        fb_input_path *in = NULL;
+        int nin = 0;
+        int64_t cap = 0;
+        const fb_model *ms[2] = {ft, base};
+        for (int k = 0; k < 2 && !st; k++) {
+            if (ms[k]->path) st = fb_input_paths_add(&in, &nin, &cap, ms[k]->path, "model", k ? base_path : model_path);
+            for (int64_t i = 0; !st && i < ms[k]->count; i++)
+                if (ms[k]->tensors[i]->src)
+                    st = fb_input_paths_add(&in, &nin, &cap, ms[k]->tensors[i]->src->path, "model",
+                                            k ? base_path : model_path);
+        }
+        fb_output_path out = {out_dir, "adapter folder"};
+        if (!st) st = fb_outputs_check(&out, 1, in, nin);
+        fb_input_paths_free(in, nin);
+    }
     if (!st) st = fb_model_create(&ad);
     /* embeddings of different vocabularies are saved whole (mergekit does the same) */
     int embed_lora = o.embed_lora;

@@ -37,6 +37,7 @@
 #include "core/strmap.h"
 #include "io/hub.h"
 #include "io/lora.h"
+#include "io/outputs.h"
 #include "io/writer.h"
 #include "method/method.h"
 #include "pool/modelpool.h"
@@ -1650,7 +1651,12 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
         }
         if (!inter) st = FB_ERR_NOMEM;
     }
-    /* every model that is not an intermediate is opened (headers) before the first merge */
+    /* every model that is not an intermediate is opened (headers) before the first merge, and
+     * every path the run writes is checked against every file it reads */
+    fb_input_path *inputs = NULL;
+    int ninputs = 0;
+    int64_t icap = 0;
+    if (!st) st = fb_input_paths_add(&inputs, &ninputs, &icap, config_path, "configuration", "");
     for (int i = 0; !st && i < ndocs; i++) {
         run R = {.doc = &docs[i], .opts = opts, .docs = docs, .ndocs = ndocs, .inter_dir = inter};
         const mk_doc *d = &docs[i];
@@ -1665,10 +1671,26 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
                 if (ref && !named) st = load(&R, ref, &L);
             }
         }
+        for (int m = 0; !st && m < R.nloaded; m++) {
+            const fb_model *M = R.loaded[m]->model;
+            if (M->path) st = fb_input_paths_add(&inputs, &ninputs, &icap, M->path, "model", R.loaded[m]->ref);
+            for (int64_t t = 0; !st && t < M->count; t++)
+                if (M->tensors[t]->src)
+                    st = fb_input_paths_add(&inputs, &ninputs, &icap, M->tensors[t]->src->path,
+                                            "model", R.loaded[m]->ref);
+        }
         run_free(&R);
         if (st && strncmp(fb_last_error(), config_path, strlen(config_path)) != 0)
             st = fb_error_prefix(st, "%s", config_path);
     }
+    if (!st) {
+        fb_output_path outs[3] = {{out_dir, "output folder"}};
+        int nouts = 1;
+        if (opts && opts->report_path) outs[nouts++] = (fb_output_path){opts->report_path, "report"};
+        if (inter) outs[nouts++] = (fb_output_path){inter, "intermediate folder"};
+        st = fb_outputs_check(outs, nouts, inputs, ninputs);
+    }
+    fb_input_paths_free(inputs, ninputs);
     if (!st && inter && mkdir(inter, 0777) != 0 && errno != EEXIST)
         st = fb_set_error(FB_ERR_IO, "%s: %s", inter, strerror(errno));
     /* dependency order: a document runs once every document it names has run */
