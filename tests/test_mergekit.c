@@ -94,14 +94,17 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
             cJSON_ArrayForEach(a, added)
             {
                 const char *tok = cJSON_GetArrayItem(a, 0)->valuestring;
-                int id = cJSON_GetArrayItem(a, 1)->valueint, special = cJSON_IsTrue(cJSON_GetArrayItem(a, 2));
+                int id = cJSON_GetArrayItem(a, 1)->valueint,
+                    special = cJSON_IsTrue(cJSON_GetArrayItem(a, 2));
                 int ok = 0;
                 const cJSON *e;
-                cJSON_ArrayForEach(e, cJSON_GetObjectItem(tj, "added_tokens"))
-                    ok |= !strcmp(cJSON_GetObjectItem(e, "content")->valuestring, tok) &&
-                          cJSON_GetObjectItem(e, "id")->valueint == id &&
-                          cJSON_IsTrue(cJSON_GetObjectItem(e, "special")) == special;
-                if (!ok) fb_test_fail(__FILE__, __LINE__, "case %s: token '%s' not added at %d", name, tok, id);
+                cJSON_ArrayForEach(e, cJSON_GetObjectItem(tj, "added_tokens")) ok |=
+                    !strcmp(cJSON_GetObjectItem(e, "content")->valuestring, tok) &&
+                    cJSON_GetObjectItem(e, "id")->valueint == id &&
+                    cJSON_IsTrue(cJSON_GetObjectItem(e, "special")) == special;
+                if (!ok)
+                    fb_test_fail(__FILE__, __LINE__, "case %s: token '%s' not added at %d", name,
+                                 tok, id);
             }
             cJSON_Delete(tj);
             /* and tokenizer_config.json's added_tokens_decoder, keyed by id */
@@ -130,10 +133,11 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
 
 TEST(mergekit_merges_are_the_same_bytes_for_1_and_2_threads)
 {
-    const char *names[][2] = {{"f32", "dare_ties"}, {"f32", "della"}, {"bf16", "ties_bf16"},
-                              {"f32", "sce"},       {"f32", "multislerp"}, {"f32", "arcee_fusion"},
+    const char *names[][2] = {{"f32", "dare_ties"},       {"f32", "della"},
+                              {"bf16", "ties_bf16"},      {"f32", "sce"},
+                              {"f32", "multislerp"},      {"f32", "arcee_fusion"},
                               {"bf16", "slerp_gradient"}, {"big", "ties_big"},
-                              {"big", "dare_ties_big"}, {"big", "breadcrumbs_ties_big"},
+                              {"big", "dare_ties_big"},   {"big", "breadcrumbs_ties_big"},
                               {"vocab", "vocab_b"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char a[256], b[256];
@@ -175,10 +179,11 @@ static void write_config(const char *name, const char *fmt)
 
 TEST(mergekit_output_folder_holds_config_tokenizer_card_and_the_configuration)
 {
-    write_config("tok.yml", "models:\n  - model: %1$s/a\n    parameters: {weight: 1.0}\n"
-                            "  - model: %1$s/b\n    parameters: {weight: 0.5}\n"
-                            "merge_method: linear\ntokenizer_source: %1$s/b\n"
-                            "chat_template: \"{%% for m in messages %%}{{ m.content }}{%% endfor %%}\"\n");
+    write_config("tok.yml",
+                 "models:\n  - model: %1$s/a\n    parameters: {weight: 1.0}\n"
+                 "  - model: %1$s/b\n    parameters: {weight: 0.5}\n"
+                 "merge_method: linear\ntokenizer_source: %1$s/b\n"
+                 "chat_template: \"{%% for m in messages %%}{{ m.content }}{%% endfor %%}\"\n");
     const char *out = fb_test_path("tok_out");
     char cmd[9000];
     snprintf(cmd, sizeof cmd, "%s mergekit %s %s --out-shard-size 2K", fb_test_cli,
@@ -191,7 +196,8 @@ TEST(mergekit_output_folder_holds_config_tokenizer_card_and_the_configuration)
     free(err);
     char p[4400];
     snprintf(p, sizeof p, "%s/mergekit_config.yml", out);
-    char *saved = fb_test_read_file(p, NULL), *given = fb_test_read_file(fb_test_path("tok.yml"), NULL);
+    char *saved = fb_test_read_file(p, NULL),
+         *given = fb_test_read_file(fb_test_path("tok.yml"), NULL);
     EXPECT(saved && given && !strcmp(saved, given));
     snprintf(p, sizeof p, "%s/tokenizer.json", out);
     char *tok = fb_test_read_file(p, NULL);
@@ -220,11 +226,15 @@ TEST(mergekit_output_folder_holds_config_tokenizer_card_and_the_configuration)
 TEST(mergekit_models_by_hub_id_and_revision)
 {
     char p[4400], src[4400];
-    const char *dirs[] = {"hub", "hub/models--org--tiny", "hub/models--org--tiny/refs",
-                          "hub/models--org--tiny/snapshots",
-                          "hub/models--org--tiny/snapshots/1111111111111111111111111111111111111111",
-                          "hub/models--org--tiny/snapshots/2222222222222222222222222222222222222222"};
-    for (int i = 0; i < 6; i++) mkdir(fb_test_path(dirs[i]), 0755);
+    const char *dirs[] = {
+        "hub",
+        "hub/models--org--tiny",
+        "hub/models--org--tiny/refs",
+        "hub/models--org--tiny/snapshots",
+        "hub/models--org--tiny/snapshots/1111111111111111111111111111111111111111",
+        "hub/models--org--tiny/snapshots/2222222222222222222222222222222222222222"};
+    for (int i = 0; i < 6; i++)
+        mkdir(fb_test_path(dirs[i]), 0755);
     const char *which[2] = {"a", "b"};
     for (int i = 0; i < 2; i++) {
         snprintf(p, sizeof p, "%s/model.safetensors", fb_test_path(dirs[4 + i]));
@@ -276,48 +286,60 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
     refused("models:\n  - model: %1$s/a\nmerge_method: frankenstein\n", 2,
             "unknown merge_method 'frankenstein'");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, densty: 0.5}\n"
-            "merge_method: ties\nbase_model: %1$s/base\n", 2, "no parameter 'densty'");
+            "merge_method: ties\nbase_model: %1$s/base\n",
+            2, "no parameter 'densty'");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, normalize: true}\n"
-            "merge_method: ties\nbase_model: %1$s/base\n", 2, "'normalize' of ties is not per model");
+            "merge_method: ties\nbase_model: %1$s/base\n",
+            2, "'normalize' of ties is not per model");
     refused("slices:\n  - sources:\n      - model: %1$s/a\n        layer_range: [0, 9]\n"
-            "merge_method: passthrough\n", 2, "outside its 4 layers");
+            "merge_method: passthrough\n",
+            2, "outside its 4 layers");
     refused("slices:\n  - sources:\n      - model: %1$s/a\n        layer_range: [0, 2]\n"
             "      - model: %1$s/b\n        layer_range: [0, 3]\n"
-            "merge_method: slerp\nbase_model: %1$s/a\nparameters: {t: 0.5}\n", 2,
-            "the same number of layers");
+            "merge_method: slerp\nbase_model: %1$s/a\nparameters: {t: 0.5}\n",
+            2, "the same number of layers");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: []}\nmerge_method: linear\n", 2,
             "empty list");
     refused("models:\n  - model: %1$s/a\n  - model: %1$s/b\n    parameters: {weight: 1}\n"
-            "merge_method: linear\n", 2, "has no 'weight'");
+            "merge_method: linear\n",
+            2, "has no 'weight'");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: ties\n", 2,
             "needs base_model");
     refused("models:\n  - model: %1$s/a\n    parameters:\n      weight: {filter: mlp, value: 1}\n"
-            "merge_method: linear\n", 2, "must stand in a list");
+            "merge_method: linear\n",
+            2, "must stand in a list");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
             "---\nmodels:\n  - model: %1$s/b\n    parameters: {weight: 1}\n"
-            "merge_method: linear\n", 2, "without a name");
+            "merge_method: linear\n",
+            2, "without a name");
     refused("models:\n  - model: %1$s/nowhere\n    parameters: {weight: 1}\n"
-            "merge_method: linear\n", 1, "nowhere");
+            "merge_method: linear\n",
+            1, "nowhere");
     /* a later document's missing model stops the run before the first merge */
     refused("name: first\nmodels:\n  - model: %1$s/a\n    parameters: {weight: 1}\n"
             "merge_method: linear\n---\nmodels:\n  - model: first\n    parameters: {weight: 1}\n"
-            "  - model: %1$s/nowhere\n    parameters: {weight: 1}\nmerge_method: linear\n", 1,
-            "nowhere");
+            "  - model: %1$s/nowhere\n    parameters: {weight: 1}\nmerge_method: linear\n",
+            1, "nowhere");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
-            "tokenizer:\n  source: union\n  tokens:\n    x: {source: zero}\n", 2, "tokenizer.tokens");
+            "tokenizer:\n  source: union\n  tokens:\n    x: {source: zero}\n",
+            2, "tokenizer.tokens");
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
-            "dtype: float8\n", 2, "dtype 'float8'");
+            "dtype: float8\n",
+            2, "dtype 'float8'");
     /* the density TIES keeps of a 16-entry norm: none at 0.01 (mergekit refuses it too) */
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.01}\n"
-            "merge_method: ties\nbase_model: %1$s/base\n", 2, "keeps none");
+            "merge_method: ties\nbase_model: %1$s/base\n",
+            2, "keeps none");
 }
 
 TEST(mergekit_outputs_that_are_inputs_are_refused_before_any_work)
 {
     const char *cmds[][2] = {
         {"mergekit linear.yml a", "output folder a holds the input files of model 'a'"},
-        {"mergekit linear.yml %s --report a/model.safetensors", "report a/model.safetensors is the input file"},
-        {"mergekit-extract-lora --model a --base-model base --out-path base", "adapter folder base holds"},
+        {"mergekit linear.yml %s --report a/model.safetensors",
+         "report a/model.safetensors is the input file"},
+        {"mergekit-extract-lora --model a --base-model base --out-path base",
+         "adapter folder base holds"},
     };
     char before[4400];
     snprintf(before, sizeof before, "%s/a/model.safetensors", pool_dir("f32"));
@@ -382,7 +404,8 @@ static double residual(const fb_model *ad, const char *weight, int64_t *rank)
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
             double ba = 0.0;
-            for (int64_t k = 0; k < r; k++) ba += (double)fb[i * r + k] * fa[k * n + j];
+            for (int64_t k = 0; k < r; k++)
+                ba += (double)fb[i * r + k] * fa[k * n + j];
             double d = (double)x[i * n + j] - y[i * n + j] - ba;
             err += d * d;
         }
@@ -424,7 +447,8 @@ TEST(lora_extraction_reconstructs_within_the_truncation_error)
         {
             int64_t k = cJSON_GetArraySize(e), want_rank = pass ? 0 : 5, rank = 0;
             if (pass) {
-                for (int64_t i = 0; i < k; i++) want_rank += cJSON_GetArrayItem(e, (int)i)->valuedouble > eps;
+                for (int64_t i = 0; i < k; i++)
+                    want_rank += cJSON_GetArrayItem(e, (int)i)->valuedouble > eps;
                 if (want_rank < 1) want_rank = 1;
             }
             double dropped = 0.0, total = 0.0;
@@ -435,16 +459,19 @@ TEST(lora_extraction_reconstructs_within_the_truncation_error)
             }
             double err = residual(ad, e->string, &rank);
             if (rank != want_rank || fabs(err - sqrt(dropped)) > 1e-5 * sqrt(total) + 1e-7)
-                fb_test_fail(__FILE__, __LINE__, "%s: rank %lld (want %lld), error %.9g, "
-                             "predicted %.9g", e->string, (long long)rank, (long long)want_rank,
-                             err, sqrt(dropped));
+                fb_test_fail(__FILE__, __LINE__,
+                             "%s: rank %lld (want %lld), error %.9g, "
+                             "predicted %.9g",
+                             e->string, (long long)rank, (long long)want_rank, err, sqrt(dropped));
             /* modules of another rank than r are in rank_pattern and alpha_pattern */
             char mod[512];
             snprintf(mod, sizeof mod, "%.*s", (int)(strlen(e->string) - 7), e->string);
             const cJSON *rp = cJSON_GetObjectItem(cJSON_GetObjectItem(cfg, "rank_pattern"), mod);
             const cJSON *ap = cJSON_GetObjectItem(cJSON_GetObjectItem(cfg, "alpha_pattern"), mod);
-            if (rank != max_rank) EXPECT(rp && ap && rp->valuedouble == rank && ap->valuedouble == rank);
-            else EXPECT(!rp && !ap);
+            if (rank != max_rank)
+                EXPECT(rp && ap && rp->valuedouble == rank && ap->valuedouble == rank);
+            else
+                EXPECT(!rp && !ap);
             modules++;
         }
         EXPECT(modules == 4 * 7);
@@ -467,8 +494,10 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     fb_lora_extract_options o = {.max_rank = 64};
     REQUIRE_OK(fb_lora_extract(model, base, fb_test_path("full"), &o));
     char text[9000];
-    snprintf(text, sizeof text, "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
-                                "merge_method: linear\n", base, fb_test_path("full"));
+    snprintf(text, sizeof text,
+             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+             "merge_method: linear\n",
+             base, fb_test_path("full"));
     fb_test_write_file(fb_test_path("rt.yml"), text, strlen(text));
     REQUIRE_OK(fb_mergekit_run(fb_test_path("rt.yml"), fb_test_path("rt_out"), NULL));
     fb_model *got = NULL, *want = NULL;
@@ -479,8 +508,8 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     fb_model_free(want);
     /* include/exclude and skip_undecomposable choose what the adapter holds */
     const char *inc[] = {"mlp", NULL}, *exc[] = {"layers\\.3\\.", NULL};
-    fb_lora_extract_options o2 = {.max_rank = 2, .include_regexes = inc, .exclude_regexes = exc,
-                                  .skip_undecomposable = 1};
+    fb_lora_extract_options o2 = {
+        .max_rank = 2, .include_regexes = inc, .exclude_regexes = exc, .skip_undecomposable = 1};
     REQUIRE_OK(fb_lora_extract(model, base, fb_test_path("some"), &o2));
     char p[4400];
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", fb_test_path("some"));
@@ -492,8 +521,9 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     fb_model_free(ad);
     /* the CLI, and an adapter that does not fit its model */
     char cmd[9000];
-    snprintf(cmd, sizeof cmd, "%s mergekit-extract-lora --model %s --base-model %s --out-path %s "
-                              "--max-rank 3 --embed-lora -e 'layers\\.[12]\\.'",
+    snprintf(cmd, sizeof cmd,
+             "%s mergekit-extract-lora --model %s --base-model %s --out-path %s "
+             "--max-rank 3 --embed-lora -e 'layers\\.[12]\\.'",
              fb_test_cli, model, base, fb_test_path("cli"));
     const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     EXPECT(fb_test_run(argv, NULL, NULL) == 0);
@@ -504,8 +534,10 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     EXPECT(!fb_model_find(ad, "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"));
     fb_model_free(ad);
     /* the embed-lora adapter applies (embedding factors transposed as PEFT stores them) */
-    snprintf(text, sizeof text, "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
-                                "merge_method: linear\n", base, fb_test_path("cli"));
+    snprintf(text, sizeof text,
+             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+             "merge_method: linear\n",
+             base, fb_test_path("cli"));
     fb_test_write_file(fb_test_path("emb.yml"), text, strlen(text));
     EXPECT_OK(fb_mergekit_run(fb_test_path("emb.yml"), fb_test_path("emb_out"), NULL));
     /* a module the model lacks */
@@ -519,13 +551,17 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     fb_model_create(&bad);
     float v[2 * 16] = {0};
     int64_t sa[2] = {2, 16}, sb[2] = {16, 2};
-    fb_model_add_tensor(bad, "base_model.model.model.layers.9.mlp.up_proj.lora_A.weight", FB_F32, 2, sa, v, NULL);
-    fb_model_add_tensor(bad, "base_model.model.model.layers.9.mlp.up_proj.lora_B.weight", FB_F32, 2, sb, v, NULL);
+    fb_model_add_tensor(bad, "base_model.model.model.layers.9.mlp.up_proj.lora_A.weight", FB_F32, 2,
+                        sa, v, NULL);
+    fb_model_add_tensor(bad, "base_model.model.model.layers.9.mlp.up_proj.lora_B.weight", FB_F32, 2,
+                        sb, v, NULL);
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", fb_test_path("bad_adapter"));
     fb_model_save(bad, p, NULL);
     fb_model_free(bad);
-    snprintf(text, sizeof text, "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
-                                "merge_method: linear\n", base, fb_test_path("bad_adapter"));
+    snprintf(text, sizeof text,
+             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+             "merge_method: linear\n",
+             base, fb_test_path("bad_adapter"));
     fb_test_write_file(fb_test_path("bad.yml"), text, strlen(text));
     EXPECT_ERROR(fb_mergekit_run(fb_test_path("bad.yml"), fb_test_path("bad_out"), NULL),
                  FB_ERR_MISMATCH, "layers.9.mlp.up_proj.lora_A.weight' matches no tensor");
@@ -549,9 +585,11 @@ TEST(mergekit_and_lora_allocation_failures_are_errors_and_leave_nothing)
     /* ties with an adapter applied to one input: the translator, the adapter and the chunked
      * per-tensor passes, with the n-th allocation failing */
     char text[9000], model[4200], base[4200];
-    snprintf(text, sizeof text, "models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.5}\n"
-                                "  - model: %1$s/base+%1$s/adapter_x\n    parameters: {weight: 0.5, density: 0.7}\n"
-                                "merge_method: ties\nbase_model: %1$s/base\n", pool_dir("f32"));
+    snprintf(text, sizeof text,
+             "models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.5}\n"
+             "  - model: %1$s/base+%1$s/adapter_x\n    parameters: {weight: 0.5, density: 0.7}\n"
+             "merge_method: ties\nbase_model: %1$s/base\n",
+             pool_dir("f32"));
     fb_test_write_file(fb_test_path("f.yml"), text, strlen(text));
     snprintf(model, sizeof model, "%s/a", pool_dir("f32"));
     snprintf(base, sizeof base, "%s/base", pool_dir("f32"));
@@ -575,12 +613,18 @@ TEST(mergekit_and_lora_allocation_failures_are_errors_and_leave_nothing)
                            : fb_mergekit_run(fb_test_path("f.yml"), fb_test_path("f_out"), NULL);
             if (which == 2 && chdir(cwd) != 0) st = FB_ERR_IO;
             fb_alloc_fail_after(-1);
-            if (st == FB_ERR_NOMEM) failures++;
+            if (st == FB_ERR_NOMEM)
+                failures++;
             else if (st != FB_OK)
                 fb_test_fail(__FILE__, __LINE__, "%s, allocation %ld: %s (%s)",
-                             which == 2 ? "union" : which ? "extract" : "merge", n,
-                             fb_status_str(st), fb_last_error());
-            if (st) EXPECT(!fb_test_exists(fb_test_path(which == 2 ? "u_out" : which ? "l_out" : "f_out")));
+                             which == 2 ? "union"
+                             : which    ? "extract"
+                                        : "merge",
+                             n, fb_status_str(st), fb_last_error());
+            if (st)
+                EXPECT(!fb_test_exists(fb_test_path(which == 2 ? "u_out"
+                                                    : which    ? "l_out"
+                                                               : "f_out")));
         }
         EXPECT(st == FB_OK);
     }

@@ -123,14 +123,17 @@ int fb_mergekit_main(int argc, char **argv)
         }
         char *end;
         if (!strcmp(name, "--out-shard-size") && parse_size(v, &o.max_shard_bytes)) {
-            fprintf(stderr, "fusion_bench mergekit: error: --out-shard-size '%s' is not a size\n", v);
+            fprintf(stderr, "fusion_bench mergekit: error: --out-shard-size '%s' is not a size\n",
+                    v);
             return 2;
         } else if (!strcmp(name, "--random-seed")) {
             errno = 0;
             o.random_seed = strtoull(v, &end, 10);
             if (*end || errno || !*v || *v == '-') {
-                fprintf(stderr, "fusion_bench mergekit: error: --random-seed '%s' is not a "
-                                "non-negative integer\n", v);
+                fprintf(stderr,
+                        "fusion_bench mergekit: error: --random-seed '%s' is not a "
+                        "non-negative integer\n",
+                        v);
                 return 2;
             }
         } else if (!strcmp(name, "--intermediate-dir")) {
@@ -164,23 +167,23 @@ int fb_mergekit_main(int argc, char **argv)
 
 static void extract_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: fusion_bench mergekit-extract-lora --model FT --base-model BASE --out-path OUT\n"
-            "                                          [options]\n"
-            "\n"
-            "Extracts a PEFT LoRA adapter (the SVD of each weight's difference) as\n"
-            "mergekit-extract-lora does; docs/mergekit.md.\n"
-            "\n"
-            "options:\n"
-            "  --max-rank N              largest rank of a module (default 128)\n"
-            "  --sv-epsilon E            drop singular values at most E (default 0: none)\n"
-            "  -i, --include-regex RE    only modules whose name RE matches (repeatable)\n"
-            "  -e, --exclude-regex RE    leave out modules RE matches (repeatable)\n"
-            "  --save-module NAME        save this module whole (repeatable)\n"
-            "  --embed-lora              decompose the embeddings too (default: saved whole)\n"
-            "  --no-distribute-scale     A = S Vt, B = U (default: sqrt(S) on both)\n"
-            "  --skip-undecomposable     leave norms and convolutions out (default: saved whole)\n"
-            "  --threads N               worker threads\n");
+    fprintf(
+        f, "usage: fusion_bench mergekit-extract-lora --model FT --base-model BASE --out-path OUT\n"
+           "                                          [options]\n"
+           "\n"
+           "Extracts a PEFT LoRA adapter (the SVD of each weight's difference) as\n"
+           "mergekit-extract-lora does; docs/mergekit.md.\n"
+           "\n"
+           "options:\n"
+           "  --max-rank N              largest rank of a module (default 128)\n"
+           "  --sv-epsilon E            drop singular values at most E (default 0: none)\n"
+           "  -i, --include-regex RE    only modules whose name RE matches (repeatable)\n"
+           "  -e, --exclude-regex RE    leave out modules RE matches (repeatable)\n"
+           "  --save-module NAME        save this module whole (repeatable)\n"
+           "  --embed-lora              decompose the embeddings too (default: saved whole)\n"
+           "  --no-distribute-scale     A = S Vt, B = U (default: sqrt(S) on both)\n"
+           "  --skip-undecomposable     leave norms and convolutions out (default: saved whole)\n"
+           "  --threads N               worker threads\n");
 }
 
 int fb_mergekit_extract_main(int argc, char **argv)
@@ -202,60 +205,83 @@ int fb_mergekit_extract_main(int argc, char **argv)
             rc = -1;
             break;
         }
-        if (!strcmp(name, "--embed-lora")) o.embed_lora = 1;
-        else if (!strcmp(name, "--no-embed-lora")) o.embed_lora = 0;
-        else if (!strcmp(name, "--distribute-scale")) o.no_distribute_scale = 0;
-        else if (!strcmp(name, "--no-distribute-scale")) o.no_distribute_scale = 1;
-        else if (!strcmp(name, "--skip-undecomposable")) o.skip_undecomposable = 1;
+        if (!strcmp(name, "--embed-lora"))
+            o.embed_lora = 1;
+        else if (!strcmp(name, "--no-embed-lora"))
+            o.embed_lora = 0;
+        else if (!strcmp(name, "--distribute-scale"))
+            o.no_distribute_scale = 0;
+        else if (!strcmp(name, "--no-distribute-scale"))
+            o.no_distribute_scale = 1;
+        else if (!strcmp(name, "--skip-undecomposable"))
+            o.skip_undecomposable = 1;
         else {
-            static const char *const valued[] = {"--model", "--base-model", "--out-path",
-                                                 "--max-rank", "--sv-epsilon", "-i",
-                                                 "--include-regex", "-e", "--exclude-regex",
-                                                 "--save-module", "--threads", NULL};
+            static const char *const valued[] = {
+                "--model",         "--base-model", "--out-path",
+                "--max-rank",      "--sv-epsilon", "-i",
+                "--include-regex", "-e",           "--exclude-regex",
+                "--save-module",   "--threads",    NULL};
             int known = 0;
-            for (const char *const *k = valued; *k; k++) known |= !strcmp(*k, name);
+            for (const char *const *k = valued; *k; k++)
+                known |= !strcmp(*k, name);
             if (!known) {
-                fprintf(stderr, "fusion_bench mergekit-extract-lora: error: unknown %s '%s' "
-                                "(see --help)\n", a[0] == '-' ? "option" : "argument", a);
+                fprintf(stderr,
+                        "fusion_bench mergekit-extract-lora: error: unknown %s '%s' "
+                        "(see --help)\n",
+                        a[0] == '-' ? "option" : "argument", a);
                 rc = 2;
                 break;
             }
             if (!v) {
                 if (i + 1 >= argc) {
-                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: %s needs a "
-                                    "value\n", name);
+                    fprintf(stderr,
+                            "fusion_bench mergekit-extract-lora: error: %s needs a "
+                            "value\n",
+                            name);
                     rc = 2;
                     break;
                 }
                 v = argv[++i];
             }
             char *end;
-            if (!strcmp(name, "--model")) model = v;
-            else if (!strcmp(name, "--base-model")) base = v;
-            else if (!strcmp(name, "--out-path")) out = v;
-            else if (!strcmp(name, "-i") || !strcmp(name, "--include-regex")) inc[ni++] = v;
-            else if (!strcmp(name, "-e") || !strcmp(name, "--exclude-regex")) exc[ne++] = v;
-            else if (!strcmp(name, "--save-module")) save[ns++] = v;
+            if (!strcmp(name, "--model"))
+                model = v;
+            else if (!strcmp(name, "--base-model"))
+                base = v;
+            else if (!strcmp(name, "--out-path"))
+                out = v;
+            else if (!strcmp(name, "-i") || !strcmp(name, "--include-regex"))
+                inc[ni++] = v;
+            else if (!strcmp(name, "-e") || !strcmp(name, "--exclude-regex"))
+                exc[ne++] = v;
+            else if (!strcmp(name, "--save-module"))
+                save[ns++] = v;
             else if (!strcmp(name, "--max-rank")) {
                 long r = strtol(v, &end, 10);
                 if (*end || r < 1 || r > 1000000) {
-                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: --max-rank '%s' "
-                                    "is not a positive integer\n", v);
+                    fprintf(stderr,
+                            "fusion_bench mergekit-extract-lora: error: --max-rank '%s' "
+                            "is not a positive integer\n",
+                            v);
                     rc = 2;
                 }
                 o.max_rank = (int)r;
             } else if (!strcmp(name, "--sv-epsilon")) {
                 o.sv_epsilon = strtod(v, &end);
                 if (*end || !(o.sv_epsilon >= 0)) {
-                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: --sv-epsilon '%s' "
-                                    "is not a number >= 0\n", v);
+                    fprintf(stderr,
+                            "fusion_bench mergekit-extract-lora: error: --sv-epsilon '%s' "
+                            "is not a number >= 0\n",
+                            v);
                     rc = 2;
                 }
             } else if (!strcmp(name, "--threads")) {
                 long n = strtol(v, &end, 10);
                 if (*end || n < 1 || n > 4096) {
-                    fprintf(stderr, "fusion_bench mergekit-extract-lora: error: --threads '%s' is "
-                                    "not a count\n", v);
+                    fprintf(stderr,
+                            "fusion_bench mergekit-extract-lora: error: --threads '%s' is "
+                            "not a count\n",
+                            v);
                     rc = 2;
                 } else {
                     fb_set_num_threads((int)n);

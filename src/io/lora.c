@@ -27,7 +27,7 @@
 #include "lora.h"
 
 typedef struct delta {
-    fb_source *src;     /* W's bytes */
+    fb_source *src; /* W's bytes */
     uint64_t offset;
     fb_dtype dtype;
     int64_t rows, cols; /* W as rows x cols (a vector: 1 x n) */
@@ -66,7 +66,8 @@ static fb_status delta_read(void *p, uint64_t offset, size_t n, void *dst)
         if (seg > count - j) seg = count - j;
         float *out = w + j;
         if (d->rank == 0) {
-            for (int64_t c = 0; c < seg; c++) out[c] += d->add[col + c];
+            for (int64_t c = 0; c < seg; c++)
+                out[c] += d->add[col + c];
         } else {
             float acc[256];
             for (int64_t c0 = 0; c0 < seg; c0 += 256) {
@@ -75,9 +76,11 @@ static fb_status delta_read(void *p, uint64_t offset, size_t n, void *dst)
                 for (int64_t k = 0; k < d->rank; k++) {
                     const float a = d->L[row * d->rank + k];
                     const float *r = d->R + k * d->cols + col + c0;
-                    for (int64_t c = 0; c < m; c++) acc[c] += a * r[c];
+                    for (int64_t c = 0; c < m; c++)
+                        acc[c] += a * r[c];
                 }
-                for (int64_t c = 0; c < m; c++) out[c0 + c] += acc[c] * d->scale;
+                for (int64_t c = 0; c < m; c++)
+                    out[c0 + c] += acc[c] * d->scale;
             }
         }
         j += seg;
@@ -90,8 +93,11 @@ static fb_status delta_read(void *p, uint64_t offset, size_t n, void *dst)
 static fb_status read_json(const char *path, cJSON **out)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return fb_set_error(FB_ERR_NOT_FOUND, "%s: no adapter_config.json (a PEFT adapter "
-                                                  "folder holds one)", path);
+    if (!f)
+        return fb_set_error(FB_ERR_NOT_FOUND,
+                            "%s: no adapter_config.json (a PEFT adapter "
+                            "folder holds one)",
+                            path);
     fb_buf b;
     fb_buf_init(&b);
     char chunk[8192];
@@ -144,18 +150,25 @@ static fb_status classify(const char *adapter, const fb_tensor *t, char *module,
                           int *kind)
 {
     static const char prefix[] = "base_model.model.";
-    static const struct { const char *suffix; int kind; } kinds[] = {
-        {".lora_A.weight", 1}, {".lora_B.weight", 2}, {".lora_embedding_A", 3},
-        {".lora_embedding_B", 4}, {".lora_B.bias", 5}, {".modules_to_save.weight", 6},
-        {".weight", 7}, {".bias", 8},
+    static const struct {
+        const char *suffix;
+        int kind;
+    } kinds[] = {
+        {".lora_A.weight", 1},    {".lora_B.weight", 2}, {".lora_embedding_A", 3},
+        {".lora_embedding_B", 4}, {".lora_B.bias", 5},   {".modules_to_save.weight", 6},
+        {".weight", 7},           {".bias", 8},
     };
     if (strncmp(t->name, prefix, sizeof prefix - 1))
-        return fb_set_error(FB_ERR_FORMAT, "%s: tensor '%s' is not a PEFT adapter tensor "
-                                           "(base_model.model.*)", adapter, t->name);
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: tensor '%s' is not a PEFT adapter tensor "
+                            "(base_model.model.*)",
+                            adapter, t->name);
     const char *rest = t->name + sizeof prefix - 1;
     if (strstr(rest, "lora_magnitude_vector"))
-        return fb_set_error(FB_ERR_UNSUPPORTED, "%s: tensor '%s': DoRA adapters are not "
-                                                "supported", adapter, t->name);
+        return fb_set_error(FB_ERR_UNSUPPORTED,
+                            "%s: tensor '%s': DoRA adapters are not "
+                            "supported",
+                            adapter, t->name);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         if (!ends_with(rest, kinds[i].suffix)) continue;
         size_t len = strlen(rest) - strlen(kinds[i].suffix);
@@ -193,13 +206,14 @@ static fb_status to_f32(const fb_tensor *t, float **out)
 }
 
 /* The computed tensor W + scale L R (or W + add) under W's name. */
-static fb_status add_adapted(fb_model *out, const fb_tensor *W, const char *adapter_file,
-                             delta *d)
+static fb_status add_adapted(fb_model *out, const fb_tensor *W, const char *adapter_file, delta *d)
 {
     if (!W->src) {
         delta_free(d);
-        return fb_set_error(FB_ERR_UNSUPPORTED, "tensor '%s': an adapter applies to models read "
-                                                "from files", W->name);
+        return fb_set_error(FB_ERR_UNSUPPORTED,
+                            "tensor '%s': an adapter applies to models read "
+                            "from files",
+                            W->name);
     }
     fb_source_ref(W->src);
     d->src = W->src;
@@ -232,8 +246,10 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
     else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || !cJSON_IsNumber(alpha))
         st = fb_set_error(FB_ERR_FORMAT, "%s: r and lora_alpha must be numbers", path);
     else if (cJSON_IsTrue(cJSON_GetObjectItem(cfg, "fan_in_fan_out")))
-        st = fb_set_error(FB_ERR_UNSUPPORTED, "%s: fan_in_fan_out adapters (GPT-2's Conv1D "
-                                              "layout) are not supported", path);
+        st = fb_set_error(FB_ERR_UNSUPPORTED,
+                          "%s: fan_in_fan_out adapters (GPT-2's Conv1D "
+                          "layout) are not supported",
+                          path);
     else if (cJSON_IsTrue(cJSON_GetObjectItem(cfg, "use_dora")))
         st = fb_set_error(FB_ERR_UNSUPPORTED, "%s: DoRA adapters (use_dora) are not supported",
                           path);
@@ -262,7 +278,8 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
         if ((st = classify(weights, t, module, sizeof module, &kind))) break;
         if (kind == 6 || kind == 7) strncat(module, ".weight", sizeof module - strlen(module) - 1);
         int k = 0;
-        while (k < nparts && strcmp(modules[k], module)) k++;
+        while (k < nparts && strcmp(modules[k], module))
+            k++;
         if (k == nparts) {
             if (!(modules[k] = fb_strdup(module))) {
                 st = FB_ERR_NOMEM;
@@ -284,27 +301,32 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
         char module[1024];
         snprintf(module, sizeof module, "%s", W->name);
         int is_bias = ends_with(module, ".bias");
-        if (ends_with(module, ".weight")) module[strlen(module) - 7] = '\0';
-        else if (is_bias) module[strlen(module) - 5] = '\0';
+        if (ends_with(module, ".weight"))
+            module[strlen(module) - 7] = '\0';
+        else if (is_bias)
+            module[strlen(module) - 5] = '\0';
         part *p = NULL;
         for (int k = 0; k < nparts && !p; k++) {
-            if (!strcmp(modules[k], W->name) && parts[k].whole) p = &parts[k];
-            else if (!strcmp(modules[k], module) && (is_bias ? parts[k].bias != NULL
-                                                             : parts[k].A || parts[k].B))
+            if (!strcmp(modules[k], W->name) && parts[k].whole)
+                p = &parts[k];
+            else if (!strcmp(modules[k], module) &&
+                     (is_bias ? parts[k].bias != NULL : parts[k].A || parts[k].B))
                 p = &parts[k];
         }
         if (!p) { /* untouched: the base's bytes */
             st = W->src ? fb_model_add_tensor_lazy(res, W->name, W->dtype, W->ndim, W->shape,
                                                    W->src, W->src_offset)
-                        : fb_model_add_tensor_borrowed(res, W->name, W->dtype, W->ndim,
-                                                       W->shape, W->data);
+                        : fb_model_add_tensor_borrowed(res, W->name, W->dtype, W->ndim, W->shape,
+                                                       W->data);
             continue;
         }
         if (p->whole) { /* a module saved whole replaces the base's tensor */
             const fb_tensor *T = p->whole;
             if (T->numel != W->numel || T->ndim != W->ndim)
-                st = fb_set_error(FB_ERR_MISMATCH, "%s: tensor '%s' has another shape than the "
-                                                   "model's '%s'", weights, T->name, W->name);
+                st = fb_set_error(FB_ERR_MISMATCH,
+                                  "%s: tensor '%s' has another shape than the "
+                                  "model's '%s'",
+                                  weights, T->name, W->name);
             else
                 st = fb_model_add_tensor_lazy(res, W->name, T->dtype, T->ndim, T->shape, T->src,
                                               T->src_offset);
@@ -333,20 +355,24 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
         } else {
             const fb_tensor *A = p->A, *B = p->B;
             if (!A || !B || A->ndim != 2 || B->ndim != 2 || W->ndim != 2)
-                st = fb_set_error(FB_ERR_FORMAT, "%s: module '%s' needs 2-D lora A and B for its "
-                                                 "2-D weight", weights, module);
+                st = fb_set_error(FB_ERR_FORMAT,
+                                  "%s: module '%s' needs 2-D lora A and B for its "
+                                  "2-D weight",
+                                  weights, module);
             else {
                 int64_t rank = A->shape[0];
                 d->rows = W->shape[0];
                 d->cols = W->shape[1];
                 d->rank = rank;
                 /* linear: B [out, r] A [r, in]; embedding: (B [dim, r] A [r, vocab])^T */
-                int ok = p->embedding
-                             ? B->shape[1] == rank && A->shape[1] == d->rows && B->shape[0] == d->cols
-                             : B->shape[1] == rank && A->shape[1] == d->cols && B->shape[0] == d->rows;
+                int ok =
+                    p->embedding
+                        ? B->shape[1] == rank && A->shape[1] == d->rows && B->shape[0] == d->cols
+                        : B->shape[1] == rank && A->shape[1] == d->cols && B->shape[0] == d->rows;
                 if (!ok || rank < 1 || rank > 65536)
-                    st = fb_set_error(FB_ERR_MISMATCH, "%s: module '%s': A %lldx%lld and B "
-                                                       "%lldx%lld do not fit '%s' (%lldx%lld)",
+                    st = fb_set_error(FB_ERR_MISMATCH,
+                                      "%s: module '%s': A %lldx%lld and B "
+                                      "%lldx%lld do not fit '%s' (%lldx%lld)",
                                       weights, module, (long long)A->shape[0],
                                       (long long)A->shape[1], (long long)B->shape[0],
                                       (long long)B->shape[1], W->name, (long long)d->rows,
@@ -359,9 +385,11 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
                     d->R = fb_malloc((size_t)(rank * d->cols) * sizeof *d->R);
                     if (!d->L || !d->R) st = FB_ERR_NOMEM;
                     for (int64_t x = 0; !st && x < d->rows; x++)
-                        for (int64_t k = 0; k < rank; k++) d->L[x * rank + k] = a[k * d->rows + x];
+                        for (int64_t k = 0; k < rank; k++)
+                            d->L[x * rank + k] = a[k * d->rows + x];
                     for (int64_t k = 0; !st && k < rank; k++)
-                        for (int64_t y = 0; y < d->cols; y++) d->R[k * d->cols + y] = b[y * rank + k];
+                        for (int64_t y = 0; y < d->cols; y++)
+                            d->R[k * d->cols + y] = b[y * rank + k];
                     fb_free(a);
                     fb_free(b);
                 } else if (!st) {
@@ -377,8 +405,10 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
                 if (pr && cJSON_IsNumber(pr)) rr = pr->valuedouble;
                 if (pa && cJSON_IsNumber(pa)) al = pa->valuedouble;
                 if (!st && (int64_t)rr != rank)
-                    st = fb_set_error(FB_ERR_MISMATCH, "%s: module '%s' has rank %lld; the config "
-                                                       "says %g", path, module, (long long)rank, rr);
+                    st = fb_set_error(FB_ERR_MISMATCH,
+                                      "%s: module '%s' has rank %lld; the config "
+                                      "says %g",
+                                      path, module, (long long)rank, rr);
                 d->scale = (float)(rslora ? al / sqrt(rr) : al / rr);
             }
         }
@@ -392,13 +422,15 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
         const part *p = &parts[k];
         if (p->used) continue;
         const fb_tensor *t = p->whole ? p->whole : p->A ? p->A : p->B ? p->B : p->bias;
-        st = fb_set_error(FB_ERR_MISMATCH, "%s: adapter tensor '%s' matches no tensor of the "
-                                           "model (%s)", weights, t->name,
-                          base->path ? base->path : "in memory");
+        st = fb_set_error(FB_ERR_MISMATCH,
+                          "%s: adapter tensor '%s' matches no tensor of the "
+                          "model (%s)",
+                          weights, t->name, base->path ? base->path : "in memory");
     }
     for (int64_t i = 0; !st && i < base->meta_count; i++)
         st = fb_model_set_metadata(res, base->meta_keys[i], base->meta_values[i]);
-    for (int k = 0; k < nparts; k++) fb_free(modules[k]);
+    for (int k = 0; k < nparts; k++)
+        fb_free(modules[k]);
     fb_free(modules);
     fb_free(parts);
     fb_model_free(ad);

@@ -43,13 +43,15 @@ static fb_status compile(const char *const *pats, const char *what, rx_list *out
     out->rx = NULL;
     out->n = 0;
     int n = 0;
-    while (pats && pats[n]) n++;
+    while (pats && pats[n])
+        n++;
     if (!n) return FB_OK;
     out->rx = fb_calloc((size_t)n, sizeof *out->rx);
     if (!out->rx) return FB_ERR_NOMEM;
     for (int i = 0; i < n; i++) {
         if (regcomp(&out->rx[i], pats[i], REG_EXTENDED | REG_NOSUB)) {
-            for (int k = 0; k < out->n; k++) regfree(&out->rx[k]);
+            for (int k = 0; k < out->n; k++)
+                regfree(&out->rx[k]);
             fb_free(out->rx);
             out->rx = NULL;
             out->n = 0;
@@ -69,7 +71,8 @@ static int search(const rx_list *l, const char *s)
 
 static void rx_free(rx_list *l)
 {
-    for (int i = 0; i < l->n; i++) regfree(&l->rx[i]);
+    for (int i = 0; i < l->n; i++)
+        regfree(&l->rx[i]);
     fb_free(l->rx);
 }
 
@@ -106,7 +109,8 @@ static fb_status task_vector(const fb_tensor *ft, const fb_model *base, float **
     fb_status st = x && y ? FB_OK : FB_ERR_NOMEM;
     if (!st) st = fb_tensor_to_f32(ft, x);
     if (!st) st = fb_tensor_to_f32(b, y);
-    for (int64_t j = 0; !st && j < ft->numel; j++) x[j] -= y[j];
+    for (int64_t j = 0; !st && j < ft->numel; j++)
+        x[j] -= y[j];
     fb_free(y);
     if (st) {
         fb_free(x);
@@ -124,7 +128,8 @@ static fb_status add_f32(fb_model *ad, const char *name, fb_dtype dt, int ndim,
     fb_status st = fb_model_add_tensor(ad, name, dt, ndim, shape, NULL, &t);
     if (st) return st;
     int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
     return fb_convert_from_f32(dt, v, fb_tensor_mutable_data(t), n);
 }
 
@@ -136,12 +141,14 @@ static fb_status decompose(const float *D, int64_t m, int64_t n, const fb_lora_e
     double *a = fb_malloc((size_t)(m * n) * sizeof *a), *U = fb_malloc((size_t)(m * k) * sizeof *U);
     double *S = fb_malloc((size_t)k * sizeof *S), *Vt = fb_malloc((size_t)(k * n) * sizeof *Vt);
     fb_status st = a && U && S && Vt ? FB_OK : FB_ERR_NOMEM;
-    for (int64_t j = 0; !st && j < m * n; j++) a[j] = D[j];
+    for (int64_t j = 0; !st && j < m * n; j++)
+        a[j] = D[j];
     if (!st) st = fb_svd(a, m, n, U, S, Vt, what);
     int64_t r = k < o->max_rank ? k : o->max_rank;
     if (!st && o->sv_epsilon > 0) {
         int64_t above = 0;
-        for (int64_t i = 0; i < k; i++) above += S[i] > o->sv_epsilon;
+        for (int64_t i = 0; i < k; i++)
+            above += S[i] > o->sv_epsilon;
         if (above < r) r = above > 0 ? above : 1;
     }
     float *fa = st ? NULL : fb_malloc((size_t)(r * n) * sizeof *fa);
@@ -150,8 +157,10 @@ static fb_status decompose(const float *D, int64_t m, int64_t n, const fb_lora_e
     for (int64_t i = 0; !st && i < r; i++) {
         double sa = o->no_distribute_scale ? S[i] : sqrt(S[i]);
         double sb = o->no_distribute_scale ? 1.0 : sqrt(S[i]);
-        for (int64_t j = 0; j < n; j++) fa[i * n + j] = (float)(sa * Vt[i * n + j]);
-        for (int64_t j = 0; j < m; j++) fb[j * r + i] = (float)(U[j * k + i] * sb);
+        for (int64_t j = 0; j < n; j++)
+            fa[i * n + j] = (float)(sa * Vt[i * n + j]);
+        for (int64_t j = 0; j < m; j++)
+            fb[j * r + i] = (float)(U[j * k + i] * sb);
     }
     fb_free(a);
     fb_free(U);
@@ -193,7 +202,9 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
         int64_t cap = 0;
         const fb_model *ms[2] = {ft, base};
         for (int k = 0; k < 2 && !st; k++) {
-            if (ms[k]->path) st = fb_input_paths_add(&in, &nin, &cap, ms[k]->path, "model", k ? base_path : model_path);
+            if (ms[k]->path)
+                st = fb_input_paths_add(&in, &nin, &cap, ms[k]->path, "model",
+                                        k ? base_path : model_path);
             for (int64_t i = 0; !st && i < ms[k]->count; i++)
                 if (ms[k]->tensors[i]->src)
                     st = fb_input_paths_add(&in, &nin, &cap, ms[k]->tensors[i]->src->path, "model",
@@ -217,8 +228,10 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
         snprintf(module, sizeof module, "%s", t->name);
         int is_bias = strlen(module) > 5 && !strcmp(module + strlen(module) - 5, ".bias");
         int is_weight = strlen(module) > 7 && !strcmp(module + strlen(module) - 7, ".weight");
-        if (is_bias) module[strlen(module) - 5] = '\0';
-        else if (is_weight) module[strlen(module) - 7] = '\0';
+        if (is_bias)
+            module[strlen(module) - 5] = '\0';
+        else if (is_weight)
+            module[strlen(module) - 7] = '\0';
         if (!fb_dtype_is_float(t->dtype)) continue;
         if ((inc.n && !search(&inc, module)) || search(&exc, module)) continue;
         char weight_name[1100];
@@ -234,10 +247,10 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
         }
         if (whole) { /* the fine-tuned tensor as it is */
             snprintf(name, sizeof name, "base_model.model.%s", t->name);
-            st = t->src ? fb_model_add_tensor_lazy(ad, name, t->dtype, t->ndim, t->shape, t->src,
-                                                   t->src_offset)
-                        : fb_model_add_tensor_borrowed(ad, name, t->dtype, t->ndim, t->shape,
-                                                       t->data);
+            st = t->src
+                     ? fb_model_add_tensor_lazy(ad, name, t->dtype, t->ndim, t->shape, t->src,
+                                                t->src_offset)
+                     : fb_model_add_tensor_borrowed(ad, name, t->dtype, t->ndim, t->shape, t->data);
             if (!st) add_unique(saved, last_part(module));
             continue;
         }
@@ -255,7 +268,8 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
             float *T = fb_malloc((size_t)(m * n) * sizeof *T);
             if (!T) st = FB_ERR_NOMEM;
             for (int64_t x = 0; !st && x < m; x++)
-                for (int64_t y = 0; y < n; y++) T[y * m + x] = D[x * n + y];
+                for (int64_t y = 0; y < n; y++)
+                    T[y * m + x] = D[x * n + y];
             fb_free(D);
             D = T;
             int64_t tmp = m;
@@ -284,7 +298,8 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
         }
     }
     if (!st && ad->count == 0)
-        st = fb_set_error(FB_ERR_ARG, "%s: no tensor to extract (check include/exclude)", model_path);
+        st = fb_set_error(FB_ERR_ARG, "%s: no tensor to extract (check include/exclude)",
+                          model_path);
     char *json = NULL;
     if (!st) {
         cJSON *pattern = cJSON_CreateObject(), *apattern = cJSON_CreateObject();
@@ -314,10 +329,11 @@ fb_status fb_lora_extract(const char *model_path, const char *base_path, const c
     fb_buf card;
     fb_buf_init(&card);
     if (!st) {
-        fb_buf_printf(&card, "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- mergekit\n"
-                             "- peft\n- fusionbench-c\n---\n# LoRA adapter\n\nExtracted with "
-                             "`fusion_bench mergekit-extract-lora` (FusionBench-C) from `%s` "
-                             "relative to `%s`: the largest rank is %lld",
+        fb_buf_printf(&card,
+                      "---\nbase_model: %s\nlibrary_name: peft\ntags:\n- mergekit\n"
+                      "- peft\n- fusionbench-c\n---\n# LoRA adapter\n\nExtracted with "
+                      "`fusion_bench mergekit-extract-lora` (FusionBench-C) from `%s` "
+                      "relative to `%s`: the largest rank is %lld",
                       base_path, model_path, base_path, (long long)max_r);
         if (o.sv_epsilon > 0) fb_buf_printf(&card, ", singular values above %g kept", o.sv_epsilon);
         fb_buf_printf(&card, ".\n");

@@ -47,22 +47,33 @@
 enum { BASE_SEPARATE, BASE_OPTIONAL, BASE_AS_MODEL };
 
 typedef struct mk_method {
-    const char *name;     /* mergekit's name */
-    const char *registry; /* the project's method */
-    int base;             /* BASE_* */
+    const char *name;      /* mergekit's name */
+    const char *registry;  /* the project's method */
+    int base;              /* BASE_* */
     const char *global[6]; /* mergekit's parameters() */
     const char *tensor[4]; /* mergekit's tensor_parameters() */
     const char *required;  /* a required parameter, or NULL */
 } mk_method;
 
-#define GTA_GLOBAL {"int8_mask", "normalize", "rescale", "lambda", NULL}
+#define GTA_GLOBAL                                                                                 \
+    {                                                                                              \
+        "int8_mask", "normalize", "rescale", "lambda", NULL                                        \
+    }
 static const mk_method methods[] = {
     {"linear", "mergekit_linear", BASE_AS_MODEL, {"normalize", NULL}, {"weight", NULL}, "weight"},
     {"slerp", "slerp", BASE_SEPARATE, {"t", NULL}, {NULL}, "t"},
-    {"nuslerp", "mergekit_nuslerp", BASE_OPTIONAL, {"nuslerp_row_wise", "nuslerp_flatten", NULL},
-     {"weight", NULL}, "weight"},
-    {"multislerp", "mergekit_multislerp", BASE_OPTIONAL, {"normalize_weights", "eps", NULL},
-     {"weight", NULL}, "weight"},
+    {"nuslerp",
+     "mergekit_nuslerp",
+     BASE_OPTIONAL,
+     {"nuslerp_row_wise", "nuslerp_flatten", NULL},
+     {"weight", NULL},
+     "weight"},
+    {"multislerp",
+     "mergekit_multislerp",
+     BASE_OPTIONAL,
+     {"normalize_weights", "eps", NULL},
+     {"weight", NULL},
+     "weight"},
     {"karcher", "karcher", BASE_AS_MODEL, {"max_iter", "tol", NULL}, {NULL}, NULL},
     {"passthrough", "mergekit_passthrough", BASE_AS_MODEL, {NULL}, {"scale", NULL}, NULL},
     {"model_stock", "mergekit_model_stock", BASE_SEPARATE, {"filter_wise", NULL}, {NULL}, NULL},
@@ -70,23 +81,55 @@ static const mk_method methods[] = {
     {"nearswap", "mergekit_nearswap", BASE_SEPARATE, {"t", NULL}, {NULL}, "t"},
     {"sce", "mergekit_sce", BASE_SEPARATE, {"int8_mask", "select_topk", NULL}, {NULL}, NULL},
     {"ram", "mergekit_ram", BASE_SEPARATE, {"epsilon", NULL}, {NULL}, NULL},
-    {"ramplus_tl", "mergekit_ramplus_tl", BASE_SEPARATE, {"r", "alpha", "epsilon", NULL}, {NULL},
+    {"ramplus_tl",
+     "mergekit_ramplus_tl",
+     BASE_SEPARATE,
+     {"r", "alpha", "epsilon", NULL},
+     {NULL},
      NULL},
-    {"task_arithmetic", "mergekit_task_arithmetic", BASE_SEPARATE, GTA_GLOBAL,
-     {"weight", "density", NULL}, "weight"},
+    {"task_arithmetic",
+     "mergekit_task_arithmetic",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", NULL},
+     "weight"},
     {"ties", "mergekit_ties", BASE_SEPARATE, GTA_GLOBAL, {"weight", "density", NULL}, "weight"},
-    {"dare_ties", "mergekit_dare_ties", BASE_SEPARATE, GTA_GLOBAL, {"weight", "density", NULL},
+    {"dare_ties",
+     "mergekit_dare_ties",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", NULL},
      "weight"},
-    {"dare_linear", "mergekit_dare_linear", BASE_SEPARATE, GTA_GLOBAL,
-     {"weight", "density", NULL}, "weight"},
-    {"breadcrumbs", "mergekit_breadcrumbs", BASE_SEPARATE, GTA_GLOBAL,
-     {"weight", "density", "gamma", NULL}, "weight"},
-    {"breadcrumbs_ties", "mergekit_breadcrumbs_ties", BASE_SEPARATE, GTA_GLOBAL,
-     {"weight", "density", "gamma", NULL}, "weight"},
-    {"della", "mergekit_della", BASE_SEPARATE, GTA_GLOBAL, {"weight", "density", "epsilon", NULL},
+    {"dare_linear",
+     "mergekit_dare_linear",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", NULL},
      "weight"},
-    {"della_linear", "mergekit_della_linear", BASE_SEPARATE, GTA_GLOBAL,
-     {"weight", "density", "epsilon", NULL}, "weight"},
+    {"breadcrumbs",
+     "mergekit_breadcrumbs",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", "gamma", NULL},
+     "weight"},
+    {"breadcrumbs_ties",
+     "mergekit_breadcrumbs_ties",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", "gamma", NULL},
+     "weight"},
+    {"della",
+     "mergekit_della",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", "epsilon", NULL},
+     "weight"},
+    {"della_linear",
+     "mergekit_della_linear",
+     BASE_SEPARATE,
+     GTA_GLOBAL,
+     {"weight", "density", "epsilon", NULL},
+     "weight"},
 };
 enum { NUM_METHODS = sizeof methods / sizeof methods[0] };
 
@@ -115,9 +158,9 @@ typedef struct mk_slice {
 
 typedef struct mk_doc {
     fb_config *root;
-    char *text;           /* the document's text, for mergekit_config.yml */
+    char *text; /* the document's text, for mergekit_config.yml */
     const char *origin;
-    const char *name;     /* mergekit-multi: the intermediate's name, or NULL (final) */
+    const char *name; /* mergekit-multi: the intermediate's name, or NULL (final) */
     const mk_method *method;
     const char *base;
     int from_models;
@@ -144,10 +187,11 @@ static fb_status check_keys(const fb_config *map, const char *what, const char *
         if (in_list(known, map->keys[i])) continue;
         fb_buf b;
         fb_buf_init(&b);
-        for (const char *const *k = known; *k; k++) fb_buf_printf(&b, "%s%s", k == known ? "" : ", ", *k);
-        fb_status st = fb_set_error(FB_ERR_CONFIG, "%s: %s has no key '%s' (known: %s)",
-                                    fb_cfg_where(map->items[i]), what, map->keys[i],
-                                    b.data ? b.data : "");
+        for (const char *const *k = known; *k; k++)
+            fb_buf_printf(&b, "%s%s", k == known ? "" : ", ", *k);
+        fb_status st =
+            fb_set_error(FB_ERR_CONFIG, "%s: %s has no key '%s' (known: %s)",
+                         fb_cfg_where(map->items[i]), what, map->keys[i], b.data ? b.data : "");
         fb_buf_free(&b);
         return st;
     }
@@ -171,16 +215,23 @@ static fb_status check_setting(const fb_config *v, const char *key)
 {
     if (!v || v->kind == FB_CFG_NULL || v->kind == FB_CFG_SCALAR) return FB_OK;
     if (v->kind == FB_CFG_MAP)
-        return where_error(v, "%s: parameter '%s': a {filter, value} entry must stand in a list "
-                              "(- filter: ...%s)", key, "");
+        return where_error(v,
+                           "%s: parameter '%s': a {filter, value} entry must stand in a list "
+                           "(- filter: ...%s)",
+                           key, "");
     if (v->count == 0)
-        return where_error(v, "%s: parameter '%s' is an empty list (a gradient needs at least "
-                              "one value)%s", key, "");
+        return where_error(v,
+                           "%s: parameter '%s' is an empty list (a gradient needs at least "
+                           "one value)%s",
+                           key, "");
     int maps = 0;
-    for (int i = 0; i < v->count; i++) maps += v->items[i]->kind == FB_CFG_MAP;
+    for (int i = 0; i < v->count; i++)
+        maps += v->items[i]->kind == FB_CFG_MAP;
     if (maps && maps != v->count)
-        return where_error(v, "%s: parameter '%s' mixes {filter, value} entries with plain "
-                              "values%s", key, "");
+        return where_error(v,
+                           "%s: parameter '%s' mixes {filter, value} entries with plain "
+                           "values%s",
+                           key, "");
     for (int i = 0; i < v->count; i++) {
         const fb_config *e = v->items[i];
         if (e->kind == FB_CFG_SEQ)
@@ -209,18 +260,22 @@ static fb_status check_params(const fb_config *p, const mk_method *m, int per_so
         if (!tensor && !global) {
             fb_buf b;
             fb_buf_init(&b);
-            for (const char *const *q = m->global; *q; q++) fb_buf_printf(&b, "%s%s", b.len ? ", " : "", *q);
-            for (const char *const *q = m->tensor; *q; q++) fb_buf_printf(&b, "%s%s", b.len ? ", " : "", *q);
-            fb_status st = fb_set_error(FB_ERR_CONFIG, "%s: merge method %s has no parameter "
-                                                       "'%s' (known: %s)",
-                                        fb_cfg_where(p->items[i]), m->name, k,
-                                        b.len ? b.data : "none");
+            for (const char *const *q = m->global; *q; q++)
+                fb_buf_printf(&b, "%s%s", b.len ? ", " : "", *q);
+            for (const char *const *q = m->tensor; *q; q++)
+                fb_buf_printf(&b, "%s%s", b.len ? ", " : "", *q);
+            fb_status st =
+                fb_set_error(FB_ERR_CONFIG,
+                             "%s: merge method %s has no parameter "
+                             "'%s' (known: %s)",
+                             fb_cfg_where(p->items[i]), m->name, k, b.len ? b.data : "none");
             fb_buf_free(&b);
             return st;
         }
         if (per_source && !tensor)
-            return fb_set_error(FB_ERR_CONFIG, "%s: parameter '%s' of %s is not per model: set "
-                                               "it in the slice's or the top-level parameters",
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: parameter '%s' of %s is not per model: set "
+                                "it in the slice's or the top-level parameters",
                                 fb_cfg_where(p->items[i]), k, m->name);
         fb_status st = check_setting(p->items[i], k);
         if (st) return st;
@@ -257,10 +312,13 @@ static fb_status model_ref(const fb_config *n, const char *what, const char **ou
         const char *from = part ? plus + 1 : n->value;
         const char *to = part || !plus ? from + strlen(from) : plus;
         int ats = 0;
-        for (const char *c = from; c < to; c++) ats += *c == '@';
+        for (const char *c = from; c < to; c++)
+            ats += *c == '@';
         if (ats > 1)
-            return fb_set_error(FB_ERR_CONFIG, "%s: '%s': a model reference holds at most one "
-                                               "'@'", fb_cfg_where(n), n->value);
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: '%s': a model reference holds at most one "
+                                "'@'",
+                                fb_cfg_where(n), n->value);
     }
     *out = n->value;
     return FB_OK;
@@ -272,17 +330,19 @@ static fb_status parse_dtype(const fb_config *n, const char *key, fb_dtype *out)
     fb_status st = fb_cfg_string(n, key, &s);
     if (st) return st;
     if (!strncmp(s, "torch.", 6)) s += 6;
-    if (!strcmp(s, "bfloat16")) *out = FB_BF16;
-    else if (!strcmp(s, "float16")) *out = FB_F16;
-    else if (!strcmp(s, "float32")) *out = FB_F32;
+    if (!strcmp(s, "bfloat16"))
+        *out = FB_BF16;
+    else if (!strcmp(s, "float16"))
+        *out = FB_F16;
+    else if (!strcmp(s, "float32"))
+        *out = FB_F32;
     else
         return fb_set_error(FB_ERR_CONFIG, "%s: %s '%s' is not bfloat16, float16 or float32",
                             fb_cfg_where(n), key, s);
     return FB_OK;
 }
 
-static fb_status parse_sources(const fb_config *list, mk_slice *sl, const mk_method *m,
-                               int ranged)
+static fb_status parse_sources(const fb_config *list, mk_slice *sl, const mk_method *m, int ranged)
 {
     sl->n = list->count;
     sl->src = fb_calloc((size_t)(list->count ? list->count : 1), sizeof *sl->src);
@@ -305,7 +365,8 @@ static fb_status parse_sources(const fb_config *list, mk_slice *sl, const mk_met
 
 static void doc_free(mk_doc *d)
 {
-    for (int i = 0; d->slices && i < d->num_slices; i++) fb_free(d->slices[i].src);
+    for (int i = 0; d->slices && i < d->num_slices; i++)
+        fb_free(d->slices[i].src);
     fb_free(d->slices);
     fb_config_free(d->root);
     fb_free(d->text);
@@ -315,9 +376,10 @@ static void doc_free(mk_doc *d)
 static fb_status parse_doc(mk_doc *d)
 {
     const fb_config *r = d->root;
-    static const char *const top[] = {"name", "merge_method", "base_model", "models", "slices",
-                                      "modules", "parameters", "dtype", "out_dtype",
-                                      "tokenizer_source", "tokenizer", "chat_template", NULL};
+    static const char *const top[] = {
+        "name",      "merge_method",  "base_model", "models",    "slices",
+        "modules",   "parameters",    "dtype",      "out_dtype", "tokenizer_source",
+        "tokenizer", "chat_template", NULL};
     fb_status st = check_keys(r, "a mergekit configuration", top);
     if (st) return st;
     const fb_config *n = fb_cfg_map_get(r, "merge_method");
@@ -328,7 +390,8 @@ static fb_status parse_doc(mk_doc *d)
     if (!d->method) {
         fb_buf b;
         fb_buf_init(&b);
-        for (int i = 0; i < NUM_METHODS; i++) fb_buf_printf(&b, "%s%s", i ? ", " : "", methods[i].name);
+        for (int i = 0; i < NUM_METHODS; i++)
+            fb_buf_printf(&b, "%s%s", i ? ", " : "", methods[i].name);
         st = fb_set_error(FB_ERR_CONFIG, "%s: unknown merge_method '%s' (known: %s)",
                           fb_cfg_where(n), n->value, b.data ? b.data : "");
         fb_buf_free(&b);
@@ -347,11 +410,13 @@ static fb_status parse_doc(mk_doc *d)
         d->out_dtype_set = 1;
     }
     if (fb_cfg_map_get(r, "modules"))
-        return fb_set_error(FB_ERR_UNSUPPORTED, "%s: mergekit's modules: syntax (multi-module "
-                                                "architectures) is not supported; use models: "
-                                                "or slices:",
+        return fb_set_error(FB_ERR_UNSUPPORTED,
+                            "%s: mergekit's modules: syntax (multi-module "
+                            "architectures) is not supported; use models: "
+                            "or slices:",
                             fb_cfg_where(fb_cfg_map_get(r, "modules")));
-    const fb_config *tok = fb_cfg_map_get(r, "tokenizer"), *ts = fb_cfg_map_get(r, "tokenizer_source");
+    const fb_config *tok = fb_cfg_map_get(r, "tokenizer"),
+                    *ts = fb_cfg_map_get(r, "tokenizer_source");
     if (tok && ts && !fb_cfg_is_null(tok) && !fb_cfg_is_null(ts))
         return fb_set_error(FB_ERR_CONFIG, "%s: give tokenizer_source or tokenizer, not both",
                             fb_cfg_where(tok));
@@ -359,8 +424,9 @@ static fb_status parse_doc(mk_doc *d)
         static const char *const tk[] = {"source", "tokens", "pad_to_multiple_of", NULL};
         if ((st = check_keys(tok, "tokenizer", tk))) return st;
         if (fb_cfg_map_get(tok, "tokens") || fb_cfg_map_get(tok, "pad_to_multiple_of"))
-            return fb_set_error(FB_ERR_UNSUPPORTED, "%s: tokenizer.tokens and pad_to_multiple_of "
-                                                    "(new embedding rows) are not supported yet",
+            return fb_set_error(FB_ERR_UNSUPPORTED,
+                                "%s: tokenizer.tokens and pad_to_multiple_of "
+                                "(new embedding rows) are not supported yet",
                                 fb_cfg_where(tok));
         ts = fb_cfg_map_get(tok, "source");
     }
@@ -370,18 +436,20 @@ static fb_status parse_doc(mk_doc *d)
     if ((n = fb_cfg_map_get(r, "chat_template")) && !fb_cfg_is_null(n)) {
         if ((st = fb_cfg_string(n, "chat_template", &d->chat_template))) return st;
         if (!strstr(d->chat_template, "{%") && !strstr(d->chat_template, "{{"))
-            return fb_set_error(FB_ERR_UNSUPPORTED, "%s: chat_template '%s': only a Jinja "
-                                                    "template text is supported, not mergekit's "
-                                                    "named templates",
+            return fb_set_error(FB_ERR_UNSUPPORTED,
+                                "%s: chat_template '%s': only a Jinja "
+                                "template text is supported, not mergekit's "
+                                "named templates",
                                 fb_cfg_where(n), d->chat_template);
     }
     d->params = fb_cfg_map_get(r, "parameters");
     if ((st = check_params(d->params, d->method, 0))) return st;
     const fb_config *models = fb_cfg_map_get(r, "models"), *slices = fb_cfg_map_get(r, "slices");
-    int have_models = models && !fb_cfg_is_null(models), have_slices = slices && !fb_cfg_is_null(slices);
+    int have_models = models && !fb_cfg_is_null(models),
+        have_slices = slices && !fb_cfg_is_null(slices);
     if (have_models == have_slices)
-        return fb_set_error(FB_ERR_CONFIG, "%s: give exactly one of models: and slices:",
-                            fb_cfg_where(r));
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: give exactly one of models: and slices:", fb_cfg_where(r));
     const fb_config *list = have_models ? models : slices;
     if (list->kind != FB_CFG_SEQ || list->count == 0)
         return fb_set_error(FB_ERR_CONFIG, "%s: %s must be a non-empty list", fb_cfg_where(list),
@@ -394,7 +462,8 @@ static fb_status parse_doc(mk_doc *d)
         d->slices[0].node = list;
         return parse_sources(list, &d->slices[0], d->method, 0);
     }
-    static const char *const sk[] = {"sources", "base_model", "parameters", "residual_weight", NULL};
+    static const char *const sk[] = {"sources", "base_model", "parameters", "residual_weight",
+                                     NULL};
     for (int i = 0; i < list->count; i++) {
         mk_slice *sl = &d->slices[i];
         const fb_config *e = list->items[i];
@@ -415,15 +484,16 @@ static fb_status parse_doc(mk_doc *d)
         if ((st = parse_sources(src, sl, d->method, 1))) return st;
         for (int k = 1; k < sl->n; k++)
             if (sl->src[k].hi - sl->src[k].lo != sl->src[0].hi - sl->src[0].lo)
-                return fb_set_error(FB_ERR_CONFIG, "%s: slice %d: every source must hold the same "
-                                                   "number of layers (%lld and %lld)",
-                                    fb_cfg_where(e), i,
-                                    (long long)(sl->src[0].hi - sl->src[0].lo),
+                return fb_set_error(FB_ERR_CONFIG,
+                                    "%s: slice %d: every source must hold the same "
+                                    "number of layers (%lld and %lld)",
+                                    fb_cfg_where(e), i, (long long)(sl->src[0].hi - sl->src[0].lo),
                                     (long long)(sl->src[k].hi - sl->src[k].lo));
         if (sl->n != d->slices[0].n)
-            return fb_set_error(FB_ERR_UNSUPPORTED, "%s: slice %d has %d sources and slice 0 has "
-                                                    "%d: slices must have the same number of "
-                                                    "sources",
+            return fb_set_error(FB_ERR_UNSUPPORTED,
+                                "%s: slice %d has %d sources and slice 0 has "
+                                "%d: slices must have the same number of "
+                                "sources",
                                 fb_cfg_where(e), i, sl->n, d->slices[0].n);
     }
     return FB_OK;
@@ -448,15 +518,16 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
     fclose(f);
     if (err || text.failed || text.len > (16u << 20)) {
         fb_status bad = err ? fb_set_error(FB_ERR_IO, "%s: read failed", path)
-                        : text.failed ? FB_ERR_NOMEM
-                                      : fb_set_error(FB_ERR_FORMAT, "%s: config file over 16 MB", path);
+                        : text.failed
+                            ? FB_ERR_NOMEM
+                            : fb_set_error(FB_ERR_FORMAT, "%s: config file over 16 MB", path);
         fb_buf_free(&text);
         return bad;
     }
     const char *s = text.data ? text.data : "";
     fb_status st = FB_OK;
     const char *start = s;
-    for (const char *p = s;; ) {
+    for (const char *p = s;;) {
         const char *eol = strchr(p, '\n');
         size_t len = eol ? (size_t)(eol - p) : strlen(p);
         int sep = len >= 3 && !strncmp(p, "---", 3) &&
@@ -468,15 +539,18 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
             fb_buf doc;
             fb_buf_init(&doc);
             int first_line = 0;
-            for (const char *q = s; q < start; q++) first_line += *q == '\n';
-            for (int k = 0; k < first_line; k++) fb_buf_printf(&doc, "\n");
+            for (const char *q = s; q < start; q++)
+                first_line += *q == '\n';
+            for (int k = 0; k < first_line; k++)
+                fb_buf_printf(&doc, "\n");
             size_t pad = doc.len;
             fb_buf_append(&doc, start, (size_t)(stop - start));
             int blank = 1;
             for (size_t k = pad; k < doc.len && blank; k++) {
                 char c = doc.data[k];
                 if (c == '#') { /* a comment line */
-                    while (k < doc.len && doc.data[k] != '\n') k++;
+                    while (k < doc.len && doc.data[k] != '\n')
+                        k++;
                     continue;
                 }
                 blank = isspace((unsigned char)c);
@@ -484,14 +558,16 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
             if (doc.failed) st = FB_ERR_NOMEM;
             if (!st && !blank) {
                 mk_doc *grown = fb_realloc(*docs, (size_t)(*ndocs + 1) * sizeof *grown);
-                if (!grown) st = FB_ERR_NOMEM;
+                if (!grown)
+                    st = FB_ERR_NOMEM;
                 else {
                     *docs = grown;
                     mk_doc *d = &grown[(*ndocs)++];
                     memset(d, 0, sizeof *d);
                     d->origin = path;
                     d->text = fb_strdup(doc.data + pad);
-                    st = d->text ? fb_cfg_parse_text(doc.data, doc.len, path, &d->root) : FB_ERR_NOMEM;
+                    st = d->text ? fb_cfg_parse_text(doc.data, doc.len, path, &d->root)
+                                 : FB_ERR_NOMEM;
                     if (!st && (!d->root || d->root->kind != FB_CFG_MAP))
                         st = fb_set_error(FB_ERR_CONFIG, "%s: document %d is not a mapping", path,
                                           *ndocs);
@@ -506,7 +582,8 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
         p = eol + 1;
     }
     fb_buf_free(&text);
-    if (!st && *ndocs == 0) st = fb_set_error(FB_ERR_CONFIG, "%s: no configuration in the file", path);
+    if (!st && *ndocs == 0)
+        st = fb_set_error(FB_ERR_CONFIG, "%s: no configuration in the file", path);
     /* names: unique, and exactly one document without one (the final merge) */
     int unnamed = 0;
     for (int i = 0; !st && i < *ndocs; i++) {
@@ -517,11 +594,13 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
                                   (*docs)[i].name);
     }
     if (!st && *ndocs > 1 && unnamed != 1)
-        st = fb_set_error(FB_ERR_CONFIG, "%s: %d documents without a name: a multi-document "
-                                         "configuration names every merge but the final one",
+        st = fb_set_error(FB_ERR_CONFIG,
+                          "%s: %d documents without a name: a multi-document "
+                          "configuration names every merge but the final one",
                           path, unnamed);
     if (st) {
-        for (int i = 0; i < *ndocs; i++) doc_free(&(*docs)[i]);
+        for (int i = 0; i < *ndocs; i++)
+            doc_free(&(*docs)[i]);
         fb_free(*docs);
         *docs = NULL;
         *ndocs = 0;
@@ -548,7 +627,8 @@ static fb_status evaluate(const fb_config *v, const char *tensor, double t, fb_c
         return FB_OK;
     }
     int numeric = 1;
-    for (int i = 0; i < v->count && numeric; i++) numeric = is_number(v->items[i], NULL);
+    for (int i = 0; i < v->count && numeric; i++)
+        numeric = is_number(v->items[i], NULL);
     if (!numeric) return fb_cfg_copy(v->items[(int)(t * (v->count - 1))], out);
     double scaled = t * (v->count - 1);
     int i0 = (int)scaled, i1 = i0 + 1 < v->count ? i0 + 1 : v->count - 1;
@@ -564,15 +644,14 @@ static fb_status evaluate(const fb_config *v, const char *tensor, double t, fb_c
 
 typedef struct mk_loaded {
     const char *ref;
-    char *path;   /* resolved file or folder */
+    char *path; /* resolved file or folder */
     fb_model *model;
     char prefix[256]; /* the layer stack's prefix ("model.layers"), "" when none */
     int64_t layers;
-    int several;  /* more than one layer stack */
+    int several; /* more than one layer stack */
 } mk_loaded;
 
 typedef struct run {
-    const mk_doc *doc;
     const fb_mergekit_options *opts;
     const mk_doc *docs;
     int ndocs;
@@ -618,9 +697,12 @@ static fb_status find_layers(mk_loaded *L)
         char prefix[256];
         int64_t idx;
         const char *rest;
-        if (!fb_layer_name(L->model->tensors[i]->name, prefix, sizeof prefix, &idx, &rest)) continue;
-        if (!L->prefix[0]) snprintf(L->prefix, sizeof L->prefix, "%s", prefix);
-        else if (strcmp(L->prefix, prefix)) L->several = 1;
+        if (!fb_layer_name(L->model->tensors[i]->name, prefix, sizeof prefix, &idx, &rest))
+            continue;
+        if (!L->prefix[0])
+            snprintf(L->prefix, sizeof L->prefix, "%s", prefix);
+        else if (strcmp(L->prefix, prefix))
+            L->several = 1;
         if (!strcmp(L->prefix, prefix) && idx + 1 > L->layers) L->layers = idx + 1;
     }
     return FB_OK;
@@ -699,23 +781,22 @@ typedef struct mk_out {
     const fb_tensor **in; /* per slice source */
     int slice;
     double t;
-    int params;           /* index of its resolved parameter set */
+    int params; /* index of its resolved parameter set */
 } mk_out;
 
 typedef struct plan {
-    mk_slice *slices;     /* the normalised slices (models: one) */
-    int num_slices, P;    /* sources per slice */
-    int *base_pos;        /* per slice: the base's source, or -1 */
-    mk_loaded ***src;     /* per slice, per source */
+    mk_slice *slices;  /* the normalised slices (models: one) */
+    int num_slices, P; /* sources per slice */
+    int *base_pos;     /* per slice: the base's source, or -1 */
+    mk_loaded ***src;  /* per slice, per source */
     mk_out *outs;
     int64_t nouts, cap;
     int64_t out_layers;
-    fb_config **sets;     /* distinct parameter mappings */
+    fb_config **sets; /* distinct parameter mappings */
     int nsets;
     fb_strmap by_name;
-    mk_src *extra;        /* models: the appended base source */
-    fb_model *synth;      /* embeddings permuted to the output vocabulary (tokenizer_source) */
-    int64_t vocab_size;   /* >0: the output vocabulary's size, for config.json */
+    fb_model *synth;    /* embeddings permuted to the output vocabulary (tokenizer_source) */
+    int64_t vocab_size; /* >0: the output vocabulary's size, for config.json */
 } plan;
 
 static void plan_free(plan *p)
@@ -725,13 +806,16 @@ static void plan_free(plan *p)
         fb_free(p->outs[i].in);
     }
     fb_free(p->outs);
-    for (int i = 0; i < p->nsets; i++) fb_config_free(p->sets[i]);
+    for (int i = 0; i < p->nsets; i++)
+        fb_config_free(p->sets[i]);
     fb_free(p->sets);
-    for (int s = 0; p->src && s < p->num_slices; s++) fb_free(p->src[s]);
+    for (int s = 0; p->src && s < p->num_slices; s++)
+        fb_free(p->src[s]);
     fb_free(p->src);
     fb_free(p->base_pos);
     if (p->slices) {
-        for (int s = 0; s < p->num_slices; s++) fb_free(p->slices[s].src);
+        for (int s = 0; s < p->num_slices; s++)
+            fb_free(p->slices[s].src);
         fb_free(p->slices);
     }
     fb_strmap_clear(&p->by_name);
@@ -760,8 +844,8 @@ static fb_status need_tensor(const mk_loaded *L, const char *name, const fb_tens
 {
     *out = fb_model_find(L->model, name);
     if (!*out)
-        return fb_set_error(FB_ERR_MISMATCH, "model '%s' (%s) has no tensor '%s'", L->ref,
-                            L->path, name);
+        return fb_set_error(FB_ERR_MISMATCH, "model '%s' (%s) has no tensor '%s'", L->ref, L->path,
+                            name);
     return FB_OK;
 }
 
@@ -781,21 +865,23 @@ static fb_status plan_models(const run *R, plan *p)
     const mk_loaded *L = p->src[0][ref];
     for (int k = 0; k < sl->n; k++)
         if (p->src[0][k]->layers != L->layers || strcmp(p->src[0][k]->prefix, L->prefix))
-            return fb_set_error(FB_ERR_MISMATCH, "models '%s' and '%s' have different layer stacks "
-                                                 "(%lld and %lld layers of %s)",
+            return fb_set_error(FB_ERR_MISMATCH,
+                                "models '%s' and '%s' have different layer stacks "
+                                "(%lld and %lld layers of %s)",
                                 L->ref, p->src[0][k]->ref, (long long)L->layers,
-                                (long long)p->src[0][k]->layers,
-                                L->prefix[0] ? L->prefix : "none");
+                                (long long)p->src[0][k]->layers, L->prefix[0] ? L->prefix : "none");
     for (int64_t i = 0; i < L->model->count; i++) {
         const fb_tensor *T = L->model->tensors[i];
         char prefix[256];
         int64_t idx;
         const char *rest;
         double t = 0.0;
-        if (fb_layer_name(T->name, prefix, sizeof prefix, &idx, &rest) && !strcmp(prefix, L->prefix))
+        if (fb_layer_name(T->name, prefix, sizeof prefix, &idx, &rest) &&
+            !strcmp(prefix, L->prefix))
             t = L->layers > 1 ? (double)idx / (double)(L->layers - 1) : 1.0;
         fb_status st = add_out(p, T->name, 0, t);
-        for (int k = 0; !st && k < sl->n; k++) st = need_tensor(p->src[0][k], T->name, &p->outs[p->nouts - 1].in[k]);
+        for (int k = 0; !st && k < sl->n; k++)
+            st = need_tensor(p->src[0][k], T->name, &p->outs[p->nouts - 1].in[k]);
         if (st) return st;
     }
     p->out_layers = 0; /* unchanged */
@@ -811,16 +897,19 @@ static fb_status plan_slices(const run *R, plan *p)
             const mk_loaded *L = p->src[s][k];
             const mk_src *src = &p->slices[s].src[k];
             if (!L->prefix[0] || L->several)
-                return fb_set_error(FB_ERR_UNSUPPORTED, "model '%s': slices need one layer stack "
-                                                        "(model.layers.N...); it has %s",
+                return fb_set_error(FB_ERR_UNSUPPORTED,
+                                    "model '%s': slices need one layer stack "
+                                    "(model.layers.N...); it has %s",
                                     L->ref, L->several ? "several" : "none");
             if (strcmp(L->prefix, first->prefix))
-                return fb_set_error(FB_ERR_MISMATCH, "models '%s' and '%s' name their layers "
-                                                     "differently (%s, %s)",
+                return fb_set_error(FB_ERR_MISMATCH,
+                                    "models '%s' and '%s' name their layers "
+                                    "differently (%s, %s)",
                                     first->ref, L->ref, first->prefix, L->prefix);
             if (src->hi > L->layers)
-                return fb_set_error(FB_ERR_ARG, "slice %d: layer_range [%lld, %lld] of model '%s' "
-                                                "is outside its %lld layers",
+                return fb_set_error(FB_ERR_ARG,
+                                    "slice %d: layer_range [%lld, %lld] of model '%s' "
+                                    "is outside its %lld layers",
                                     s, (long long)src->lo, (long long)src->hi, L->ref,
                                     (long long)L->layers);
         }
@@ -834,11 +923,13 @@ static fb_status plan_slices(const run *R, plan *p)
             char prefix[256];
             int64_t idx;
             const char *rest;
-            if (fb_layer_name(T->name, prefix, sizeof prefix, &idx, &rest) && !strcmp(prefix, L->prefix))
+            if (fb_layer_name(T->name, prefix, sizeof prefix, &idx, &rest) &&
+                !strcmp(prefix, L->prefix))
                 continue;
             if (pre_weight(T->name) == pass) continue;
             fb_status st = add_out(p, T->name, s, 0.0);
-            for (int k = 0; !st && k < p->P; k++) st = need_tensor(p->src[s][k], T->name, &p->outs[p->nouts - 1].in[k]);
+            for (int k = 0; !st && k < p->P; k++)
+                st = need_tensor(p->src[s][k], T->name, &p->outs[p->nouts - 1].in[k]);
             if (st) return st;
         }
         if (pass) break;
@@ -856,7 +947,8 @@ static fb_status plan_slices(const run *R, plan *p)
                     const char *nm = R0->model->tensors[i]->name;
                     if (strncmp(nm, want, wl)) continue;
                     char out[1024], in[1024];
-                    snprintf(out, sizeof out, "%s.%lld.%s", R0->prefix, (long long)p->out_layers, nm + wl);
+                    snprintf(out, sizeof out, "%s.%lld.%s", R0->prefix, (long long)p->out_layers,
+                             nm + wl);
                     fb_status st = add_out(p, out, sl, t);
                     for (int k = 0; !st && k < p->P; k++) {
                         snprintf(in, sizeof in, "%s.%lld.%s", p->src[sl][k]->prefix,
@@ -918,8 +1010,10 @@ static fb_status resolve_params(const mk_doc *d, const plan *p, const fb_method_
         fb_config *v;
         if ((st = lookup(d, p, o, -1, *g, &v))) break;
         if (!v && m->required && !strcmp(m->required, *g)) {
-            st = fb_set_error(FB_ERR_CONFIG, "merge method %s needs parameter '%s' (none given "
-                                             "for tensor '%s')", m->name, *g, o->name);
+            st = fb_set_error(FB_ERR_CONFIG,
+                              "merge method %s needs parameter '%s' (none given "
+                              "for tensor '%s')",
+                              m->name, *g, o->name);
             break;
         }
         if (!v) st = default_node(ops, *g, &v); /* every tensor's mapping has every key */
@@ -934,14 +1028,16 @@ static fb_status resolve_params(const mk_doc *d, const plan *p, const fb_method_
             fb_config *v;
             if ((st = lookup(d, p, o, k, *tp, &v))) break;
             if (!v && m->required && !strcmp(m->required, *tp)) {
-                st = fb_set_error(FB_ERR_CONFIG, "model '%s' has no '%s' for tensor '%s' (merge "
-                                                 "method %s needs one per model)",
+                st = fb_set_error(FB_ERR_CONFIG,
+                                  "model '%s' has no '%s' for tensor '%s' (merge "
+                                  "method %s needs one per model)",
                                   p->slices[o->slice].src[k].model, *tp, o->in[k]->name, m->name);
                 break;
             }
             if (v && !is_number(v, NULL)) {
-                st = fb_set_error(FB_ERR_CONFIG, "model '%s': parameter '%s' is '%s' for tensor "
-                                                 "'%s', not a number",
+                st = fb_set_error(FB_ERR_CONFIG,
+                                  "model '%s': parameter '%s' is '%s' for tensor "
+                                  "'%s', not a number",
                                   p->slices[o->slice].src[k].model, *tp, v->value, o->in[k]->name);
                 fb_config_free(v);
                 break;
@@ -999,13 +1095,15 @@ static const fb_config *tensor_params(void *user, const char *name)
 static fb_status card_and_files(const mk_doc *d, const plan *p, fb_buf *card)
 {
     fb_buf_printf(card, "---\nbase_model:\n");
-    for (int k = 0; k < p->slices[0].n; k++) fb_buf_printf(card, "- %s\n", p->slices[0].src[k].model);
-    fb_buf_printf(card, "library_name: transformers\ntags:\n- mergekit\n- merge\n- fusionbench-c\n"
-                        "---\n# %s\n\nThis model was merged with FusionBench-C's mergekit "
-                        "translator (`fusion_bench mergekit`), which runs mergekit's configuration "
-                        "on FusionBench-C's streaming engine.\n\n## Merge method\n\n"
-                        "mergekit's `%s` (FusionBench-C method `%s`)",
-                   d->name ? d->name : "Merged model", d->method->name, d->method->registry);
+    for (int k = 0; k < p->slices[0].n; k++)
+        fb_buf_printf(card, "- %s\n", p->slices[0].src[k].model);
+    fb_buf_printf(card,
+                  "library_name: transformers\ntags:\n- mergekit\n- merge\n- fusionbench-c\n"
+                  "---\n# %s\n\nThis model was merged with FusionBench-C's mergekit "
+                  "translator (`fusion_bench mergekit`), which runs mergekit's configuration "
+                  "on FusionBench-C's streaming engine.\n\n## Merge method\n\n"
+                  "mergekit's `%s` (FusionBench-C method `%s`)",
+                  d->name ? d->name : "Merged model", d->method->name, d->method->registry);
     if (d->base) fb_buf_printf(card, ", with `%s` as the base", d->base);
     fb_buf_printf(card, ".\n\n## Models merged\n\n");
     for (int s = 0; s < p->num_slices; s++)
@@ -1068,7 +1166,8 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
     cJSON_ArrayForEach(e, entries)
     {
         /* BPE and WordPiece: "token": id; Unigram: ["token", score] at position id */
-        const char *tok = cJSON_IsArray(e) ? cJSON_GetStringValue(cJSON_GetArrayItem(e, 0)) : e->string;
+        const char *tok =
+            cJSON_IsArray(e) ? cJSON_GetStringValue(cJSON_GetArrayItem(e, 0)) : e->string;
         int64_t id = cJSON_IsNumber(e) ? (int64_t)e->valuedouble : pos;
         pos++;
         if (!tok) continue;
@@ -1081,7 +1180,8 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
         const cJSON *id = cJSON_GetObjectItem(e, "id");
         if (!st && tok && cJSON_IsNumber(id) && fb_strmap_get(&v->ids, tok) < 0)
             st = fb_strmap_put(&v->ids, tok, (int64_t)id->valuedouble);
-        if (!st && tok && fb_strmap_get(&v->added, tok) < 0) st = fb_strmap_put(&v->added, tok, index);
+        if (!st && tok && fb_strmap_get(&v->added, tok) < 0)
+            st = fb_strmap_put(&v->added, tok, index);
         index++;
     }
     v->size = v->ids.count;
@@ -1093,25 +1193,24 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
  * the token's default row: the one model's that has it, else the base's, else the mean of those
  * that have it (float32, rounded once), else zeros. Read row by row from the models' files. */
 typedef struct permuted {
-    int nm;                 /* models of this tensor's merge */
-    fb_source **src;        /* their tensor's file, offset, rows */
+    int nm;          /* models of this tensor's merge */
+    fb_source **src; /* their tensor's file and offset */
     uint64_t *offset;
-    int64_t *rows;
     fb_dtype dtype;
-    int64_t width, out_rows;
-    int self;               /* which of them this matrix is */
-    int64_t *row;           /* out_rows x nm: each model's row for the token, or -1 */
-    int32_t *fallback;      /* out_rows: the donor model, -1 the mean, -2 zeros */
+    int64_t width;
+    int self;          /* which of them this matrix is */
+    int64_t *row;      /* V x nm, V the output vocabulary: each model's row, or -1 */
+    int32_t *fallback; /* V: the donor model, -1 the mean, -2 zeros */
 } permuted;
 
 static void permuted_free(void *p)
 {
     permuted *q = p;
     if (!q) return;
-    for (int m = 0; q->src && m < q->nm; m++) fb_source_unref(q->src[m]);
+    for (int m = 0; q->src && m < q->nm; m++)
+        fb_source_unref(q->src[m]);
     fb_free(q->src);
     fb_free(q->offset);
-    fb_free(q->rows);
     fb_free(q->row);
     fb_free(q->fallback);
     fb_free(q);
@@ -1147,10 +1246,12 @@ static fb_status permuted_read(void *p, uint64_t offset, size_t n, void *dst)
                 const int64_t src = q->row[r * q->nm + m];
                 if (src < 0) continue;
                 if ((st = model_row(q, m, src, tmp, raw))) break;
-                for (int64_t j = 0; j < q->width; j++) acc[j] += tmp[j];
+                for (int64_t j = 0; j < q->width; j++)
+                    acc[j] += tmp[j];
                 count++;
             }
-            for (int64_t j = 0; count && j < q->width; j++) acc[j] /= (float)count;
+            for (int64_t j = 0; count && j < q->width; j++)
+                acc[j] /= (float)count;
         }
         /* the part of row r inside [e0, e1) */
         const int64_t from = r * q->width > e0 ? r * q->width : e0;
@@ -1203,7 +1304,8 @@ static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, v
     for (int s = 0; s < p->num_slices; s++)
         for (int k = 0; k < p->slices[s].n; k++) {
             int seen = 0;
-            for (int i = 0; i < n; i++) seen |= models[i] == p->src[s][k];
+            for (int i = 0; i < n; i++)
+                seen |= models[i] == p->src[s][k];
             if (!seen && n < 256) models[n++] = p->src[s][k];
         }
     vocab *mv = fb_calloc((size_t)n, sizeof *mv);
@@ -1217,13 +1319,16 @@ static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, v
     for (int i = 0; !st && i < n; i++) {
         struct stat sb;
         char *dir = stat(models[i]->path, &sb) == 0 && S_ISDIR(sb.st_mode)
-                        ? fb_strdup(models[i]->path) : fb_path_dirname(models[i]->path);
+                        ? fb_strdup(models[i]->path)
+                        : fb_path_dirname(models[i]->path);
         st = dir ? vocab_read(dir, &mv[i], &has[i]) : FB_ERR_NOMEM;
         fb_free(dir);
     }
     if (!st && !has[0])
-        st = fb_set_error(FB_ERR_NOT_FOUND, "tokenizer_source union: the base model '%s' has no "
-                                            "tokenizer.json", base->ref);
+        st = fb_set_error(FB_ERR_NOT_FOUND,
+                          "tokenizer_source union: the base model '%s' has no "
+                          "tokenizer.json",
+                          base->ref);
     int64_t V = 0, count = 0;
     const int64_t rows0 = st ? 0 : embedding_rows(base, mv[0].ids.count);
     for (int64_t j = 0; !st && j < mv[0].ids.cap; j++) {
@@ -1233,8 +1338,10 @@ static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, v
         count++;
     }
     if (!st && count != V)
-        st = fb_set_error(FB_ERR_UNSUPPORTED, "tokenizer_source union: the base's token ids are not "
-                                              "0..%lld", (long long)(count - 1));
+        st = fb_set_error(FB_ERR_UNSUPPORTED,
+                          "tokenizer_source union: the base's token ids are not "
+                          "0..%lld",
+                          (long long)(count - 1));
     for (int pass = 0; !st && pass < 2; pass++) /* plain tokens, then added ones */
         for (int i = 0; !st && i < n; i++) {
             if (!has[i]) continue; /* no tokenizer: the base's, nothing new */
@@ -1250,7 +1357,8 @@ static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, v
                 const char *tok = mv[i].ids.keys[j];
                 if (!tok || mv[i].ids.values[j] >= rows) continue;
                 int is_added = 0;
-                for (int x = 0; x < n; x++) is_added |= has[x] && fb_strmap_get(&mv[x].added, tok) >= 0;
+                for (int x = 0; x < n; x++)
+                    is_added |= has[x] && fb_strmap_get(&mv[x].added, tok) >= 0;
                 if (is_added != pass) continue;
                 list[m++] = (tok_id){tok, mv[i].ids.values[j]};
             }
@@ -1261,8 +1369,10 @@ static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, v
                 cJSON *e;
                 int64_t at = fb_strmap_get(&mv[i].added, list[j].tok);
                 if (pass && at >= 0) { /* the added token's settings, at its new id */
-                    e = cJSON_Duplicate(cJSON_GetArrayItem(cJSON_GetObjectItem(mv[i].json, "added_tokens"),
-                                                           (int)at), 1);
+                    e = cJSON_Duplicate(
+                        cJSON_GetArrayItem(cJSON_GetObjectItem(mv[i].json, "added_tokens"),
+                                           (int)at),
+                        1);
                     if (e) cJSON_DeleteItemFromObjectCaseSensitive(e, "id");
                 } else { /* what add_tokens gives a plain string */
                     e = cJSON_CreateObject();
@@ -1275,8 +1385,10 @@ static fb_status union_vocab(const plan *p, const mk_loaded *base, vocab *out, v
                         cJSON_AddBoolToObject(e, "special", 0);
                     }
                 }
-                if (!e || !cJSON_AddNumberToObject(e, "id", (double)V)) st = FB_ERR_NOMEM;
-                else cJSON_AddItemToArray(added, e);
+                if (!e || !cJSON_AddNumberToObject(e, "id", (double)V))
+                    st = FB_ERR_NOMEM;
+                else
+                    cJSON_AddItemToArray(added, e);
                 V++;
             }
         }
@@ -1333,10 +1445,11 @@ static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loa
         if (out.ids.values[i] + 1 > V) V = out.ids.values[i] + 1;
     }
     int64_t count = 0;
-    for (int64_t i = 0; i < out.ids.cap; i++) count += out.ids.keys[i] != NULL;
+    for (int64_t i = 0; i < out.ids.cap; i++)
+        count += out.ids.keys[i] != NULL;
     if (count != V) {
-        st = fb_set_error(FB_ERR_UNSUPPORTED, "%s: the tokenizer's ids are not 0..%lld",
-                          tok_dir, (long long)(count - 1));
+        st = fb_set_error(FB_ERR_UNSUPPORTED, "%s: the tokenizer's ids are not 0..%lld", tok_dir,
+                          (long long)(count - 1));
         goto done;
     }
     /* each output embedding tensor: its models' permutations, defaults, new tensors */
@@ -1353,7 +1466,7 @@ static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loa
             const fb_tensor *T = O->in[m];
             struct stat sb;
             char *dir = stat(L->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(L->path)
-                                                                        : fb_path_dirname(L->path);
+                                                                       : fb_path_dirname(L->path);
             vocab mv;
             int has = 0;
             st = dir ? vocab_read(dir, &mv, &has) : FB_ERR_NOMEM;
@@ -1382,10 +1495,10 @@ static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loa
             int present = 0, donor = -1;
             for (int m = 0; m < nm; m++)
                 if (row[r * nm + m] >= 0) present++, donor = m;
-            fallback[r] = present == 1 ? donor
-                          : present == 0 ? -2
+            fallback[r] = present == 1                           ? donor
+                          : present == 0                         ? -2
                           : bpos >= 0 && row[r * nm + bpos] >= 0 ? bpos
-                                                                : -1;
+                                                                 : -1;
         }
         if (!p->synth && (st = fb_model_create(&p->synth))) break;
         for (int m = 0; !st && m < nm; m++) {
@@ -1398,13 +1511,11 @@ static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loa
             q->self = m;
             q->dtype = O->in[0]->dtype;
             q->width = O->in[0]->shape[1];
-            q->out_rows = V;
             q->src = fb_calloc((size_t)nm, sizeof *q->src);
             q->offset = fb_calloc((size_t)nm, sizeof *q->offset);
-            q->rows = fb_calloc((size_t)nm, sizeof *q->rows);
             q->row = fb_malloc((size_t)(V * nm) * sizeof *q->row);
             q->fallback = fb_malloc((size_t)(V ? V : 1) * sizeof *q->fallback);
-            if (!q->src || !q->offset || !q->rows || !q->row || !q->fallback) st = FB_ERR_NOMEM;
+            if (!q->src || !q->offset || !q->row || !q->fallback) st = FB_ERR_NOMEM;
             for (int k = 0; !st && k < nm; k++) {
                 const fb_tensor *T = O->in[k];
                 if (!T->src) {
@@ -1414,17 +1525,18 @@ static fb_status permute_vocabularies(plan *p, const char *tok_dir, const mk_loa
                 fb_source_ref(T->src);
                 q->src[k] = T->src;
                 q->offset[k] = T->src_offset;
-                q->rows[k] = T->shape[0];
             }
             if (!st) {
                 memcpy(q->row, row, (size_t)(V * nm) * sizeof *row);
                 memcpy(q->fallback, fallback, (size_t)V * sizeof *fallback);
             }
             fb_source *vs = NULL;
-            if (st) permuted_free(q);
-            else st = fb_source_virtual(O->in[m]->src->path,
-                                        (uint64_t)(V * q->width) * fb_dtype_size(q->dtype),
-                                        permuted_read, permuted_free, q, &vs);
+            if (st)
+                permuted_free(q);
+            else
+                st = fb_source_virtual(O->in[m]->src->path,
+                                       (uint64_t)(V * q->width) * fb_dtype_size(q->dtype),
+                                       permuted_read, permuted_free, q, &vs);
             /* the synthetic tensor, named as the output, stands for input m from now on */
             char name[1200];
             snprintf(name, sizeof name, "%s#%lld.%d", O->name, (long long)o, m);
@@ -1463,12 +1575,15 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         p.slices[s] = d->slices[s];
         int n = d->slices[s].n;
         p.slices[s].src = fb_calloc((size_t)n + 1, sizeof *p.slices[s].src);
-        if (!p.slices[s].src) st = FB_ERR_NOMEM;
-        else memcpy(p.slices[s].src, d->slices[s].src, (size_t)n * sizeof *p.slices[s].src);
+        if (!p.slices[s].src)
+            st = FB_ERR_NOMEM;
+        else
+            memcpy(p.slices[s].src, d->slices[s].src, (size_t)n * sizeof *p.slices[s].src);
     }
     if (!st && d->from_models && d->base) {
         int listed = 0;
-        for (int k = 0; k < p.slices[0].n; k++) listed |= !strcmp(p.slices[0].src[k].model, d->base);
+        for (int k = 0; k < p.slices[0].n; k++)
+            listed |= !strcmp(p.slices[0].src[k].model, d->base);
         if (!listed) p.slices[0].src[p.slices[0].n++] = (mk_src){d->base, -1, -1, NULL};
     }
     p.P = p.slices[0].n;
@@ -1486,11 +1601,13 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
             st = fb_set_error(FB_ERR_CONFIG, "%s: merge method %s needs base_model", d->origin,
                               d->method->name);
         else if (role != BASE_AS_MODEL && base && p.base_pos[s] < 0)
-            st = fb_set_error(FB_ERR_CONFIG, "%s: slice %d: base_model '%s' is not among its "
-                                             "sources",
+            st = fb_set_error(FB_ERR_CONFIG,
+                              "%s: slice %d: base_model '%s' is not among its "
+                              "sources",
                               d->origin, s, base);
         if (!st && !(p.src[s] = fb_calloc((size_t)S->n, sizeof *p.src[s]))) st = FB_ERR_NOMEM;
-        for (int k = 0; k < S->n && !st; k++) st = load(R, S->src[k].model, &p.src[s][k]);
+        for (int k = 0; k < S->n && !st; k++)
+            st = load(R, S->src[k].model, &p.src[s][k]);
     }
     /* for the output's companions: the base (or the first model) and the tokenizer source */
     const char *cfg_ref = d->base ? d->base : p.slices[0].src[0].model;
@@ -1499,12 +1616,12 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
     const int union_tok = d->tokenizer_source && !strcmp(d->tokenizer_source, "union");
     if (!st && d->tokenizer_source) {
         mk_loaded *tm;
-        const char *ref = strcmp(d->tokenizer_source, "base") && !union_tok ? d->tokenizer_source
-                                                                           : cfg_ref;
+        const char *ref =
+            strcmp(d->tokenizer_source, "base") && !union_tok ? d->tokenizer_source : cfg_ref;
         if (!(st = load(R, ref, &tm))) {
             struct stat sb;
             tok_dir = stat(tm->path, &sb) == 0 && S_ISDIR(sb.st_mode) ? fb_strdup(tm->path)
-                                                                       : fb_path_dirname(tm->path);
+                                                                      : fb_path_dirname(tm->path);
             if (!tok_dir) st = FB_ERR_NOMEM;
         }
     }
@@ -1523,12 +1640,15 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
     int models[256], nmodels = 0;
     for (int k = 0; k < p.P && !st; k++) {
         if (role != BASE_AS_MODEL && k == p.base_pos[0]) continue;
-        if (nmodels == 256) st = fb_set_error(FB_ERR_UNSUPPORTED, "more than 256 models");
-        else models[nmodels++] = k;
+        if (nmodels == 256)
+            st = fb_set_error(FB_ERR_UNSUPPORTED, "more than 256 models");
+        else
+            models[nmodels++] = k;
     }
     /* base positions may differ between slices; the non-base positions keep their order */
     const fb_method_ops *ops = fb_method_lookup(d->method->registry);
-    if (!st && !ops) st = fb_set_error(FB_ERR_INTERNAL, "method %s is not registered", d->method->registry);
+    if (!st && !ops)
+        st = fb_set_error(FB_ERR_INTERNAL, "method %s is not registered", d->method->registry);
     for (int64_t i = 0; i < p.nouts && !st; i++) {
         mk_out *o = &p.outs[i];
         int sm[256], n = 0;
@@ -1548,7 +1668,8 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         free(key);
         if (!st && found < 0) {
             fb_config **grown = fb_realloc(p.sets, (size_t)(p.nsets + 1) * sizeof *grown);
-            if (!grown) st = FB_ERR_NOMEM;
+            if (!grown)
+                st = FB_ERR_NOMEM;
             else {
                 p.sets = grown;
                 p.sets[p.nsets] = set;
@@ -1601,8 +1722,10 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         snprintf(name, sizeof name, "%s", v < 0 ? FB_PRETRAINED : named->ref);
         for (int dup = 2; !st && fb_modelpool_get(pool, name); dup++)
             snprintf(name, sizeof name, "%s#%d", named->ref, dup);
-        if (st) fb_model_free(view);
-        else st = fb_modelpool_add_model(pool, name, view);
+        if (st)
+            fb_model_free(view);
+        else
+            st = fb_modelpool_add_model(pool, name, view);
     }
     if (!st) st = card_and_files(d, &p, &card);
     if (!st) {
@@ -1617,9 +1740,10 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
         ro.out_dtype = d->out_dtype_set ? d->out_dtype : d->dtype;
     }
     fb_save_options save = {0};
-    save.max_shard_bytes = R->opts && R->opts->max_shard_bytes ? R->opts->max_shard_bytes
-                                                               : (size_t)5000000000ull;
-    if (!st && !(R->opts && R->opts->dry_run)) st = fb_method_run_to_file(method, pool, &ro, out_dir, &save);
+    save.max_shard_bytes =
+        R->opts && R->opts->max_shard_bytes ? R->opts->max_shard_bytes : (size_t)5000000000ull;
+    if (!st && !(R->opts && R->opts->dry_run))
+        st = fb_method_run_to_file(method, pool, &ro, out_dir, &save);
     fb_method_free(method);
     fb_modelpool_free(pool);
     fb_buf_free(&card);
@@ -1627,7 +1751,8 @@ static fb_status run_doc(run *R, const mk_doc *d, const char *out_dir)
     plan_free(&p);
     fb_strmap_clear(&uv.ids);
     fb_strmap_clear(&uv.added);
-    for (int i = 0; i < nkeep; i++) vocab_free(&keep[i]);
+    for (int i = 0; i < nkeep; i++)
+        vocab_free(&keep[i]);
     fb_free(keep);
     cJSON_free(appended);
     return st;
@@ -1642,7 +1767,8 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
     if (st) return st;
     char *inter = NULL;
     if (ndocs > 1) {
-        if (opts && opts->intermediate_dir) inter = fb_strdup(opts->intermediate_dir);
+        if (opts && opts->intermediate_dir)
+            inter = fb_strdup(opts->intermediate_dir);
         else {
             fb_buf b;
             fb_buf_init(&b);
@@ -1658,22 +1784,25 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
     int64_t icap = 0;
     if (!st) st = fb_input_paths_add(&inputs, &ninputs, &icap, config_path, "configuration", "");
     for (int i = 0; !st && i < ndocs; i++) {
-        run R = {.doc = &docs[i], .opts = opts, .docs = docs, .ndocs = ndocs, .inter_dir = inter};
+        run R = {.opts = opts, .docs = docs, .ndocs = ndocs, .inter_dir = inter};
         const mk_doc *d = &docs[i];
         for (int s = -1; !st && s < d->num_slices; s++) {
             for (int k = s < 0 ? -1 : 0; !st && k < (s < 0 ? 0 : d->slices[s].n); k++) {
                 const char *ref = s < 0 ? d->base : d->slices[s].src[k].model;
                 int named = 0;
                 for (int j = 0; ref && j < ndocs; j++)
-                    named |= docs[j].name && !strncmp(ref, docs[j].name, strlen(docs[j].name)) &&
-                             (ref[strlen(docs[j].name)] == '\0' || ref[strlen(docs[j].name)] == '+');
+                    named |=
+                        docs[j].name && !strncmp(ref, docs[j].name, strlen(docs[j].name)) &&
+                        (ref[strlen(docs[j].name)] == '\0' || ref[strlen(docs[j].name)] == '+');
                 mk_loaded *L;
                 if (ref && !named) st = load(&R, ref, &L);
             }
         }
         for (int m = 0; !st && m < R.nloaded; m++) {
             const fb_model *M = R.loaded[m]->model;
-            if (M->path) st = fb_input_paths_add(&inputs, &ninputs, &icap, M->path, "model", R.loaded[m]->ref);
+            if (M->path)
+                st = fb_input_paths_add(&inputs, &ninputs, &icap, M->path, "model",
+                                        R.loaded[m]->ref);
             for (int64_t t = 0; !st && t < M->count; t++)
                 if (M->tensors[t]->src)
                     st = fb_input_paths_add(&inputs, &ninputs, &icap, M->tensors[t]->src->path,
@@ -1686,7 +1815,8 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
     if (!st) {
         fb_output_path outs[3] = {{out_dir, "output folder"}};
         int nouts = 1;
-        if (opts && opts->report_path) outs[nouts++] = (fb_output_path){opts->report_path, "report"};
+        if (opts && opts->report_path)
+            outs[nouts++] = (fb_output_path){opts->report_path, "report"};
         if (inter) outs[nouts++] = (fb_output_path){inter, "intermediate folder"};
         st = fb_outputs_check(outs, nouts, inputs, ninputs);
     }
@@ -1711,10 +1841,12 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
                 }
             }
             if (!ready) continue;
-            run R = {.doc = d, .opts = opts, .docs = docs, .ndocs = ndocs, .inter_dir = inter};
+            run R = {.opts = opts, .docs = docs, .ndocs = ndocs, .inter_dir = inter};
             char path[4096];
-            if (d->name && ndocs > 1) snprintf(path, sizeof path, "%s/%s", inter, d->name);
-            else snprintf(path, sizeof path, "%s", out_dir);
+            if (d->name && ndocs > 1)
+                snprintf(path, sizeof path, "%s/%s", inter, d->name);
+            else
+                snprintf(path, sizeof path, "%s", out_dir);
             st = run_doc(&R, d, path);
             if (st && d->name && ndocs > 1) st = fb_error_prefix(st, "merge '%s'", d->name);
             if (st && st != FB_ERR_INTERRUPTED &&
@@ -1729,7 +1861,8 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
             st = fb_set_error(FB_ERR_CONFIG, "%s: the documents reference each other in a cycle",
                               config_path);
     }
-    for (int i = 0; i < ndocs; i++) doc_free(&docs[i]);
+    for (int i = 0; i < ndocs; i++)
+        doc_free(&docs[i]);
     fb_free(docs);
     fb_free(inter);
     return st;

@@ -40,11 +40,13 @@ fb_status fb_mk_list_read(const fb_config *p, const char *key, int required, dou
 fb_status fb_mk_list_check(const fb_mk_list *l, const char *method, int num_models)
 {
     if (!l->v && l->required)
-        return fb_set_error(FB_ERR_CONFIG, "method %s: parameter '%s' is required (a number, "
-                                           "or one per model)", method, l->name);
+        return fb_set_error(FB_ERR_CONFIG,
+                            "method %s: parameter '%s' is required (a number, "
+                            "or one per model)",
+                            method, l->name);
     if (l->v && l->n != 1 && l->n != num_models)
-        return fb_set_error(FB_ERR_CONFIG, "method %s: '%s' has %d values for %d models",
-                            method, l->name, l->n, num_models);
+        return fb_set_error(FB_ERR_CONFIG, "method %s: '%s' has %d values for %d models", method,
+                            l->name, l->n, num_models);
     for (int i = 0; l->v && i < l->n; i++)
         if (!isfinite(l->v[i]))
             return fb_set_error(FB_ERR_CONFIG, "method %s: '%s' holds %g", method, l->name,
@@ -70,14 +72,17 @@ fb_status fb_mk_select(const uint32_t *keys, int64_t n, int64_t r, uint32_t *out
     enum { B = 1 << 16 };
     int64_t *h = fb_calloc(B, sizeof *h);
     if (!h) return FB_ERR_NOMEM;
-    for (int64_t j = 0; j < n; j++) h[keys[j] >> 16]++;
+    for (int64_t j = 0; j < n; j++)
+        h[keys[j] >> 16]++;
     uint32_t hi = 0;
-    while (r >= h[hi]) r -= h[hi++];
+    while (r >= h[hi])
+        r -= h[hi++];
     memset(h, 0, B * sizeof *h);
     for (int64_t j = 0; j < n; j++)
         if ((keys[j] >> 16) == hi) h[keys[j] & 0xFFFF]++;
     uint32_t lo = 0;
-    while (r >= h[lo]) r -= h[lo++];
+    while (r >= h[lo])
+        r -= h[lo++];
     fb_free(h);
     *out = hi << 16 | lo;
     return FB_OK;
@@ -85,7 +90,8 @@ fb_status fb_mk_select(const uint32_t *keys, int64_t n, int64_t r, uint32_t *out
 
 static void abs_keys(const float *x, int64_t n, uint32_t *keys)
 {
-    for (int64_t j = 0; j < n; j++) keys[j] = fb_mk_float_key(fabsf(x[j]));
+    for (int64_t j = 0; j < n; j++)
+        keys[j] = fb_mk_float_key(fabsf(x[j]));
 }
 
 fb_status fb_mk_keep_topk(float *x, int64_t n, int64_t k, uint32_t *keys)
@@ -100,7 +106,8 @@ fb_status fb_mk_keep_topk(float *x, int64_t n, int64_t k, uint32_t *keys)
     fb_status st = fb_mk_select(keys, n, n - k, &v);
     if (st) return st;
     int64_t greater = 0;
-    for (int64_t j = 0; j < n; j++) greater += keys[j] > v;
+    for (int64_t j = 0; j < n; j++)
+        greater += keys[j] > v;
     int64_t ties = k - greater;
     for (int64_t j = 0; j < n; j++) {
         if (keys[j] > v) continue;
@@ -121,8 +128,7 @@ static int cmp_u64(const void *a, const void *b)
 
 /* DELLA's magprune: entries ranked by |x| along dim 1 (a vector is one row); rank r of len
  * gets keep probability (density - epsilon) + 2 epsilon (r - 1) / (len - 1). */
-static fb_status della(float *x, const fb_tensor *t, double density, double epsilon,
-                       uint64_t key)
+static fb_status della(float *x, const fb_tensor *t, double density, double epsilon, uint64_t key)
 {
     int64_t outer = 1, len = t->numel, inner = 1;
     if (t->ndim >= 2) {
@@ -137,8 +143,7 @@ static fb_status della(float *x, const fb_tensor *t, double density, double epsi
         for (int64_t in = 0; in < inner; in++) {
             const int64_t base = o * len * inner + in;
             for (int64_t r = 0; r < len; r++)
-                line[r] = (uint64_t)fb_mk_float_key(fabsf(x[base + r * inner])) << 32 |
-                          (uint64_t)r;
+                line[r] = (uint64_t)fb_mk_float_key(fabsf(x[base + r * inner])) << 32 | (uint64_t)r;
             qsort(line, (size_t)len, sizeof *line, cmp_u64);
             for (int64_t r = 0; r < len; r++) {
                 int64_t j = base + (int64_t)(uint32_t)line[r] * inner;
@@ -162,17 +167,21 @@ fb_status fb_mk_della(float *x, const fb_tensor *t, double density, double epsil
         return FB_OK;
     }
     if (density + epsilon >= 1.0 || density - epsilon <= 0.0)
-        return fb_set_error(FB_ERR_ARG, "tensor '%s': density %g and epsilon %g: density "
-                                        "+/- epsilon must lie in (0, 1)",
+        return fb_set_error(FB_ERR_ARG,
+                            "tensor '%s': density %g and epsilon %g: density "
+                            "+/- epsilon must lie in (0, 1)",
                             t->name, density, epsilon);
     double before = 0.0;
-    for (int64_t j = 0; rescale && j < n; j++) before += fabs((double)x[j]);
+    for (int64_t j = 0; rescale && j < n; j++)
+        before += fabs((double)x[j]);
     fb_status st = della(x, t, density, epsilon, key);
     if (st || !rescale) return st;
     double after = 0.0;
-    for (int64_t j = 0; j < n; j++) after += fabs((double)x[j]);
+    for (int64_t j = 0; j < n; j++)
+        after += fabs((double)x[j]);
     if (before < 1e-7 || after < 1e-7) return FB_OK;
     const float s = (float)(before / after);
-    for (int64_t j = 0; j < n; j++) x[j] *= s;
+    for (int64_t j = 0; j < n; j++)
+        x[j] *= s;
     return FB_OK;
 }

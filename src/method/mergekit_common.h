@@ -16,7 +16,7 @@
 
 typedef struct fb_mk_list {
     const char *name;
-    double *v;       /* one value, or one per model; NULL when not given */
+    double *v; /* one value, or one per model; NULL when not given */
     int n;
     int required;
     double dflt;

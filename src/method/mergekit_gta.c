@@ -31,17 +31,17 @@ typedef struct kind {
 
 /* One model's per-tensor selection, found by the tensor passes. */
 typedef struct sel {
-    int select;          /* kept by rank (magnitude, outliers) in this tensor */
-    int none;            /* nothing kept */
-    int nt;              /* target ranks: 1 (magnitude: n - k), 2 (outliers: lo, hi - 1) */
-    int64_t rank[2];     /* the ascending ranks whose values are the thresholds */
-    uint32_t bucket[2];  /* their top 16 bits (pass 0) */
-    int64_t below[2];    /* entries in lower buckets */
-    uint32_t v[2];       /* the threshold keys (pass 1) */
-    int64_t less[2];     /* entries below each threshold */
-    int64_t ties;        /* magnitude: entries equal to v[0] that are kept (lowest index first) */
-    int64_t lo, hi;      /* outliers: the kept ascending ranks */
-    float scale;         /* L1 rescale (1: none) */
+    int select;         /* kept by rank (magnitude, outliers) in this tensor */
+    int none;           /* nothing kept */
+    int nt;             /* target ranks: 1 (magnitude: n - k), 2 (outliers: lo, hi - 1) */
+    int64_t rank[2];    /* the ascending ranks whose values are the thresholds */
+    uint32_t bucket[2]; /* their top 16 bits (pass 0) */
+    int64_t below[2];   /* entries in lower buckets */
+    uint32_t v[2];      /* the threshold keys (pass 1) */
+    int64_t less[2];    /* entries below each threshold */
+    int64_t ties;       /* magnitude: entries equal to v[0] that are kept (lowest index first) */
+    int64_t lo, hi;     /* outliers: the kept ascending ranks */
+    float scale;        /* L1 rescale (1: none) */
 } sel;
 
 typedef struct state {
@@ -52,7 +52,7 @@ typedef struct state {
     double lambda;
     uint64_t seed;
     int num_models;
-    sel *sel;            /* per model, for the tensor being merged */
+    sel *sel; /* per model, for the tensor being merged */
 } state;
 
 /* A chunk's slot: per model the L1 norms before and after sparsifying, and the entries equal
@@ -62,31 +62,37 @@ typedef struct slot_head {
     int64_t eq[2];
 } slot_head;
 
-#define COMMON_PARAMS(norm, resc)                                                          \
-    {"weight", "null", "each model's weight: a number or one per model (required)"},       \
-    {"density", "1.0", "fraction of each task vector kept, per tensor: a number or one per model"}, \
-    {"normalize", norm, "divide the merged task vector by the (agreeing) weights' sum"},    \
-    {"rescale", resc, "rescale each sparsified task vector to the L1 norm it had"}, \
-    {"lambda", "1.0", "scale of the merged task vector"},                                   \
-    {"int8_mask", "false", "mergekit's memory option; no effect on the numbers"},            \
-    {"seed", "0", "random masks: counter-based, keyed by (seed, tensor, model)"}
+#define COMMON_PARAMS(norm, resc)                                                                  \
+    {"weight", "null", "each model's weight: a number or one per model (required)"},               \
+        {"density", "1.0",                                                                         \
+         "fraction of each task vector kept, per tensor: a number or one per model"},              \
+        {"normalize", norm, "divide the merged task vector by the (agreeing) weights' sum"},       \
+        {"rescale", resc, "rescale each sparsified task vector to the L1 norm it had"},            \
+        {"lambda", "1.0", "scale of the merged task vector"},                                      \
+        {"int8_mask", "false", "mergekit's memory option; no effect on the numbers"},              \
+    {                                                                                              \
+        "seed", "0", "random masks: counter-based, keyed by (seed, tensor, model)"                 \
+    }
 
 static const fb_param_spec params_ta[] = {COMMON_PARAMS("false", "false"), {NULL, NULL, NULL}};
 static const fb_param_spec params_ties[] = {COMMON_PARAMS("true", "false"), {NULL, NULL, NULL}};
 static const fb_param_spec params_dare[] = {COMMON_PARAMS("false", "true"), {NULL, NULL, NULL}};
 static const fb_param_spec params_bc[] = {
     COMMON_PARAMS("false", "false"),
-    {"gamma", "0.01", "fraction of the largest entries dropped as outliers: a number or one per model"},
+    {"gamma", "0.01",
+     "fraction of the largest entries dropped as outliers: a number or one per model"},
     {NULL, NULL, NULL},
 };
 static const fb_param_spec params_della[] = {
     COMMON_PARAMS("true", "true"),
-    {"epsilon", "0.15", "keep probabilities span density +/- epsilon by rank: a number or one per model"},
+    {"epsilon", "0.15",
+     "keep probabilities span density +/- epsilon by rank: a number or one per model"},
     {NULL, NULL, NULL},
 };
 static const fb_param_spec params_della_linear[] = {
     COMMON_PARAMS("false", "true"),
-    {"epsilon", "0.15", "keep probabilities span density +/- epsilon by rank: a number or one per model"},
+    {"epsilon", "0.15",
+     "keep probabilities span density +/- epsilon by rank: a number or one per model"},
     {NULL, NULL, NULL},
 };
 
@@ -164,14 +170,18 @@ static void combine(const state *s, const float *tv, const float *w, const fb_me
     const int M = c->num_models;
     float *sum = (float *)tv + (size_t)M * (size_t)n, *div = sum + n, *mixed = c->out;
     float wsum = 0.0f;
-    for (int i = 0; i < M; i++) wsum += w[i];
+    for (int i = 0; i < M; i++)
+        wsum += w[i];
     if (fabsf(wsum) < 1e-8f) wsum = 1.0f;
-    for (int64_t j = 0; j < n; j++) mixed[j] = 0.0f;
+    for (int64_t j = 0; j < n; j++)
+        mixed[j] = 0.0f;
     if (s->k.consensus) {
-        for (int64_t j = 0; j < n; j++) sum[j] = 0.0f, div[j] = 0.0f;
+        for (int64_t j = 0; j < n; j++)
+            sum[j] = 0.0f, div[j] = 0.0f;
         for (int i = 0; i < M; i++) {
             const float *v = tv + (size_t)i * (size_t)n;
-            for (int64_t j = 0; j < n; j++) sum[j] += v[j];
+            for (int64_t j = 0; j < n; j++)
+                sum[j] += v[j];
         }
         for (int i = 0; i < M; i++) {
             const float *v = tv + (size_t)i * (size_t)n;
@@ -183,11 +193,13 @@ static void combine(const state *s, const float *tv, const float *w, const fb_me
                 div[j] += agree ? wi : 0.0f;
             }
         }
-        for (int64_t j = 0; j < n; j++) div[j] = div[j] == 0.0f ? 1.0f : div[j];
+        for (int64_t j = 0; j < n; j++)
+            div[j] = div[j] == 0.0f ? 1.0f : div[j];
     } else {
         for (int i = 0; i < M; i++) {
             const float *v = tv + (size_t)i * (size_t)n;
-            for (int64_t j = 0; j < n; j++) mixed[j] += v[j];
+            for (int64_t j = 0; j < n; j++)
+                mixed[j] += v[j];
         }
     }
     const float lambda = (float)s->lambda;
@@ -211,13 +223,14 @@ static fb_status merge_whole(const void *p, const fb_merge_chunk *c)
     for (int i = 0; i < M; i++) {
         float *t = tv + (size_t)i * (size_t)n;
         const float *x = c->models[i];
-        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
-        fb_status st = fb_mk_della(t, c->tensor, fb_mk_at(&s->density, i),
-                                   fb_mk_at(&s->epsilon, i), s->rescale,
-                                   fb_rng_key(s->seed, c->tensor->name, (uint64_t)i));
+        for (int64_t j = 0; j < n; j++)
+            t[j] = x[j] - c->base[j];
+        fb_status st = fb_mk_della(t, c->tensor, fb_mk_at(&s->density, i), fb_mk_at(&s->epsilon, i),
+                                   s->rescale, fb_rng_key(s->seed, c->tensor->name, (uint64_t)i));
         if (st) return st;
         w[i] = (float)fb_mk_at(&s->weight, i);
-        for (int64_t j = 0; j < n; j++) t[j] *= w[i];
+        for (int64_t j = 0; j < n; j++)
+            t[j] *= w[i];
     }
     combine(s, tv, w, c);
     return FB_OK;
@@ -228,7 +241,10 @@ static fb_status merge_whole(const void *p, const fb_merge_chunk *c)
 enum { PASS_NORMS, PASS_BUCKETS, PASS_TIES, PASS_AFTER, NUM_PASSES };
 enum { BINS = 1 << 16 };
 
-static slot_head *slot_of(void *slot, int model) { return (slot_head *)slot + model; }
+static slot_head *slot_of(void *slot, int model)
+{
+    return (slot_head *)slot + model;
+}
 
 static size_t tensor_slot_bytes(const void *p)
 {
@@ -256,7 +272,8 @@ static int tensor_pass_needed(const void *p, int pass)
     const state *s = p;
     if (s->k.sparsify == FB_MK_RANDOM) {
         int dropping = 0;
-        for (int i = 0; i < s->num_models; i++) dropping |= fb_mk_at(&s->density, i) < 1.0;
+        for (int i = 0; i < s->num_models; i++)
+            dropping |= fb_mk_at(&s->density, i) < 1.0;
         return pass == PASS_NORMS && s->rescale && dropping; /* the L1 norms of the drop */
     }
     if (!any_select(s)) return 0;
@@ -277,9 +294,12 @@ static inline int kept_by_rank(const sel *q, int magnitude, float tau, int64_t *
     }
     if (k > q->v[0] && k < q->v[1]) return 1;
     int64_t rank;
-    if (k == q->v[0]) rank = q->less[0] + (*t0)++;
-    else if (k == q->v[1]) rank = q->less[1] + (*t1)++;
-    else return 0;
+    if (k == q->v[0])
+        rank = q->less[0] + (*t0)++;
+    else if (k == q->v[1])
+        rank = q->less[1] + (*t1)++;
+    else
+        return 0;
     return rank >= q->lo && rank < q->hi;
 }
 
@@ -302,7 +322,8 @@ static void sparsify_chunk(const state *s, int i, const fb_merge_chunk *c, float
         const int magnitude = s->k.sparsify == FB_MK_MAGNITUDE;
         const uint32_t a = q->v[0], b = magnitude ? 0xFFFFFFFFu : q->v[1];
         if (q->none) {
-            for (int64_t j = 0; j < n; j++) t[j] = 0.0f;
+            for (int64_t j = 0; j < n; j++)
+                t[j] = 0.0f;
         } else {
             /* entries strictly between the thresholds are kept (a loop that vectorises); the
              * entries equal to one, rare, are then decided in order by the tie rule */
@@ -325,7 +346,8 @@ static void sparsify_chunk(const state *s, int i, const fb_merge_chunk *c, float
         return;
     }
     if (s->rescale && q->scale != 1.0f)
-        for (int64_t j = 0; j < n; j++) t[j] *= q->scale;
+        for (int64_t j = 0; j < n; j++)
+            t[j] *= q->scale;
 }
 
 static fb_status tensor_prepare(const void *p, int pass, const fb_merge_chunk *c, void *accp)
@@ -339,17 +361,21 @@ static fb_status tensor_prepare(const void *p, int pass, const fb_merge_chunk *c
         const float *x = c->models[i];
         slot_head *h = slot_of(c->slot, i);
         int64_t *hist = acc + (size_t)i * 2 * BINS;
-        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
+        for (int64_t j = 0; j < n; j++)
+            t[j] = x[j] - c->base[j];
         if (pass == PASS_NORMS) {
             double before = 0.0;
-            for (int64_t j = 0; s->rescale && j < n; j++) before += fabs((double)t[j]);
+            for (int64_t j = 0; s->rescale && j < n; j++)
+                before += fabs((double)t[j]);
             h->l1[0] = before;
             if (q->select)
-                for (int64_t j = 0; j < n; j++) hist[abs_key(t[j]) >> 16]++;
+                for (int64_t j = 0; j < n; j++)
+                    hist[abs_key(t[j]) >> 16]++;
             if (s->k.sparsify == FB_MK_RANDOM && s->rescale) {
                 sparsify_chunk(s, i, c, t); /* the drop only: scale is still 1 */
                 double after = 0.0;
-                for (int64_t j = 0; j < n; j++) after += fabs((double)t[j]);
+                for (int64_t j = 0; j < n; j++)
+                    after += fabs((double)t[j]);
                 h->l1[1] = after;
             }
         } else if (pass == PASS_BUCKETS && q->select && !q->none) {
@@ -373,7 +399,8 @@ static fb_status tensor_prepare(const void *p, int pass, const fb_merge_chunk *c
         } else if (pass == PASS_AFTER && q->select) {
             sparsify_chunk(s, i, c, t); /* scale is still 1 here */
             double after = 0.0;
-            for (int64_t j = 0; j < n; j++) after += fabs((double)t[j]);
+            for (int64_t j = 0; j < n; j++)
+                after += fabs((double)t[j]);
             h->l1[1] = after;
         }
     }
@@ -394,8 +421,9 @@ static fb_status tensor_begin(void *p, const fb_tensor *T)
         if (s->k.sparsify == FB_MK_MAGNITUDE) {
             int64_t k = (int64_t)(d * (double)n);
             if (k <= 0)
-                return fb_set_error(FB_ERR_ARG, "density %g keeps none of its %lld entries "
-                                                "(mergekit refuses this too)",
+                return fb_set_error(FB_ERR_ARG,
+                                    "density %g keeps none of its %lld entries "
+                                    "(mergekit refuses this too)",
                                     d, (long long)n);
             if (k >= n) {
                 q->select = 0;
@@ -451,10 +479,14 @@ static fb_status tensor_finish(void *p, int pass, const fb_tensor *T, void *cons
                 int64_t r = q->rank[t], below = 0;
                 uint32_t b = 0;
                 for (;; b++) {
-                    if (b == BINS) return fb_set_error(FB_ERR_INTERNAL, "rank %lld past the "
-                                                       "histogram", (long long)q->rank[t]);
+                    if (b == BINS)
+                        return fb_set_error(FB_ERR_INTERNAL,
+                                            "rank %lld past the "
+                                            "histogram",
+                                            (long long)q->rank[t]);
                     int64_t cnt = 0;
-                    for (int a = 0; a < num_accs; a++) cnt += ((const int64_t *)accs[a])[(size_t)i * 2 * BINS + b];
+                    for (int a = 0; a < num_accs; a++)
+                        cnt += ((const int64_t *)accs[a])[(size_t)i * 2 * BINS + b];
                     if (r < cnt) break;
                     r -= cnt;
                     below += cnt;
@@ -468,11 +500,15 @@ static fb_status tensor_finish(void *p, int pass, const fb_tensor *T, void *cons
                 int64_t r = q->rank[t], less = q->below[t], eq = 0;
                 uint32_t lo = 0;
                 for (;; lo++) {
-                    if (lo == BINS) return fb_set_error(FB_ERR_INTERNAL, "rank %lld past the "
-                                                        "histogram", (long long)q->rank[t]);
+                    if (lo == BINS)
+                        return fb_set_error(FB_ERR_INTERNAL,
+                                            "rank %lld past the "
+                                            "histogram",
+                                            (long long)q->rank[t]);
                     int64_t cnt = 0;
                     for (int a = 0; a < num_accs; a++)
-                        cnt += ((const int64_t *)accs[a])[(size_t)i * 2 * BINS + (size_t)t * BINS + lo];
+                        cnt += ((
+                            const int64_t *)accs[a])[(size_t)i * 2 * BINS + (size_t)t * BINS + lo];
                     if (r < cnt) {
                         eq = cnt;
                         break;
@@ -524,38 +560,40 @@ static fb_status merge_chunk(const void *p, const fb_merge_chunk *c)
         float *t = tv + (size_t)i * (size_t)n;
         const float *x = c->models[i];
         w[i] = (float)fb_mk_at(&s->weight, i);
-        for (int64_t j = 0; j < n; j++) t[j] = x[j] - c->base[j];
+        for (int64_t j = 0; j < n; j++)
+            t[j] = x[j] - c->base[j];
         if (s->k.sparsify != FB_MK_NONE) sparsify_chunk(s, i, c, t);
-        for (int64_t j = 0; j < n; j++) t[j] *= w[i];
+        for (int64_t j = 0; j < n; j++)
+            t[j] *= w[i];
     }
     combine(s, tv, w, c);
     return FB_OK;
 }
 
-#define GTA_OPS(ident, mkname, prm, text, sp, cons)                                        \
-    static fb_status create_##ident(const fb_config *p, void **out)                        \
-    {                                                                                      \
-        return create_kind(p, out, "mergekit_" mkname, (kind){sp, cons});                  \
-    }                                                                                      \
-    const fb_method_ops fb_method_mergekit_##ident = {                                     \
-        .name = "mergekit_" mkname,                                                        \
-        .target_class = NULL,                                                              \
-        .summary = text,                                                                   \
-        .params = prm,                                                                     \
-        .needs_base = 1,                                                                   \
-        .scratch_per_element = (sp) == FB_MK_DELLA ? scratch : chunk_scratch,              \
-        .whole_tensor = (sp) == FB_MK_DELLA,                                               \
-        .tensor_passes = (sp) == FB_MK_DELLA ? 0 : NUM_PASSES,                             \
-        .tensor_begin = tensor_begin,                                                      \
-        .tensor_pass_needed = tensor_pass_needed,                                          \
-        .tensor_acc_bytes = tensor_acc_bytes,                                              \
-        .tensor_slot_bytes = tensor_slot_bytes,                                            \
-        .tensor_prepare = tensor_prepare,                                                  \
-        .tensor_finish = tensor_finish,                                                    \
-        .create = create_##ident,                                                          \
-        .setup = setup,                                                                    \
-        .merge = (sp) == FB_MK_DELLA ? merge_whole : merge_chunk,                          \
-        .destroy = destroy,                                                                \
+#define GTA_OPS(ident, mkname, prm, text, sp, cons)                                                \
+    static fb_status create_##ident(const fb_config *p, void **out)                                \
+    {                                                                                              \
+        return create_kind(p, out, "mergekit_" mkname, (kind){sp, cons});                          \
+    }                                                                                              \
+    const fb_method_ops fb_method_mergekit_##ident = {                                             \
+        .name = "mergekit_" mkname,                                                                \
+        .target_class = NULL,                                                                      \
+        .summary = text,                                                                           \
+        .params = prm,                                                                             \
+        .needs_base = 1,                                                                           \
+        .scratch_per_element = (sp) == FB_MK_DELLA ? scratch : chunk_scratch,                      \
+        .whole_tensor = (sp) == FB_MK_DELLA,                                                       \
+        .tensor_passes = (sp) == FB_MK_DELLA ? 0 : NUM_PASSES,                                     \
+        .tensor_begin = tensor_begin,                                                              \
+        .tensor_pass_needed = tensor_pass_needed,                                                  \
+        .tensor_acc_bytes = tensor_acc_bytes,                                                      \
+        .tensor_slot_bytes = tensor_slot_bytes,                                                    \
+        .tensor_prepare = tensor_prepare,                                                          \
+        .tensor_finish = tensor_finish,                                                            \
+        .create = create_##ident,                                                                  \
+        .setup = setup,                                                                            \
+        .merge = (sp) == FB_MK_DELLA ? merge_whole : merge_chunk,                                  \
+        .destroy = destroy,                                                                        \
     };
 #define GTA(ident, mkname, sp, cons, prm, text) GTA_OPS(ident, mkname, prm, text, sp, cons)
 

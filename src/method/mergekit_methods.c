@@ -74,10 +74,12 @@ static fb_status linear_merge(const void *p, const fb_merge_chunk *c)
     const linear *s = p;
     float w[256], wsum = 0.0f;
     if (c->num_models > 256) return fb_set_error(FB_ERR_ARG, "%s: more than 256 models", s->name);
-    for (int i = 0; i < c->num_models; i++) wsum += (w[i] = (float)fb_mk_at(&s->weight, i));
+    for (int i = 0; i < c->num_models; i++)
+        wsum += (w[i] = (float)fb_mk_at(&s->weight, i));
     for (int64_t j = 0; j < c->count; j++) {
         float acc = 0.0f;
-        for (int i = 0; i < c->num_models; i++) acc += w[i] * c->models[i][j];
+        for (int i = 0; i < c->num_models; i++)
+            acc += w[i] * c->models[i][j];
         c->out[j] = s->normalize ? acc / wsum : acc;
     }
     return FB_OK;
@@ -121,7 +123,8 @@ static fb_status passthrough_merge(const void *p, const fb_merge_chunk *c)
         return FB_OK;
     }
     const float k = (float)fb_mk_at(&s->weight, 0);
-    for (int64_t j = 0; j < c->count; j++) c->out[j] = c->models[0][j] * k;
+    for (int64_t j = 0; j < c->count; j++)
+        c->out[j] = c->models[0][j] * k;
     return FB_OK;
 }
 
@@ -217,7 +220,8 @@ static fb_status nuslerp_create(const fb_config *p, void **out)
     if (!s) return FB_ERR_NOMEM;
     s->name = "mergekit_nuslerp";
     fb_status st = fb_mk_list_read(p, "weight", 1, 0.0, &s->weight);
-    if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "nuslerp_row_wise"), "nuslerp_row_wise", &s->row_wise);
+    if (!st)
+        st = fb_cfg_bool(fb_cfg_map_get(p, "nuslerp_row_wise"), "nuslerp_row_wise", &s->row_wise);
     if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "nuslerp_flatten"), "nuslerp_flatten", &s->flatten);
     if (st) {
         sphere_destroy(s);
@@ -249,8 +253,10 @@ static void nuslerp_vec(double t, const float *v0, const float *v1, float *out, 
     cosv = cosv < -1.0 ? -1.0 : cosv > 1.0 ? 1.0 : cosv;
     double theta = acos(cosv), sn = sin(theta);
     float c0, c1;
-    if (fabs(sn) < 1e-8) c0 = (float)(1.0 - t), c1 = (float)t;
-    else c0 = (float)(sin((1.0 - t) * theta) / sn), c1 = (float)(sin(t * theta) / sn);
+    if (fabs(sn) < 1e-8)
+        c0 = (float)(1.0 - t), c1 = (float)t;
+    else
+        c0 = (float)(sin((1.0 - t) * theta) / sn), c1 = (float)(sin(t * theta) / sn);
     for (int64_t r = 0; r < len; r++) {
         int64_t j = r * step;
         float a = v0[j], b = v1[j];
@@ -264,8 +270,10 @@ static fb_status nuslerp_merge(const void *p, const fb_merge_chunk *c)
 {
     const sphere *s = p;
     if (c->num_models != 2)
-        return fb_set_error(FB_ERR_ARG, "mergekit_nuslerp merges exactly two models (and an "
-                                        "optional base); the pool has %d", c->num_models);
+        return fb_set_error(FB_ERR_ARG,
+                            "mergekit_nuslerp merges exactly two models (and an "
+                            "optional base); the pool has %d",
+                            c->num_models);
     double w0 = fb_mk_at(&s->weight, 0), w1 = fb_mk_at(&s->weight, 1);
     double t = fabs(w0 + w1) < 1e-6 ? 0.5 : w1 / (w0 + w1);
     const fb_tensor *T = c->tensor;
@@ -275,8 +283,8 @@ static fb_status nuslerp_merge(const void *p, const fb_merge_chunk *c)
     } else if (!s->row_wise) { /* vectors along the last dim */
         const int64_t len = T->shape[T->ndim - 1];
         for (int64_t o = 0; len && o < n / len; o++)
-            nuslerp_vec(t, c->models[0] + o * len, c->models[1] + o * len, c->out + o * len,
-                        len, 1, c->base ? c->base + o * len : NULL);
+            nuslerp_vec(t, c->models[0] + o * len, c->models[1] + o * len, c->out + o * len, len, 1,
+                        c->base ? c->base + o * len : NULL);
     } else { /* vectors along dim 0 */
         const int64_t len = T->shape[0], stride = len ? n / len : 0;
         for (int64_t o = 0; o < stride; o++)
@@ -313,8 +321,9 @@ static fb_status multislerp_create(const fb_config *p, void **out)
     if (!s) return FB_ERR_NOMEM;
     s->name = "mergekit_multislerp";
     fb_status st = fb_mk_list_read(p, "weight", 1, 0.0, &s->weight);
-    if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "normalize_weights"), "normalize_weights",
-                              &s->normalize_weights);
+    if (!st)
+        st = fb_cfg_bool(fb_cfg_map_get(p, "normalize_weights"), "normalize_weights",
+                         &s->normalize_weights);
     if (!st) st = fb_param_double(p, "eps", 0.0, NAN, &s->eps);
     if (st) {
         sphere_destroy(s);
@@ -341,29 +350,35 @@ static fb_status multislerp_merge(const void *p, const fb_merge_chunk *c)
     }
     if (M > 256) return fb_set_error(FB_ERR_ARG, "%s: more than 256 models", s->name);
     double w[256], wsum = 0.0, norms[256];
-    for (int i = 0; i < M; i++) wsum += (w[i] = (float)fb_mk_at(&s->weight, i));
+    for (int i = 0; i < M; i++)
+        wsum += (w[i] = (float)fb_mk_at(&s->weight, i));
     if (s->normalize_weights)
-        for (int i = 0; i < M; i++) w[i] = (float)(w[i] / wsum);
+        for (int i = 0; i < M; i++)
+            w[i] = (float)(w[i] / wsum);
     float *u = c->scratch; /* unit vectors, M x n */
     for (int i = 0; i < M; i++) {
         float *ui = u + (size_t)i * (size_t)n;
-        for (int64_t j = 0; j < n; j++) ui[j] = c->base ? c->models[i][j] - c->base[j] : c->models[i][j];
+        for (int64_t j = 0; j < n; j++)
+            ui[j] = c->base ? c->models[i][j] - c->base[j] : c->models[i][j];
         norms[i] = sqrt(fb_dot(ui, ui, n));
         const float inv = (float)(norms[i] + s->eps);
-        for (int64_t j = 0; j < n; j++) ui[j] /= inv;
+        for (int64_t j = 0; j < n; j++)
+            ui[j] /= inv;
     }
     float *mean = c->out;
     for (int64_t j = 0; j < n; j++) {
         float acc = 0.0f;
-        for (int i = 0; i < M; i++) acc += u[(size_t)i * (size_t)n + (size_t)j] * (float)w[i];
+        for (int i = 0; i < M; i++)
+            acc += u[(size_t)i * (size_t)n + (size_t)j] * (float)w[i];
         mean[j] = acc;
     }
     double mn = sqrt(fb_dot(mean, mean, n));
     if (mn < s->eps) {
         if (M != 2)
-            return fb_set_error(FB_ERR_ARG, "tensor '%s': the weighted sum of the unit task "
-                                            "vectors is zero (antipodal models with balancing "
-                                            "weights); use other weights",
+            return fb_set_error(FB_ERR_ARG,
+                                "tensor '%s': the weighted sum of the unit task "
+                                "vectors is zero (antipodal models with balancing "
+                                "weights); use other weights",
                                 c->tensor->name);
         for (int64_t j = 0; j < n; j++) {
             float a = c->base ? c->models[0][j] - c->base[j] : c->models[0][j];
@@ -373,10 +388,12 @@ static fb_status multislerp_merge(const void *p, const fb_merge_chunk *c)
         }
         return FB_OK;
     }
-    for (int64_t j = 0; j < n; j++) mean[j] /= (float)mn;
+    for (int64_t j = 0; j < n; j++)
+        mean[j] /= (float)mn;
     /* tangent vectors, accumulated into u's first row after its dot is taken */
     double dots[256];
-    for (int i = 0; i < M; i++) dots[i] = fb_dot(u + (size_t)i * (size_t)n, mean, n);
+    for (int i = 0; i < M; i++)
+        dots[i] = fb_dot(u + (size_t)i * (size_t)n, mean, n);
     float *tan = u; /* tangent result overwrites unit vector 0 element by element */
     for (int64_t j = 0; j < n; j++) {
         float acc = 0.0f;
@@ -386,7 +403,8 @@ static fb_status multislerp_merge(const void *p, const fb_merge_chunk *c)
     }
     double tn = sqrt(fb_dot(tan, tan, n)) + s->eps;
     double avg = 0.0;
-    for (int i = 0; i < M; i++) avg += norms[i] * w[i];
+    for (int i = 0; i < M; i++)
+        avg += norms[i] * w[i];
     const float cm = (float)cos(tn), ct = (float)(sin(tn) / tn), a = (float)avg;
     for (int64_t j = 0; j < n; j++) {
         float v = (mean[j] * cm + tan[j] * ct) * a;
@@ -478,7 +496,8 @@ static fb_status stock_merge(const void *p, const fb_merge_chunk *c)
         const float t = (float)(N * cv / (1.0 + (N - 1) * cv)), u = 1.0f - t;
         for (int64_t j = 0; j < len; j++) {
             float avg = 0.0f;
-            for (int i = 0; i < N; i++) avg += c->models[i][b + j];
+            for (int i = 0; i < N; i++)
+                avg += c->models[i][b + j];
             avg /= (float)N;
             c->out[b + j] = t * avg + u * c->base[b + j];
         }
@@ -556,7 +575,8 @@ static fb_status sce_merge(const void *p, const fb_merge_chunk *c)
         int64_t nonzero = 0;
         for (int64_t j = 0; j < n; j++) {
             float mean = 0.0f, v = 0.0f;
-            for (int i = 0; i < M; i++) mean += tv[(size_t)i * (size_t)n + (size_t)j];
+            for (int i = 0; i < M; i++)
+                mean += tv[(size_t)i * (size_t)n + (size_t)j];
             mean /= (float)M;
             for (int i = 0; i < M; i++) {
                 float d = tv[(size_t)i * (size_t)n + (size_t)j] - mean;
@@ -578,10 +598,12 @@ static fb_status sce_merge(const void *p, const fb_merge_chunk *c)
         w[i] = fb_dot(tv + (size_t)i * (size_t)n, tv + (size_t)i * (size_t)n, n) / (double)n;
         wsum += w[i];
     }
-    for (int i = 0; i < M; i++) w[i] = fabs(wsum) < 1e-6 ? 1.0 / M : w[i] / wsum;
+    for (int i = 0; i < M; i++)
+        w[i] = fabs(wsum) < 1e-6 ? 1.0 / M : w[i] / wsum;
     for (int64_t j = 0; j < n; j++) {
         float sum = 0.0f;
-        for (int i = 0; i < M; i++) sum += tv[(size_t)i * (size_t)n + (size_t)j];
+        for (int i = 0; i < M; i++)
+            sum += tv[(size_t)i * (size_t)n + (size_t)j];
         const int major = sum >= 0.0f ? 1 : -1;
         float mixed = 0.0f, div = 0.0f;
         for (int i = 0; i < M; i++) {
@@ -632,8 +654,14 @@ static fb_status ram_create_kind(const fb_config *p, void **out, int plus)
     return FB_OK;
 }
 
-static fb_status ram_create(const fb_config *p, void **out) { return ram_create_kind(p, out, 0); }
-static fb_status ramplus_create(const fb_config *p, void **out) { return ram_create_kind(p, out, 1); }
+static fb_status ram_create(const fb_config *p, void **out)
+{
+    return ram_create_kind(p, out, 0);
+}
+static fb_status ramplus_create(const fb_config *p, void **out)
+{
+    return ram_create_kind(p, out, 1);
+}
 
 static fb_status ram_merge(const void *p, const fb_merge_chunk *c)
 {
@@ -642,16 +670,20 @@ static fb_status ram_merge(const void *p, const fb_merge_chunk *c)
     const int64_t n = c->count;
     const float eps = (float)s->epsilon;
     float lambda[256];
-    for (int i = 0; i < M; i++) lambda[i] = 1.0f;
+    for (int i = 0; i < M; i++)
+        lambda[i] = 1.0f;
     if (s->plus) {
         int64_t shared[256] = {0}, unique[256] = {0};
         for (int64_t j = 0; j < n; j++) {
             int count = 0;
-            for (int i = 0; i < M; i++) count += fabsf(c->models[i][j] - c->base[j]) > eps;
+            for (int i = 0; i < M; i++)
+                count += fabsf(c->models[i][j] - c->base[j]) > eps;
             for (int i = 0; i < M; i++) {
                 if (!(fabsf(c->models[i][j] - c->base[j]) > eps)) continue;
-                if (count > 1) shared[i]++;
-                else unique[i]++;
+                if (count > 1)
+                    shared[i]++;
+                else
+                    unique[i]++;
             }
         }
         for (int i = 0; i < M; i++) {
@@ -663,7 +695,8 @@ static fb_status ram_merge(const void *p, const fb_merge_chunk *c)
     }
     for (int64_t j = 0; j < n; j++) {
         int count = 0;
-        for (int i = 0; i < M; i++) count += fabsf(c->models[i][j] - c->base[j]) > eps;
+        for (int i = 0; i < M; i++)
+            count += fabsf(c->models[i][j] - c->base[j]) > eps;
         float acc = 0.0f;
         for (int i = 0; i < M; i++) {
             float t = c->models[i][j] - c->base[j];
@@ -737,7 +770,8 @@ static float row_kl(const float *x, const float *y, int64_t len)
         if (y[j] > my) my = y[j];
     }
     double sx = 0.0, sy = 0.0;
-    for (int64_t j = 0; j < len; j++) sx += exp((double)(x[j] - mx)), sy += exp((double)(y[j] - my));
+    for (int64_t j = 0; j < len; j++)
+        sx += exp((double)(x[j] - mx)), sy += exp((double)(y[j] - my));
     double kl = 0.0;
     for (int64_t j = 0; j < len; j++) {
         float p = (float)(exp((double)(x[j] - mx)) / sx) + 1e-8f;
@@ -758,9 +792,11 @@ static fb_status fusion_merge(const void *p, const fb_merge_chunk *c)
     uint32_t *keys = (uint32_t *)(void *)(c->scratch + n);
     for (int64_t o = 0; len && o < n / len; o++) {
         float kl = row_kl(x + o * len, b + o * len, len);
-        for (int64_t j = o * len; j < (o + 1) * len; j++) imp[j] = fabsf(x[j] - b[j]) * kl;
+        for (int64_t j = o * len; j < (o + 1) * len; j++)
+            imp[j] = fabsf(x[j] - b[j]) * kl;
     }
-    for (int64_t j = 0; j < n; j++) keys[j] = fb_mk_float_key(imp[j]);
+    for (int64_t j = 0; j < n; j++)
+        keys[j] = fb_mk_float_key(imp[j]);
     const float last = (float)(n - 1);
     float q[3];
     const float at[3] = {0.5f, 0.25f, 0.75f};
@@ -781,7 +817,8 @@ static const fb_param_spec fusion_params[] = {{NULL, NULL, NULL}};
 
 const fb_method_ops fb_method_mergekit_arcee_fusion = {
     .name = "mergekit_arcee_fusion",
-    .summary = "mergekit's arcee_fusion: keep the changes whose KL-weighted importance is an outlier",
+    .summary =
+        "mergekit's arcee_fusion: keep the changes whose KL-weighted importance is an outlier",
     .params = fusion_params,
     .needs_base = 1,
     .min_models = 1,
