@@ -24,6 +24,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/status.h"
+#include "dataset.h"
 #include "lora.h"
 
 typedef struct delta {
@@ -92,22 +93,18 @@ static fb_status delta_read(void *p, uint64_t offset, size_t n, void *dst)
 
 static fb_status read_json(const char *path, cJSON **out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    struct stat sb;
+    if (stat(path, &sb) != 0)
         return fb_set_error(FB_ERR_NOT_FOUND,
-                            "%s: no adapter_config.json (a PEFT adapter "
-                            "folder holds one)",
+                            "%s: no adapter_config.json (a PEFT adapter folder "
+                            "holds one)",
                             path);
-    fb_buf b;
-    fb_buf_init(&b);
-    char chunk[8192];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (4u << 20))
-        fb_buf_append(&b, chunk, got);
-    fclose(f);
-    if (b.failed) return FB_ERR_NOMEM;
-    *out = cJSON_Parse(b.data ? b.data : "");
-    fb_buf_free(&b);
+    uint8_t *bytes;
+    size_t n;
+    fb_status st = fb_read_file(path, 4u << 20, &bytes, &n);
+    if (st) return st;
+    *out = cJSON_ParseWithLength((const char *)bytes, n);
+    fb_free(bytes);
     if (!*out || !cJSON_IsObject(*out)) {
         cJSON_Delete(*out);
         return fb_set_error(FB_ERR_FORMAT, "%s: not a JSON object", path);

@@ -35,6 +35,7 @@
 #include "core/model.h"
 #include "core/status.h"
 #include "core/strmap.h"
+#include "io/dataset.h"
 #include "io/hub.h"
 #include "io/lora.h"
 #include "io/outputs.h"
@@ -504,26 +505,15 @@ static fb_status parse_file(const char *path, mk_doc **docs, int *ndocs)
 {
     *docs = NULL;
     *ndocs = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return fb_set_error(FB_ERR_IO, "%s: %s", path, strerror(errno));
-    fb_buf text;
+    uint8_t *bytes;
+    size_t nbytes;
+    fb_status rst = fb_read_file(path, 16u << 20, &bytes, &nbytes);
+    if (rst) return rst;
+    fb_buf text; /* the file, NUL-terminated */
     fb_buf_init(&text);
-    char chunk[65536];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        fb_buf_append(&text, chunk, got);
-        if (text.len > (16u << 20)) break;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err || text.failed || text.len > (16u << 20)) {
-        fb_status bad = err ? fb_set_error(FB_ERR_IO, "%s: read failed", path)
-                        : text.failed
-                            ? FB_ERR_NOMEM
-                            : fb_set_error(FB_ERR_FORMAT, "%s: config file over 16 MB", path);
-        fb_buf_free(&text);
-        return bad;
-    }
+    fb_buf_append(&text, (const char *)bytes, nbytes);
+    fb_free(bytes);
+    if (text.failed) return FB_ERR_NOMEM;
     const char *s = text.data ? text.data : "";
     fb_status st = FB_OK;
     const char *start = s;
@@ -1145,18 +1135,14 @@ static fb_status vocab_read(const char *folder, vocab *v, int *found)
     *found = 0;
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer.json", folder);
-    FILE *f = fopen(path, "rb");
-    if (!f) return FB_OK;
-    fb_buf b;
-    fb_buf_init(&b);
-    char chunk[65536];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (256u << 20))
-        fb_buf_append(&b, chunk, got);
-    fclose(f);
-    if (b.failed) return FB_ERR_NOMEM;
-    v->json = cJSON_Parse(b.data ? b.data : "");
-    fb_buf_free(&b);
+    struct stat sb;
+    if (stat(path, &sb) != 0) return FB_OK;
+    uint8_t *bytes;
+    size_t nbytes;
+    fb_status rst = fb_read_file(path, 256u << 20, &bytes, &nbytes);
+    if (rst) return rst;
+    v->json = cJSON_ParseWithLength((const char *)bytes, nbytes);
+    fb_free(bytes);
     if (!v->json) return fb_set_error(FB_ERR_FORMAT, "%s: not JSON", path);
     *found = 1;
     const cJSON *model = cJSON_GetObjectItem(v->json, "model");
