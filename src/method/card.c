@@ -104,26 +104,6 @@ static void card_text(fb_buf *b, const fb_method *m, const fb_modelpool *pool,
     if (opts && opts->command) fb_buf_printf(b, "\n## Command\n\n```sh\n%s\n```\n", opts->command);
 }
 
-/* Sets config.json's vocab_size (a vocabulary rebuilt by mergekit's tokenizer_source). */
-static fb_status set_vocab_size(fb_companions *c, int64_t v)
-{
-    for (int i = 0; i < c->count; i++) {
-        if (strcmp(c->files[i].name, "config.json")) continue;
-        cJSON *root = cJSON_ParseWithLength(c->files[i].data, c->files[i].size);
-        if (!root) return fb_set_error(FB_ERR_FORMAT, "config.json is not JSON");
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "vocab_size");
-        char *text = cJSON_AddNumberToObject(root, "vocab_size", (double)v) ? cJSON_Print(root) : NULL;
-        cJSON_Delete(root);
-        char *copy = text ? fb_strdup(text) : NULL;
-        cJSON_free(text);
-        if (!copy) return FB_ERR_NOMEM;
-        fb_free((void *)c->files[i].data);
-        c->files[i].data = copy;
-        c->files[i].size = strlen(copy);
-    }
-    return FB_OK;
-}
-
 /* Replaces companion i's bytes with root printed. */
 static fb_status replace_json(fb_companions *c, int i, cJSON *root)
 {
@@ -135,6 +115,22 @@ static fb_status replace_json(fb_companions *c, int i, cJSON *root)
     c->files[i].data = copy;
     c->files[i].size = strlen(copy);
     return FB_OK;
+}
+
+/* Sets config.json's vocab_size (a vocabulary rebuilt by mergekit's tokenizer_source). */
+static fb_status set_vocab_size(fb_companions *c, int64_t v)
+{
+    fb_status st = FB_OK;
+    for (int i = 0; !st && i < c->count; i++) {
+        if (strcmp(c->files[i].name, "config.json")) continue;
+        cJSON *root = cJSON_ParseWithLength(c->files[i].data, c->files[i].size);
+        if (!root) return fb_set_error(FB_ERR_FORMAT, "config.json is not JSON");
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "vocab_size");
+        st = cJSON_AddNumberToObject(root, "vocab_size", (double)v) ? replace_json(c, i, root)
+                                                                  : FB_ERR_NOMEM;
+        cJSON_Delete(root);
+    }
+    return st;
 }
 
 /* Appends tokens (a JSON array of added-token entries with their ids) to tokenizer.json's
@@ -196,22 +192,15 @@ static fb_status set_chat_template(fb_companions *c, const char *tmpl)
                        : FB_ERR_NOMEM;
     }
     cJSON_DeleteItemFromObjectCaseSensitive(root, "chat_template");
-    char *text = cJSON_AddStringToObject(root, "chat_template", tmpl) ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!text) return FB_ERR_NOMEM;
     fb_status st = FB_OK;
-    if (at >= 0) {
-        char *copy = fb_strdup(text);
-        if (!copy) st = FB_ERR_NOMEM;
-        else {
-            fb_free((void *)c->files[at].data);
-            c->files[at].data = copy;
-            c->files[at].size = strlen(copy);
-        }
-    } else {
-        st = fb_companions_add(c, "tokenizer_config.json", text, strlen(text));
+    if (!cJSON_AddStringToObject(root, "chat_template", tmpl)) st = FB_ERR_NOMEM;
+    else if (at >= 0) st = replace_json(c, at, root);
+    else {
+        char *text = cJSON_Print(root);
+        st = text ? fb_companions_add(c, "tokenizer_config.json", text, strlen(text)) : FB_ERR_NOMEM;
+        cJSON_free(text);
     }
-    cJSON_free(text);
+    cJSON_Delete(root);
     return st;
 }
 
