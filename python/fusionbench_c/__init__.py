@@ -9,7 +9,8 @@
 See docs/python.md."""
 from ._lib import FusionBenchError
 from .modelpool import BaseModelPool
-from . import method
+from . import mergekit, method
 from .method import load_algorithm_from_config
 
-__all__ = ["BaseModelPool", "FusionBenchError", "load_algorithm_from_config", "method"]
+__all__ = ["BaseModelPool", "FusionBenchError", "load_algorithm_from_config", "mergekit",
+           "method"]
