@@ -87,6 +87,9 @@ int fb_test_run(const char *const *argv, char **out, char **err);
 /* Reads a whole file (malloc'd, NUL-terminated); NULL if it cannot. */
 char *fb_test_read_file(const char *path, size_t *len);
 int fb_test_write_file(const char *path, const void *data, size_t len);
+/* A JSON file parsed (free with cJSON_Delete); NULL, and the test failed, if it cannot be. */
+struct cJSON;
+struct cJSON *fb_test_read_json(const char *path);
 int fb_test_exists(const char *path);
 /* Every tensor of a and b: same names, dtypes, shapes; and elements that differ by at most
  * max_ulps units in the last place of the dtype (0: identical bytes). Reports the worst. */

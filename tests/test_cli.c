@@ -23,10 +23,7 @@ static cJSON *load_cases(void)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/cases.json", fb_test_ref_dir);
-    char *text = fb_test_read_file(path, NULL);
-    cJSON *c = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    return c;
+    return fb_test_read_json(path);
 }
 
 TEST(cli_merges_match_pytorch)

@@ -15,11 +15,7 @@ static cJSON *load_cases(void)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/cases.json", fb_test_ref_dir);
-    char *text = fb_test_read_file(path, NULL);
-    cJSON *c = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    if (!c) fb_test_fail(__FILE__, __LINE__, "cannot read %s", path);
-    return c;
+    return fb_test_read_json(path);
 }
 
 static const char *str(const cJSON *o, const char *key)

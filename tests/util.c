@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "harness.h"
 
 extern char **environ;
@@ -39,6 +41,15 @@ int fb_test_write_file(const char *path, const void *data, size_t len)
     if (!f) return -1;
     size_t w = fwrite(data, 1, len, f);
     return fclose(f) == 0 && w == len ? 0 : -1;
+}
+
+struct cJSON *fb_test_read_json(const char *path)
+{
+    char *text = fb_test_read_file(path, NULL);
+    cJSON *c = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!c) fb_test_fail(__FILE__, __LINE__, "cannot read JSON from %s", path);
+    return c;
 }
 
 int fb_test_exists(const char *path)
