@@ -18,11 +18,7 @@ static cJSON *load_cases(void)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/mergekit/cases.json", fb_test_ref_dir);
-    char *text = fb_test_read_file(path, NULL);
-    cJSON *c = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    if (!c) fb_test_fail(__FILE__, __LINE__, "cannot read %s", path);
-    return c;
+    return fb_test_read_json(path);
 }
 
 static const char *pool_dir(const char *pool)
@@ -88,9 +84,7 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
         const cJSON *added = cJSON_GetObjectItem(c, "added"), *a;
         if (added) { /* union: the new tokens in the tokenizer, with their ids and kinds */
             snprintf(path, sizeof path, "%s/tokenizer.json", out);
-            char *text = fb_test_read_file(path, NULL);
-            cJSON *tj = text ? cJSON_Parse(text) : NULL;
-            free(text);
+            cJSON *tj = fb_test_read_json(path);
             cJSON_ArrayForEach(a, added)
             {
                 const char *tok = cJSON_GetArrayItem(a, 0)->valuestring;
@@ -109,9 +103,7 @@ TEST(mergekit_configs_match_pytorch_for_every_method)
             cJSON_Delete(tj);
             /* and tokenizer_config.json's added_tokens_decoder, keyed by id */
             snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
-            text = fb_test_read_file(path, NULL);
-            cJSON *tc = text ? cJSON_Parse(text) : NULL;
-            free(text);
+            cJSON *tc = fb_test_read_json(path);
             const cJSON *dec = cJSON_GetObjectItem(tc, "added_tokens_decoder");
             cJSON_ArrayForEach(a, added)
             {
@@ -326,6 +318,11 @@ TEST(mergekit_bad_configurations_fail_with_one_line_before_any_work)
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
             "dtype: float8\n",
             2, "dtype 'float8'");
+    /* a first document that fails while merging leaves no intermediate folder behind */
+    refused("name: first\nmodels:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.01}\n"
+            "merge_method: ties\nbase_model: %1$s/base\n---\nmodels:\n  - model: first\n"
+            "    parameters: {weight: 1}\nmerge_method: linear\n",
+            2, "keeps none");
     /* the density TIES keeps of a 16-entry norm: none at 0.01 (mergekit refuses it too) */
     refused("models:\n  - model: %1$s/a\n    parameters: {weight: 1, density: 0.01}\n"
             "merge_method: ties\nbase_model: %1$s/base\n",
@@ -422,9 +419,7 @@ TEST(lora_extraction_reconstructs_within_the_truncation_error)
     snprintf(model, sizeof model, "%s/a", pool_dir("f32"));
     snprintf(base, sizeof base, "%s/base", pool_dir("f32"));
     snprintf(svd_path, sizeof svd_path, "%s/mergekit/svd_a.json", fb_test_ref_dir);
-    char *text = fb_test_read_file(svd_path, NULL);
-    cJSON *svd = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *svd = fb_test_read_json(svd_path);
     REQUIRE(svd);
     const double eps = 0.03;
     for (int pass = 0; pass < 2; pass++) { /* rank 5; then singular values above eps */
@@ -436,9 +431,7 @@ TEST(lora_extraction_reconstructs_within_the_truncation_error)
         fb_model *ad = NULL;
         REQUIRE_OK(fb_model_load(p, &ad));
         snprintf(p, sizeof p, "%s/adapter_config.json", out);
-        char *cfg_text = fb_test_read_file(p, NULL);
-        cJSON *cfg = cfg_text ? cJSON_Parse(cfg_text) : NULL;
-        free(cfg_text);
+        cJSON *cfg = fb_test_read_json(p);
         REQUIRE(cfg);
         int64_t max_rank = (int64_t)cJSON_GetObjectItem(cfg, "r")->valuedouble;
         const cJSON *e;
@@ -485,6 +478,17 @@ TEST(lora_extraction_reconstructs_within_the_truncation_error)
     cJSON_Delete(svd);
 }
 
+/* tmp/name: a configuration merging base with the adapter in folder adapter applied. */
+static void adapter_config(const char *name, const char *base, const char *adapter)
+{
+    char text[9000];
+    snprintf(text, sizeof text,
+             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
+             "merge_method: linear\n",
+             base, adapter);
+    fb_test_write_file(fb_test_path(name), text, strlen(text));
+}
+
 TEST(lora_adapters_round_trip_as_merge_inputs)
 {
     char model[4200], base[4200];
@@ -493,12 +497,7 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     /* full rank: base + adapter is model a again (up to float32 rounding) */
     fb_lora_extract_options o = {.max_rank = 64};
     REQUIRE_OK(fb_lora_extract(model, base, fb_test_path("full"), &o));
-    char text[9000];
-    snprintf(text, sizeof text,
-             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
-             "merge_method: linear\n",
-             base, fb_test_path("full"));
-    fb_test_write_file(fb_test_path("rt.yml"), text, strlen(text));
+    adapter_config("rt.yml", base, fb_test_path("full"));
     REQUIRE_OK(fb_mergekit_run(fb_test_path("rt.yml"), fb_test_path("rt_out"), NULL));
     fb_model *got = NULL, *want = NULL;
     EXPECT_OK(fb_model_load(fb_test_path("rt_out"), &got));
@@ -534,11 +533,7 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     EXPECT(!fb_model_find(ad, "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"));
     fb_model_free(ad);
     /* the embed-lora adapter applies (embedding factors transposed as PEFT stores them) */
-    snprintf(text, sizeof text,
-             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
-             "merge_method: linear\n",
-             base, fb_test_path("cli"));
-    fb_test_write_file(fb_test_path("emb.yml"), text, strlen(text));
+    adapter_config("emb.yml", base, fb_test_path("cli"));
     EXPECT_OK(fb_mergekit_run(fb_test_path("emb.yml"), fb_test_path("emb_out"), NULL));
     /* a module the model lacks */
     snprintf(p, sizeof p, "%s/adapter_config.json", fb_test_path("some"));
@@ -558,11 +553,7 @@ TEST(lora_adapters_round_trip_as_merge_inputs)
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", fb_test_path("bad_adapter"));
     fb_model_save(bad, p, NULL);
     fb_model_free(bad);
-    snprintf(text, sizeof text,
-             "models:\n  - model: %s+%s\n    parameters: {weight: 1.0}\n"
-             "merge_method: linear\n",
-             base, fb_test_path("bad_adapter"));
-    fb_test_write_file(fb_test_path("bad.yml"), text, strlen(text));
+    adapter_config("bad.yml", base, fb_test_path("bad_adapter"));
     EXPECT_ERROR(fb_mergekit_run(fb_test_path("bad.yml"), fb_test_path("bad_out"), NULL),
                  FB_ERR_MISMATCH, "layers.9.mlp.up_proj.lora_A.weight' matches no tensor");
     EXPECT(!fb_test_exists(fb_test_path("bad_out")));

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -1807,8 +1808,12 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
         st = fb_outputs_check(outs, nouts, inputs, ninputs);
     }
     fb_input_paths_free(inputs, ninputs);
-    if (!st && inter && mkdir(inter, 0777) != 0 && errno != EEXIST)
-        st = fb_set_error(FB_ERR_IO, "%s: %s", inter, strerror(errno));
+    int made_inter = 0; /* this run made the intermediate folder */
+    if (!st && inter) {
+        made_inter = mkdir(inter, 0777) == 0;
+        if (!made_inter && errno != EEXIST)
+            st = fb_set_error(FB_ERR_IO, "%s: %s", inter, strerror(errno));
+    }
     /* dependency order: a document runs once every document it names has run */
     for (int done = 0; !st && done < ndocs;) {
         int progressed = 0;
@@ -1847,6 +1852,9 @@ fb_status fb_mergekit_run(const char *config_path, const char *out_dir,
             st = fb_set_error(FB_ERR_CONFIG, "%s: the documents reference each other in a cycle",
                               config_path);
     }
+    /* a run that failed before any intermediate was kept leaves no empty folder behind
+     * (finished intermediates stay, as mergekit-multi keeps them for the next run) */
+    if (st && made_inter) rmdir(inter);
     for (int i = 0; i < ndocs; i++)
         doc_free(&docs[i]);
     fb_free(docs);
