@@ -6,7 +6,7 @@ BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
 PKGS     := yaml-0.1 libcjson openblas lapacke zlib stb
 DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev liblapacke-dev zlib1g-dev libstb-dev
-DEB_TEST := python3-torch python3-numpy
+DEB_TEST := python3-torch python3-numpy python3-pil
 DEB_DATA := dataset-fashion-mnist python3-sklearn
 
 OPT      ?= -O3
@@ -16,7 +16,7 @@ CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -fopenmp -ffp-contract=off 
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 LDFLAGS  += -fopenmp
 
-LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c src/nn/*.c src/mergekit/*.c)
+LIB_SRC  := $(wildcard src/core/*.c src/io/*.c src/config/*.c src/pool/*.c src/method/*.c src/nn/*.c src/mergekit/*.c src/text/*.c)
 CLI_SRC  := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -91,6 +91,7 @@ test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES) $(BENCHES) $(SOLIB)
 	$(PYTHON) tests/reference/make_reference.py $(BUILD)/ref
 	$(PYTHON) tests/reference/nn_reference.py $(BUILD)/ref
 	$(PYTHON) tests/reference/mergekit_ref.py $(BUILD)/ref
+	$(PYTHON) tests/reference/clip_text_ref.py $(BUILD)/ref
 	$(TESTS) --ref $(BUILD)/ref --cli $(CLI) --bin $(BUILD)
 
 # The whole suite under AddressSanitizer, UndefinedBehaviorSanitizer and LeakSanitizer, in a

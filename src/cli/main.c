@@ -34,6 +34,7 @@
 #include "io/outputs.h"
 #include "io/writer.h"
 #include "method/method.h"
+#include "pool/clip_tasks.h"
 #include "pool/modelpool.h"
 #include "pool/taskpool.h"
 #include "report.h"
@@ -309,6 +310,16 @@ static int compose(cli *c, int argc, char **argv)
         const char *sel = selection[g];
         if (sel && *sel && strcmp(sel, "null") != 0) st = load_group(config_dir, groups[g], sel, &node);
         else st = fb_cfg_new(FB_CFG_NULL, NULL, &node);
+        /* FusionBench's CLIP task pools read their class names and templates from
+         * config/clip_tasks unless the file says where */
+        if (!st && !strcmp(groups[g], "taskpool") && config_dir &&
+            fb_clip_tasks_is_fusionbench(node) && !fb_cfg_map_get(node, "clip_tasks")) {
+            char *dir = fb_path_join(config_dir, "clip_tasks");
+            fb_config *v = NULL;
+            st = dir ? fb_cfg_new(FB_CFG_SCALAR, dir, &v) : FB_ERR_NOMEM;
+            if (!st) v->quoted = 1, st = fb_cfg_map_set(node, "clip_tasks", v);
+            fb_free(dir);
+        }
         if (!st) st = fb_cfg_map_set(c->root, groups[g], node);
         if (st) {
             rc = fail(2, fb_last_error());

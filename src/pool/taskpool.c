@@ -14,6 +14,7 @@
 #include "core/model.h"
 #include "core/rng.h"
 #include "core/status.h"
+#include "clip_tasks.h"
 #include "nn/kernels.h"
 
 static const char *const pool_keys[] = {"_target_", "model_config", "heads", "logit_scale",
@@ -76,11 +77,30 @@ static fb_status select_tasks(const fb_config *ev, const fb_config *node)
     return FB_OK;
 }
 
+/* heads and model_config (both owned, NULL unless the node came from FusionBench's form)
+ * stand for the node's `heads` and `model_config` keys. */
+static fb_status open_native(const fb_config *node, fb_model *heads, char *model_config,
+                             fb_taskpool **out);
+
 fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out)
 {
     *out = NULL;
     if (!node || node->kind != FB_CFG_MAP)
         return fb_set_error(FB_ERR_CONFIG, "%s: a taskpool must be a mapping", fb_cfg_where(node));
+    if (!fb_clip_tasks_is_fusionbench(node)) return open_native(node, NULL, NULL, out);
+    fb_config *native;
+    fb_model *heads;
+    char *model_config;
+    fb_status st = fb_clip_tasks_translate(node, &native, &heads, &model_config);
+    if (st) return st;
+    st = open_native(native, heads, model_config, out);
+    fb_config_free(native);
+    return st;
+}
+
+static fb_status open_native(const fb_config *node, fb_model *heads, char *model_config,
+                             fb_taskpool **out)
+{
     for (int i = 0; i < node->count; i++) {
         size_t j = 0, n = sizeof pool_keys / sizeof *pool_keys;
         while (j < n && strcmp(node->keys[i], pool_keys[j])) j++;
@@ -89,7 +109,13 @@ fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out)
                                 fb_cfg_where(node->items[i]), node->keys[i]);
     }
     fb_taskpool *tp = fb_calloc(1, sizeof *tp);
-    if (!tp) return FB_ERR_NOMEM;
+    if (!tp) {
+        fb_model_free(heads);
+        fb_free(model_config);
+        return FB_ERR_NOMEM;
+    }
+    tp->heads = heads;
+    tp->model_config_path = model_config;
     tp->logit_scale = 100.0f;
     tp->batch_size = 256;
     tp->split = FB_SPLIT_TEST;
@@ -119,10 +145,14 @@ fb_status fb_taskpool_open(const fb_config *node, fb_taskpool **out)
         }
     }
     /* the model description and heads first: cheap, and their errors come before data loads */
-    if (!st) st = path_key(node, "model_config", &tp->model_config_path);
+    if (!st && !tp->model_config_path) st = path_key(node, "model_config", &tp->model_config_path);
     if (!st) st = fb_clip_config_load(tp->model_config_path, &tp->clip);
-    if (!st) st = path_key(node, "heads", &tp->heads_path);
-    if (!st) st = fb_model_load(tp->heads_path, &tp->heads);
+    if (!st && !tp->heads) {
+        if (!(st = path_key(node, "heads", &tp->heads_path)))
+            st = fb_model_load(tp->heads_path, &tp->heads);
+    } else if (!st && !(tp->heads_path = fb_strdup("zero-shot heads"))) {
+        st = FB_ERR_NOMEM;
+    }
     const fb_config *ev = fb_cfg_map_get(node, "evaluate");
     if (!st) st = select_tasks(ev, node);
     if (!st) st = fb_taskset_load(node, FB_SPLIT_BIT(tp->split), fb_cfg_is_null(ev) ? NULL : ev,

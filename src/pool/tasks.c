@@ -174,14 +174,15 @@ static fb_status source_load(const fb_config *src, const char *sname, int64_t si
                      &out->train, &has_train);
     if (!st) st = load_images(src, sname, type, "test_images", "test_labels", "test", size,
                               channels, &out->test, &has_test);
-    if (!st && !has_train) {
+    if (!st && !has_train && !has_test) {
         st = load_images(src, sname, type, "images", "labels", "path", size, channels,
                          &out->train, &has_all);
         if (!st && !has_all)
             st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s names no data files", fb_cfg_where(src), sname);
-        if (!st && has_test)
-            st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s has a test set but no train set",
-                              fb_cfg_where(src), sname);
+    }
+    if (!st && !has_train && !has_all) { /* a test set alone: the train pool is empty */
+        out->train.height = out->train.width = size;
+        out->train.channels = channels;
     }
     if (!st) st = conform(&out->train, size, channels, sname);
     if (!st && has_test) st = conform(&out->test, size, channels, sname);
