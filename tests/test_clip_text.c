@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "harness.h"
+#include "io/dataset.h"
 #include "nn/clip_text.h"
 #include "pool/clip_tasks.h"
 #include "text/clip_tokenizer.h"
@@ -380,4 +381,52 @@ TEST(fusionbench_clip_taskpool_errors_name_what_is_missing)
                              NULL};
     expect_cli_error(unknown, "dataset 'imagenet_r'");
     unset_env();
+}
+
+TEST(clip_processor_resize_is_pillows_bicubic_to_the_byte)
+{
+    fb_model *m;
+    REQUIRE_OK(fb_model_load(ref("clip/resize.safetensors"), &m));
+    int cases = 0, stb_worst = 0;
+    for (int i = 0;; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "in_%d", i);
+        const fb_tensor *in = fb_model_find(m, name);
+        if (!in) break;
+        const int64_t *sh = fb_tensor_shape(in);
+        const void *src;
+        REQUIRE_OK(fb_tensor_data(in, &src));
+        for (int s = 0; s < 2; s++) {
+            const int64_t size = s ? 32 : 224;
+            snprintf(name, sizeof name, "out_%d_%lld", i, (long long)size);
+            const fb_tensor *want = fb_model_find(m, name);
+            REQUIRE(want);
+            const void *w;
+            REQUIRE_OK(fb_tensor_data(want, &w));
+            const size_t n = (size_t)(size * size * sh[2]);
+            uint8_t *got = malloc(n), *stb = malloc(n);
+            EXPECT_OK(fb_image_resize_crop_clip(src, sh[0], sh[1], sh[2], size, got));
+            size_t diff = 0;
+            for (size_t j = 0; j < n; j++)
+                diff += got[j] != ((const uint8_t *)w)[j];
+            if (diff)
+                fb_test_fail(__FILE__, __LINE__,
+                             "%lld x %lld x %lld -> %lld: %zu bytes differ "
+                             "from Pillow",
+                             (long long)sh[0], (long long)sh[1], (long long)sh[2], (long long)size,
+                             diff);
+            /* the zoo's stb_image_resize path, for the record (docs/benchmark.md) */
+            if (!fb_image_resize_crop(src, sh[0], sh[1], sh[2], size, stb))
+                for (size_t j = 0; j < n; j++) {
+                    int d = abs((int)stb[j] - (int)((const uint8_t *)w)[j]);
+                    stb_worst = d > stb_worst ? d : stb_worst;
+                }
+            free(got);
+            free(stb);
+            cases++;
+        }
+    }
+    EXPECT(cases == 18);
+    EXPECT(stb_worst > 0); /* the two resamplers do differ: the reason this one exists */
+    fb_model_free(m);
 }

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,6 +452,148 @@ fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width
                (size_t)(size * channels));
     fb_free(tmp);
     return FB_OK;
+}
+
+/* ---------------------------------------------------- CLIPProcessor's resize -- */
+
+/* Pillow's bicubic kernel (a = -0.5, support 2) */
+static double bicubic(double x)
+{
+    const double a = -0.5;
+    x = fabs(x);
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+    if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+    return 0.0;
+}
+
+enum { PIL_BITS = 32 - 8 - 2 }; /* Pillow's fixed-point precision for 8-bit images */
+
+/* Pillow's resampling weights from in_size to out_size samples: the kernel widened by the
+ * scale when shrinking (antialiasing), normalised per output sample, then fixed point with
+ * PIL_BITS fraction bits. *ksize weights per output; first[i], count[i] the inputs used. */
+static fb_status pil_coeffs(int64_t in_size, int64_t out_size, int32_t **kk, int64_t **first,
+                            int64_t **count, int64_t *ksize)
+{
+    const double scale = (double)in_size / (double)out_size;
+    const double filterscale = scale < 1.0 ? 1.0 : scale;
+    const double support = 2.0 * filterscale;
+    const int64_t K = (int64_t)ceil(support) * 2 + 1;
+    double *w = fb_malloc((size_t)K * sizeof *w);
+    *kk = fb_calloc((size_t)(out_size * K), sizeof **kk);
+    *first = fb_malloc((size_t)out_size * sizeof **first);
+    *count = fb_malloc((size_t)out_size * sizeof **count);
+    if (!w || !*kk || !*first || !*count) {
+        fb_free(w);
+        return FB_ERR_NOMEM;
+    }
+    for (int64_t o = 0; o < out_size; o++) {
+        const double center = ((double)o + 0.5) * scale, ss = 1.0 / filterscale;
+        int64_t lo = (int64_t)(center - support + 0.5), hi = (int64_t)(center + support + 0.5);
+        if (lo < 0) lo = 0;
+        if (hi > in_size) hi = in_size;
+        const int64_t n = hi - lo;
+        double sum = 0.0;
+        for (int64_t x = 0; x < n; x++) sum += w[x] = bicubic(((double)(x + lo) - center + 0.5) * ss);
+        for (int64_t x = 0; x < n; x++) {
+            const double v = sum != 0.0 ? w[x] / sum : w[x];
+            (*kk)[o * K + x] = (int32_t)(v < 0 ? -0.5 + v * (1 << PIL_BITS) : 0.5 + v * (1 << PIL_BITS));
+        }
+        (*first)[o] = lo;
+        (*count)[o] = n;
+    }
+    fb_free(w);
+    *ksize = K;
+    return FB_OK;
+}
+
+static uint8_t pil_clip8(int64_t v)
+{
+    if (v >= (int64_t)1 << PIL_BITS << 8) return 255;
+    if (v <= 0) return 0;
+    return (uint8_t)(v >> PIL_BITS);
+}
+
+fb_status fb_image_resize_crop_clip(const uint8_t *src, int64_t height, int64_t width,
+                                    int64_t channels, int64_t size, uint8_t *dst)
+{
+    if (height <= 0 || width <= 0 || size <= 0 || channels <= 0 || channels > 4 ||
+        height > FB_IMAGE_MAX_SIDE || width > FB_IMAGE_MAX_SIDE || size > FB_IMAGE_MAX_SIDE)
+        return fb_set_error(FB_ERR_ARG, "cannot resize a %lld x %lld image to %lld",
+                            (long long)height, (long long)width, (long long)size);
+    /* transformers' shortest_edge rule: the short side becomes size, the long one
+     * int(size * long / short) */
+    int64_t rh, rw;
+    if (width <= height) {
+        rw = size;
+        rh = (int64_t)((double)(size * height) / (double)width);
+    } else {
+        rh = size;
+        rw = (int64_t)((double)(size * width) / (double)height);
+    }
+    if (rh > FB_IMAGE_MAX_SIDE * 4 || rw > FB_IMAGE_MAX_SIDE * 4 || rh < size || rw < size)
+        return fb_set_error(FB_ERR_ARG, "a %lld x %lld image is too elongated to resize to %lld",
+                            (long long)height, (long long)width, (long long)size);
+    const int64_t C = channels;
+    const uint8_t *img = src;
+    uint8_t *tmp = NULL, *out = NULL;
+    int32_t *kh = NULL, *kv = NULL;
+    int64_t *fh = NULL, *ch = NULL, *fv = NULL, *cv = NULL, Kh = 0, Kv = 0;
+    fb_status st = FB_OK;
+    if (rh != height || rw != width) {
+        st = pil_coeffs(width, rw, &kh, &fh, &ch, &Kh);
+        if (!st) st = pil_coeffs(height, rh, &kv, &fv, &cv, &Kv);
+        /* Pillow: the horizontal pass over the rows the vertical one reads, rounded to bytes,
+         * then the vertical pass (a pass whose size does not change is skipped) */
+        const int64_t y0 = st ? 0 : fv[0], y1 = st ? 0 : fv[rh - 1] + cv[rh - 1];
+        if (!st && !(tmp = fb_malloc((size_t)((y1 - y0) * rw * C + rh * rw * C)))) st = FB_ERR_NOMEM;
+        if (!st) {
+            const uint8_t *cur = src;
+            int64_t row0 = 0; /* the row of the source that cur's first row is */
+            if (rw != width) {
+                for (int64_t y = y0; y < y1; y++)
+                    for (int64_t x = 0; x < rw; x++) {
+                        const int32_t *k = kh + x * Kh;
+                        for (int64_t c = 0; c < C; c++) {
+                            int64_t acc = (int64_t)1 << (PIL_BITS - 1);
+                            for (int64_t i = 0; i < ch[x]; i++)
+                                acc += (int64_t)src[(y * width + fh[x] + i) * C + c] * k[i];
+                            tmp[((y - y0) * rw + x) * C + c] = pil_clip8(acc);
+                        }
+                    }
+                cur = tmp;
+                row0 = y0;
+            }
+            out = tmp + (y1 - y0) * rw * C;
+            if (rh != height) {
+                for (int64_t y = 0; y < rh; y++) {
+                    const int32_t *k = kv + y * Kv;
+                    for (int64_t x = 0; x < rw; x++)
+                        for (int64_t c = 0; c < C; c++) {
+                            int64_t acc = (int64_t)1 << (PIL_BITS - 1);
+                            for (int64_t i = 0; i < cv[y]; i++)
+                                acc += (int64_t)cur[((fv[y] + i - row0) * rw + x) * C + c] * k[i];
+                            out[(y * rw + x) * C + c] = pil_clip8(acc);
+                        }
+                }
+                img = out;
+            } else {
+                img = cur; /* only the width changed: rows y0..y1 are all rows */
+            }
+        }
+    }
+    if (!st) { /* transformers' centre crop */
+        const int64_t top = (rh - size) / 2, left = (rw - size) / 2;
+        for (int64_t y = 0; y < size; y++)
+            memcpy(dst + y * size * C, img + ((top + y) * rw + left) * C, (size_t)(size * C));
+    }
+    fb_free(tmp);
+    fb_free(kh);
+    fb_free(kv);
+    fb_free(fh);
+    fb_free(ch);
+    fb_free(fv);
+    fb_free(cv);
+    return st;
 }
 
 /* stb_image forms a pointer from NULL (undefined behaviour) when a PNG's first IDAT chunk is

@@ -61,6 +61,13 @@ fb_status fb_image_decode(const uint8_t *file, size_t len, const char *name, int
 fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width,
                                int64_t channels, int64_t size, uint8_t *dst);
 
+/* CLIPProcessor's preprocessing (transformers' CLIPImageProcessor with Pillow): the shorter
+ * side becomes `size` and the longer int(size * long / short), resampled with Pillow's bicubic
+ * filter (antialiased when shrinking, fixed-point weights, bytes rounded after each pass, as
+ * Image.resize computes it), then the centre size x size crop. */
+fb_status fb_image_resize_crop_clip(const uint8_t *src, int64_t height, int64_t width,
+                                    int64_t channels, int64_t size, uint8_t *dst);
+
 /* A size x size x channels byte image to floats CHW: (v / 255 - mean[c]) / std[c]. */
 void fb_image_normalize(const uint8_t *src, int64_t size, int64_t channels, const float *mean,
                         const float *std, float *dst);

@@ -376,6 +376,37 @@ def main():
         cases["eval"][m] = res
     with open(os.path.join(OUT, "cases.json"), "w", encoding="utf-8") as f:
         json.dump(cases, f, ensure_ascii=False)
+    resize_cases()
+
+
+def clip_processor_pixels(img, size):
+    """transformers' CLIPImageProcessor (slow, Pillow) up to the bytes: shortest edge to size
+    (long side int(size * long / short)) with Image.BICUBIC, then the centre crop."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    r = torch.tensor(list(img.resize((nw, nh), resample=Image.BICUBIC).getdata()), dtype=torch.uint8)
+    r = r.view(nh, nw, -1)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return r[top:top + size, left:left + size].contiguous()
+
+
+def resize_cases():
+    """Images of several shapes (shrinking, enlarging, one side only, grey and RGB) and their
+    CLIPProcessor bytes at 224 and 32."""
+    shapes = [(300, 500, 3), (500, 375, 3), (224, 224, 3), (224, 300, 3), (17, 33, 3),
+              (640, 480, 1), (28, 28, 1), (1000, 229, 3), (225, 224, 3)]
+    T = {}
+    for i, (h, w, c) in enumerate(shapes):
+        px = torch.randint(0, 256, (h, w, c), generator=g, dtype=torch.uint8)
+        # smooth parts as photographs have, and hard edges
+        px[: h // 2] = (torch.arange(w).view(1, w, 1) * 255 // max(w - 1, 1)).to(torch.uint8)
+        img = Image.fromarray(px.numpy() if c == 3 else px[:, :, 0].numpy(), "RGB" if c == 3 else "L")
+        T[f"in_{i}"] = px
+        for size in (224, 32):
+            T[f"out_{i}_{size}"] = clip_processor_pixels(img, size)
+    st.save(os.path.join(OUT, "resize.safetensors"), T)
 
 
 if __name__ == "__main__":
