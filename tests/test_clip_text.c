@@ -430,3 +430,53 @@ TEST(clip_processor_resize_is_pillows_bicubic_to_the_byte)
     EXPECT(stb_worst > 0); /* the two resamplers do differ: the reason this one exists */
     fb_model_free(m);
 }
+
+TEST(fusionbench_clip_taskpool_image_cache_is_checked_and_rebuilt)
+{
+    set_env();
+    run_and_compare("method=dummy", "pretrained", "method.model_name=_pretrained_");
+    /* every cached image file truncated: ignored, decoded again, the same scores */
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd,
+             "for f in %s/fusionbench-c/images/*.fbimg; do "
+             "test -f \"$f\" && truncate -s 100 \"$f\" || exit 1; done",
+             fb_test_path("xdg"));
+    EXPECT(system(cmd) == 0);
+    run_and_compare("method=dummy", "pretrained", "method.model_name=_pretrained_");
+    snprintf(cmd, sizeof cmd,
+             "for f in %s/fusionbench-c/images/*.fbimg; do "
+             "test $(stat -c %%s \"$f\") -gt 100 || exit 1; done",
+             fb_test_path("xdg"));
+    EXPECT(system(cmd) == 0);
+    unset_env();
+}
+
+TEST(fusionbench_clip_taskpool_feeds_the_data_driven_methods)
+{
+    /* AdaMerging learns on the test images (unlabelled), RegMean on the train split, as in
+     * FusionBench; both run on byte-stored, CLIP-preprocessed images */
+    set_env();
+    char mp[4200];
+    snprintf(mp, sizeof mp, "modelpool=%s", two_task_pool());
+    const char *methods[][3] = {
+        {"method=adamerging", "method.max_steps=2", "method.batch_size=4"},
+        {"method=regmean", "method.num_regmean_examples=8", "method.batch_size=4"},
+    };
+    for (int i = 0; i < 2; i++) {
+        const char *argv[] = {fb_test_cli,
+                              methods[i][0],
+                              mp,
+                              "taskpool=CLIPVisionModelTaskPool/clip-vit-classification_TA8",
+                              "taskpool.test_datasets=[eurosat,mnist]",
+                              methods[i][1],
+                              methods[i][2],
+                              NULL};
+        char *out = NULL, *err = NULL;
+        int rc = fb_test_run(argv, &out, &err);
+        if (rc != 0 || !out || !strstr(out, "average"))
+            fb_test_fail(__FILE__, __LINE__, "%s: exit %d: %s", methods[i][0], rc, err ? err : "");
+        free(out);
+        free(err);
+    }
+    unset_env();
+}

@@ -343,7 +343,7 @@ TEST(regmean_plusplus_matches_pytorch_layer_by_layer)
     }
     const float *xs[2] = {ref_tensor(ref, "images0"), ref_tensor(ref, "images1")};
     const int64_t ns[2] = {5, 4};
-    REQUIRE_OK(fb_regmean_fit(net, 2, (const fb_model *const *)models, xs, ns, 2, 0.95, 1, nlin,
+    REQUIRE_OK(fb_regmean_fit(net, 2, (const fb_model *const *)models, NULL, xs, ns, 2, 0.95, 1, nlin,
                               names, merged));
     for (int64_t l = 0; l < nlin; l++) {
         char key[300];

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -21,11 +22,15 @@
 #include "core/alloc.h"
 #include "core/source.h"
 #include "core/status.h"
+#include "writer.h"
 
 /* The image decoder's allocations, capped: a small file that claims a huge image, or
  * compressed data that inflates without end, fails with "outofmem" instead of taking the
  * machine's memory. */
-static void *image_alloc(size_t n) { return n > FB_IMAGE_MAX_ALLOC ? NULL : fb_malloc(n); }
+static void *image_alloc(size_t n)
+{
+    return n > FB_IMAGE_MAX_ALLOC ? NULL : fb_malloc(n);
+}
 static void *image_realloc(void *p, size_t n)
 {
     return n > FB_IMAGE_MAX_ALLOC ? NULL : fb_realloc(p, n);
@@ -59,10 +64,14 @@ static void *image_realloc(void *p, size_t n)
 void fb_images_free(fb_images *d)
 {
     if (!d) return;
-    fb_free(d->pixels);
+    if (d->mapping)
+        munmap(d->mapping, d->mapping_len);
+    else
+        fb_free(d->pixels);
     fb_free(d->labels);
     if (d->class_names)
-        for (int64_t k = 0; k < d->num_classes; k++) fb_free(d->class_names[k]);
+        for (int64_t k = 0; k < d->num_classes; k++)
+            fb_free(d->class_names[k]);
     fb_free(d->class_names);
     memset(d, 0, sizeof *d);
 }
@@ -94,8 +103,8 @@ fb_status fb_read_file(const char *path, size_t max_bytes, uint8_t **data, size_
             int e = r < 0 ? errno : 0;
             close(fd);
             fb_free(p);
-            return fb_set_error(FB_ERR_IO, "%s: read failed after %zu of %zu bytes%s%s", path,
-                                got, n, e ? ": " : " (file shrank)", e ? strerror(e) : "");
+            return fb_set_error(FB_ERR_IO, "%s: read failed after %zu of %zu bytes%s%s", path, got,
+                                n, e ? ": " : " (file shrank)", e ? strerror(e) : "");
         }
         got += (size_t)r;
     }
@@ -125,7 +134,8 @@ static fb_status gunzip(const uint8_t *in, size_t len, const char *name, size_t 
     for (;;) {
         if (n == cap) {
             if (cap >= limit) {
-                st = fb_set_error(FB_ERR_FORMAT, "%s: inflates to more than %zu bytes", name, limit);
+                st =
+                    fb_set_error(FB_ERR_FORMAT, "%s: inflates to more than %zu bytes", name, limit);
                 break;
             }
             size_t ncap = cap * 2 > limit ? limit : cap * 2;
@@ -159,7 +169,8 @@ static fb_status gunzip(const uint8_t *in, size_t len, const char *name, size_t 
         }
         if (r == Z_OK || (r == Z_BUF_ERROR && zs.avail_out == 0)) {
             if (in_left == 0 && zs.avail_out != 0) {
-                st = fb_set_error(FB_ERR_FORMAT, "%s: gzip data ends early (truncated file?)", name);
+                st =
+                    fb_set_error(FB_ERR_FORMAT, "%s: gzip data ends early (truncated file?)", name);
                 break;
             }
             continue;
@@ -207,7 +218,8 @@ fb_status fb_idx_parse(const uint8_t *file, size_t len, const char *name, int *n
     }
     *ndims = p[3];
     if (*ndims < 1 || *ndims > 4) {
-        st = fb_set_error(FB_ERR_FORMAT, "%s: IDX with %d dimensions (1 to 4 supported)", name, *ndims);
+        st = fb_set_error(FB_ERR_FORMAT, "%s: IDX with %d dimensions (1 to 4 supported)", name,
+                          *ndims);
         goto done;
     }
     size_t head = 4 + 4 * (size_t)*ndims;
@@ -218,7 +230,8 @@ fb_status fb_idx_parse(const uint8_t *file, size_t len, const char *name, int *n
     uint64_t total = 1;
     for (int i = 0; i < *ndims; i++) {
         const uint8_t *d = p + 4 + 4 * i;
-        dims[i] = (int64_t)((uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3]);
+        dims[i] =
+            (int64_t)((uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3]);
         if (dims[i] && total > (uint64_t)FB_DATASET_MAX_BYTES / (uint64_t)dims[i]) {
             st = fb_set_error(FB_ERR_FORMAT, "%s: IDX dimensions describe more than %lld bytes",
                               name, (long long)FB_DATASET_MAX_BYTES);
@@ -227,8 +240,9 @@ fb_status fb_idx_parse(const uint8_t *file, size_t len, const char *name, int *n
         total *= (uint64_t)dims[i];
     }
     if (n - head != total) {
-        st = fb_set_error(FB_ERR_FORMAT, "%s: IDX dimensions need %llu data bytes, the file has %zu",
-                          name, (unsigned long long)total, n - head);
+        st =
+            fb_set_error(FB_ERR_FORMAT, "%s: IDX dimensions need %llu data bytes, the file has %zu",
+                         name, (unsigned long long)total, n - head);
         goto done;
     }
     *data = fb_malloc(total ? total : 1);
@@ -269,8 +283,8 @@ fb_status fb_idx_read(const char *images_path, const char *labels_path, fb_image
         goto fail;
     }
     if (ndl != 1 || dl[0] != di[0]) {
-        st = fb_set_error(FB_ERR_FORMAT, "%s: %s labels for %lld images in %s",
-                          labels_path, ndl != 1 ? "not a 1-D list of" : "a different number of",
+        st = fb_set_error(FB_ERR_FORMAT, "%s: %s labels for %lld images in %s", labels_path,
+                          ndl != 1 ? "not a 1-D list of" : "a different number of",
                           (long long)di[0], images_path);
         goto fail;
     }
@@ -313,13 +327,15 @@ static double csv_number(const char **pp, const char *end)
     const char *p = *pp;
     double v = 0;
     int digits = 0;
-    while (p < end && *p >= '0' && *p <= '9' && digits < 7) v = v * 10 + (*p++ - '0'), digits++;
+    while (p < end && *p >= '0' && *p <= '9' && digits < 7)
+        v = v * 10 + (*p++ - '0'), digits++;
     if (!digits || (p < end && *p >= '0' && *p <= '9')) return -1;
     if (p < end && *p == '.') {
         p++;
         double scale = 0.1;
         int frac = 0;
-        while (p < end && *p >= '0' && *p <= '9' && frac < 7) v += scale * (*p++ - '0'), scale *= 0.1, frac++;
+        while (p < end && *p >= '0' && *p <= '9' && frac < 7)
+            v += scale * (*p++ - '0'), scale *= 0.1, frac++;
         if (p < end && *p >= '0' && *p <= '9') return -1;
     }
     *pp = p;
@@ -330,7 +346,8 @@ fb_status fb_digits_parse(const char *text, size_t len, const char *name, fb_ima
 {
     memset(out, 0, sizeof *out);
     int64_t rows = 0;
-    for (size_t i = 0; i < len; i++) rows += text[i] == '\n';
+    for (size_t i = 0; i < len; i++)
+        rows += text[i] == '\n';
     if (len && text[len - 1] != '\n') rows++;
     if (rows == 0) return fb_set_error(FB_ERR_FORMAT, "%s: no rows", name);
     out->pixels = fb_malloc((size_t)rows * 64);
@@ -356,8 +373,10 @@ fb_status fb_digits_parse(const char *text, size_t len, const char *name, fb_ima
                                     (long long)line, c + 1,
                                     c < 64 ? "a pixel value in 0..16" : "a label in 0..9");
             }
-            if (c < 64) out->pixels[r * 64 + c] = (uint8_t)(v * 255.0 / 16.0 + 0.5);
-            else out->labels[r] = (int32_t)v;
+            if (c < 64)
+                out->pixels[r * 64 + c] = (uint8_t)(v * 255.0 / 16.0 + 0.5);
+            else
+                out->labels[r] = (int32_t)v;
             if (c == 64) break;
             if (p >= eol || *p != ',') {
                 fb_images_free(out);
@@ -406,8 +425,8 @@ fb_status fb_digits_read(const char *path, fb_images *out)
     return st;
 }
 
-fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width,
-                               int64_t channels, int64_t size, uint8_t *dst)
+fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width, int64_t channels,
+                               int64_t size, uint8_t *dst)
 {
     if (height <= 0 || width <= 0 || size <= 0 || channels <= 0 || channels > 4 ||
         height > FB_IMAGE_MAX_SIDE || width > FB_IMAGE_MAX_SIDE || size > FB_IMAGE_MAX_SIDE)
@@ -441,7 +460,8 @@ fb_status fb_image_resize_crop(const uint8_t *src, int64_t height, int64_t width
     }
     uint8_t *tmp = fb_malloc((size_t)(rh * rw * channels));
     if (!tmp) return FB_ERR_NOMEM;
-    if (!stbir_resize_uint8(src, (int)width, (int)height, 0, tmp, (int)rw, (int)rh, 0, (int)channels)) {
+    if (!stbir_resize_uint8(src, (int)width, (int)height, 0, tmp, (int)rw, (int)rh, 0,
+                            (int)channels)) {
         fb_free(tmp);
         return fb_set_error(FB_ERR_NOMEM, "stb_image_resize could not resize a %lld x %lld image",
                             (long long)height, (long long)width);
@@ -493,10 +513,12 @@ static fb_status pil_coeffs(int64_t in_size, int64_t out_size, int32_t **kk, int
         if (hi > in_size) hi = in_size;
         const int64_t n = hi - lo;
         double sum = 0.0;
-        for (int64_t x = 0; x < n; x++) sum += w[x] = bicubic(((double)(x + lo) - center + 0.5) * ss);
+        for (int64_t x = 0; x < n; x++)
+            sum += w[x] = bicubic(((double)(x + lo) - center + 0.5) * ss);
         for (int64_t x = 0; x < n; x++) {
             const double v = sum != 0.0 ? w[x] / sum : w[x];
-            (*kk)[o * K + x] = (int32_t)(v < 0 ? -0.5 + v * (1 << PIL_BITS) : 0.5 + v * (1 << PIL_BITS));
+            (*kk)[o * K + x] =
+                (int32_t)(v < 0 ? -0.5 + v * (1 << PIL_BITS) : 0.5 + v * (1 << PIL_BITS));
         }
         (*first)[o] = lo;
         (*count)[o] = n;
@@ -545,7 +567,8 @@ fb_status fb_image_resize_crop_clip(const uint8_t *src, int64_t height, int64_t 
         /* Pillow: the horizontal pass over the rows the vertical one reads, rounded to bytes,
          * then the vertical pass (a pass whose size does not change is skipped) */
         const int64_t y0 = st ? 0 : fv[0], y1 = st ? 0 : fv[rh - 1] + cv[rh - 1];
-        if (!st && !(tmp = fb_malloc((size_t)((y1 - y0) * rw * C + rh * rw * C)))) st = FB_ERR_NOMEM;
+        if (!st && !(tmp = fb_malloc((size_t)((y1 - y0) * rw * C + rh * rw * C))))
+            st = FB_ERR_NOMEM;
         if (!st) {
             const uint8_t *cur = src;
             int64_t row0 = 0; /* the row of the source that cur's first row is */
@@ -603,7 +626,8 @@ static int png_has_empty_idat(const uint8_t *f, size_t len)
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (len < 8 || memcmp(f, sig, 8)) return 0;
     for (size_t at = 8; len - at >= 8;) { /* length and type are enough for stb to act */
-        uint32_t n = (uint32_t)f[at] << 24 | (uint32_t)f[at + 1] << 16 | (uint32_t)f[at + 2] << 8 | f[at + 3];
+        uint32_t n = (uint32_t)f[at] << 24 | (uint32_t)f[at + 1] << 16 | (uint32_t)f[at + 2] << 8 |
+                     f[at + 3];
         if (!memcmp(f + at + 4, "IDAT", 4) && n == 0) return 1;
         if (!memcmp(f + at + 4, "IEND", 4) || (size_t)n + 12 > len - at) return 0;
         at += 12 + (size_t)n;
@@ -619,7 +643,8 @@ static int png_has_empty_idat(const uint8_t *f, size_t len)
 static int jpeg_has_bad_huffman_table(const uint8_t *f, size_t len)
 {
     size_t start = 0; /* stb takes any run of 0xFF fill bytes before the SOI marker */
-    while (start < len && f[start] == 0xFF) start++;
+    while (start < len && f[start] == 0xFF)
+        start++;
     if (start == 0 || start >= len || f[start] != 0xD8) return 0;
     for (size_t i = start + 1; i + 1 < len; i++) {
         if (f[i] != 0xFF || f[i + 1] != 0xC4) continue;
@@ -629,7 +654,8 @@ static int jpeg_has_bad_huffman_table(const uint8_t *f, size_t len)
         while (p < end) {
             if (end - p < 17) return 1;
             size_t n = 0;
-            for (int k = 1; k <= 16; k++) n += f[p + k];
+            for (int k = 1; k <= 16; k++)
+                n += f[p + k];
             if (n > 256 || end - p - 17 < n) return 1;
             p += 17 + n;
         }
@@ -640,29 +666,43 @@ static int jpeg_has_bad_huffman_table(const uint8_t *f, size_t len)
 fb_status fb_image_decode(const uint8_t *file, size_t len, const char *name, int64_t size,
                           int64_t channels, uint8_t *out)
 {
+    return fb_image_decode_ex(file, len, name, size, channels, FB_RESAMPLE_STB, out);
+}
+
+fb_status fb_image_decode_ex(const uint8_t *file, size_t len, const char *name, int64_t size,
+                             int64_t channels, int resample, uint8_t *out)
+{
     if (len > INT_MAX) return fb_set_error(FB_ERR_FORMAT, "%s: image file is too large", name);
     if (png_has_empty_idat(file, len))
-        return fb_set_error(FB_ERR_FORMAT, "%s: PNG with an empty IDAT chunk (not supported)", name);
+        return fb_set_error(FB_ERR_FORMAT, "%s: PNG with an empty IDAT chunk (not supported)",
+                            name);
     if (jpeg_has_bad_huffman_table(file, len))
-        return fb_set_error(FB_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table with more than 256 "
-                            "codes, or cut short)", name);
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: corrupt JPEG (a Huffman table with more than 256 "
+                            "codes, or cut short)",
+                            name);
     int w, h, c;
     if (!stbi_info_from_memory(file, (int)len, &w, &h, &c))
         return fb_set_error(FB_ERR_FORMAT, "%s: not a readable image (%s)", name,
                             stbi_failure_reason() ? stbi_failure_reason() : "unknown format");
     if (w <= 0 || h <= 0 || w > FB_IMAGE_MAX_SIDE || h > FB_IMAGE_MAX_SIDE ||
         (int64_t)w * h > FB_IMAGE_MAX_PIXELS)
-        return fb_set_error(FB_ERR_FORMAT, "%s: a %d x %d image is larger than allowed", name, w, h);
+        return fb_set_error(FB_ERR_FORMAT, "%s: a %d x %d image is larger than allowed", name, w,
+                            h);
     int ww, hh, cc;
     uint8_t *px = stbi_load_from_memory(file, (int)len, &ww, &hh, &cc, (int)channels);
     const char *why = stbi_failure_reason() ? stbi_failure_reason() : "decode failed";
     if (!px && !strcmp(why, "outofmem"))
-        return fb_set_error(FB_ERR_FORMAT, "%s: decoding needs more than %llu MB (a corrupt or "
-                            "hostile image?)", name, (unsigned long long)(FB_IMAGE_MAX_ALLOC >> 20));
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: decoding needs more than %llu MB (a corrupt or "
+                            "hostile image?)",
+                            name, (unsigned long long)(FB_IMAGE_MAX_ALLOC >> 20));
     if (!px) return fb_set_error(FB_ERR_FORMAT, "%s: corrupt image (%s)", name, why);
     fb_status st = FB_OK;
     if (ww != w || hh != h)
         st = fb_set_error(FB_ERR_FORMAT, "%s: image size changed while decoding", name);
+    else if (resample == FB_RESAMPLE_CLIP)
+        st = fb_image_resize_crop_clip(px, hh, ww, channels, size, out);
     else
         st = fb_image_resize_crop(px, hh, ww, channels, size, out);
     stbi_image_free(px);
@@ -701,7 +741,8 @@ static fb_status list_dir(const char *dir, int want_dirs, char ***names, int64_t
     }
     closedir(d);
     if (st) {
-        for (int64_t i = 0; i < *count; i++) fb_free((*names)[i]);
+        for (int64_t i = 0; i < *count; i++)
+            fb_free((*names)[i]);
         fb_free(*names);
         *names = NULL;
         *count = 0;
@@ -713,52 +754,238 @@ static fb_status list_dir(const char *dir, int want_dirs, char ***names, int64_t
 
 static void free_names(char **names, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) fb_free(names[i]);
+    for (int64_t i = 0; i < n; i++)
+        fb_free(names[i]);
     fb_free(names);
 }
 
 fb_status fb_image_folder_read(const char *dir, int64_t size, int64_t channels, fb_images *out)
 {
+    const fb_folder_options o = {.size = size, .channels = channels};
+    return fb_image_folder_read_ex(dir, &o, out);
+}
+
+typedef struct folder_file {
+    char *path;
+    int32_t label;
+    int64_t bytes, mtime_ns;
+} folder_file;
+
+/* Every image file of dir's class folders, classes and files in byte order. */
+static fb_status folder_list(const char *dir, char ***classes, int64_t *K, folder_file **files,
+                             int64_t *n)
+{
+    *files = NULL;
+    *n = 0;
+    fb_status st = list_dir(dir, 1, classes, K);
+    if (st) return st;
+    if (*K == 0)
+        return fb_set_error(FB_ERR_FORMAT, "%s: no class folders (expected DIR/<class>/<images>)",
+                            dir);
+    int64_t cap = 0;
+    char path[PATH_MAX];
+    for (int64_t k = 0; k < *K && !st; k++) {
+        snprintf(path, sizeof path, "%s/%s", dir, (*classes)[k]);
+        char **names;
+        int64_t nf;
+        if ((st = list_dir(path, 0, &names, &nf))) break;
+        for (int64_t i = 0; i < nf && !st; i++) {
+            snprintf(path, sizeof path, "%s/%s/%s", dir, (*classes)[k], names[i]);
+            struct stat sb;
+            if (fb_reserve(files, &cap, *n + 1, sizeof **files) ||
+                !((*files)[*n].path = fb_strdup(path))) {
+                st = FB_ERR_NOMEM;
+                break;
+            }
+            folder_file *f = &(*files)[(*n)++];
+            f->label = (int32_t)k;
+            f->bytes = f->mtime_ns = -1;
+            if (!stat(path, &sb)) {
+                f->bytes = (int64_t)sb.st_size;
+                f->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+            }
+        }
+        free_names(names, nf);
+    }
+    return st;
+}
+
+static void files_free(folder_file *f, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        fb_free(f[i].path);
+    fb_free(f);
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return 0;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 1;
+}
+
+/* the preprocessed-image cache: a header, the labels, the pixels */
+typedef struct cache_header {
+    char magic[8]; /* "FBIMG01\0" */
+    int64_t n, size, channels, resample, key;
+} cache_header;
+
+static uint64_t fnv64(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t folder_key(const char *dir, const fb_folder_options *o, char **classes, int64_t K,
+                           const folder_file *f, int64_t n)
+{
+    char real[PATH_MAX];
+    const char *d = realpath(dir, real) ? real : dir;
+    uint64_t h = fnv64(0xcbf29ce484222325ull, d, strlen(d) + 1);
+    const int64_t opts[3] = {o->size, o->channels, o->resample};
+    h = fnv64(h, opts, sizeof opts);
+    for (int64_t k = 0; k < K; k++)
+        h = fnv64(h, classes[k], strlen(classes[k]) + 1);
+    for (int64_t i = 0; i < n; i++) {
+        h = fnv64(h, f[i].path, strlen(f[i].path) + 1);
+        const int64_t v[3] = {f[i].label, f[i].bytes, f[i].mtime_ns};
+        h = fnv64(h, v, sizeof v);
+    }
+    return h;
+}
+
+/* Maps the cache file if it holds these images: 1 and out filled; 0 otherwise. */
+static int cache_map(const char *path, int64_t n, const fb_folder_options *o, uint64_t key,
+                     fb_images *out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    cache_header h;
+    struct stat sb;
+    const size_t img = (size_t)(o->size * o->size * o->channels);
+    const size_t want = sizeof h + (size_t)n * sizeof(int32_t) + (size_t)n * img;
+    int ok = !fstat(fd, &sb) && (size_t)sb.st_size == want &&
+             pread(fd, &h, sizeof h, 0) == sizeof h && !memcmp(h.magic, "FBIMG01", 8) && h.n == n &&
+             h.size == o->size && h.channels == o->channels && h.resample == o->resample &&
+             h.key == (int64_t)key;
+    void *map = ok ? mmap(NULL, want, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (map == MAP_FAILED) return 0;
+    int32_t *labels = fb_malloc((size_t)(n ? n : 1) * sizeof *labels);
+    if (!labels) {
+        munmap(map, want);
+        return 0;
+    }
+    memcpy(labels, (const char *)map + sizeof h, (size_t)n * sizeof *labels);
+    out->labels = labels;
+    out->pixels = (uint8_t *)map + sizeof h + (size_t)n * sizeof(int32_t);
+    out->mapping = map;
+    out->mapping_len = want;
+    return 1;
+}
+
+/* Writes the decoded images to the cache (a temporary file renamed into place); a cache that
+ * cannot be written is skipped. */
+static void cache_write(const char *dir, const char *path, const fb_images *d,
+                        const fb_folder_options *o, uint64_t key)
+{
+    fb_mkdirs(dir);
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return;
+    cache_header h = {.n = d->n,
+                      .size = o->size,
+                      .channels = o->channels,
+                      .resample = o->resample,
+                      .key = (int64_t)key};
+    memcpy(h.magic, "FBIMG01", 8);
+    const size_t img = (size_t)(o->size * o->size * o->channels);
+    int ok = write_all(fd, &h, sizeof h) &&
+             write_all(fd, d->labels, (size_t)d->n * sizeof(int32_t)) &&
+             write_all(fd, d->pixels, (size_t)d->n * img) && !fsync(fd);
+    ok &= !close(fd);
+    if (!ok || rename(tmp, path)) unlink(tmp);
+}
+
+fb_status fb_image_folder_read_ex(const char *dir, const fb_folder_options *o, fb_images *out)
+{
     memset(out, 0, sizeof *out);
+    const int64_t size = o->size, channels = o->channels;
     if (size <= 0 || size > 4096 || (channels != 1 && channels != 3))
         return fb_set_error(FB_ERR_ARG, "%s: image size %lld and %lld channels are not supported",
                             dir, (long long)size, (long long)channels);
-    char **classes;
-    int64_t K;
-    fb_status st = list_dir(dir, 1, &classes, &K);
-    if (st) return st;
-    if (K == 0) {
-        fb_free(classes);
-        return fb_set_error(FB_ERR_FORMAT, "%s: no class folders (expected DIR/<class>/<images>)", dir);
+    char **classes = NULL;
+    int64_t K = 0, n = 0;
+    folder_file *files = NULL;
+    fb_status st = folder_list(dir, &classes, &K, &files, &n);
+    if (st) {
+        files_free(files, n);
+        free_names(classes, K);
+        return st;
+    }
+    if (n == 0) {
+        files_free(files, n);
+        free_names(classes, K);
+        return fb_set_error(FB_ERR_FORMAT, "%s: the class folders hold no images", dir);
     }
     out->num_classes = K;
     out->class_names = classes;
     out->height = out->width = size;
     out->channels = channels;
-    const size_t img = (size_t)(size * size * channels);
-    int64_t cap = 0;
-    char path[PATH_MAX];
-    for (int64_t k = 0; k < K && !st; k++) {
-        snprintf(path, sizeof path, "%s/%s", dir, classes[k]);
-        char **files;
-        int64_t nf;
-        if ((st = list_dir(path, 0, &files, &nf))) break;
-        for (int64_t i = 0; i < nf && !st; i++) {
-            snprintf(path, sizeof path, "%s/%s/%s", dir, classes[k], files[i]);
-            uint8_t *file;
-            size_t len;
-            if ((st = fb_read_file(path, 1u << 30, &file, &len))) break;
-            int64_t need = out->n + 1, lcap = cap;
-            if (fb_reserve(&out->labels, &lcap, need, sizeof *out->labels) ||
-                fb_reserve(&out->pixels, &cap, need, img))
-                st = FB_ERR_NOMEM;
-            if (!st) st = fb_image_decode(file, len, path, size, channels, out->pixels + out->n * img);
-            fb_free(file);
-            if (!st) out->labels[out->n++] = (int32_t)k;
+    out->n = n;
+    const uint64_t key = folder_key(dir, o, classes, K, files, n);
+    char cpath[PATH_MAX] = "";
+    if (o->cache_dir) {
+        snprintf(cpath, sizeof cpath, "%s/%016llx.fbimg", o->cache_dir, (unsigned long long)key);
+        if (cache_map(cpath, n, o, key, out)) {
+            files_free(files, n);
+            return FB_OK;
         }
-        free_names(files, nf);
     }
-    if (!st && out->n == 0) st = fb_set_error(FB_ERR_FORMAT, "%s: the class folders hold no images", dir);
+    const size_t img = (size_t)(size * size * channels);
+    out->labels = fb_malloc((size_t)n * sizeof *out->labels);
+    out->pixels = fb_malloc((size_t)n * img);
+    fb_status *each = fb_malloc((size_t)n * sizeof *each);
+    if (!out->labels || !out->pixels || !each) st = FB_ERR_NOMEM;
+    /* decoded in parallel, each image into its own slot: the same bytes for any thread count;
+     * the first failure (in file order) is decoded again here for its message */
+    if (!st) {
+#pragma omp parallel for schedule(dynamic, 16)
+        for (int64_t i = 0; i < n; i++) {
+            uint8_t *file = NULL;
+            size_t len = 0;
+            fb_status e = fb_read_file(files[i].path, 1u << 30, &file, &len);
+            if (!e)
+                e = fb_image_decode_ex(file, len, files[i].path, size, channels, o->resample,
+                                       out->pixels + (size_t)i * img);
+            fb_free(file);
+            out->labels[i] = files[i].label;
+            each[i] = e;
+        }
+        for (int64_t i = 0; i < n && !st; i++) {
+            if (!each[i]) continue;
+            uint8_t *file = NULL;
+            size_t len = 0;
+            st = fb_read_file(files[i].path, 1u << 30, &file, &len);
+            if (!st)
+                st = fb_image_decode_ex(file, len, files[i].path, size, channels, o->resample,
+                                        out->pixels + (size_t)i * img);
+            fb_free(file);
+            if (!st) st = each[i]; /* failed only in parallel: out of memory there */
+        }
+    }
+    fb_free(each);
+    files_free(files, n);
+    if (!st && *cpath) cache_write(o->cache_dir, cpath, out, o, key);
     if (st) fb_images_free(out);
     return st;
 }

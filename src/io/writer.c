@@ -13,23 +13,24 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "companions.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/status.h"
 #include "safetensors.h"
-#include "companions.h"
 #include "temps.h"
 
 #define INDEX_NAME "model.safetensors.index.json"
 
 typedef struct shard {
-    char *name;         /* file name inside the folder, or the final path for single files */
+    char *name; /* file name inside the folder, or the final path for single files */
     int fd;
     int64_t first, count; /* tensors [first, first + count) of the layout */
     uint64_t data_start;
@@ -53,7 +54,7 @@ struct fb_writer {
     int release;               /* drop written-back pages from the page cache */
     const fb_file_blob *files; /* folder outputs: companion files (borrowed) */
     int num_files;
-    const char *stem;          /* folder outputs: "<stem>.safetensors" ("model") */
+    const char *stem; /* folder outputs: "<stem>.safetensors" ("model") */
 };
 
 char *fb_path_dirname(const char *path)
@@ -75,6 +76,15 @@ char *fb_path_join(const char *base, const char *rel)
         return NULL;
     }
     return b.data;
+}
+
+void fb_mkdirs(const char *dir)
+{
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return;
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') *s = '\0', mkdir(p, 0755), *s = '/';
+    mkdir(p, 0755);
 }
 
 int fb_path_identity(const char *path, unsigned long long *dev, unsigned long long *ino)
@@ -158,7 +168,8 @@ static fb_status plan_shards(fb_writer *w, size_t max_bytes)
     w->shards = fb_calloc((size_t)n, sizeof *w->shards);
     if (!w->shards) return FB_ERR_NOMEM;
     w->num_shards = n;
-    for (int s = 0; s < n; s++) w->shards[s].fd = -1;
+    for (int s = 0; s < n; s++)
+        w->shards[s].fd = -1;
     int s = -1;
     used = 0;
     for (int64_t i = 0; i < L->count; i++) {
@@ -175,8 +186,10 @@ static fb_status plan_shards(fb_writer *w, size_t max_bytes)
     for (s = 0; s < n; s++) {
         fb_buf b;
         fb_buf_init(&b);
-        if (n == 1) fb_buf_printf(&b, "%s.safetensors", w->stem ? w->stem : "model");
-        else fb_buf_printf(&b, "model-%05d-of-%05d.safetensors", s + 1, n);
+        if (n == 1)
+            fb_buf_printf(&b, "%s.safetensors", w->stem ? w->stem : "model");
+        else
+            fb_buf_printf(&b, "model-%05d-of-%05d.safetensors", s + 1, n);
         if (b.failed) return FB_ERR_NOMEM;
         w->shards[s].name = b.data;
     }
@@ -204,8 +217,7 @@ static fb_status open_shard(fb_writer *w, int s, const char *file_path, int fd)
 {
     shard *sh = &w->shards[s];
     if (fd < 0) fd = fb_temp_open_inside(file_path);
-    if (fd < 0)
-        return fb_set_error(FB_ERR_IO, "%s: cannot create: %s", file_path, strerror(errno));
+    if (fd < 0) return fb_set_error(FB_ERR_IO, "%s: cannot create: %s", file_path, strerror(errno));
     sh->fd = fd;
     uint64_t *rel = fb_malloc((size_t)(sh->count ? sh->count : 1) * sizeof *rel);
     if (!rel) return FB_ERR_NOMEM;
@@ -228,8 +240,9 @@ static fb_status open_shard(fb_writer *w, int s, const char *file_path, int fd)
     if (!st) {
         int e = posix_fallocate(fd, 0, (off_t)total);
         if (e == EOPNOTSUPP || e == EINVAL) e = ftruncate(fd, (off_t)total) ? errno : 0;
-        if (e) st = fb_set_error(FB_ERR_IO, "%s: cannot reserve %llu bytes: %s", file_path,
-                                 (unsigned long long)total, strerror(e));
+        if (e)
+            st = fb_set_error(FB_ERR_IO, "%s: cannot reserve %llu bytes: %s", file_path,
+                              (unsigned long long)total, strerror(e));
     }
     return st;
 }
@@ -240,8 +253,8 @@ static fb_status shard_path(const fb_writer *w, int s, char **out)
     return *out ? FB_OK : FB_ERR_NOMEM;
 }
 
-static fb_status writer_open(const char *path, const fb_save_options *opts,
-                             const fb_model *layout, const char *stem, fb_writer **out);
+static fb_status writer_open(const char *path, const fb_save_options *opts, const fb_model *layout,
+                             const char *stem, fb_writer **out);
 
 fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb_model *layout,
                          fb_writer **out)
@@ -249,16 +262,15 @@ fb_status fb_writer_open(const char *path, const fb_save_options *opts, const fb
     return writer_open(path, opts, layout, NULL, out);
 }
 
-static fb_status writer_open(const char *path, const fb_save_options *opts,
-                             const fb_model *layout, const char *stem, fb_writer **out)
+static fb_status writer_open(const char *path, const fb_save_options *opts, const fb_model *layout,
+                             const char *stem, fb_writer **out)
 {
     *out = NULL;
     size_t max_shard = opts ? opts->max_shard_bytes : 0;
     int is_folder = !ends_with(path, ".safetensors");
     if (!is_folder && max_shard)
-        return fb_set_error(FB_ERR_ARG,
-                            "%s: sharded output needs a folder path, not a .safetensors file",
-                            path);
+        return fb_set_error(
+            FB_ERR_ARG, "%s: sharded output needs a folder path, not a .safetensors file", path);
     struct stat st_target;
     int exists = stat(path, &st_target) == 0;
     if (exists && is_folder && !S_ISDIR(st_target.st_mode))
@@ -280,8 +292,9 @@ static fb_status writer_open(const char *path, const fb_save_options *opts,
         if (!n || !*n || strchr(n, '/') || !strcmp(n, ".") || !strcmp(n, "..") ||
             !fb_companion_name(n)) {
             fb_free(w);
-            return fb_set_error(FB_ERR_ARG, "%s: '%s' cannot be written beside the weights (a "
-                                            "config, tokenizer or README file name)",
+            return fb_set_error(FB_ERR_ARG,
+                                "%s: '%s' cannot be written beside the weights (a "
+                                "config, tokenizer or README file name)",
                                 path, n ? n : "");
         }
     }
@@ -306,8 +319,7 @@ static fb_status writer_open(const char *path, const fb_save_options *opts,
     if (!is_folder) {
         int fd = fb_temp_create(w->tmp_path, FB_TEMP_FILE, &w->tmp_slot);
         if (fd < 0) {
-            st = fb_set_error(FB_ERR_IO, "%s: cannot create output: %s", path,
-                              strerror(errno));
+            st = fb_set_error(FB_ERR_IO, "%s: cannot create output: %s", path, strerror(errno));
             w->tmp_path[0] = '\0';
             goto fail;
         }
@@ -336,8 +348,7 @@ fail:
     return st;
 }
 
-fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data,
-                          size_t n)
+fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data, size_t n)
 {
     shard *sh = &w->shards[w->tensor_shard[index]];
     fb_status st = write_all(sh->fd, w->tmp_path, data, n, w->tensor_offset[index] + offset);
@@ -381,7 +392,8 @@ static fb_status write_small_file(const fb_writer *w, const char *name, const vo
     if (!p) return FB_ERR_NOMEM;
     fb_status st;
     int fd = fb_temp_open_inside(p);
-    if (fd < 0) st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
+    if (fd < 0)
+        st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
     else {
         st = write_all(fd, p, data, n, 0);
         if (!st) st = sync_fd(fd, p);
@@ -397,7 +409,8 @@ static fb_status write_index(fb_writer *w)
     fb_buf b;
     fb_buf_init(&b);
     uint64_t total = 0;
-    for (int64_t i = 0; i < L->count; i++) total += L->tensors[i]->nbytes;
+    for (int64_t i = 0; i < L->count; i++)
+        total += L->tensors[i]->nbytes;
     fb_buf_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %llu\n  },\n  \"weight_map\": {",
                   (unsigned long long)total);
     for (int64_t i = 0; i < L->count; i++) {
@@ -450,8 +463,7 @@ fb_status fb_writer_commit(fb_writer *w)
     if (replace_folder) {
         /* swap atomically, then drop the previous output now found at tmp_path */
         if (renameat2(AT_FDCWD, w->tmp_path, AT_FDCWD, w->path, RENAME_EXCHANGE) != 0)
-            st = fb_set_error(FB_ERR_IO, "%s: cannot replace folder: %s", w->path,
-                              strerror(errno));
+            st = fb_set_error(FB_ERR_IO, "%s: cannot replace folder: %s", w->path, strerror(errno));
         else
             remove_folder_files(w->tmp_path);
     } else if (rename(w->tmp_path, w->path) != 0) {
@@ -477,8 +489,10 @@ void fb_writer_abort(fb_writer *w)
         w->shards[s].fd = -1;
     }
     if (w->tmp_path && w->tmp_path[0]) {
-        if (w->is_folder) remove_folder_files(w->tmp_path);
-        else unlink(w->tmp_path);
+        if (w->is_folder)
+            remove_folder_files(w->tmp_path);
+        else
+            unlink(w->tmp_path);
     }
     writer_free(w);
 }
@@ -531,8 +545,7 @@ fb_status fb_write_text_atomic(const char *path, const char *text)
     int slot;
     int fd = fb_temp_create(tmp, FB_TEMP_FILE, &slot);
     if (fd < 0) {
-        fb_status st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", path,
-                                    strerror(errno));
+        fb_status st = fb_set_error(FB_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
         fb_free(tmp);
         return st;
     }
@@ -552,8 +565,7 @@ fb_status fb_write_text_atomic(const char *path, const char *text)
     fchmod(fd, 0644);
     close(fd);
     if (!st && rename(tmp, path) != 0)
-        st = fb_set_error(FB_ERR_IO, "%s: cannot rename into place: %s", path,
-                          strerror(errno));
+        st = fb_set_error(FB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
     if (st) unlink(tmp);
     fb_temp_forget(slot);
     fb_free(tmp);

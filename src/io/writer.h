@@ -27,8 +27,7 @@ fb_status fb_model_save_as(const fb_model *model, const char *path, const fb_sav
                            const char *stem);
 
 /* Writes n bytes at byte offset `offset` within tensor `index` of the layout. Thread-safe. */
-fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data,
-                          size_t n);
+fb_status fb_writer_write(fb_writer *w, int64_t index, size_t offset, const void *data, size_t n);
 
 /* From now on, the output's pages leave the page cache once written back (for merges larger
  * than memory, where they would push out input pages that are still to be read). */
@@ -49,6 +48,9 @@ char *fb_path_dirname(const char *path);
 
 /* base joined to rel ("rel" itself when absolute or base is NULL); caller frees. */
 char *fb_path_join(const char *base, const char *rel);
+/* mkdir -p: makes dir and its missing parents (0755); errors are left to the caller's next
+ * open of a file inside. */
+void fb_mkdirs(const char *dir);
 
 /* Writes a small text file (report, YAML, JSON) atomically: temporary file beside it, fsync,
  * rename. On failure nothing is left at path and a previous file there is untouched. */

@@ -44,13 +44,14 @@ typedef struct state {
     int K;
     int64_t L;
     float *lambda;
-    char **names;  /* the L parameter tensors the coefficients are for */
+    char **names; /* the L parameter tensors the coefficients are for */
     fb_strmap index;
 } state;
 
 static const fb_param_spec params[] = {
-    {"weights", "null", "coefficients to use instead of learning: a file saved by "
-                        "save_merging_weights, or a list (task-wise)"},
+    {"weights", "null",
+     "coefficients to use instead of learning: a file saved by "
+     "save_merging_weights, or a list (task-wise)"},
     {"optimizer", "adam", "adam (torch.optim.Adam)"},
     {"lr", "1e-3", "Adam's learning rate"},
     {"init_values", "0.3", "every coefficient's starting value"},
@@ -77,7 +78,8 @@ static void destroy(void *p)
     fb_free(s->weights_list);
     fb_free(s->lambda);
     if (s->names)
-        for (int64_t l = 0; l < s->L; l++) fb_free(s->names[l]);
+        for (int64_t l = 0; l < s->L; l++)
+            fb_free(s->names[l]);
     fb_free(s->names);
     fb_strmap_clear(&s->index);
     fb_free(s);
@@ -115,7 +117,8 @@ static fb_status create(const fb_config *p, int layer_wise, void **out)
                           (long long)s->batch);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "max_steps"), "max_steps", &s->steps);
     if (!st && s->steps < 0)
-        st = fb_set_error(FB_ERR_ARG, "method.max_steps must be >= 0, got %lld", (long long)s->steps);
+        st = fb_set_error(FB_ERR_ARG, "method.max_steps must be >= 0, got %lld",
+                          (long long)s->steps);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "seed"), "seed", &seed);
     s->seed = (uint64_t)seed;
     if (!st) st = opt_string(p, "save_merging_weights", &s->save_path);
@@ -123,7 +126,8 @@ static fb_status create(const fb_config *p, int layer_wise, void **out)
     if (!st && w && w->kind == FB_CFG_SEQ) {
         st = fb_cfg_double_list(w, "weights", &s->weights_list, &s->weights_count);
         if (!st && s->layer_wise)
-            st = fb_set_error(FB_ERR_ARG, "method.weights as a list is task-wise; layer-wise "
+            st = fb_set_error(FB_ERR_ARG,
+                              "method.weights as a list is task-wise; layer-wise "
                               "coefficients come from a file saved by save_merging_weights");
     } else if (!st) {
         st = opt_string(p, "weights", &s->weights_path);
@@ -148,18 +152,20 @@ static void compose(fb_clip *net, const float *theta0, const float *const *tau, 
     for (int64_t l = 0; l < L; l++) {
         int64_t n;
         fb_clip_tensor_name(net, l, &n);
-        for (int64_t i = off; i < off + n; i++) p[i] = theta0[i];
+        for (int64_t i = off; i < off + n; i++)
+            p[i] = theta0[i];
         for (int k = 0; k < K; k++) {
             const float c = lambda[layer_wise ? k * L + l : k];
             const float *t = tau[k];
-            for (int64_t i = off; i < off + n; i++) p[i] += c * t[i];
+            for (int64_t i = off; i < off + n; i++)
+                p[i] += c * t[i];
         }
         off += n;
     }
 }
 
-fb_status fb_adamerging_loss_grad(fb_clip *net, const float *theta0, const float *const *tau,
-                                  int K, const float *lambda, int layer_wise, int T,
+fb_status fb_adamerging_loss_grad(fb_clip *net, const float *theta0, const float *const *tau, int K,
+                                  const float *lambda, int layer_wise, int T,
                                   const float *const *images, const int64_t *counts,
                                   const float *const *heads, const int64_t *classes,
                                   float logit_scale, double *loss, double *grad)
@@ -175,7 +181,8 @@ fb_status fb_adamerging_loss_grad(fb_clip *net, const float *theta0, const float
     float *dlogits = fb_malloc((size_t)(Bm * Km) * 4), *normed = fb_malloc((size_t)(Bm * F) * 4);
     float *norms = fb_malloc((size_t)Bm * 4), *dfeat = fb_malloc((size_t)(Bm * F) * 4);
     float *scratch = fb_malloc((size_t)F * 4);
-    fb_status st = logits && probs && dlogits && normed && norms && dfeat && scratch ? FB_OK : FB_ERR_NOMEM;
+    fb_status st =
+        logits && probs && dlogits && normed && norms && dfeat && scratch ? FB_OK : FB_ERR_NOMEM;
     compose(net, theta0, tau, K, lambda, layer_wise);
     fb_clip_zero_grad(net);
     *loss = 0;
@@ -210,15 +217,18 @@ fb_status fb_adamerging_loss_grad(fb_clip *net, const float *theta0, const float
             for (int64_t l = 0; l < L; l++)
                 for (int k = 0; k < K; k++) {
                     double d = 0;
-                    for (int64_t i = off[l]; i < off[l + 1]; i++) d += (double)g[i] * tau[k][i];
+                    for (int64_t i = off[l]; i < off[l + 1]; i++)
+                        d += (double)g[i] * tau[k][i];
                     gl[k * L + l] = d;
                 }
             for (int k = 0; k < K; k++) {
                 if (layer_wise) {
-                    for (int64_t l = 0; l < L; l++) grad[k * L + l] = gl[k * L + l];
+                    for (int64_t l = 0; l < L; l++)
+                        grad[k * L + l] = gl[k * L + l];
                 } else {
                     double d = 0;
-                    for (int64_t l = 0; l < L; l++) d += gl[k * L + l];
+                    for (int64_t l = 0; l < L; l++)
+                        d += gl[k * L + l];
                     grad[k] = d;
                 }
             }
@@ -243,8 +253,9 @@ static fb_status save_weights(const state *s, const fb_modelpool *pool)
     fb_model *m;
     fb_status st = fb_model_create(&m);
     int64_t shape[2] = {s->K, s->L};
-    if (!st) st = fb_model_add_tensor(m, "merging_weights", FB_F32, s->layer_wise ? 2 : 1, shape,
-                                      s->lambda, NULL);
+    if (!st)
+        st = fb_model_add_tensor(m, "merging_weights", FB_F32, s->layer_wise ? 2 : 1, shape,
+                                 s->lambda, NULL);
     fb_buf b;
     fb_buf_init(&b);
     for (int i = 0, k = 0; i < fb_modelpool_num_models(pool); i++) {
@@ -252,9 +263,11 @@ static fb_status save_weights(const state *s, const fb_modelpool *pool)
         if (!strcmp(nm, "_pretrained_")) continue;
         fb_buf_printf(&b, "%s%s", k++ ? "," : "", nm);
     }
-    if (!st) st = b.failed ? FB_ERR_NOMEM : fb_model_set_metadata(m, "models", b.data ? b.data : "");
+    if (!st)
+        st = b.failed ? FB_ERR_NOMEM : fb_model_set_metadata(m, "models", b.data ? b.data : "");
     fb_buf_free(&b);
-    if (!st) st = fb_model_set_metadata(m, "granularity", s->layer_wise ? "layer_wise" : "task_wise");
+    if (!st)
+        st = fb_model_set_metadata(m, "granularity", s->layer_wise ? "layer_wise" : "task_wise");
     if (!st) st = fb_model_save(m, s->save_path, NULL);
     fb_model_free(m);
     return st;
@@ -267,7 +280,8 @@ static fb_status load_weights(state *s)
         if (s->weights_count != s->K)
             return fb_set_error(FB_ERR_ARG, "method.weights has %d values for %d models",
                                 s->weights_count, s->K);
-        for (int k = 0; k < s->K; k++) s->lambda[k] = (float)s->weights_list[k];
+        for (int k = 0; k < s->K; k++)
+            s->lambda[k] = (float)s->weights_list[k];
         return FB_OK;
     }
     fb_model *m;
@@ -275,9 +289,11 @@ static fb_status load_weights(state *s)
     if (st) return st;
     const fb_tensor *t = fb_model_find(m, "merging_weights");
     if (!t || fb_tensor_numel(t) != n || fb_tensor_ndim(t) != (s->layer_wise ? 2 : 1))
-        st = fb_set_error(FB_ERR_MISMATCH, "%s: 'merging_weights' must be a %s tensor of %lld "
-                          "coefficients for this pool", s->weights_path,
-                          s->layer_wise ? "[models, tensors]" : "[models]", (long long)n);
+        st = fb_set_error(FB_ERR_MISMATCH,
+                          "%s: 'merging_weights' must be a %s tensor of %lld "
+                          "coefficients for this pool",
+                          s->weights_path, s->layer_wise ? "[models, tensors]" : "[models]",
+                          (long long)n);
     else
         st = fb_tensor_to_f32(t, s->lambda);
     fb_model_free(m);
@@ -293,7 +309,8 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     /* forget an earlier run's coefficients */
     fb_free(s->lambda);
     if (s->names)
-        for (int64_t l = 0; l < s->L; l++) fb_free(s->names[l]);
+        for (int64_t l = 0; l < s->L; l++)
+            fb_free(s->names[l]);
     fb_free(s->names);
     s->names = NULL;
     s->lambda = NULL;
@@ -311,10 +328,12 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
             return fb_set_error(FB_ERR_ARG, "adamerging: task %s has no %s examples to adapt on",
                                 tp->set.tasks[t].name, fb_split_names[tp->split]);
     fb_clip *net = NULL;
-    float *theta0 = NULL, **tau = fb_calloc((size_t)K, sizeof *tau), **heads = fb_calloc((size_t)T, sizeof *heads);
+    float *theta0 = NULL, **tau = fb_calloc((size_t)K, sizeof *tau),
+          **heads = fb_calloc((size_t)T, sizeof *heads);
     float **x = fb_calloc((size_t)T, sizeof *x), *g32 = NULL;
     double *grad = NULL;
-    int64_t *counts = fb_malloc((size_t)T * sizeof *counts), *classes = fb_malloc((size_t)T * sizeof *classes);
+    int64_t *counts = fb_malloc((size_t)T * sizeof *counts),
+            *classes = fb_malloc((size_t)T * sizeof *classes);
     fb_adamw adam = {0};
     fb_status st = tau && heads && x && counts && classes ? FB_OK : FB_ERR_NOMEM;
     if (!st) st = fb_clip_create(&tp->clip, B, &net);
@@ -333,10 +352,13 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
         goto done;
     }
     for (int64_t l = 0; l < s->L && !st; l++) {
-        if (!(s->names[l] = fb_strdup(fb_clip_tensor_name(net, l, NULL)))) st = FB_ERR_NOMEM;
-        else st = fb_strmap_put(&s->index, s->names[l], l);
+        if (!(s->names[l] = fb_strdup(fb_clip_tensor_name(net, l, NULL))))
+            st = FB_ERR_NOMEM;
+        else
+            st = fb_strmap_put(&s->index, s->names[l], l);
     }
-    for (int64_t i = 0; i < nl; i++) s->lambda[i] = (float)s->init;
+    for (int64_t i = 0; i < nl; i++)
+        s->lambda[i] = (float)s->init;
     if (st) goto done;
     if (s->weights_path || s->weights_list) { /* given: no test-time adaptation */
         st = load_weights(s);
@@ -344,6 +366,9 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     }
     /* theta_0 and the task vectors, every parameter the net needs checked before any step */
     if ((st = fb_clip_set_params(net, base))) goto done;
+    /* a pool that merges a selection (vision-only fine-tunes of a whole CLIPModel) has the
+     * rest from the base */
+    const fb_model *fallback = fb_modelpool_selects(pool) ? base : NULL;
     memcpy(theta0, fb_clip_params(net), (size_t)np * 4);
     for (int i = 0, k = 0; i < fb_modelpool_num_models(pool) && !st; i++) {
         const char *nm = fb_modelpool_model_name(pool, i);
@@ -352,9 +377,10 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
             st = FB_ERR_NOMEM;
             break;
         }
-        if ((st = fb_clip_set_params(net, fb_modelpool_get(pool, nm)))) break;
+        if ((st = fb_clip_set_params_from(net, fb_modelpool_get(pool, nm), fallback))) break;
         const float *pk = fb_clip_params(net);
-        for (int64_t j = 0; j < np; j++) tau[k][j] = pk[j] - theta0[j];
+        for (int64_t j = 0; j < np; j++)
+            tau[k][j] = pk[j] - theta0[j];
         k++;
     }
     for (int t = 0; t < T && !st; t++) {
@@ -362,8 +388,10 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
         counts[t] = B;
         heads[t] = fb_malloc((size_t)(classes[t] * F) * 4);
         x[t] = fb_malloc((size_t)(B * img) * 4);
-        if (!heads[t] || !x[t]) st = FB_ERR_NOMEM;
-        else st = fb_taskpool_head(tp, t, heads[t]);
+        if (!heads[t] || !x[t])
+            st = FB_ERR_NOMEM;
+        else
+            st = fb_taskpool_head(tp, t, heads[t]);
     }
     if (!st) st = fb_adamw_init(&adam, nl, (float)s->lr, 0.0f); /* AdamW without decay = Adam */
     fb_nn_blas_single(1);
@@ -374,20 +402,22 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
             const uint64_t key = fb_rng_key(s->seed, task->name, 7);
             for (int64_t b = 0; b < B; b++) {
                 uint64_t r = fb_mix64(key + (uint64_t)(step * B + b) * 0x9E3779B97F4A7C15ull);
-                memcpy(x[t] + b * img, task->x[tp->split] + (int64_t)(r % (uint64_t)n) * img,
-                       (size_t)img * 4);
+                fb_task_image(&tp->set, task, tp->split, (int64_t)(r % (uint64_t)n),
+                              x[t] + b * img);
             }
         }
         double loss;
         st = fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, s->lambda,
                                      s->layer_wise, T, (const float *const *)x, counts,
-                                     (const float *const *)heads, classes, tp->logit_scale,
-                                     &loss, grad);
+                                     (const float *const *)heads, classes, tp->logit_scale, &loss,
+                                     grad);
         if (st) break;
-        for (int64_t i = 0; i < nl; i++) g32[i] = (float)grad[i];
+        for (int64_t i = 0; i < nl; i++)
+            g32[i] = (float)grad[i];
         fb_adamw_step(&adam, s->lambda, g32);
         if (s->clamp)
-            for (int64_t i = 0; i < nl; i++) s->lambda[i] = fminf(fmaxf(s->lambda[i], 0.0f), 1.0f);
+            for (int64_t i = 0; i < nl; i++)
+                s->lambda[i] = fminf(fmaxf(s->lambda[i], 0.0f), 1.0f);
         if (opts->on_step) opts->on_step(opts->user, "adamerging", step, s->steps, loss);
     }
     fb_nn_blas_single(0);
@@ -396,9 +426,12 @@ done:
     fb_adamw_free(&adam);
     fb_clip_free(net);
     fb_free(theta0);
-    for (int k = 0; tau && k < K; k++) fb_free(tau[k]);
-    for (int t = 0; heads && t < T; t++) fb_free(heads[t]);
-    for (int t = 0; x && t < T; t++) fb_free(x[t]);
+    for (int k = 0; tau && k < K; k++)
+        fb_free(tau[k]);
+    for (int t = 0; heads && t < T; t++)
+        fb_free(heads[t]);
+    for (int t = 0; x && t < T; t++)
+        fb_free(x[t]);
     fb_free(tau);
     fb_free(heads);
     fb_free(x);
@@ -417,22 +450,33 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     const int64_t l = fb_strmap_get(&s->index, fb_tensor_name(c->tensor));
     const float *base = c->base;
     float *out = c->out;
-    for (int64_t j = 0; j < c->count; j++) out[j] = base[j];
+    for (int64_t j = 0; j < c->count; j++)
+        out[j] = base[j];
     for (int k = 0; k < c->num_models; k++) {
-        const float lam = !s->layer_wise ? s->lambda[k] : l >= 0 ? s->lambda[k * s->L + l] : (float)s->init;
+        const float lam = !s->layer_wise ? s->lambda[k]
+                          : l >= 0       ? s->lambda[k * s->L + l]
+                                         : (float)s->init;
         const float *m = c->models[k];
-        for (int64_t j = 0; j < c->count; j++) out[j] += lam * (m[j] - base[j]);
+        for (int64_t j = 0; j < c->count; j++)
+            out[j] += lam * (m[j] - base[j]);
     }
     return FB_OK;
 }
 
-static fb_status create_task_wise(const fb_config *p, void **out) { return create(p, 0, out); }
-static fb_status create_layer_wise(const fb_config *p, void **out) { return create(p, 1, out); }
+static fb_status create_task_wise(const fb_config *p, void **out)
+{
+    return create(p, 0, out);
+}
+static fb_status create_layer_wise(const fb_config *p, void **out)
+{
+    return create(p, 1, out);
+}
 
 const fb_method_ops fb_method_clip_task_wise_adamerging = {
     .name = "clip_task_wise_adamerging",
     .target_class = "CLIPTaskWiseAdaMergingAlgorithm",
-    .summary = "AdaMerging: one coefficient per model, learned by entropy minimisation on test data",
+    .summary =
+        "AdaMerging: one coefficient per model, learned by entropy minimisation on test data",
     .params = params,
     .needs_base = 1,
     .create = create_task_wise,

@@ -62,7 +62,8 @@ static void clear_learned(state *s)
     fb_free(s->fisher);
     fb_free(s->w);
     if (s->names)
-        for (int64_t l = 0; l < s->L; l++) fb_free(s->names[l]);
+        for (int64_t l = 0; l < s->L; l++)
+            fb_free(s->names[l]);
     fb_free(s->names);
     fb_strmap_clear(&s->index);
     fb_strmap_init(&s->index);
@@ -90,18 +91,24 @@ static fb_status create(const fb_config *p, void **out)
     int64_t seed = 0;
     fb_status st = fb_name_filter_create(fb_cfg_map_get(p, "exclude_param_names_regex"),
                                          "exclude_param_names_regex", &s->exclude);
-    if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "normalize_fisher_weight"), "normalize_fisher_weight",
-                              &s->normalize);
-    if (!st) st = fb_cfg_double(fb_cfg_map_get(p, "minimal_fisher_weight"), "minimal_fisher_weight", &s->eps);
+    if (!st)
+        st = fb_cfg_bool(fb_cfg_map_get(p, "normalize_fisher_weight"), "normalize_fisher_weight",
+                         &s->normalize);
+    if (!st)
+        st = fb_cfg_double(fb_cfg_map_get(p, "minimal_fisher_weight"), "minimal_fisher_weight",
+                           &s->eps);
     if (!st && !(s->eps >= 0))
         st = fb_set_error(FB_ERR_ARG, "method.minimal_fisher_weight must be >= 0");
-    if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "num_fisher_examples"), "num_fisher_examples", &s->examples);
+    if (!st)
+        st = fb_cfg_int(fb_cfg_map_get(p, "num_fisher_examples"), "num_fisher_examples",
+                        &s->examples);
     if (!st && s->examples <= 0)
         st = fb_set_error(FB_ERR_ARG, "method.num_fisher_examples must be positive, got %lld",
                           (long long)s->examples);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "batch_size"), "batch_size", &s->batch);
     if (!st && (s->batch < 1 || s->batch > 65536))
-        st = fb_set_error(FB_ERR_ARG, "method.batch_size must be in [1, 65536], got %lld", (long long)s->batch);
+        st = fb_set_error(FB_ERR_ARG, "method.batch_size must be in [1, 65536], got %lld",
+                          (long long)s->batch);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "seed"), "seed", &seed);
     s->seed = (uint64_t)seed;
     const fb_config *c = fb_cfg_map_get(p, "fisher_scaling_coefficients");
@@ -121,13 +128,16 @@ fb_status fb_fisher_diagonal(fb_clip *net, const float *head, int64_t K, float l
                              const float *images, int64_t n, int64_t batch, float *out)
 {
     const fb_clip_config c = fb_clip_get_config(net);
-    const int64_t F = c.projection ? c.projection : c.hidden, img = c.channels * c.image_size * c.image_size;
+    const int64_t F = c.projection ? c.projection : c.hidden,
+                  img = c.channels * c.image_size * c.image_size;
     const int64_t np = fb_clip_num_params(net);
     float *logits = fb_malloc((size_t)(batch * K) * 4), *probs = fb_malloc((size_t)(batch * K) * 4);
-    float *dlogits = fb_malloc((size_t)(batch * K) * 4), *normed = fb_malloc((size_t)(batch * F) * 4);
+    float *dlogits = fb_malloc((size_t)(batch * K) * 4),
+          *normed = fb_malloc((size_t)(batch * F) * 4);
     float *norms = fb_malloc((size_t)batch * 4), *dfeat = fb_malloc((size_t)(batch * F) * 4);
     float *scratch = fb_malloc((size_t)F * 4);
-    fb_status st = logits && probs && dlogits && normed && norms && dfeat && scratch ? FB_OK : FB_ERR_NOMEM;
+    fb_status st =
+        logits && probs && dlogits && normed && norms && dfeat && scratch ? FB_OK : FB_ERR_NOMEM;
     memset(out, 0, (size_t)np * 4);
     for (int64_t b0 = 0; b0 < n && !st; b0 += batch) {
         const int64_t B = n - b0 < batch ? n - b0 : batch;
@@ -139,17 +149,21 @@ fb_status fb_fisher_diagonal(fb_clip *net, const float *head, int64_t K, float l
         for (int64_t b = 0; b < B; b++) {
             const float *p = probs + b * K;
             float S = 0;
-            for (int64_t j = 0; j < K; j++) S += sqrtf(p[j]);
-            for (int64_t j = 0; j < K; j++) dlogits[b * K + j] = sqrtf(p[j]) - p[j] * S;
+            for (int64_t j = 0; j < K; j++)
+                S += sqrtf(p[j]);
+            for (int64_t j = 0; j < K; j++)
+                dlogits[b * K + j] = sqrtf(p[j]) - p[j] * S;
         }
         memset(dfeat, 0, (size_t)(B * F) * 4);
         fb_head_backward(dfeat, scratch, dlogits, normed, norms, head, logit_scale, B, F, K);
         fb_clip_zero_grad(net);
         if ((st = fb_clip_backward(net, dfeat))) break;
         const float *g = fb_clip_grads(net);
-        for (int64_t i = 0; i < np; i++) out[i] += g[i] * g[i];
+        for (int64_t i = 0; i < np; i++)
+            out[i] += g[i] * g[i];
     }
-    for (int64_t i = 0; !st && i < np; i++) out[i] /= (float)n;
+    for (int64_t i = 0; !st && i < np; i++)
+        out[i] /= (float)n;
     fb_free(logits);
     fb_free(probs);
     fb_free(dlogits);
@@ -163,18 +177,21 @@ fb_status fb_fisher_diagonal(fb_clip *net, const float *head, int64_t K, float l
 void fb_fisher_model_weights(const float *const *fisher, const int64_t *merged, int64_t nranges,
                              int K, int normalize, double eps, const double *coef, double *w)
 {
-    for (int k = 0; k < K; k++) w[k] = coef ? coef[k] : 1.0 / K;
+    for (int k = 0; k < K; k++)
+        w[k] = coef ? coef[k] : 1.0 / K;
     if (!normalize) return;
     double sum = 0, *inv = fb_malloc((size_t)K * sizeof *inv);
     if (!inv) return; /* weights stay c_k: unnormalised */
     for (int k = 0; k < K; k++) {
         double sq = 0;
         for (int64_t r = 0; r < nranges; r++)
-            for (int64_t i = merged[2 * r]; i < merged[2 * r + 1]; i++) sq += (double)fisher[k][i] * fisher[k][i];
+            for (int64_t i = merged[2 * r]; i < merged[2 * r + 1]; i++)
+                sq += (double)fisher[k][i] * fisher[k][i];
         inv[k] = 1.0 / (sqrt(sq) + eps);
         sum += inv[k];
     }
-    for (int k = 0; k < K; k++) w[k] *= inv[k] / sum;
+    for (int k = 0; k < K; k++)
+        w[k] *= inv[k] / sum;
     fb_free(inv);
 }
 
@@ -187,7 +204,8 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     clear_learned(s);
     const int K = fb_modelpool_num_models(pool);
     if (s->coef && s->ncoef != K)
-        return fb_set_error(FB_ERR_ARG, "method.fisher_scaling_coefficients has %d values for %d models",
+        return fb_set_error(FB_ERR_ARG,
+                            "method.fisher_scaling_coefficients has %d values for %d models",
                             s->ncoef, K);
     fb_status st = fb_taskpool_for_models(tp, pool, "fisher_merging", FB_SPLIT_TRAIN);
     if (st) return st;
@@ -207,8 +225,10 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     for (int64_t l = 0; l < s->L && !st; l++) {
         int64_t n;
         const char *name = fb_clip_tensor_name(net, l, &n);
-        if (!(s->names[l] = fb_strdup(name))) st = FB_ERR_NOMEM;
-        else st = fb_strmap_put(&s->index, s->names[l], off);
+        if (!(s->names[l] = fb_strdup(name)))
+            st = FB_ERR_NOMEM;
+        else
+            st = fb_strmap_put(&s->index, s->names[l], off);
         if (!fb_name_filter_matches(s->exclude, name)) { /* merged: counts in the norm */
             ranges[2 * nranges] = off;
             ranges[2 * nranges++ + 1] = off + n;
@@ -216,6 +236,9 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
         off += n;
     }
     fb_nn_blas_single(1);
+    /* a pool that merges a selection has the rest from the base (see adamerging.c) */
+    const fb_model *fallback =
+        fb_modelpool_selects(pool) ? fb_modelpool_get(pool, FB_PRETRAINED) : NULL;
     for (int k = 0; k < K && !st; k++) {
         const char *nm = fb_modelpool_model_name(pool, k);
         const int ti = fb_taskpool_find(tp, nm);
@@ -229,9 +252,10 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
             st = FB_ERR_NOMEM;
             break;
         }
-        if ((st = fb_taskpool_sample(tp, nm, FB_SPLIT_TRAIN, s->examples, s->seed, 11, &x, &n))) break;
+        if ((st = fb_taskpool_sample(tp, nm, FB_SPLIT_TRAIN, s->examples, s->seed, 11, &x, &n)))
+            break;
         if ((st = fb_taskpool_head(tp, ti, head))) break;
-        if ((st = fb_clip_set_params(net, fb_modelpool_get(pool, nm)))) break;
+        if ((st = fb_clip_set_params_from(net, fb_modelpool_get(pool, nm), fallback))) break;
         st = fb_fisher_diagonal(net, head, t->num_classes, tp->logit_scale, x, n, s->batch,
                                 s->fisher + (size_t)k * (size_t)s->np);
         if (opts->on_step) opts->on_step(opts->user, "fisher_merging (models)", k, K, NAN);
@@ -240,7 +264,8 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     if (!st) {
         const float **f = fb_malloc((size_t)K * sizeof *f);
         if (!f) st = FB_ERR_NOMEM;
-        for (int k = 0; f && k < K; k++) f[k] = s->fisher + (size_t)k * (size_t)s->np;
+        for (int k = 0; f && k < K; k++)
+            f[k] = s->fisher + (size_t)k * (size_t)s->np;
         if (f) fb_fisher_model_weights(f, ranges, nranges, K, s->normalize, s->eps, s->coef, s->w);
         fb_free(f);
     }
@@ -277,10 +302,12 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     const state *s = p;
     const int64_t off = fb_strmap_get(&s->index, fb_tensor_name(c->tensor));
     const float *f[64];
-    if (c->num_models > 64) return fb_set_error(FB_ERR_ARG, "fisher_merging merges at most 64 models");
+    if (c->num_models > 64)
+        return fb_set_error(FB_ERR_ARG, "fisher_merging merges at most 64 models");
     for (int k = 0; off >= 0 && k < c->num_models; k++)
         f[k] = s->fisher + (size_t)k * (size_t)s->np + (size_t)(off + c->begin);
-    fb_fisher_combine(c->out, c->models, off >= 0 ? f : NULL, s->w, s->eps, c->num_models, c->count);
+    fb_fisher_combine(c->out, c->models, off >= 0 ? f : NULL, s->w, s->eps, c->num_models,
+                      c->count);
     return FB_OK;
 }
 

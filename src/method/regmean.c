@@ -80,8 +80,14 @@ static void destroy(void *p)
 }
 
 static fb_status create(const fb_config *p, int plusplus, void **out);
-static fb_status create_plain(const fb_config *p, void **out) { return create(p, 0, out); }
-static fb_status create_plusplus(const fb_config *p, void **out) { return create(p, 1, out); }
+static fb_status create_plain(const fb_config *p, void **out)
+{
+    return create(p, 0, out);
+}
+static fb_status create_plusplus(const fb_config *p, void **out)
+{
+    return create(p, 1, out);
+}
 
 static fb_status create(const fb_config *p, int plusplus, void **out)
 {
@@ -92,17 +98,22 @@ static fb_status create(const fb_config *p, int plusplus, void **out)
     int64_t seed = 0;
     fb_status st = fb_name_filter_create(fb_cfg_map_get(p, "exclude_param_names_regex"),
                                          "exclude_param_names_regex", &s->exclude);
-    if (!st) st = fb_cfg_double(fb_cfg_map_get(p, "reduce_non_diagonal_ratio"),
-                                "reduce_non_diagonal_ratio", &s->alpha);
+    if (!st)
+        st = fb_cfg_double(fb_cfg_map_get(p, "reduce_non_diagonal_ratio"),
+                           "reduce_non_diagonal_ratio", &s->alpha);
     if (!st && !(s->alpha >= 0 && s->alpha <= 1))
-        st = fb_set_error(FB_ERR_ARG, "method.reduce_non_diagonal_ratio must be in [0, 1], got %g", s->alpha);
-    if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "num_regmean_examples"), "num_regmean_examples", &s->examples);
+        st = fb_set_error(FB_ERR_ARG, "method.reduce_non_diagonal_ratio must be in [0, 1], got %g",
+                          s->alpha);
+    if (!st)
+        st = fb_cfg_int(fb_cfg_map_get(p, "num_regmean_examples"), "num_regmean_examples",
+                        &s->examples);
     if (!st && s->examples <= 0)
         st = fb_set_error(FB_ERR_ARG, "method.num_regmean_examples must be positive, got %lld",
                           (long long)s->examples);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "batch_size"), "batch_size", &s->batch);
     if (!st && (s->batch < 1 || s->batch > 65536))
-        st = fb_set_error(FB_ERR_ARG, "method.batch_size must be in [1, 65536], got %lld", (long long)s->batch);
+        st = fb_set_error(FB_ERR_ARG, "method.batch_size must be in [1, 65536], got %lld",
+                          (long long)s->batch);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "seed"), "seed", &seed);
     s->seed = (uint64_t)seed;
     if (st) {
@@ -115,15 +126,16 @@ static fb_status create(const fb_config *p, int plusplus, void **out)
 
 /* ------------------------------------------------------------------ Grams and solve -- */
 
-fb_status fb_regmean_grams(fb_clip *net, const float *images, int64_t n, int64_t batch, int64_t nlin,
-                           const char *const *names, float *const *grams)
+fb_status fb_regmean_grams(fb_clip *net, const float *images, int64_t n, int64_t batch,
+                           int64_t nlin, const char *const *names, float *const *grams)
 {
     const fb_clip_config c = fb_clip_get_config(net);
     const int64_t img = c.channels * c.image_size * c.image_size;
     int64_t rows, cols;
     for (int64_t l = 0; l < nlin; l++) {
         if (!fb_clip_linear_input(net, names[l], &rows, &cols))
-            return fb_set_error(FB_ERR_ARG, "'%s' is not a linear layer of the vision tower", names[l]);
+            return fb_set_error(FB_ERR_ARG, "'%s' is not a linear layer of the vision tower",
+                                names[l]);
         memset(grams[l], 0, (size_t)(cols * cols) * 4);
     }
     for (int64_t b0 = 0; b0 < n; b0 += batch) {
@@ -139,7 +151,8 @@ fb_status fb_regmean_grams(fb_clip *net, const float *images, int64_t n, int64_t
     }
     for (int64_t l = 0; l < nlin; l++) {
         fb_clip_linear_input(net, names[l], &rows, &cols);
-        for (int64_t i = 0; i < cols * cols; i++) grams[l][i] /= (float)n;
+        for (int64_t i = 0; i < cols * cols; i++)
+            grams[l][i] /= (float)n;
     }
     return FB_OK;
 }
@@ -149,7 +162,8 @@ fb_status fb_regmean_solve(int K, const float *const *W, const float *const *G, 
 {
     const int64_t d = in_dim, o = out_dim;
     double *A = fb_calloc((size_t)(d * d), sizeof *A), *Bm = fb_calloc((size_t)(d * o), sizeof *Bm);
-    double *Gk = fb_malloc((size_t)(d * d) * sizeof *Gk), *Wt = fb_malloc((size_t)(d * o) * sizeof *Wt);
+    double *Gk = fb_malloc((size_t)(d * d) * sizeof *Gk),
+           *Wt = fb_malloc((size_t)(d * o) * sizeof *Wt);
     double *P = fb_malloc((size_t)(d * o) * sizeof *P);
     fb_status st = A && Bm && Gk && Wt && P ? FB_OK : FB_ERR_NOMEM;
     for (int k = 0; k < K && !st; k++) {
@@ -157,14 +171,18 @@ fb_status fb_regmean_solve(int K, const float *const *W, const float *const *G, 
             for (int64_t j = 0; j < d; j++)
                 Gk[i * d + j] = (double)G[k][i * d + j] * (i == j ? 1.0 : alpha);
         for (int64_t i = 0; i < d; i++)
-            for (int64_t c = 0; c < o; c++) Wt[i * o + c] = W[k][c * d + i];
+            for (int64_t c = 0; c < o; c++)
+                Wt[i * o + c] = W[k][c * d + i];
         fb_matmul(Gk, Wt, P, d, d, o);
-        for (int64_t i = 0; i < d * d; i++) A[i] += Gk[i];
-        for (int64_t i = 0; i < d * o; i++) Bm[i] += P[i];
+        for (int64_t i = 0; i < d * d; i++)
+            A[i] += Gk[i];
+        for (int64_t i = 0; i < d * o; i++)
+            Bm[i] += P[i];
     }
     if (!st) st = fb_solve(A, d, Bm, o, what);
     for (int64_t i = 0; !st && i < d; i++)
-        for (int64_t c = 0; c < o; c++) merged[c * d + i] = (float)Bm[i * o + c];
+        for (int64_t c = 0; c < o; c++)
+            merged[c * d + i] = (float)Bm[i * o + c];
     fb_free(A);
     fb_free(Bm);
     fb_free(Gk);
@@ -183,14 +201,16 @@ static int64_t stage_of(int plusplus, const fb_clip_config *c, const char *name)
     if (!plusplus) return 0;
     long long l;
     if (sscanf(name, "vision_model.encoder.layers.%lld.", &l) == 1) return l;
-    if (!strncmp(name, "vision_model.post_layernorm.", 28) || !strcmp(name, "visual_projection.weight"))
+    if (!strncmp(name, "vision_model.post_layernorm.", 28) ||
+        !strcmp(name, "visual_projection.weight"))
         return c->layers;
     return -1;
 }
 
 fb_status fb_regmean_fit(fb_clip *net, int K, const fb_model *const *models,
-                         const float *const *xs, const int64_t *ns, int64_t batch, double alpha,
-                         int plusplus, int64_t nlin, const char *const *names, float *const *merged)
+                         const fb_model *fallback, const float *const *xs, const int64_t *ns,
+                         int64_t batch, double alpha, int plusplus, int64_t nlin,
+                         const char *const *names, float *const *merged)
 {
     /* Stages: plain RegMean solves every linear layer from each model's own forward pass;
      * RegMean++ goes layer by layer, each model's layer fed by the merged layers before it
@@ -207,8 +227,10 @@ fb_status fb_regmean_fit(fb_clip *net, int K, const fb_model *const *models,
     fb_status st = in && numel && G && W && Wl && Gl && (!plusplus || M) ? FB_OK : FB_ERR_NOMEM;
     for (int64_t l = 0; l < nlin && !st; l++) {
         int64_t rows;
-        if (!fb_clip_param(net, names[l], &numel[l]) || !fb_clip_linear_input(net, names[l], &rows, &in[l]))
-            st = fb_set_error(FB_ERR_ARG, "'%s' is not a linear layer of the vision tower", names[l]);
+        if (!fb_clip_param(net, names[l], &numel[l]) ||
+            !fb_clip_linear_input(net, names[l], &rows, &in[l]))
+            st = fb_set_error(FB_ERR_ARG, "'%s' is not a linear layer of the vision tower",
+                              names[l]);
         for (int k = 0; k < K && !st; k++) {
             G[k * nlin + l] = fb_malloc((size_t)(in[l] * in[l]) * 4);
             W[k * nlin + l] = fb_malloc((size_t)numel[l] * 4);
@@ -216,32 +238,37 @@ fb_status fb_regmean_fit(fb_clip *net, int K, const fb_model *const *models,
         }
     }
     for (int k = 0; M && k < K && !st; k++) { /* the models' mean, in model order */
-        if ((st = fb_clip_set_params(net, models[k]))) break;
+        if ((st = fb_clip_set_params_from(net, models[k], fallback))) break;
         const float *pk = fb_clip_params(net);
-        for (int64_t i = 0; i < np; i++) M[i] += pk[i];
+        for (int64_t i = 0; i < np; i++)
+            M[i] += pk[i];
     }
-    for (int64_t i = 0; M && !st && i < np; i++) M[i] /= (float)K;
+    for (int64_t i = 0; M && !st && i < np; i++)
+        M[i] /= (float)K;
     for (int64_t stage = 0; stage < nstages && !st; stage++) {
         const char *sn[64];
         int64_t idx[64], m = 0;
         for (int64_t l = 0; l < nlin; l++)
-            if (stage_of(plusplus, &cfg, names[l]) == stage && m < 64) idx[m] = l, sn[m++] = names[l];
+            if (stage_of(plusplus, &cfg, names[l]) == stage && m < 64)
+                idx[m] = l, sn[m++] = names[l];
         for (int k = 0; k < K && !st && m; k++) {
             if (!M) {
-                st = fb_clip_set_params(net, models[k]);
+                st = fb_clip_set_params_from(net, models[k], fallback);
             } else { /* merged so far, with this stage's tensors from model k */
                 memcpy(fb_clip_params(net), M, (size_t)np * sizeof *M);
                 for (int64_t t = 0; t < fb_clip_num_tensors(net) && !st; t++) {
                     const char *tn = fb_clip_tensor_name(net, t, NULL);
                     if (stage_of(plusplus, &cfg, tn) != stage) continue;
                     const fb_tensor *src = fb_model_find(models[k], tn);
+                    if (!src && fallback) src = fb_model_find(fallback, tn);
                     st = src ? fb_tensor_to_f32(src, fb_clip_param(net, tn, NULL))
                              : fb_set_error(FB_ERR_NOT_FOUND, "regmean: a model lacks '%s'", tn);
                 }
             }
             float *Gs[64];
             for (int64_t j = 0; !st && j < m; j++) {
-                memcpy(W[k * nlin + idx[j]], fb_clip_param(net, sn[j], NULL), (size_t)numel[idx[j]] * 4);
+                memcpy(W[k * nlin + idx[j]], fb_clip_param(net, sn[j], NULL),
+                       (size_t)numel[idx[j]] * 4);
                 Gs[j] = G[k * nlin + idx[j]];
             }
             if (!st) st = fb_regmean_grams(net, xs[k], ns[k], batch, m, sn, Gs);
@@ -295,12 +322,15 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     for (int64_t l = 0; l < L && !st; l++) {
         int64_t n, rows, cols;
         const char *name = fb_clip_tensor_name(net, l, &n);
-        if (!fb_clip_linear_input(net, name, &rows, &cols) || fb_name_filter_matches(s->exclude, name))
+        if (!fb_clip_linear_input(net, name, &rows, &cols) ||
+            fb_name_filter_matches(s->exclude, name))
             continue;
         s->numel[s->nlin] = n;
-        if (!(s->names[s->nlin] = fb_strdup(name)) || !(s->merged[s->nlin] = fb_malloc((size_t)n * 4)))
+        if (!(s->names[s->nlin] = fb_strdup(name)) ||
+            !(s->merged[s->nlin] = fb_malloc((size_t)n * 4)))
             st = FB_ERR_NOMEM;
-        else st = fb_strmap_put(&s->index, s->names[s->nlin], s->nlin);
+        else
+            st = fb_strmap_put(&s->index, s->names[s->nlin], s->nlin);
         s->nlin++;
     }
     for (int k = 0; k < K && !st; k++) { /* each model's own task data */
@@ -310,10 +340,14 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     }
     fb_nn_blas_single(1);
     if (!st)
-        st = fb_regmean_fit(net, K, models, (const float *const *)xs, ns, s->batch, s->alpha,
-                            s->plusplus, s->nlin, (const char *const *)s->names, s->merged);
+        st = fb_regmean_fit(net, K, models,
+                            fb_modelpool_selects(pool) ? fb_modelpool_get(pool, FB_PRETRAINED)
+                                                       : NULL,
+                            (const float *const *)xs, ns, s->batch, s->alpha, s->plusplus, s->nlin,
+                            (const char *const *)s->names, s->merged);
     fb_nn_blas_single(0);
-    for (int k = 0; xs && k < K; k++) fb_free(xs[k]);
+    for (int k = 0; xs && k < K; k++)
+        fb_free(xs[k]);
     fb_free(xs);
     fb_free(ns);
     fb_free(models);
@@ -337,7 +371,8 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     }
     for (int64_t j = 0; j < c->count; j++) {
         float sum = 0;
-        for (int k = 0; k < c->num_models; k++) sum += c->models[k][j];
+        for (int k = 0; k < c->num_models; k++)
+            sum += c->models[k][j];
         c->out[j] = sum / (float)c->num_models;
     }
     return FB_OK;

@@ -20,9 +20,11 @@ fb_status fb_regmean_solve(int K, const float *const *W, const float *const *G, 
  * model's images (xs[k]: ns[k] of them, forward passes of `batch`): merged[l] for the nlin
  * linear weights names[l]. plusplus: RegMean++, layer by layer, each model's layer fed by the
  * merged layers before it (the models' mean where nothing is solved yet), then the final layer
- * norm and projection; else every layer from the model's own forward pass. */
+ * norm and projection; else every layer from the model's own forward pass. Parameters a model
+ * lacks come from fallback (NULL: none; the base of a pool that merges a selection). */
 fb_status fb_regmean_fit(fb_clip *net, int K, const fb_model *const *models,
-                         const float *const *xs, const int64_t *ns, int64_t batch, double alpha,
-                         int plusplus, int64_t nlin, const char *const *names, float *const *merged);
+                         const fb_model *fallback, const float *const *xs, const int64_t *ns,
+                         int64_t batch, double alpha, int plusplus, int64_t nlin,
+                         const char *const *names, float *const *merged);
 
 #endif

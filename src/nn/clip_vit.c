@@ -71,7 +71,8 @@ static fb_status get_int(const char *where, const cJSON *o, const char *key, int
     }
     if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 0x1p62) ||
         v->valuedouble != (double)(int64_t)v->valuedouble)
-        return fb_set_error(FB_ERR_FORMAT, "%s: field '%s' must be a non-negative integer", where, key);
+        return fb_set_error(FB_ERR_FORMAT, "%s: field '%s' must be a non-negative integer", where,
+                            key);
     *out = (int64_t)v->valuedouble;
     return FB_OK;
 }
@@ -86,9 +87,9 @@ fb_status fb_clip_config_check(const fb_clip_config *c, const char *where)
         const char *name;
         int64_t value, max;
     } lim[] = {
-        {"hidden_size", c->hidden, 1 << 16},      {"intermediate_size", c->intermediate, 1 << 18},
+        {"hidden_size", c->hidden, 1 << 16},        {"intermediate_size", c->intermediate, 1 << 18},
         {"num_attention_heads", c->heads, 1 << 10}, {"image_size", c->image_size, 1 << 14},
-        {"patch_size", c->patch_size, 1 << 14},   {"num_channels", c->channels, 1 << 10},
+        {"patch_size", c->patch_size, 1 << 14},     {"num_channels", c->channels, 1 << 10},
         {"projection_dim", c->projection, 1 << 16},
     };
     for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
@@ -96,20 +97,25 @@ fb_status fb_clip_config_check(const fb_clip_config *c, const char *where)
             return fb_set_error(FB_ERR_FORMAT, "%s: %s %lld exceeds %lld", where, lim[i].name,
                                 (long long)lim[i].value, (long long)lim[i].max);
     if (c->hidden % c->heads)
-        return fb_set_error(FB_ERR_FORMAT, "%s: hidden_size %lld is not a multiple of "
-                                           "num_attention_heads %lld",
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: hidden_size %lld is not a multiple of "
+                            "num_attention_heads %lld",
                             where, (long long)c->hidden, (long long)c->heads);
     if (c->image_size % c->patch_size)
-        return fb_set_error(FB_ERR_FORMAT, "%s: image_size %lld is not a multiple of patch_size %lld",
-                            where, (long long)c->image_size, (long long)c->patch_size);
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: image_size %lld is not a multiple of patch_size %lld", where,
+                            (long long)c->image_size, (long long)c->patch_size);
     if (c->layers > MAX_LAYERS)
         return fb_set_error(FB_ERR_FORMAT, "%s: num_hidden_layers %lld exceeds %d", where,
                             (long long)c->layers, MAX_LAYERS);
     const int64_t grid = c->image_size / c->patch_size;
     if (grid > 1024)
-        return fb_set_error(FB_ERR_FORMAT, "%s: image_size / patch_size is %lld; at most 1024 "
-                                           "patches a side", where, (long long)grid);
-    if (!(c->eps > 0)) return fb_set_error(FB_ERR_FORMAT, "%s: layer_norm_eps must be positive", where);
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: image_size / patch_size is %lld; at most 1024 "
+                            "patches a side",
+                            where, (long long)grid);
+    if (!(c->eps > 0))
+        return fb_set_error(FB_ERR_FORMAT, "%s: layer_norm_eps must be positive", where);
     return FB_OK;
 }
 
@@ -152,9 +158,13 @@ fb_status fb_clip_config_load(const char *path, fb_clip_config *out)
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
     const char *a = cJSON_IsString(act) ? act->valuestring : "quick_gelu";
     if (!st) {
-        if (!strcmp(a, "quick_gelu")) c.quick_gelu = 1;
-        else if (!strcmp(a, "gelu")) c.quick_gelu = 0;
-        else st = fb_set_error(FB_ERR_FORMAT, "%s: hidden_act '%s' is not quick_gelu or gelu", path, a);
+        if (!strcmp(a, "quick_gelu"))
+            c.quick_gelu = 1;
+        else if (!strcmp(a, "gelu"))
+            c.quick_gelu = 0;
+        else
+            st = fb_set_error(FB_ERR_FORMAT, "%s: hidden_act '%s' is not quick_gelu or gelu", path,
+                              a);
     }
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(o, "layer_norm_eps");
     c.eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
@@ -174,7 +184,8 @@ static float *add_view(fb_clip *n, const char *name, int64_t d0, int64_t d1, int
     const int64_t d[4] = {d0, d1, d2, d3};
     int64_t numel = 1;
     v->ndim = 0;
-    while (v->ndim < 4 && d[v->ndim]) v->shape[v->ndim] = d[v->ndim], numel *= d[v->ndim++];
+    while (v->ndim < 4 && d[v->ndim])
+        v->shape[v->ndim] = d[v->ndim], numel *= d[v->ndim++];
     v->offset = n->num_params;
     v->numel = numel;
     n->num_params += numel;
@@ -188,8 +199,9 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
     *out = NULL;
     fb_status st = fb_clip_config_check(cfg, "clip config");
     if (st) return st;
-    if (max_batch <= 0) return fb_set_error(FB_ERR_ARG, "batch size %lld must be positive", (long long)max_batch);
-    {   /* the largest buffer, attention weights (batch x heads x tokens^2), within int64 */
+    if (max_batch <= 0)
+        return fb_set_error(FB_ERR_ARG, "batch size %lld must be positive", (long long)max_batch);
+    { /* the largest buffer, attention weights (batch x heads x tokens^2), within int64 */
         double T = (double)(cfg->image_size / cfg->patch_size);
         T = T * T + 1;
         if ((double)max_batch * (double)cfg->heads * T * T > 0x1p60)
@@ -228,17 +240,26 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
             float **slot;
             int64_t rows, cols; /* cols 0: a vector */
         } items[] = {
-            {"self_attn.k_proj.weight", &p->k_w, E, E}, {"self_attn.k_proj.bias", &p->k_b, E, 0},
-            {"self_attn.v_proj.weight", &p->v_w, E, E}, {"self_attn.v_proj.bias", &p->v_b, E, 0},
-            {"self_attn.q_proj.weight", &p->q_w, E, E}, {"self_attn.q_proj.bias", &p->q_b, E, 0},
-            {"self_attn.out_proj.weight", &p->o_w, E, E}, {"self_attn.out_proj.bias", &p->o_b, E, 0},
-            {"layer_norm1.weight", &p->ln1_w, E, 0}, {"layer_norm1.bias", &p->ln1_b, E, 0},
-            {"mlp.fc1.weight", &p->fc1_w, I, E}, {"mlp.fc1.bias", &p->fc1_b, I, 0},
-            {"mlp.fc2.weight", &p->fc2_w, E, I}, {"mlp.fc2.bias", &p->fc2_b, E, 0},
-            {"layer_norm2.weight", &p->ln2_w, E, 0}, {"layer_norm2.bias", &p->ln2_b, E, 0},
+            {"self_attn.k_proj.weight", &p->k_w, E, E},
+            {"self_attn.k_proj.bias", &p->k_b, E, 0},
+            {"self_attn.v_proj.weight", &p->v_w, E, E},
+            {"self_attn.v_proj.bias", &p->v_b, E, 0},
+            {"self_attn.q_proj.weight", &p->q_w, E, E},
+            {"self_attn.q_proj.bias", &p->q_b, E, 0},
+            {"self_attn.out_proj.weight", &p->o_w, E, E},
+            {"self_attn.out_proj.bias", &p->o_b, E, 0},
+            {"layer_norm1.weight", &p->ln1_w, E, 0},
+            {"layer_norm1.bias", &p->ln1_b, E, 0},
+            {"mlp.fc1.weight", &p->fc1_w, I, E},
+            {"mlp.fc1.bias", &p->fc1_b, I, 0},
+            {"mlp.fc2.weight", &p->fc2_w, E, I},
+            {"mlp.fc2.bias", &p->fc2_b, E, 0},
+            {"layer_norm2.weight", &p->ln2_w, E, 0},
+            {"layer_norm2.bias", &p->ln2_b, E, 0},
         };
         for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
-            snprintf(name, sizeof name, "%s.encoder.layers.%lld.%s", vm, (long long)l, items[i].suffix);
+            snprintf(name, sizeof name, "%s.encoder.layers.%lld.%s", vm, (long long)l,
+                     items[i].suffix);
             *items[i].slot = add_view(n, name, items[i].rows, items[i].cols, 0, 0);
         }
     }
@@ -246,18 +267,21 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
     n->post_w = add_view(n, name, E, 0, 0, 0);
     snprintf(name, sizeof name, "%s.post_layernorm.bias", vm);
     n->post_b = add_view(n, name, E, 0, 0, 0);
-    if (cfg->projection) n->proj_w = add_view(n, "visual_projection.weight", cfg->projection, E, 0, 0);
+    if (cfg->projection)
+        n->proj_w = add_view(n, "visual_projection.weight", cfg->projection, E, 0, 0);
 
     n->params = fb_calloc((size_t)n->num_params, sizeof(float));
     n->grads = fb_calloc((size_t)n->num_params, sizeof(float));
     /* activations and backward scratch, sized for max_batch */
-    const int64_t Bm = max_batch, T = n->T, H = cfg->heads, K = cfg->channels * cfg->patch_size * cfg->patch_size;
+    const int64_t Bm = max_batch, T = n->T, H = cfg->heads,
+                  K = cfg->channels * cfg->patch_size * cfg->patch_size;
     const int64_t BTE = Bm * T * E, BTI = Bm * T * I, BHTT = Bm * H * T * T;
     const int64_t F = cfg->projection ? cfg->projection : E;
-    int64_t total = Bm * n->NP * K + Bm * n->NP * E + 2 * BTE + 2 * Bm * T /* cols pe emb x0 stats */
-                    + cfg->layers * (8 * BTE + 4 * Bm * T + BHTT + 2 * BTI)    /* per layer */
-                    + 2 * Bm * E + 2 * Bm + Bm * F                              /* pooled, features */
-                    + 8 * BTE + 2 * BTI + BHTT + Bm * n->NP * E + 2 * Bm * E;   /* backward */
+    int64_t total = Bm * n->NP * K + Bm * n->NP * E + 2 * BTE +
+                    2 * Bm * T /* cols pe emb x0 stats */
+                    + cfg->layers * (8 * BTE + 4 * Bm * T + BHTT + 2 * BTI)   /* per layer */
+                    + 2 * Bm * E + 2 * Bm + Bm * F                            /* pooled, features */
+                    + 8 * BTE + 2 * BTI + BHTT + Bm * n->NP * E + 2 * Bm * E; /* backward */
     n->arena = fb_malloc((size_t)total * sizeof(float));
     if (!n->params || !n->grads || !n->arena) {
         fb_clip_free(n);
@@ -274,7 +298,8 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
     if (n->proj_w) n->proj_w = AT(n, n->proj_w);
     for (int64_t l = 0; l < cfg->layers; l++) {
         float **f = (float **)&n->L[l];
-        for (size_t i = 0; i < sizeof(layer_params) / sizeof(float *); i++) f[i] = AT(n, f[i]);
+        for (size_t i = 0; i < sizeof(layer_params) / sizeof(float *); i++)
+            f[i] = AT(n, f[i]);
     }
     float *a = n->arena;
 #define TAKE(ptr, count) ((ptr) = a, a += (count))
@@ -337,12 +362,30 @@ void fb_clip_free(fb_clip *n)
     fb_free(n);
 }
 
-int64_t fb_clip_num_params(const fb_clip *n) { return n->num_params; }
-fb_clip_config fb_clip_get_config(const fb_clip *n) { return n->c; }
-int64_t fb_clip_max_batch(const fb_clip *n) { return n->max_batch; }
-float *fb_clip_params(fb_clip *n) { return n->params; }
-float *fb_clip_grads(fb_clip *n) { return n->grads; }
-int64_t fb_clip_num_tensors(const fb_clip *n) { return n->num_views; }
+int64_t fb_clip_num_params(const fb_clip *n)
+{
+    return n->num_params;
+}
+fb_clip_config fb_clip_get_config(const fb_clip *n)
+{
+    return n->c;
+}
+int64_t fb_clip_max_batch(const fb_clip *n)
+{
+    return n->max_batch;
+}
+float *fb_clip_params(fb_clip *n)
+{
+    return n->params;
+}
+float *fb_clip_grads(fb_clip *n)
+{
+    return n->grads;
+}
+int64_t fb_clip_num_tensors(const fb_clip *n)
+{
+    return n->num_views;
+}
 
 const char *fb_clip_tensor_name(const fb_clip *n, int64_t i, int64_t *numel)
 {
@@ -356,7 +399,8 @@ fb_status fb_clip_to_model(fb_clip *n, fb_model **out)
     fb_status st = fb_model_create(&m);
     for (int64_t i = 0; i < n->num_views && !st; i++) {
         const view *v = &n->views[i];
-        st = fb_model_add_tensor_borrowed(m, v->name, FB_F32, v->ndim, v->shape, n->params + v->offset);
+        st = fb_model_add_tensor_borrowed(m, v->name, FB_F32, v->ndim, v->shape,
+                                          n->params + v->offset);
     }
     if (st) {
         fb_model_free(m);
@@ -420,9 +464,15 @@ float *fb_clip_grad(fb_clip *n, const char *name, int64_t *numel)
 
 fb_status fb_clip_set_params(fb_clip *n, const fb_model *w)
 {
+    return fb_clip_set_params_from(n, w, NULL);
+}
+
+fb_status fb_clip_set_params_from(fb_clip *n, const fb_model *w, const fb_model *fallback)
+{
     for (int64_t i = 0; i < n->num_views; i++) {
         const view *v = &n->views[i];
         const fb_tensor *t = fb_model_find(w, v->name);
+        if (!t && fallback) t = fb_model_find(fallback, v->name);
         if (!t)
             return fb_set_error(FB_ERR_NOT_FOUND, "%s: checkpoint lacks parameter '%s'",
                                 fb_model_label(w), v->name);
@@ -437,7 +487,10 @@ fb_status fb_clip_set_params(fb_clip *n, const fb_model *w)
     return FB_OK;
 }
 
-void fb_clip_zero_grad(fb_clip *n) { memset(n->grads, 0, (size_t)n->num_params * sizeof(float)); }
+void fb_clip_zero_grad(fb_clip *n)
+{
+    memset(n->grads, 0, (size_t)n->num_params * sizeof(float));
+}
 
 #define G(n, p) ((n)->grads + ((p) - (n)->params)) /* the gradient view of a parameter */
 
@@ -456,7 +509,8 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
                            c->patch_size, E);
     for (int64_t b = 0; b < B; b++) {
         float *e = n->emb + b * T * E;
-        for (int64_t j = 0; j < E; j++) e[j] = n->cls[j] + n->pos[j];
+        for (int64_t j = 0; j < E; j++)
+            e[j] = n->cls[j] + n->pos[j];
         for (int64_t p = 0; p < NP; p++)
             for (int64_t j = 0; j < E; j++)
                 e[(1 + p) * E + j] = n->pe[(b * NP + p) * E + j] + n->pos[(1 + p) * E + j];
@@ -472,19 +526,27 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
         fb_linear_forward(A->v, A->ln1, p->v_w, p->v_b, BT, E, E);
         fb_attention_forward(A->a, A->att, A->q, A->k, A->v, B, T, H, E / H, 0);
         fb_linear_forward(A->x1, A->a, p->o_w, p->o_b, BT, E, E);
-        for (int64_t j = 0; j < BT * E; j++) A->x1[j] += A->in[j];
+        for (int64_t j = 0; j < BT * E; j++)
+            A->x1[j] += A->in[j];
         fb_layernorm_forward(A->ln2, A->mean2, A->rstd2, A->x1, p->ln2_w, p->ln2_b, BT, E, c->eps);
         fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, BT, E, I);
-        if (c->quick_gelu) fb_quick_gelu_forward(A->g, A->h, BT * I);
-        else fb_gelu_forward(A->g, A->h, BT * I);
+        if (c->quick_gelu)
+            fb_quick_gelu_forward(A->g, A->h, BT * I);
+        else
+            fb_gelu_forward(A->g, A->h, BT * I);
         fb_linear_forward(A->out, A->g, p->fc2_w, p->fc2_b, BT, I, E);
-        for (int64_t j = 0; j < BT * E; j++) A->out[j] += A->x1[j];
+        for (int64_t j = 0; j < BT * E; j++)
+            A->out[j] += A->x1[j];
     }
     const float *last = n->A[c->layers - 1].out;
-    for (int64_t b = 0; b < B; b++) memcpy(n->pooled_in + b * E, last + b * T * E, (size_t)E * sizeof(float));
-    fb_layernorm_forward(n->pooled, n->meanp, n->rstdp, n->pooled_in, n->post_w, n->post_b, B, E, c->eps);
-    if (n->proj_w) fb_linear_forward(n->features, n->pooled, n->proj_w, NULL, B, E, c->projection);
-    else memcpy(n->features, n->pooled, (size_t)(B * E) * sizeof(float));
+    for (int64_t b = 0; b < B; b++)
+        memcpy(n->pooled_in + b * E, last + b * T * E, (size_t)E * sizeof(float));
+    fb_layernorm_forward(n->pooled, n->meanp, n->rstdp, n->pooled_in, n->post_w, n->post_b, B, E,
+                         c->eps);
+    if (n->proj_w)
+        fb_linear_forward(n->features, n->pooled, n->proj_w, NULL, B, E, c->projection);
+    else
+        memcpy(n->features, n->pooled, (size_t)(B * E) * sizeof(float));
     *features = n->features;
     fb_nn_blas_single(0);
     return FB_OK;
@@ -519,10 +581,13 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
         memset(n->dg, 0, (size_t)(BT * I) * sizeof(float));
         fb_linear_backward(n->dg, G(n, p->fc2_w), G(n, p->fc2_b), n->dx, A->g, p->fc2_w, BT, I, E);
         memset(n->dh, 0, (size_t)(BT * I) * sizeof(float));
-        if (c->quick_gelu) fb_quick_gelu_backward(n->dh, A->h, n->dg, BT * I);
-        else fb_gelu_backward(n->dh, A->h, n->dg, BT * I);
+        if (c->quick_gelu)
+            fb_quick_gelu_backward(n->dh, A->h, n->dg, BT * I);
+        else
+            fb_gelu_backward(n->dh, A->h, n->dg, BT * I);
         memset(n->dln, 0, (size_t)(BT * E) * sizeof(float));
-        fb_linear_backward(n->dln, G(n, p->fc1_w), G(n, p->fc1_b), n->dh, A->ln2, p->fc1_w, BT, E, I);
+        fb_linear_backward(n->dln, G(n, p->fc1_w), G(n, p->fc1_b), n->dh, A->ln2, p->fc1_w, BT, E,
+                           I);
         fb_layernorm_backward(n->dx1, G(n, p->ln2_w), G(n, p->ln2_b), n->dln, A->x1, p->ln2_w,
                               A->mean2, A->rstd2, BT, E);
         /* x1 = in + out_proj(attn(ln1(in))): dx1 is d x1; dx becomes d in */
@@ -547,8 +612,10 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
     float *dcls = G(n, n->cls), *dpos = G(n, n->pos);
     for (int64_t b = 0; b < B; b++) { /* batch sums in order */
         const float *de = n->demb + b * T * E;
-        for (int64_t j = 0; j < E; j++) dcls[j] += de[j];
-        for (int64_t j = 0; j < T * E; j++) dpos[j] += de[j];
+        for (int64_t j = 0; j < E; j++)
+            dcls[j] += de[j];
+        for (int64_t j = 0; j < T * E; j++)
+            dpos[j] += de[j];
         for (int64_t q = 0; q < NP; q++)
             memcpy(n->dpe + (b * NP + q) * E, de + (1 + q) * E, (size_t)E * sizeof(float));
     }
@@ -565,13 +632,16 @@ void fb_head_forward(float *logits, float *normed, float *norms, const float *fe
 {
     for (int64_t b = 0; b < B; b++) {
         double s = 0.0;
-        for (int64_t f = 0; f < F; f++) s += (double)features[b * F + f] * features[b * F + f];
+        for (int64_t f = 0; f < F; f++)
+            s += (double)features[b * F + f] * features[b * F + f];
         float r = (float)sqrt(s);
         norms[b] = r;
-        for (int64_t f = 0; f < F; f++) normed[b * F + f] = r > 0 ? features[b * F + f] / r : 0.0f;
+        for (int64_t f = 0; f < F; f++)
+            normed[b * F + f] = r > 0 ? features[b * F + f] / r : 0.0f;
     }
     fb_linear_forward(logits, normed, W, NULL, B, F, K);
-    for (int64_t i = 0; i < B * K; i++) logits[i] *= scale;
+    for (int64_t i = 0; i < B * K; i++)
+        logits[i] *= scale;
 }
 
 void fb_head_backward(float *dfeatures, float *scratch, const float *dlogits, const float *normed,
@@ -581,13 +651,16 @@ void fb_head_backward(float *dfeatures, float *scratch, const float *dlogits, co
     for (int64_t b = 0; b < B; b++) {
         /* d normed = scale * dlogits W;  d f = (d normed - normed <normed, d normed>) / |f| */
         float *d = scratch;
-        for (int64_t f = 0; f < F; f++) d[f] = 0.0f;
+        for (int64_t f = 0; f < F; f++)
+            d[f] = 0.0f;
         for (int64_t k = 0; k < K; k++) {
             float g = scale * dlogits[b * K + k];
-            for (int64_t f = 0; f < F; f++) d[f] += g * W[k * F + f];
+            for (int64_t f = 0; f < F; f++)
+                d[f] += g * W[k * F + f];
         }
         float dot = 0.0f;
-        for (int64_t f = 0; f < F; f++) dot += normed[b * F + f] * d[f];
+        for (int64_t f = 0; f < F; f++)
+            dot += normed[b * F + f] * d[f];
         if (norms[b] > 0)
             for (int64_t f = 0; f < F; f++)
                 dfeatures[b * F + f] += (d[f] - normed[b * F + f] * dot) / norms[b];

@@ -19,9 +19,9 @@ typedef struct fb_clip_config {
     int64_t heads;        /* num_attention_heads */
     int64_t layers;       /* num_hidden_layers */
     int64_t image_size, patch_size, channels;
-    int64_t projection;   /* projection_dim; 0: no visual_projection */
-    int quick_gelu;       /* hidden_act: quick_gelu (1) or gelu (0) */
-    float eps;            /* layer_norm_eps */
+    int64_t projection; /* projection_dim; 0: no visual_projection */
+    int quick_gelu;     /* hidden_act: quick_gelu (1) or gelu (0) */
+    float eps;          /* layer_norm_eps */
 } fb_clip_config;
 
 /* Reads a Hugging Face config.json (a CLIPVisionConfig, or a CLIPConfig's vision_config with
@@ -38,6 +38,10 @@ void fb_clip_free(fb_clip *net);
 /* Parameters from a state dict (any float dtype; names and shapes checked), with the prefix
  * a checkpoint uses ("" when its names start at vision_model.). */
 fb_status fb_clip_set_params(fb_clip *net, const fb_model *weights);
+/* The same, with the parameters weights lacks taken from fallback (NULL: none): a vision-only
+ * fine-tune (CLIPVisionModel) completed by the pretrained CLIPModel's visual_projection, as
+ * FusionBench's classifier holds it. */
+fb_status fb_clip_set_params_from(fb_clip *net, const fb_model *weights, const fb_model *fallback);
 
 fb_clip_config fb_clip_get_config(const fb_clip *net);
 int64_t fb_clip_max_batch(const fb_clip *net);

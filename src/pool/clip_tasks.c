@@ -120,7 +120,8 @@ static const char *const fb_keys[] = {
     "data_processor", "dataloader_kwargs", "layer_wise_feature_save_path",
     "layer_wise_feature_first_token_only", "layer_wise_feature_max_num",
     /* the project's own */
-    "data_root", "clip_tasks", "heads_cache", "split", "evaluate", "batch_size", NULL};
+    "data_root", "clip_tasks", "heads_cache", "image_cache", "split", "evaluate", "batch_size",
+    NULL};
 
 /* The defaults entry that selects the test datasets ("/dataset/.../test@test_datasets"). */
 static const fb_config *defaults_datasets(const fb_config *node)
@@ -155,7 +156,7 @@ typedef struct ctx {
     const fb_config *node;
     task_info *tasks;
     int ntasks;
-    char *snapshot, *clip_tasks_dir, *data_root, *cache_dir;
+    char *snapshot, *clip_tasks_dir, *data_root, *cache_dir, *image_cache;
     fb_model *clip; /* the pretrained CLIPModel */
     int split;      /* FB_SPLIT_TEST or FB_SPLIT_TRAIN */
 } ctx;
@@ -381,29 +382,31 @@ static uint64_t head_key(const ctx *c, const task_info *t)
     return h;
 }
 
-static fb_status find_cache(ctx *c)
+/* The cache folders: heads_cache and image_cache, else under $XDG_CACHE_HOME/fusionbench-c
+ * (or ~/.cache/fusionbench-c); none when neither variable is set. */
+static fb_status find_caches(ctx *c)
 {
-    const fb_config *n = fb_cfg_map_get(c->node, "heads_cache");
-    if (!fb_cfg_is_null(n)) return fb_cfg_path(n, "taskpool.heads_cache", &c->cache_dir);
     const char *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    char p[PATH_MAX];
+    char base[PATH_MAX] = "";
     if (x && *x)
-        snprintf(p, sizeof p, "%s/fusionbench-c/zeroshot_heads", x);
+        snprintf(base, sizeof base, "%s/fusionbench-c", x);
     else if (home && *home)
-        snprintf(p, sizeof p, "%s/.cache/fusionbench-c/zeroshot_heads", home);
-    else
-        return FB_OK; /* no cache */
-    c->cache_dir = fb_strdup(p);
-    return c->cache_dir ? FB_OK : FB_ERR_NOMEM;
-}
-
-static void mkdirs(const char *dir)
-{
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s", dir);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') *s = '\0', mkdir(p, 0755), *s = '/';
-    mkdir(p, 0755);
+        snprintf(base, sizeof base, "%s/.cache/fusionbench-c", home);
+    const char *keys[2] = {"heads_cache", "image_cache"}, *sub[2] = {"zeroshot_heads", "images"};
+    char **dst[2] = {&c->cache_dir, &c->image_cache};
+    for (int i = 0; i < 2; i++) {
+        const fb_config *n = fb_cfg_map_get(c->node, keys[i]);
+        char k[64], p[PATH_MAX];
+        snprintf(k, sizeof k, "taskpool.%s", keys[i]);
+        if (!fb_cfg_is_null(n)) {
+            fb_status st = fb_cfg_path(n, k, dst[i]);
+            if (st) return st;
+        } else if (*base) {
+            snprintf(p, sizeof p, "%s/%s", base, sub[i]);
+            if (!(*dst[i] = fb_strdup(p))) return FB_ERR_NOMEM;
+        }
+    }
+    return FB_OK;
 }
 
 /* Every task's head into heads (tensor = task name): from the cache when there, else made with
@@ -458,7 +461,7 @@ static fb_status make_heads(ctx *c, int64_t F, fb_model *heads)
         st = fb_zeroshot_head(net, tok, t->classnames, t->K, t->templates, t->NT, w);
         if (!st && *path) {
             fb_model *one;
-            mkdirs(c->cache_dir);
+            fb_mkdirs(c->cache_dir);
             if (!fb_model_create(&one)) {
                 if (!fb_model_add_tensor_borrowed(one, t->name, FB_F32, 2, shape, w) &&
                     !fb_model_set_metadata(one, "model", c->snapshot))
@@ -559,6 +562,7 @@ static void ctx_free(ctx *c)
     fb_free(c->clip_tasks_dir);
     fb_free(c->data_root);
     fb_free(c->cache_dir);
+    fb_free(c->image_cache);
     fb_model_free(c->clip);
 }
 
@@ -609,7 +613,7 @@ fb_status fb_clip_tasks_translate(const fb_config *node, fb_config **native, fb_
                           "%s: no scalar 'logit_scale': not a CLIPModel "
                           "checkpoint",
                           fb_model_label(c.clip));
-    if (!st) st = find_cache(&c);
+    if (!st) st = find_caches(&c);
     if (!st) st = fb_model_create(heads);
     if (!st) st = make_heads(&c, vc.projection ? vc.projection : vc.hidden, *heads);
     /* the project's own task pool */
@@ -625,9 +629,14 @@ fb_status fb_clip_tasks_translate(const fb_config *node, fb_config **native, fb_
         fb_buf_printf(&b,
                       "image_size: %lld\nchannels: %lld\nmean: [%.9g, %.9g, %.9g]\n"
                       "std: [%.9g, %.9g, %.9g]\nlogit_scale: %.9g\nbatch_size: %lld\n"
-                      "split: %s\n",
+                      "split: %s\nresample: clip\nstorage: bytes\n",
                       (long long)size, (long long)vc.channels, mean[0], mean[1], mean[2], sd[0],
                       sd[1], sd[2], (double)expf(scale), (long long)batch, fb_split_names[c.split]);
+        if (c.image_cache) {
+            fb_buf_puts(&b, "image_cache: ");
+            fb_buf_json_string(&b, c.image_cache);
+            fb_buf_puts(&b, "\n");
+        }
     }
     const fb_config *ev = fb_cfg_map_get(node, "evaluate");
     if (!st && !fb_cfg_is_null(ev)) {

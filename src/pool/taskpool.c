@@ -10,15 +10,15 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "clip_tasks.h"
 #include "core/alloc.h"
 #include "core/model.h"
 #include "core/rng.h"
 #include "core/status.h"
-#include "clip_tasks.h"
 #include "nn/kernels.h"
 
-static const char *const pool_keys[] = {"_target_", "model_config", "heads", "logit_scale",
-                                        "batch_size", "split", "evaluate"};
+static const char *const pool_keys[] = {"_target_",   "model_config", "heads",   "logit_scale",
+                                        "batch_size", "split",        "evaluate"};
 
 void fb_taskpool_free(fb_taskpool *tp)
 {
@@ -36,8 +36,10 @@ static fb_status path_key(const fb_config *node, const char *key, char **out)
     *out = NULL;
     const fb_config *n = fb_cfg_map_get(node, key);
     if (fb_cfg_is_null(n))
-        return fb_set_error(FB_ERR_CONFIG, "%s: taskpool.%s is not set (the zoo's taskpool.yaml "
-                            "sets it; see docs/tasks.md)", fb_cfg_where(node), key);
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: taskpool.%s is not set (the zoo's taskpool.yaml "
+                            "sets it; see docs/tasks.md)",
+                            fb_cfg_where(node), key);
     char k[64];
     snprintf(k, sizeof k, "taskpool.%s", key);
     return fb_cfg_path(n, k, out);
@@ -51,8 +53,9 @@ int64_t fb_taskpool_features(const fb_taskpool *tp)
 fb_status fb_taskpool_head(const fb_taskpool *tp, int task, float *dst)
 {
     const fb_tensor *h = fb_model_find(tp->heads, tp->set.tasks[task].name);
-    if (!h) return fb_set_error(FB_ERR_NOT_FOUND, "%s: no head for task '%s'", tp->heads_path,
-                                tp->set.tasks[task].name);
+    if (!h)
+        return fb_set_error(FB_ERR_NOT_FOUND, "%s: no head for task '%s'", tp->heads_path,
+                            tp->set.tasks[task].name);
     return fb_tensor_to_f32(h, dst);
 }
 
@@ -103,7 +106,8 @@ static fb_status open_native(const fb_config *node, fb_model *heads, char *model
 {
     for (int i = 0; i < node->count; i++) {
         size_t j = 0, n = sizeof pool_keys / sizeof *pool_keys;
-        while (j < n && strcmp(node->keys[i], pool_keys[j])) j++;
+        while (j < n && strcmp(node->keys[i], pool_keys[j]))
+            j++;
         if (j == n && !fb_taskset_key(node->keys[i]))
             return fb_set_error(FB_ERR_CONFIG, "%s: unknown taskpool key '%s' (see docs/tasks.md)",
                                 fb_cfg_where(node->items[i]), node->keys[i]);
@@ -124,7 +128,8 @@ static fb_status open_native(const fb_config *node, fb_model *heads, char *model
     if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "logit_scale"))) {
         double v;
         if (!(st = fb_cfg_double(n, "taskpool.logit_scale", &v)) && !(v > 0 && v < 1e6))
-            st = fb_set_error(FB_ERR_CONFIG, "%s: taskpool.logit_scale must be positive", fb_cfg_where(n));
+            st = fb_set_error(FB_ERR_CONFIG, "%s: taskpool.logit_scale must be positive",
+                              fb_cfg_where(n));
         tp->logit_scale = (float)v;
     }
     if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "batch_size"))) {
@@ -155,10 +160,12 @@ static fb_status open_native(const fb_config *node, fb_model *heads, char *model
     }
     const fb_config *ev = fb_cfg_map_get(node, "evaluate");
     if (!st) st = select_tasks(ev, node);
-    if (!st) st = fb_taskset_load(node, FB_SPLIT_BIT(tp->split), fb_cfg_is_null(ev) ? NULL : ev,
-                                  &tp->set);
+    if (!st)
+        st = fb_taskset_load(node, FB_SPLIT_BIT(tp->split), fb_cfg_is_null(ev) ? NULL : ev,
+                             &tp->set);
     if (!st && (tp->clip.image_size != tp->set.image_size || tp->clip.channels != tp->set.channels))
-        st = fb_set_error(FB_ERR_CONFIG, "%s: the model takes %lld x %lld images with %lld "
+        st = fb_set_error(FB_ERR_CONFIG,
+                          "%s: the model takes %lld x %lld images with %lld "
                           "channels, the taskpool makes %lld x %lld with %lld",
                           tp->model_config_path, (long long)tp->clip.image_size,
                           (long long)tp->clip.image_size, (long long)tp->clip.channels,
@@ -169,12 +176,14 @@ static fb_status open_native(const fb_config *node, fb_model *heads, char *model
         const fb_task *t = &tp->set.tasks[i];
         const fb_tensor *h = fb_model_find(tp->heads, t->name);
         if (!h) {
-            st = fb_set_error(FB_ERR_NOT_FOUND, "%s: no head for task '%s'", tp->heads_path, t->name);
+            st = fb_set_error(FB_ERR_NOT_FOUND, "%s: no head for task '%s'", tp->heads_path,
+                              t->name);
         } else if (fb_tensor_ndim(h) != 2 || fb_tensor_shape(h)[0] != t->num_classes ||
                    fb_tensor_shape(h)[1] != F || !fb_dtype_is_float(fb_tensor_dtype(h))) {
-            st = fb_set_error(FB_ERR_MISMATCH, "%s: head '%s' must be a float [%lld, %lld] tensor "
-                              "(classes, features)", tp->heads_path, t->name,
-                              (long long)t->num_classes, (long long)F);
+            st = fb_set_error(FB_ERR_MISMATCH,
+                              "%s: head '%s' must be a float [%lld, %lld] tensor "
+                              "(classes, features)",
+                              tp->heads_path, t->name, (long long)t->num_classes, (long long)F);
         }
     }
     if (st) {
@@ -195,7 +204,8 @@ int fb_taskpool_find(const fb_taskpool *tp, const char *name)
 fb_status fb_taskpool_need_split(fb_taskpool *tp, int split)
 {
     int have = 1;
-    for (int i = 0; i < tp->set.num_tasks; i++) have &= tp->set.tasks[i].x[split] != NULL;
+    for (int i = 0; i < tp->set.num_tasks; i++)
+        have &= fb_task_has_split(&tp->set.tasks[i], split);
     if (have) return FB_OK;
     const fb_config *ev = fb_cfg_map_get(tp->node, "evaluate");
     fb_taskset more;
@@ -205,6 +215,19 @@ fb_status fb_taskpool_need_split(fb_taskpool *tp, int split)
     fb_taskset_free(&tp->set);
     tp->set = more;
     return FB_OK;
+}
+
+/* Examples b0 .. b0+b-1 of a task's split as normalised floats: the stored array itself, or
+ * (byte storage) normalised into buf, which holds b images. */
+static const float *batch_images(const fb_taskpool *tp, const fb_task *t, int split, int64_t b0,
+                                 int64_t b, float *buf)
+{
+    const int64_t img = tp->set.channels * tp->set.image_size * tp->set.image_size;
+    if (t->x[split]) return t->x[split] + b0 * img;
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < b; j++)
+        fb_task_image(&tp->set, t, split, b0 + j, buf + j * img);
+    return buf;
 }
 
 fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
@@ -222,7 +245,10 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
     float *head = fb_malloc((size_t)(Kmax * F) * 4), *logits = fb_malloc((size_t)(B * Kmax) * 4);
     float *probs = fb_malloc((size_t)(B * Kmax) * 4), *normed = fb_malloc((size_t)(B * F) * 4);
     float *norms = fb_malloc((size_t)B * 4);
-    fb_status st = head && logits && probs && normed && norms ? FB_OK : FB_ERR_NOMEM;
+    float *buf = tp->set.bytes ? fb_malloc((size_t)(B * img) * 4) : NULL;
+    fb_status st = head && logits && probs && normed && norms && (buf || !tp->set.bytes)
+                       ? FB_OK
+                       : FB_ERR_NOMEM;
     if (!st) st = fb_clip_create(&tp->clip, B, &net);
     const fb_model *loaded = NULL;
     for (int i = 0; i < tp->set.num_tasks && !st; i++) {
@@ -231,7 +257,6 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
         if (m != loaded && (st = fb_clip_set_params(net, m))) break;
         loaded = m;
         const int64_t n = t->n[tp->split], K = t->num_classes;
-        const float *x = t->x[tp->split];
         const int32_t *y = t->y[tp->split];
         if ((st = fb_taskpool_head(tp, i, head))) break;
         int64_t correct = 0;
@@ -239,7 +264,8 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
         for (int64_t b0 = 0; b0 < n && !st; b0 += B) {
             const int64_t b = n - b0 < B ? n - b0 : B;
             const float *feat;
-            if ((st = fb_clip_forward(net, x + b0 * img, b, &feat))) break;
+            const float *x = batch_images(tp, t, tp->split, b0, b, buf);
+            if ((st = fb_clip_forward(net, x, b, &feat))) break;
             fb_head_forward(logits, normed, norms, feat, head, tp->logit_scale, b, F, K);
             loss += (double)fb_cross_entropy_forward(probs, logits, y + b0, b, K) * (double)b;
             for (int64_t j = 0; j < b; j++) {
@@ -261,6 +287,7 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
     fb_free(probs);
     fb_free(normed);
     fb_free(norms);
+    fb_free(buf);
     return st;
 }
 
@@ -286,7 +313,8 @@ fb_status fb_task_model_from_extras(const fb_model *merged, const fb_model *base
         const fb_tensor *mt = fb_model_find(extras, key), *bt = fb_model_find(base, tn);
         const int64_t n = fb_tensor_numel(t);
         fb_tensor *o;
-        if ((st = fb_model_add_tensor(m, tn, FB_F32, fb_tensor_ndim(t), fb_tensor_shape(t), NULL, &o)))
+        if ((st = fb_model_add_tensor(m, tn, FB_F32, fb_tensor_ndim(t), fb_tensor_shape(t), NULL,
+                                      &o)))
             break;
         float *dst = fb_tensor_mutable_data(o);
         if ((st = fb_tensor_to_f32(t, dst))) break;
@@ -344,23 +372,27 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
     float *mix = fb_malloc((size_t)F * 4), *head = fb_malloc((size_t)(Kmax * F) * 4);
     float *logits = fb_malloc((size_t)Kmax * 4), *best = fb_malloc((size_t)Kmax * 4);
     float *probs = fb_malloc((size_t)Kmax * 4), *normed = fb_malloc((size_t)F * 4), norm;
+    float *buf = tp->set.bytes ? fb_malloc((size_t)(B * img) * 4) : NULL;
     fb_clip *net = NULL;
     fb_status st = feats && mix && head && logits && best && probs && normed && pooled_max &&
-                           (proj || !max_predictor || !P)
+                           (proj || !max_predictor || !P) && (buf || !tp->set.bytes)
                        ? FB_OK
                        : FB_ERR_NOMEM;
     if (!st && proj) { /* the classifier's projection: the base's, as FusionBench's CLIP model */
         const fb_model *from = projection ? projection : models[0];
         const fb_tensor *w = fb_model_find(from, "visual_projection.weight");
         if (!w || fb_tensor_numel(w) != P * E)
-            st = fb_set_error(FB_ERR_MISMATCH, "max_model_predictor: %s has no visual_projection.weight "
-                                               "of [%lld, %lld] to project the towers' outputs",
+            st = fb_set_error(FB_ERR_MISMATCH,
+                              "max_model_predictor: %s has no visual_projection.weight "
+                              "of [%lld, %lld] to project the towers' outputs",
                               fb_model_label(from), (long long)P, (long long)E);
-        else st = fb_tensor_to_f32(w, proj);
+        else
+            st = fb_tensor_to_f32(w, proj);
     }
     if (!st) st = fb_clip_create(&tp->clip, B, &net);
     for (int k = 0; k < K && !st; k++) {
-        if ((st = fb_clip_set_params(net, models[k]))) break;
+        /* a vision-only model is completed by the classifier's CLIP model (projection) */
+        if ((st = fb_clip_set_params_from(net, models[k], projection))) break;
         int64_t at = 0;
         for (int t = 0; t < T && !st; t++) {
             const fb_task *task = &tp->set.tasks[t];
@@ -368,7 +400,8 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
             for (int64_t b0 = 0; b0 < n && !st; b0 += B) {
                 const int64_t b = n - b0 < B ? n - b0 : B;
                 const float *f;
-                if ((st = fb_clip_forward(net, task->x[tp->split] + b0 * img, b, &f))) break;
+                const float *x = batch_images(tp, task, tp->split, b0, b, buf);
+                if ((st = fb_clip_forward(net, x, b, &f))) break;
                 if (max_predictor && P) { /* the tower's output, before visual_projection */
                     int64_t rows, cols;
                     f = fb_clip_linear_input(net, "visual_projection.weight", &rows, &cols);
@@ -405,10 +438,12 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
                 }
                 fb_head_forward(best, normed, &norm, feature, head, tp->logit_scale, 1, F, Kt);
             } else { /* the weighted mean of the models' features */
-                for (int64_t j = 0; j < F; j++) mix[j] = 0;
+                for (int64_t j = 0; j < F; j++)
+                    mix[j] = 0;
                 for (int k = 0; k < K; k++) {
                     const float *fk = fi + (size_t)k * (size_t)total * (size_t)S;
-                    for (int64_t j = 0; j < F; j++) mix[j] += (float)weights[k] * fk[j];
+                    for (int64_t j = 0; j < F; j++)
+                        mix[j] += (float)weights[k] * fk[j];
                 }
                 fb_head_forward(best, normed, &norm, mix, head, tp->logit_scale, 1, F, Kt);
             }
@@ -427,6 +462,7 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
     }
     fb_clip_free(net);
     fb_free(feats);
+    fb_free(buf);
     fb_free(proj);
     fb_free(pooled_max);
     fb_free(mix);
@@ -443,9 +479,10 @@ fb_status fb_taskpool_for_models(fb_taskpool *tp, const fb_modelpool *pool, cons
 {
     for (int k = 0; k < fb_modelpool_num_models(pool); k++)
         if (fb_taskpool_find(tp, fb_modelpool_model_name(pool, k)) < 0)
-            return fb_set_error(FB_ERR_NOT_FOUND, "%s: model '%s' has no task of that name in the "
-                                "taskpool (its %s data is what the method learns from)", method,
-                                fb_modelpool_model_name(pool, k), fb_split_names[split]);
+            return fb_set_error(FB_ERR_NOT_FOUND,
+                                "%s: model '%s' has no task of that name in the "
+                                "taskpool (its %s data is what the method learns from)",
+                                method, fb_modelpool_model_name(pool, k), fb_split_names[split]);
     return fb_taskpool_need_split(tp, split);
 }
 
@@ -471,7 +508,7 @@ fb_status fb_taskpool_sample(const fb_taskpool *tp, const char *name, int split,
     /* the first n of a seeded permutation of the split */
     fb_permutation(perm, avail, fb_rng_key(seed, name, stream));
     for (int64_t i = 0; i < n; i++)
-        memcpy(out + i * img, task->x[split] + perm[i] * img, (size_t)img * sizeof *out);
+        fb_task_image(&tp->set, task, split, perm[i], out + i * img);
     fb_free(perm);
     *x = out;
     *count = n;
@@ -491,7 +528,10 @@ fb_status fb_taskpool_load(const char *yaml_path, fb_taskpool **out)
     return st ? fb_error_prefix(st, "task pool %s", yaml_path) : FB_OK;
 }
 
-int fb_taskpool_num_tasks(const fb_taskpool *tp) { return tp->set.num_tasks; }
+int fb_taskpool_num_tasks(const fb_taskpool *tp)
+{
+    return tp->set.num_tasks;
+}
 
 const char *fb_taskpool_task_name(const fb_taskpool *tp, int index)
 {

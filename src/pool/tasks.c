@@ -20,8 +20,17 @@
 
 const char *const fb_split_names[FB_NUM_SPLITS] = {"train", "val", "test"};
 
-static const char *const set_keys[] = {"image_size", "channels", "mean", "std", "seed",
-                                       "sources", "tasks"};
+static const char *const set_keys[] = {"image_size", "channels",   "mean",  "std",
+                                       "seed",       "sources",    "tasks", "resample",
+                                       "storage",    "image_cache"};
+
+/* how sources are read: the resampler, the preprocessed-image cache, whether the train pool
+ * is needed at all */
+typedef struct load_opts {
+    int resample;
+    const char *cache_dir;
+    int skip_train;
+} load_opts;
 
 int fb_taskset_key(const char *key)
 {
@@ -37,9 +46,9 @@ typedef struct source {
     int single;
 } source;
 
-static const char *const source_keys[] = {"type", "path", "train", "test", "images", "labels",
-                                          "train_images", "train_labels", "test_images",
-                                          "test_labels", "package", "class_names"};
+static const char *const source_keys[] = {
+    "type",         "path",         "train",       "test",        "images",  "labels",
+    "train_images", "train_labels", "test_images", "test_labels", "package", "class_names"};
 
 static fb_status check_keys(const fb_config *node, const char *const *keys, size_t n,
                             const char *what)
@@ -48,7 +57,8 @@ static fb_status check_keys(const fb_config *node, const char *const *keys, size
         return fb_set_error(FB_ERR_CONFIG, "%s: %s must be a mapping", fb_cfg_where(node), what);
     for (int i = 0; i < node->count; i++) {
         size_t j = 0;
-        while (j < n && strcmp(node->keys[i], keys[j])) j++;
+        while (j < n && strcmp(node->keys[i], keys[j]))
+            j++;
         if (j == n)
             return fb_set_error(FB_ERR_CONFIG, "%s: unknown key '%s' in %s",
                                 fb_cfg_where(node->items[i]), node->keys[i], what);
@@ -87,18 +97,21 @@ static fb_status with_package(fb_status st, const fb_config *src)
     if (st != FB_ERR_IO || fb_cfg_is_null(p) || fb_cfg_string(p, "package", &pkg)) return st;
     char msg[FB_ERROR_MAX];
     snprintf(msg, sizeof msg, "%s", fb_last_error());
-    return fb_set_error(st, "%s (install the Debian package %s: apt-get install %s)", msg, pkg, pkg);
+    return fb_set_error(st, "%s (install the Debian package %s: apt-get install %s)", msg, pkg,
+                        pkg);
 }
 
 static fb_status load_images(const fb_config *src, const char *sname, const char *type,
                              const char *images_key, const char *labels_key, const char *dir_key,
-                             int64_t size, int64_t channels, fb_images *out, int *present)
+                             int64_t size, int64_t channels, const load_opts *lo, fb_images *out,
+                             int *present)
 {
     char *a = NULL, *b = NULL;
     fb_status st = FB_OK;
     *present = 0;
     if (!strcmp(type, "idx")) {
-        if ((st = path_of(src, images_key, sname, &a)) || (st = path_of(src, labels_key, sname, &b)))
+        if ((st = path_of(src, images_key, sname, &a)) ||
+            (st = path_of(src, labels_key, sname, &b)))
             goto done;
         if (!a != !b) {
             st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs both %s and %s",
@@ -119,11 +132,17 @@ static fb_status load_images(const fb_config *src, const char *sname, const char
         if ((st = path_of(src, dir_key, sname, &a))) goto done;
         if (a) {
             *present = 1;
-            st = with_package(fb_image_folder_read(a, size, channels, out), src);
+            const fb_folder_options fo = {.size = size,
+                                          .channels = channels,
+                                          .resample = lo->resample,
+                                          .cache_dir = lo->cache_dir};
+            st = with_package(fb_image_folder_read_ex(a, &fo, out), src);
         }
     } else {
-        st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s.type '%s' is not one of idx, digits_csv, "
-                          "image_folder", fb_cfg_where(src), sname, type);
+        st = fb_set_error(FB_ERR_CONFIG,
+                          "%s: sources.%s.type '%s' is not one of idx, digits_csv, "
+                          "image_folder",
+                          fb_cfg_where(src), sname, type);
     }
 done:
     fb_free(a);
@@ -132,7 +151,8 @@ done:
 }
 
 /* Brings every image of d to size x size x channels (CLIP's resize and centre crop). */
-static fb_status conform(fb_images *d, int64_t size, int64_t channels, const char *sname)
+static fb_status conform(fb_images *d, int64_t size, int64_t channels, int resample,
+                         const char *sname)
 {
     if (d->height == size && d->width == size && d->channels == channels) return FB_OK;
     if (d->channels != channels)
@@ -143,8 +163,12 @@ static fb_status conform(fb_images *d, int64_t size, int64_t channels, const cha
     if (!px) return FB_ERR_NOMEM;
     const size_t src_img = (size_t)(d->height * d->width * d->channels);
     for (int64_t i = 0; i < d->n; i++) {
-        fb_status st = fb_image_resize_crop(d->pixels + (size_t)i * src_img, d->height, d->width,
-                                            channels, size, px + (size_t)i * img);
+        const uint8_t *from = d->pixels + (size_t)i * src_img;
+        uint8_t *to = px + (size_t)i * img;
+        fb_status st =
+            resample == FB_RESAMPLE_CLIP
+                ? fb_image_resize_crop_clip(from, d->height, d->width, channels, size, to)
+                : fb_image_resize_crop(from, d->height, d->width, channels, size, to);
         if (st) {
             fb_free(px);
             return st;
@@ -157,35 +181,40 @@ static fb_status conform(fb_images *d, int64_t size, int64_t channels, const cha
 }
 
 static fb_status source_load(const fb_config *src, const char *sname, int64_t size,
-                             int64_t channels, source *out)
+                             int64_t channels, const load_opts *lo, source *out)
 {
     memset(out, 0, sizeof *out);
     out->name = sname;
-    fb_status st = check_keys(src, source_keys, sizeof source_keys / sizeof *source_keys, "a source");
+    fb_status st =
+        check_keys(src, source_keys, sizeof source_keys / sizeof *source_keys, "a source");
     if (st) return st;
     const char *type;
     char where[160];
     snprintf(where, sizeof where, "sources.%s.type", sname);
     const fb_config *t = fb_cfg_map_get(src, "type");
-    if (!t) return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs a type", fb_cfg_where(src), sname);
+    if (!t)
+        return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs a type", fb_cfg_where(src), sname);
     if ((st = fb_cfg_string(t, where, &type))) return st;
     int has_train = 0, has_test = 0, has_all = 0;
-    st = load_images(src, sname, type, "train_images", "train_labels", "train", size, channels,
-                     &out->train, &has_train);
-    if (!st) st = load_images(src, sname, type, "test_images", "test_labels", "test", size,
-                              channels, &out->test, &has_test);
+    if (!lo->skip_train)
+        st = load_images(src, sname, type, "train_images", "train_labels", "train", size, channels,
+                         lo, &out->train, &has_train);
+    if (!st)
+        st = load_images(src, sname, type, "test_images", "test_labels", "test", size, channels, lo,
+                         &out->test, &has_test);
     if (!st && !has_train && !has_test) {
-        st = load_images(src, sname, type, "images", "labels", "path", size, channels,
+        st = load_images(src, sname, type, "images", "labels", "path", size, channels, lo,
                          &out->train, &has_all);
         if (!st && !has_all)
-            st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s names no data files", fb_cfg_where(src), sname);
+            st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s names no data files",
+                              fb_cfg_where(src), sname);
     }
     if (!st && !has_train && !has_all) { /* a test set alone: the train pool is empty */
         out->train.height = out->train.width = size;
         out->train.channels = channels;
     }
-    if (!st) st = conform(&out->train, size, channels, sname);
-    if (!st && has_test) st = conform(&out->test, size, channels, sname);
+    if (!st) st = conform(&out->train, size, channels, lo->resample, sname);
+    if (!st && has_test) st = conform(&out->test, size, channels, lo->resample, sname);
     if (!st && has_test && out->test.num_classes > out->train.num_classes)
         out->train.num_classes = out->test.num_classes;
     out->single = !has_test;
@@ -204,9 +233,11 @@ static fb_status source_load(const fb_config *src, const char *sname, int64_t si
                 if ((st = fb_cfg_string(cn->items[k], "class_names", &s))) break;
                 if (!(out->train.class_names[k] = fb_strdup(s))) st = FB_ERR_NOMEM;
             }
-            if (!st) out->train.num_classes = K;
+            if (!st)
+                out->train.num_classes = K;
             else if (out->train.class_names) {
-                for (int64_t k = 0; k < K; k++) fb_free(out->train.class_names[k]);
+                for (int64_t k = 0; k < K; k++)
+                    fb_free(out->train.class_names[k]);
                 fb_free(out->train.class_names);
                 out->train.class_names = NULL;
             }
@@ -227,9 +258,18 @@ static void source_free(source *s)
 
 /* ---------------------------------------------------------------------- transforms -- */
 
-typedef enum xform { X_ROT90, X_ROT180, X_ROT270, X_HFLIP, X_VFLIP, X_TRANSPOSE, X_INVERT, X_PERMUTE } xform;
-static const char *const xform_names[] = {"rot90", "rot180", "rot270", "hflip", "vflip",
-                                          "transpose", "invert", "permute"};
+typedef enum xform {
+    X_ROT90,
+    X_ROT180,
+    X_ROT270,
+    X_HFLIP,
+    X_VFLIP,
+    X_TRANSPOSE,
+    X_INVERT,
+    X_PERMUTE
+} xform;
+static const char *const xform_names[] = {"rot90", "rot180",    "rot270", "hflip",
+                                          "vflip", "transpose", "invert", "permute"};
 
 /* dst <- transform(src), both S x S x C bytes; perm: S*S source positions for X_PERMUTE. */
 static void apply_xform(xform x, const uint8_t *src, uint8_t *dst, int64_t S, int64_t C,
@@ -257,7 +297,8 @@ static void apply_xform(xform x, const uint8_t *src, uint8_t *dst, int64_t S, in
 
 void fb_permutation(int64_t *p, int64_t n, uint64_t key)
 {
-    for (int64_t i = 0; i < n; i++) p[i] = i;
+    for (int64_t i = 0; i < n; i++)
+        p[i] = i;
     for (int64_t i = n - 1; i > 0; i--) {
         uint64_t r = fb_mix64(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull);
         int64_t j = (int64_t)(r % (uint64_t)(i + 1));
@@ -273,16 +314,16 @@ static const char *const task_keys[] = {"source", "classes", "transform", "train
 
 typedef struct task_def {
     const source *src;
-    int32_t *map;        /* source class -> task class, -1 when unused */
+    int32_t *map; /* source class -> task class, -1 when unused */
     int64_t src_classes;
     xform xf[8];
     int nxf;
-    int64_t *perm;       /* pixel permutation for X_PERMUTE, or NULL */
+    int64_t *perm; /* pixel permutation for X_PERMUTE, or NULL */
     int64_t want[FB_NUM_SPLITS];
 } task_def;
 
-static fb_status class_map(const fb_config *node, const char *tname, const source *s,
-                           fb_task *t, task_def *d)
+static fb_status class_map(const fb_config *node, const char *tname, const source *s, fb_task *t,
+                           task_def *d)
 {
     const int64_t K0 = s->train.num_classes;
     d->src_classes = K0;
@@ -291,13 +332,16 @@ static fb_status class_map(const fb_config *node, const char *tname, const sourc
     char **names0 = s->train.class_names;
     char buf[64];
     if (fb_cfg_is_null(node)) { /* all classes as they are */
-        for (int64_t k = 0; k < K0; k++) d->map[k] = (int32_t)k;
+        for (int64_t k = 0; k < K0; k++)
+            d->map[k] = (int32_t)k;
         t->num_classes = K0;
     } else {
-        for (int64_t k = 0; k < K0; k++) d->map[k] = -1;
+        for (int64_t k = 0; k < K0; k++)
+            d->map[k] = -1;
         int groups = node->kind == FB_CFG_MAP;
         if (node->kind != FB_CFG_SEQ && !groups)
-            return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s.classes must be a list of source "
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: tasks.%s.classes must be a list of source "
                                 "classes or a mapping of name: [source classes]",
                                 fb_cfg_where(node), tname);
         t->num_classes = node->count;
@@ -305,18 +349,21 @@ static fb_status class_map(const fb_config *node, const char *tname, const sourc
             const fb_config *members = node->items[g];
             int nm = groups ? (members->kind == FB_CFG_SEQ ? members->count : -1) : 1;
             if (nm <= 0)
-                return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s.classes.%s must be a non-empty "
-                                    "list of source classes", fb_cfg_where(members), tname,
-                                    node->keys[g]);
+                return fb_set_error(FB_ERR_CONFIG,
+                                    "%s: tasks.%s.classes.%s must be a non-empty "
+                                    "list of source classes",
+                                    fb_cfg_where(members), tname, node->keys[g]);
             for (int m = 0; m < nm; m++) {
                 const fb_config *c = groups ? members->items[m] : members;
                 int64_t v;
                 fb_status st = fb_cfg_int(c, "classes", &v);
                 if (st) return st;
                 if (v < 0 || v >= K0)
-                    return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s: class %lld is not in source "
-                                        "%s (classes 0..%lld)", fb_cfg_where(c), tname,
-                                        (long long)v, s->name, (long long)K0 - 1);
+                    return fb_set_error(FB_ERR_CONFIG,
+                                        "%s: tasks.%s: class %lld is not in source "
+                                        "%s (classes 0..%lld)",
+                                        fb_cfg_where(c), tname, (long long)v, s->name,
+                                        (long long)K0 - 1);
                 if (d->map[v] >= 0)
                     return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s: class %lld is listed twice",
                                         fb_cfg_where(c), tname, (long long)v);
@@ -336,22 +383,26 @@ static fb_status class_map(const fb_config *node, const char *tname, const sourc
         } else {
             int64_t src_k = k;
             if (node && node->kind == FB_CFG_SEQ) fb_cfg_int(node->items[k], "classes", &src_k);
-            if (names0) name = names0[src_k];
-            else snprintf(buf, sizeof buf, "%lld", (long long)src_k), name = buf;
+            if (names0)
+                name = names0[src_k];
+            else
+                snprintf(buf, sizeof buf, "%lld", (long long)src_k), name = buf;
         }
         if (!(t->class_names[k] = fb_strdup(name))) return FB_ERR_NOMEM;
     }
     return FB_OK;
 }
 
-static fb_status task_parse(const fb_config *node, const char *tname, const source *srcs,
-                            int nsrc, uint64_t seed, fb_task *t, task_def *d)
+static fb_status task_parse(const fb_config *node, const char *tname, const source *srcs, int nsrc,
+                            uint64_t seed, fb_task *t, task_def *d)
 {
     fb_status st = check_keys(node, task_keys, sizeof task_keys / sizeof *task_keys, "a task");
     if (st) return st;
     const fb_config *sn = fb_cfg_map_get(node, "source");
     const char *sname;
-    if (!sn) return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s needs a source", fb_cfg_where(node), tname);
+    if (!sn)
+        return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s needs a source", fb_cfg_where(node),
+                            tname);
     if ((st = fb_cfg_string(sn, "source", &sname))) return st;
     for (int i = 0; i < nsrc && !d->src; i++)
         if (!strcmp(srcs[i].name, sname)) d->src = &srcs[i];
@@ -368,9 +419,11 @@ static fb_status task_parse(const fb_config *node, const char *tname, const sour
             const char *s;
             if ((st = fb_cfg_string(xn->items[i], "transform", &s))) return st;
             int j = 0;
-            while (j < 8 && strcmp(s, xform_names[j])) j++;
+            while (j < 8 && strcmp(s, xform_names[j]))
+                j++;
             if (j == 8)
-                return fb_set_error(FB_ERR_CONFIG, "%s: tasks.%s: unknown transform '%s' (rot90, "
+                return fb_set_error(FB_ERR_CONFIG,
+                                    "%s: tasks.%s: unknown transform '%s' (rot90, "
                                     "rot180, rot270, hflip, vflip, transpose, invert, permute)",
                                     fb_cfg_where(xn->items[i]), tname, s);
             d->xf[d->nxf++] = (xform)j;
@@ -416,6 +469,20 @@ static fb_status make_split(fb_task *t, int s, const fb_images *p, const int64_t
 {
     const int64_t S = ts->image_size, C = ts->channels, img = S * S * C;
     t->n[s] = n;
+    if (ts->bytes) { /* views into the source's pool, normalised when read (fb_task_image) */
+        if (d->nxf)
+            return fb_set_error(FB_ERR_CONFIG, "task %s: storage: bytes takes no transform",
+                                t->name);
+        t->pixels[s] = p->pixels;
+        t->idx[s] = fb_malloc((size_t)(n ? n : 1) * sizeof *t->idx[s]);
+        t->y[s] = fb_malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+        if (!t->idx[s] || !t->y[s]) return FB_ERR_NOMEM;
+        for (int64_t i = 0; i < n; i++) {
+            t->idx[s][i] = idx[i];
+            t->y[s][i] = d->map[p->labels[idx[i]]];
+        }
+        return FB_OK;
+    }
     t->x[s] = fb_malloc((size_t)(n ? n * img : 1) * sizeof(float));
     t->y[s] = fb_malloc((size_t)(n ? n : 1) * sizeof(int32_t));
     uint8_t *a = fb_malloc((size_t)img), *b = fb_malloc((size_t)img);
@@ -460,15 +527,18 @@ static fb_status task_build(fb_task *t, const task_def *d, const fb_taskset *ts,
     int64_t need_tr = off + want[FB_SPLIT_VAL] + want[FB_SPLIT_TRAIN];
     if (want[FB_SPLIT_TRAIN] < 0 || need_tr > ntr || want[FB_SPLIT_TEST] > nte) {
         if (s->single)
-            st = fb_set_error(FB_ERR_CONFIG, "task %s asks for %lld train + %lld val + %lld test "
-                              "examples; source %s has %lld of its classes in all", t->name,
-                              (long long)want[0], (long long)want[1], (long long)want[2], s->name,
-                              (long long)ntr);
+            st = fb_set_error(FB_ERR_CONFIG,
+                              "task %s asks for %lld train + %lld val + %lld test "
+                              "examples; source %s has %lld of its classes in all",
+                              t->name, (long long)want[0], (long long)want[1], (long long)want[2],
+                              s->name, (long long)ntr);
         else
-            st = fb_set_error(FB_ERR_CONFIG, "task %s asks for %lld train + %lld val + %lld test "
+            st = fb_set_error(FB_ERR_CONFIG,
+                              "task %s asks for %lld train + %lld val + %lld test "
                               "examples; source %s has %lld train and %lld test examples of its "
-                              "classes", t->name, (long long)want[0], (long long)want[1],
-                              (long long)want[2], s->name, (long long)ntr, (long long)nte);
+                              "classes",
+                              t->name, (long long)want[0], (long long)want[1], (long long)want[2],
+                              s->name, (long long)ntr, (long long)nte);
         goto done;
     }
     for (int sp = 0; sp < FB_NUM_SPLITS && !st; sp++) {
@@ -490,10 +560,12 @@ static void task_free(fb_task *t)
 {
     fb_free(t->name);
     if (t->class_names)
-        for (int64_t k = 0; k < t->num_classes; k++) fb_free(t->class_names[k]);
+        for (int64_t k = 0; k < t->num_classes; k++)
+            fb_free(t->class_names[k]);
     fb_free(t->class_names);
     for (int s = 0; s < FB_NUM_SPLITS; s++) {
         fb_free(t->x[s]);
+        fb_free(t->idx[s]);
         fb_free(t->y[s]);
     }
 }
@@ -501,8 +573,12 @@ static void task_free(fb_task *t)
 void fb_taskset_free(fb_taskset *ts)
 {
     if (!ts) return;
-    for (int i = 0; i < ts->num_tasks; i++) task_free(&ts->tasks[i]);
+    for (int i = 0; i < ts->num_tasks; i++)
+        task_free(&ts->tasks[i]);
     fb_free(ts->tasks);
+    for (int i = 0; i < ts->num_held; i++)
+        fb_images_free(&ts->held[i]);
+    fb_free(ts->held);
     memset(ts, 0, sizeof *ts);
 }
 
@@ -556,7 +632,8 @@ fb_status fb_taskset_load(const fb_config *node, unsigned splits, const fb_confi
 {
     memset(out, 0, sizeof *out);
     if (!node || node->kind != FB_CFG_MAP)
-        return fb_set_error(FB_ERR_CONFIG, "%s: a taskpool must be a mapping with sources and tasks",
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: a taskpool must be a mapping with sources and tasks",
                             fb_cfg_where(node));
     out->image_size = 224;
     out->channels = 3;
@@ -565,16 +642,51 @@ fb_status fb_taskset_load(const fb_config *node, unsigned splits, const fb_confi
     if (!st) st = int_key(node, "channels", 1, 3, &out->channels);
     if (!st && out->channels == 2) st = fb_set_error(FB_ERR_CONFIG, "channels must be 1 or 3");
     if (!st) st = int_key(node, "seed", 0, INT64_MAX, &seed);
-    for (int c = 0; c < 4; c++) out->mean[c] = 0.0f, out->std[c] = 1.0f;
+    for (int c = 0; c < 4; c++)
+        out->mean[c] = 0.0f, out->std[c] = 1.0f;
     if (!st) st = float_list(node, "mean", out->channels, out->mean);
     if (!st) st = float_list(node, "std", out->channels, out->std);
-    if (st) return st;
+    load_opts lo = {0};
+    char *cache = NULL;
+    const fb_config *n;
+    if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "resample"))) {
+        const char *v;
+        if (!(st = fb_cfg_string(n, "resample", &v))) {
+            if (!strcmp(v, "clip"))
+                lo.resample = FB_RESAMPLE_CLIP;
+            else if (strcmp(v, "stb"))
+                st = fb_set_error(FB_ERR_CONFIG, "%s: resample must be stb or clip",
+                                  fb_cfg_where(n));
+        }
+    }
+    if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "storage"))) {
+        const char *v;
+        if (!(st = fb_cfg_string(n, "storage", &v))) {
+            if (!strcmp(v, "bytes"))
+                out->bytes = 1;
+            else if (strcmp(v, "float"))
+                st = fb_set_error(FB_ERR_CONFIG, "%s: storage must be float or bytes",
+                                  fb_cfg_where(n));
+        }
+    }
+    if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "image_cache")))
+        st = fb_cfg_path(n, "image_cache", &cache);
+    lo.cache_dir = cache;
+    lo.skip_train =
+        out->bytes && !(splits & (FB_SPLIT_BIT(FB_SPLIT_TRAIN) | FB_SPLIT_BIT(FB_SPLIT_VAL)));
+    out->resample = lo.resample;
+    if (st) {
+        fb_free(cache);
+        return st;
+    }
     const fb_config *sn = fb_cfg_map_get(node, "sources"), *tn = fb_cfg_map_get(node, "tasks");
     if (!sn || sn->kind != FB_CFG_MAP || sn->count == 0)
-        return fb_set_error(FB_ERR_CONFIG, "%s: a taskpool needs 'sources', a mapping of data sources",
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: a taskpool needs 'sources', a mapping of data sources",
                             fb_cfg_where(sn ? sn : node));
     if (!tn || tn->kind != FB_CFG_MAP || tn->count == 0)
-        return fb_set_error(FB_ERR_CONFIG, "%s: a taskpool needs 'tasks', a mapping of task definitions",
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: a taskpool needs 'tasks', a mapping of task definitions",
                             fb_cfg_where(tn ? tn : node));
     /* only the sources some task uses are read */
     int nsrc = 0;
@@ -593,7 +705,8 @@ fb_status fb_taskset_load(const fb_config *node, unsigned splits, const fb_confi
             used = s && s->kind == FB_CFG_SCALAR && !strcmp(s->value, sn->keys[i]);
         }
         if (!used) continue;
-        st = source_load(sn->items[i], sn->keys[i], out->image_size, out->channels, &srcs[nsrc]);
+        st = source_load(sn->items[i], sn->keys[i], out->image_size, out->channels, &lo,
+                         &srcs[nsrc]);
         if (!st) nsrc++;
     }
     for (int j = 0; j < tn->count && !st; j++) {
@@ -606,8 +719,19 @@ fb_status fb_taskset_load(const fb_config *node, unsigned splits, const fb_confi
         st = task_parse(tn->items[j], tn->keys[j], srcs, nsrc, (uint64_t)seed, t, &defs[j]);
         if (!st) st = task_build(t, &defs[j], out, (uint64_t)seed, splits);
     }
+    /* byte storage: the tasks view the sources' pools, which the task set keeps */
+    if (!st && out->bytes && !(out->held = fb_calloc((size_t)(2 * nsrc + 1), sizeof *out->held)))
+        st = FB_ERR_NOMEM;
+    for (int i = 0; i < nsrc && !st && out->bytes; i++) {
+        out->held[out->num_held++] = srcs[i].train;
+        out->held[out->num_held++] = srcs[i].test;
+        memset(&srcs[i].train, 0, sizeof srcs[i].train);
+        memset(&srcs[i].test, 0, sizeof srcs[i].test);
+    }
 done:
-    for (int i = 0; i < nsrc; i++) source_free(&srcs[i]);
+    fb_free(cache);
+    for (int i = 0; i < nsrc; i++)
+        source_free(&srcs[i]);
     if (defs)
         for (int j = 0; j < tn->count; j++) {
             fb_free(defs[j].map);
@@ -617,4 +741,18 @@ done:
     fb_free(defs);
     if (st) fb_taskset_free(out);
     return st;
+}
+
+int fb_task_has_split(const fb_task *t, int split)
+{
+    return t->x[split] || t->idx[split];
+}
+
+void fb_task_image(const fb_taskset *ts, const fb_task *t, int split, int64_t i, float *dst)
+{
+    const int64_t S = ts->image_size, C = ts->channels, img = S * S * C;
+    if (t->x[split])
+        memcpy(dst, t->x[split] + i * img, (size_t)img * sizeof *dst);
+    else
+        fb_image_normalize(t->pixels[split] + t->idx[split][i] * img, S, C, ts->mean, ts->std, dst);
 }

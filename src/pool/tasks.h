@@ -12,6 +12,11 @@
  *   mean: [0.286]             # normalisation per channel
  *   std: [0.353]
  *   seed: 0                   # the split permutations
+ *   resample: stb             # stb_image_resize, or clip: CLIPProcessor's Pillow bicubic
+ *   storage: float            # or bytes: images kept as bytes (a quarter of the memory),
+ *                             #   normalised when read; tasks without transforms only
+ *   image_cache: null         # a folder: image folders' preprocessed bytes cached there and
+ *                             #   memory-mapped by later runs
  *   sources:
  *     fashion_mnist: {type: idx, train_images: ..., train_labels: ..., test_images: ...,
  *                     test_labels: ..., package: dataset-fashion-mnist}
@@ -37,9 +42,13 @@ extern const char *const fb_split_names[FB_NUM_SPLITS];
 typedef struct fb_task {
     char *name;
     int64_t num_classes;
-    char **class_names;        /* num_classes names */
-    int64_t n[FB_NUM_SPLITS];  /* examples per split (0 for splits not loaded) */
-    float *x[FB_NUM_SPLITS];   /* [n, channels, size, size], normalised */
+    char **class_names;       /* num_classes names */
+    int64_t n[FB_NUM_SPLITS]; /* examples per split (0 for splits not loaded) */
+    float *x[FB_NUM_SPLITS];  /* [n, channels, size, size], normalised (float storage) */
+    /* byte storage: example i is the size x size x channels bytes at
+     * pixels[split] + idx[split][i] * size * size * channels (a view of the source's pool) */
+    const uint8_t *pixels[FB_NUM_SPLITS];
+    int64_t *idx[FB_NUM_SPLITS];
     int32_t *y[FB_NUM_SPLITS]; /* [n] labels in [0, num_classes) */
 } fb_task;
 
@@ -48,6 +57,10 @@ typedef struct fb_taskset {
     float mean[4], std[4];
     int num_tasks;
     fb_task *tasks;
+    int resample;           /* FB_RESAMPLE_* */
+    int bytes;              /* byte storage: images stay bytes until read (fb_task_image) */
+    struct fb_images *held; /* the source pools byte-stored tasks view */
+    int num_held;
 } fb_taskset;
 
 /* Builds the tasks of a taskpool node (its `sources`, `tasks`, image and split settings),
@@ -65,6 +78,11 @@ fb_status fb_cfg_path(const fb_config *node, const char *what, char **out);
 
 /* A seeded permutation of [0, n) into p (Fisher-Yates with the counter-based generator). */
 void fb_permutation(int64_t *p, int64_t n, uint64_t key);
+
+/* Whether a task has `split` loaded; example i of it as normalised floats [channels, size,
+ * size] into dst (either storage). */
+int fb_task_has_split(const fb_task *t, int split);
+void fb_task_image(const fb_taskset *ts, const fb_task *t, int split, int64_t i, float *dst);
 
 /* The keys of a taskpool node that fb_taskset_load reads. */
 int fb_taskset_key(const char *key);
