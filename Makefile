@@ -31,7 +31,7 @@ TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
 BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table $(BUILD)/bench_adamerging \
             $(BUILD)/bench_torch_bin \
-            $(BUILD)/bench_scale
+            $(BUILD)/bench_scale $(BUILD)/bench_eval
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 DATA_OK  := $(BUILD)/.data-deps-ok

@@ -14,6 +14,7 @@
 #include "harness.h"
 #include "io/dataset.h"
 #include "nn/clip_text.h"
+#include "nn/clip_vit.h"
 #include "pool/clip_tasks.h"
 #include "text/clip_tokenizer.h"
 
@@ -479,4 +480,32 @@ TEST(fusionbench_clip_taskpool_feeds_the_data_driven_methods)
         free(err);
     }
     unset_env();
+}
+
+TEST(clip_inference_network_gives_the_training_networks_bytes)
+{
+    const fb_clip_config c = {64, 128, 4, 3, 32, 8, 3, 16, 1, 1e-5f};
+    fb_clip *a, *b;
+    REQUIRE_OK(fb_clip_create(&c, 5, &a));
+    REQUIRE_OK(fb_clip_create_inference(&c, 5, &b));
+    float *pa = fb_clip_params(a), *pb = fb_clip_params(b);
+    uint64_t seed = 3;
+    for (int64_t i = 0; i < fb_clip_num_params(a); i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        pa[i] = pb[i] = ((float)((seed >> 40) & 0xffffff) / 16777216.0f - 0.5f) * 0.2f;
+    }
+    float x[5 * 3 * 32 * 32];
+    for (int i = 0; i < 5 * 3 * 32 * 32; i++)
+        x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    const float *fa, *fb;
+    REQUIRE_OK(fb_clip_forward(a, x, 5, &fa));
+    REQUIRE_OK(fb_clip_forward(b, x, 5, &fb));
+    EXPECT(!memcmp(fa, fb, 5 * 16 * sizeof(float)));
+    float d[5 * 16] = {0};
+    EXPECT_ERROR(fb_clip_backward(b, d), FB_ERR_ARG, "inference");
+    int64_t rows, cols;
+    EXPECT(!fb_clip_linear_input(b, "vision_model.encoder.layers.0.mlp.fc1.weight", &rows, &cols));
+    EXPECT(fb_clip_linear_input(b, "visual_projection.weight", &rows, &cols) && rows == 5);
+    fb_clip_free(a);
+    fb_clip_free(b);
 }

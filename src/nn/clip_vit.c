@@ -42,6 +42,7 @@ typedef struct view {
 
 struct fb_clip {
     fb_clip_config c;
+    int inference; /* activations of one layer only: forward passes, no backward */
     int64_t max_batch, batch, T, NP;
     float *params, *grads;
     int64_t num_params;
@@ -194,7 +195,19 @@ static float *add_view(fb_clip *n, const char *name, int64_t d0, int64_t d1, int
 
 #define AT(n, p) ((n)->params + (int64_t)(uintptr_t)(p))
 
+static fb_status create(const fb_clip_config *cfg, int64_t max_batch, int inference, fb_clip **out);
+
 fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip **out)
+{
+    return create(cfg, max_batch, 0, out);
+}
+
+fb_status fb_clip_create_inference(const fb_clip_config *cfg, int64_t max_batch, fb_clip **out)
+{
+    return create(cfg, max_batch, 1, out);
+}
+
+static fb_status create(const fb_clip_config *cfg, int64_t max_batch, int inference, fb_clip **out)
 {
     *out = NULL;
     fb_status st = fb_clip_config_check(cfg, "clip config");
@@ -271,19 +284,24 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
         n->proj_w = add_view(n, "visual_projection.weight", cfg->projection, E, 0, 0);
 
     n->params = fb_calloc((size_t)n->num_params, sizeof(float));
-    n->grads = fb_calloc((size_t)n->num_params, sizeof(float));
+    n->grads = inference ? NULL : fb_calloc((size_t)n->num_params, sizeof(float));
+    n->inference = inference;
     /* activations and backward scratch, sized for max_batch */
     const int64_t Bm = max_batch, T = n->T, H = cfg->heads,
                   K = cfg->channels * cfg->patch_size * cfg->patch_size;
     const int64_t BTE = Bm * T * E, BTI = Bm * T * I, BHTT = Bm * H * T * T;
     const int64_t F = cfg->projection ? cfg->projection : E;
+    /* inference: one layer's activations, shared by every layer, and two outputs used in
+     * turn (a layer reads the previous one's); no backward scratch */
+    const int64_t stored = inference ? 1 : cfg->layers;
     int64_t total = Bm * n->NP * K + Bm * n->NP * E + 2 * BTE +
-                    2 * Bm * T /* cols pe emb x0 stats */
-                    + cfg->layers * (8 * BTE + 4 * Bm * T + BHTT + 2 * BTI)   /* per layer */
-                    + 2 * Bm * E + 2 * Bm + Bm * F                            /* pooled, features */
-                    + 8 * BTE + 2 * BTI + BHTT + Bm * n->NP * E + 2 * Bm * E; /* backward */
+                    2 * Bm * T                                         /* cols pe emb x0 stats */
+                    + stored * (8 * BTE + 4 * Bm * T + BHTT + 2 * BTI) /* per layer */
+                    + (inference ? BTE : 0)                            /* second out */
+                    + 2 * Bm * E + 2 * Bm + Bm * F                     /* pooled, features */
+                    + (inference ? 0 : 8 * BTE + 2 * BTI + BHTT + Bm * n->NP * E + 2 * Bm * E);
     n->arena = fb_malloc((size_t)total * sizeof(float));
-    if (!n->params || !n->grads || !n->arena) {
+    if (!n->params || (!n->grads && !inference) || !n->arena) {
         fb_clip_free(n);
         return FB_ERR_NOMEM;
     }
@@ -327,12 +345,28 @@ fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip *
         TAKE(A->h, BTI);
         TAKE(A->g, BTI);
         TAKE(A->out, BTE);
+        if (inference) { /* the rest share layer 0's buffers; outputs alternate */
+            float *other;
+            TAKE(other, BTE);
+            for (int64_t m = 1; m < cfg->layers; m++) {
+                n->A[m] = *A;
+                n->A[m].in = n->A[m - 1].out;
+                n->A[m].out = m % 2 ? other : A->out;
+            }
+            break;
+        }
     }
     TAKE(n->pooled_in, Bm * E);
     TAKE(n->pooled, Bm * E);
     TAKE(n->meanp, Bm);
     TAKE(n->rstdp, Bm);
     TAKE(n->features, Bm * F);
+    if (inference) {
+#undef TAKE
+        *out = n;
+        return FB_OK;
+    }
+#define TAKE(ptr, count) ((ptr) = a, a += (count))
     TAKE(n->dx, BTE);
     TAKE(n->dx1, BTE);
     TAKE(n->dln, BTE);
@@ -419,6 +453,7 @@ const float *fb_clip_linear_input(const fb_clip *n, const char *weight, int64_t 
         *cols = E;
         return n->pooled;
     }
+    if (n->inference) return NULL; /* the layers' inputs are not kept */
     long long l;
     char rest[64];
     if (sscanf(weight, "vision_model.encoder.layers.%lld.%63s", &l, rest) != 2 || l < 0 ||
@@ -560,6 +595,7 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
     const int64_t B = n->batch, E = c->hidden, I = c->intermediate, H = c->heads, T = n->T;
     const int64_t BT = B * T, NP = n->NP;
     if (B <= 0) return fb_set_error(FB_ERR_ARG, "backward before a forward pass");
+    if (n->inference) return fb_set_error(FB_ERR_ARG, "backward through an inference network");
     fb_nn_blas_single(1);
     memset(n->dpooled, 0, (size_t)(B * E) * sizeof(float));
     if (n->proj_w)

@@ -33,6 +33,10 @@ typedef struct fb_clip fb_clip;
 
 /* A network for batches of up to max_batch images; parameters zeroed. */
 fb_status fb_clip_create(const fb_clip_config *cfg, int64_t max_batch, fb_clip **out);
+/* A network for forward passes only (evaluation): one layer's activations, reused by every
+ * layer (about 1/layers of the memory); backward is refused and fb_clip_linear_input gives
+ * only visual_projection's input. The same bytes out as fb_clip_create's. */
+fb_status fb_clip_create_inference(const fb_clip_config *cfg, int64_t max_batch, fb_clip **out);
 void fb_clip_free(fb_clip *net);
 
 /* Parameters from a state dict (any float dtype; names and shapes checked), with the prefix

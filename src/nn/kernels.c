@@ -11,6 +11,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/alloc.h"
+#include "core/simd.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -21,7 +24,7 @@
  * (OpenBLAS picks kernels by size), are the same whatever the thread count. OpenBLAS runs
  * single-threaded meanwhile: whole passes switch it once (fb_nn_blas_single); a lone call
  * switches it for itself (blas_enter / blas_leave). */
-enum { GEMM_ROWS = 128 };
+enum { GEMM_ROWS = 128, FWD_ROWS = 512 };
 
 static int blas_enter(void)
 {
@@ -40,11 +43,17 @@ void fb_linear_forward(float *out, const float *inp, const float *W, const float
 {
     if (N == 0 || OC == 0) return;
     const int blas = blas_enter();
+    /* about FWD_ROWS rows a block (fewer re-reads of W), the block count a multiple of 4 so
+     * that 2 or 4 threads share them evenly; the blocks follow from N alone */
+    int64_t nblk = (N + FWD_ROWS - 1) / FWD_ROWS;
+    nblk = (nblk + 3) / 4 * 4;
+    const int64_t step = ((N + nblk - 1) / nblk + 15) / 16 * 16;
 #pragma omp parallel for schedule(static)
-    for (int64_t r0 = 0; r0 < N; r0 += GEMM_ROWS) {
-        int64_t rows = N - r0 < GEMM_ROWS ? N - r0 : GEMM_ROWS;
+    for (int64_t r0 = 0; r0 < N; r0 += step) {
+        int64_t rows = N - r0 < step ? N - r0 : step;
         if (b)
-            for (int64_t n = r0; n < r0 + rows; n++) memcpy(out + n * OC, b, (size_t)OC * sizeof *out);
+            for (int64_t n = r0; n < r0 + rows; n++)
+                memcpy(out + n * OC, b, (size_t)OC * sizeof *out);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)OC, (int)IC, 1.0f,
                     inp + r0 * IC, (int)IC, W, (int)IC, b ? 1.0f : 0.0f, out + r0 * OC, (int)OC);
     }
@@ -76,7 +85,8 @@ void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, co
 #pragma omp parallel for
         for (int64_t o = 0; o < OC; o++) {
             float s = 0.0f;
-            for (int64_t n = 0; n < N; n++) s += dout[n * OC + o];
+            for (int64_t n = 0; n < N; n++)
+                s += dout[n * OC + o];
             db[o] += s;
         }
     }
@@ -92,15 +102,16 @@ void fb_nn_blas_single(int on)
 #endif
 }
 
-void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *w, const float *b, int64_t N, int64_t C, float eps)
+void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                          const float *b, int64_t N, int64_t C, float eps)
 {
 #pragma omp parallel for
     for (int64_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *y = out + n * C;
         float m = 0.0f;
-        for (int64_t c = 0; c < C; c++) m += x[c];
+        for (int64_t c = 0; c < C; c++)
+            m += x[c];
         m /= (float)C;
         float v = 0.0f;
         for (int64_t c = 0; c < C; c++) {
@@ -109,15 +120,16 @@ void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
         }
         v /= (float)C;
         float s = 1.0f / sqrtf(v + eps);
-        for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + b[c];
+        for (int64_t c = 0; c < C; c++)
+            y[c] = (x[c] - m) * s * w[c] + b[c];
         mean[n] = m;
         rstd[n] = s;
     }
 }
 
-void fb_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
-                           const float *inp, const float *w, const float *mean,
-                           const float *rstd, int64_t N, int64_t C)
+void fb_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, const float *mean, const float *rstd, int64_t N,
+                           int64_t C)
 {
     /* parameter gradients: sums over rows, column by column (no races, fixed order) */
 #pragma omp parallel for
@@ -155,7 +167,8 @@ void fb_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
 void fb_gelu_forward(float *out, const float *inp, int64_t n)
 {
 #pragma omp parallel for
-    for (int64_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * (float)M_SQRT1_2));
+    for (int64_t i = 0; i < n; i++)
+        out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * (float)M_SQRT1_2));
 }
 
 void fb_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
@@ -170,29 +183,102 @@ void fb_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t 
     }
 }
 
+/* e^x for quick GELU's sigmoid, written so that the compiler vectorises it: Cody and Waite's
+ * reduction x = n ln2 + r (ln2 in two parts), |r| <= ln2/2, e^r = 1 + r + r^2 P(r) with
+ * Cephes' degree-5 coefficients (within 2 ulp of e^x over float's range), times 2^n built in
+ * the exponent bits. Plain multiplies and adds in a fixed order (the build never contracts
+ * them), so every vector width gives the bytes the scalar loop gives. x must lie in
+ * [-87, 88]: the callers clamp. */
+static inline float exp_poly(float x)
+{
+    const float t = x * 1.44269504088896341f;
+    const float nf = (t + 12582912.0f) - 12582912.0f; /* round to nearest, |t| < 2^22 */
+    const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float er = (p * (r * r) + r) + 1.0f;
+    union {
+        uint32_t u;
+        float f;
+    } scale = {.u = (uint32_t)((int32_t)nf + 127) << 23};
+    return er * scale.f;
+}
+
+/* x sigmoid(1.702 x) = x / (1 + e^(-1.702 x)); past the exponent's range the sigmoid is 0
+ * (x * 0: a signed zero, as the unclamped formula gives) or 1 */
+#define QUICK_GELU_FWD                                                                             \
+    {                                                                                              \
+        for (int64_t i = 0; i < n; i++) {                                                          \
+            const float x = inp[i], t = -1.702f * x;                                               \
+            const float tc = t > 88.0f ? 88.0f : t < -87.0f ? -87.0f : t;                          \
+            const float y = x / (1.0f + exp_poly(tc));                                             \
+            out[i] = t > 88.0f ? x * 0.0f : y;                                                     \
+        }                                                                                          \
+    }
+#define QUICK_GELU_BWD                                                                             \
+    {                                                                                              \
+        for (int64_t i = 0; i < n; i++) {                                                          \
+            const float x = inp[i], t = -1.702f * x;                                               \
+            const float tc = t > 88.0f ? 88.0f : t < -87.0f ? -87.0f : t;                          \
+            const float sg = 1.0f / (1.0f + exp_poly(tc));                                         \
+            const float s = t > 88.0f ? 0.0f : sg;                                                 \
+            dinp[i] += dout[i] * (s + 1.702f * x * s * (1.0f - s));                                \
+        }                                                                                          \
+    }
+
+static void quick_gelu_fwd(float *out, const float *inp, int64_t n) QUICK_GELU_FWD
+    __attribute__((target("avx2"))) static void quick_gelu_fwd_avx2(float *out, const float *inp,
+                                                                    int64_t n) QUICK_GELU_FWD
+    static void quick_gelu_bwd(float *dinp, const float *inp, const float *dout,
+                               int64_t n) QUICK_GELU_BWD
+    __attribute__((target("avx2"))) static void quick_gelu_bwd_avx2(float *dinp, const float *inp,
+                                                                    const float *dout,
+                                                                    int64_t n) QUICK_GELU_BWD
+
+    enum {
+        ACT_BLOCK = 4096
+    }; /* elements per task: fixed, so no result depends on threads */
+
 void fb_quick_gelu_forward(float *out, const float *inp, int64_t n)
 {
-#pragma omp parallel for
-    for (int64_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
+    const int avx2 = fb_simd_active() >= FB_SIMD_AVX2;
+#pragma omp parallel for schedule(static)
+    for (int64_t i0 = 0; i0 < n; i0 += ACT_BLOCK) {
+        const int64_t m = n - i0 < ACT_BLOCK ? n - i0 : ACT_BLOCK;
+        if (avx2)
+            quick_gelu_fwd_avx2(out + i0, inp + i0, m);
+        else
+            quick_gelu_fwd(out + i0, inp + i0, m);
+    }
 }
 
 void fb_quick_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
 {
-#pragma omp parallel for
-    for (int64_t i = 0; i < n; i++) {
-        float s = 1.0f / (1.0f + expf(-1.702f * inp[i]));
-        dinp[i] += dout[i] * (s + 1.702f * inp[i] * s * (1.0f - s));
+    const int avx2 = fb_simd_active() >= FB_SIMD_AVX2;
+#pragma omp parallel for schedule(static)
+    for (int64_t i0 = 0; i0 < n; i0 += ACT_BLOCK) {
+        const int64_t m = n - i0 < ACT_BLOCK ? n - i0 : ACT_BLOCK;
+        if (avx2)
+            quick_gelu_bwd_avx2(dinp + i0, inp + i0, dout + i0, m);
+        else
+            quick_gelu_bwd(dinp + i0, inp + i0, dout + i0, m);
     }
 }
 
 void fb_relu_forward(float *out, const float *inp, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
 void fb_relu_backward(float *dinp, const float *inp, const float *dout, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
 }
 
 void fb_softmax_forward(float *probs, const float *logits, int64_t N, int64_t C)
@@ -202,13 +288,15 @@ void fb_softmax_forward(float *probs, const float *logits, int64_t N, int64_t C)
         const float *x = logits + n * C;
         float *p = probs + n * C;
         float mx = -INFINITY;
-        for (int64_t c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+        for (int64_t c = 0; c < C; c++)
+            mx = x[c] > mx ? x[c] : mx;
         float s = 0.0f;
         for (int64_t c = 0; c < C; c++) {
             p[c] = expf(x[c] - mx);
             s += p[c];
         }
-        for (int64_t c = 0; c < C; c++) p[c] /= s;
+        for (int64_t c = 0; c < C; c++)
+            p[c] /= s;
     }
 }
 
@@ -219,17 +307,20 @@ void fb_softmax_backward(float *dlogits, const float *probs, const float *dprobs
     for (int64_t n = 0; n < N; n++) {
         const float *p = probs + n * C, *dp = dprobs + n * C;
         float dot = 0.0f;
-        for (int64_t c = 0; c < C; c++) dot += p[c] * dp[c];
-        for (int64_t c = 0; c < C; c++) dlogits[n * C + c] += p[c] * (dp[c] - dot);
+        for (int64_t c = 0; c < C; c++)
+            dot += p[c] * dp[c];
+        for (int64_t c = 0; c < C; c++)
+            dlogits[n * C + c] += p[c] * (dp[c] - dot);
     }
 }
 
-float fb_cross_entropy_forward(float *probs, const float *logits, const int32_t *targets,
-                               int64_t N, int64_t C)
+float fb_cross_entropy_forward(float *probs, const float *logits, const int32_t *targets, int64_t N,
+                               int64_t C)
 {
     fb_softmax_forward(probs, logits, N, C);
     double loss = 0.0; /* rows summed in order, in double */
-    for (int64_t n = 0; n < N; n++) loss -= log((double)probs[n * C + targets[n]]);
+    for (int64_t n = 0; n < N; n++)
+        loss -= log((double)probs[n * C + targets[n]]);
     return N ? (float)(loss / (double)N) : 0.0f;
 }
 
@@ -263,7 +354,8 @@ void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t 
     for (int64_t n = 0; n < N; n++) {
         const float *p = probs + n * C;
         float hrow = 0.0f;
-        for (int64_t c = 0; c < C; c++) hrow -= p[c] > 0.0f ? p[c] * logf(p[c]) : 0.0f;
+        for (int64_t c = 0; c < C; c++)
+            hrow -= p[c] > 0.0f ? p[c] * logf(p[c]) : 0.0f;
         for (int64_t c = 0; c < C; c++) {
             float lp = p[c] > 0.0f ? logf(p[c]) : 0.0f;
             dlogits[n * C + c] += -p[c] * (lp + hrow) * s;
@@ -271,46 +363,128 @@ void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t 
     }
 }
 
-void fb_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                          int64_t B, int64_t T, int64_t H, int64_t D, int causal)
+/* One (batch, head) of attention. The keys are transposed first (kT[d][s]) so that the
+ * scores of a query are computed for all keys at once, lane per key, each still summed over d
+ * in order: the same bytes as a dot product per key, at vector width. */
+#define ATTENTION_HEAD                                                                             \
+    {                                                                                              \
+        const int64_t C = H * D;                                                                   \
+        for (int64_t s = 0; s < T; s++)                                                            \
+            for (int64_t d = 0; d < D; d++)                                                        \
+                kT[d * T + s] = k[(b * T + s) * C + h * D + d];                                    \
+        for (int64_t t = 0; t < T; t++) {                                                          \
+            const float *qt = q + (b * T + t) * C + h * D;                                         \
+            float *row = A + t * T;                                                                \
+            const int64_t end = causal ? t + 1 : T;                                                \
+            for (int64_t s = 0; s < end; s++)                                                      \
+                row[s] = 0.0f;                                                                     \
+            for (int64_t d = 0; d < D; d++) {                                                      \
+                const float qd = qt[d], *kd = kT + d * T;                                          \
+                for (int64_t s = 0; s < end; s++)                                                  \
+                    row[s] += qd * kd[s];                                                          \
+            }                                                                                      \
+            float mx = -INFINITY;                                                                  \
+            for (int64_t s = 0; s < end; s++) {                                                    \
+                row[s] *= scale;                                                                   \
+                mx = row[s] > mx ? row[s] : mx;                                                    \
+            }                                                                                      \
+            float sum = 0.0f;                                                                      \
+            for (int64_t s = 0; s < T; s++) {                                                      \
+                float e = s < end ? expf(row[s] - mx) : 0.0f;                                      \
+                row[s] = e;                                                                        \
+                sum += e;                                                                          \
+            }                                                                                      \
+            for (int64_t s = 0; s < T; s++)                                                        \
+                row[s] /= sum;                                                                     \
+            float *ot = out + (b * T + t) * C + h * D;                                             \
+            for (int64_t d = 0; d < D; d++)                                                        \
+                ot[d] = 0.0f;                                                                      \
+            for (int64_t s = 0; s < end; s++) {                                                    \
+                const float *vs = v + (b * T + s) * C + h * D;                                     \
+                const float a = row[s];                                                            \
+                for (int64_t d = 0; d < D; d++)                                                    \
+                    ot[d] += a * vs[d];                                                            \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+static void attention_head_strided(float *out, float *A, const float *q, const float *k,
+                                   const float *v, int64_t b, int64_t h, int64_t T, int64_t H,
+                                   int64_t D, int causal, float scale)
 {
     const int64_t C = H * D;
-    const float scale = 1.0f / sqrtf((float)D);
-#pragma omp parallel for collapse(2)
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t h = 0; h < H; h++) {
-            float *A = att + (b * H + h) * T * T;
-            for (int64_t t = 0; t < T; t++) {
-                const float *qt = q + (b * T + t) * C + h * D;
-                float mx = -INFINITY;
-                int64_t end = causal ? t + 1 : T;
-                for (int64_t s = 0; s < T; s++) {
-                    float dot = 0.0f;
-                    if (s < end) {
-                        const float *ks = k + (b * T + s) * C + h * D;
-                        for (int64_t d = 0; d < D; d++) dot += qt[d] * ks[d];
-                        dot *= scale;
-                        mx = dot > mx ? dot : mx;
-                    }
-                    A[t * T + s] = dot;
-                }
-                float sum = 0.0f;
-                for (int64_t s = 0; s < T; s++) {
-                    float e = s < end ? expf(A[t * T + s] - mx) : 0.0f;
-                    A[t * T + s] = e;
-                    sum += e;
-                }
-                for (int64_t s = 0; s < T; s++) A[t * T + s] /= sum;
-                float *ot = out + (b * T + t) * C + h * D;
-                for (int64_t d = 0; d < D; d++) ot[d] = 0.0f;
-                for (int64_t s = 0; s < end; s++) {
-                    const float *vs = v + (b * T + s) * C + h * D;
-                    float a = A[t * T + s];
-                    for (int64_t d = 0; d < D; d++) ot[d] += a * vs[d];
-                }
-            }
+    for (int64_t t = 0; t < T; t++) {
+        const float *qt = q + (b * T + t) * C + h * D;
+        float *row = A + t * T;
+        const int64_t end = causal ? t + 1 : T;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < end; s++) {
+            const float *ks = k + (b * T + s) * C + h * D;
+            float dot = 0.0f;
+            for (int64_t d = 0; d < D; d++)
+                dot += qt[d] * ks[d];
+            row[s] = dot * scale;
+            mx = row[s] > mx ? row[s] : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t s = 0; s < T; s++) {
+            float e = s < end ? expf(row[s] - mx) : 0.0f;
+            row[s] = e;
+            sum += e;
+        }
+        for (int64_t s = 0; s < T; s++)
+            row[s] /= sum;
+        float *ot = out + (b * T + t) * C + h * D;
+        for (int64_t d = 0; d < D; d++)
+            ot[d] = 0.0f;
+        for (int64_t s = 0; s < end; s++) {
+            const float *vs = v + (b * T + s) * C + h * D;
+            const float a = row[s];
+            for (int64_t d = 0; d < D; d++)
+                ot[d] += a * vs[d];
         }
     }
+}
+
+static void attention_head(float *out, float *A, float *kT, const float *q, const float *k,
+                           const float *v, int64_t b, int64_t h, int64_t T, int64_t H, int64_t D,
+                           int causal, float scale) ATTENTION_HEAD
+
+    __attribute__((target("avx2"))) static void attention_head_avx2(
+        float *out, float *A, float *kT, const float *q, const float *k, const float *v, int64_t b,
+        int64_t h, int64_t T, int64_t H, int64_t D, int causal, float scale) ATTENTION_HEAD
+
+    void fb_attention_forward(float *out, float *att, const float *q, const float *k,
+                              const float *v, int64_t B, int64_t T, int64_t H, int64_t D,
+                              int causal)
+{
+    const float scale = 1.0f / sqrtf((float)D);
+    const int avx2 = fb_simd_active() >= FB_SIMD_AVX2;
+#ifdef _OPENMP
+    const int nt = omp_get_max_threads();
+#else
+    const int nt = 1;
+#endif
+    /* a transposed key block per thread; without the memory, keys are read in place (the
+     * same sums in the same order, one key at a time) */
+    float *kT = fb_malloc((size_t)nt * (size_t)(T * D) * sizeof *kT);
+#pragma omp parallel for collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            float *A = att + (b * H + h) * T * T;
+#ifdef _OPENMP
+            float *mine = kT ? kT + (size_t)omp_get_thread_num() * (size_t)(T * D) : NULL;
+#else
+            float *mine = kT;
+#endif
+            if (!mine)
+                attention_head_strided(out, A, q, k, v, b, h, T, H, D, causal, scale);
+            else if (avx2)
+                attention_head_avx2(out, A, mine, q, k, v, b, h, T, H, D, causal, scale);
+            else
+                attention_head(out, A, mine, q, k, v, b, h, T, H, D, causal, scale);
+        }
+    fb_free(kT);
 }
 
 void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout,
@@ -340,7 +514,8 @@ void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const f
                 }
                 /* softmax backward, then the scaled dot products */
                 float sum = 0.0f;
-                for (int64_t s = 0; s < T; s++) sum += A[t * T + s] * dA[t * T + s];
+                for (int64_t s = 0; s < T; s++)
+                    sum += A[t * T + s] * dA[t * T + s];
                 const float *qt = q + (b * T + t) * C + h * D;
                 float *dqt = dq + (b * T + t) * C + h * D;
                 for (int64_t s = 0; s < T; s++) {
@@ -358,8 +533,8 @@ void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const f
     }
 }
 
-void fb_patch_embed_forward(float *out, float *cols, const float *images, const float *W,
-                            int64_t B, int64_t Cin, int64_t S, int64_t P, int64_t E)
+void fb_patch_embed_forward(float *out, float *cols, const float *images, const float *W, int64_t B,
+                            int64_t Cin, int64_t S, int64_t P, int64_t E)
 {
     const int64_t G = S / P, NP = G * G, K = Cin * P * P;
 #pragma omp parallel for collapse(2)

@@ -249,7 +249,7 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
     fb_status st = head && logits && probs && normed && norms && (buf || !tp->set.bytes)
                        ? FB_OK
                        : FB_ERR_NOMEM;
-    if (!st) st = fb_clip_create(&tp->clip, B, &net);
+    if (!st) st = fb_clip_create_inference(&tp->clip, B, &net);
     const fb_model *loaded = NULL;
     for (int i = 0; i < tp->set.num_tasks && !st; i++) {
         const fb_task *t = &tp->set.tasks[i];
@@ -389,7 +389,7 @@ fb_status fb_taskpool_evaluate_ensemble(fb_taskpool *tp, const fb_model *const *
         else
             st = fb_tensor_to_f32(w, proj);
     }
-    if (!st) st = fb_clip_create(&tp->clip, B, &net);
+    if (!st) st = fb_clip_create_inference(&tp->clip, B, &net);
     for (int k = 0; k < K && !st; k++) {
         /* a vision-only model is completed by the classifier's CLIP model (projection) */
         if ((st = fb_clip_set_params_from(net, models[k], projection))) break;
