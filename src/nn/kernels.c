@@ -363,29 +363,38 @@ void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t 
     }
 }
 
-/* One (batch, head) of attention. The keys are transposed first (kT[d][s]) so that the
- * scores of a query are computed for all keys at once, lane per key, each still summed over d
- * in order: the same bytes as a dot product per key, at vector width. */
+/* One (batch, head) of attention. The keys are transposed first (kT[d][s], rows padded with
+ * zeros to Tp, a multiple of 8) so that a query's scores are computed 8 keys at a time in a
+ * register, lane per key, each still summed over d in order; the output row likewise sums
+ * over keys in order, lane per dimension: the same bytes as a dot product per key, at vector
+ * width. acc: Tp floats of scratch; D <= ATT_MAX_D (else attention_head_strided). */
+enum { ATT_MAX_D = 256 };
 #define ATTENTION_HEAD                                                                             \
     {                                                                                              \
-        const int64_t C = H * D;                                                                   \
-        for (int64_t s = 0; s < T; s++)                                                            \
-            for (int64_t d = 0; d < D; d++)                                                        \
-                kT[d * T + s] = k[(b * T + s) * C + h * D + d];                                    \
+        const int64_t C = H * D, Tp = (T + 7) / 8 * 8;                                             \
+        for (int64_t d = 0; d < D; d++) {                                                          \
+            for (int64_t s = 0; s < T; s++)                                                        \
+                kT[d * Tp + s] = k[(b * T + s) * C + h * D + d];                                   \
+            for (int64_t s = T; s < Tp; s++)                                                       \
+                kT[d * Tp + s] = 0.0f;                                                             \
+        }                                                                                          \
         for (int64_t t = 0; t < T; t++) {                                                          \
             const float *qt = q + (b * T + t) * C + h * D;                                         \
             float *row = A + t * T;                                                                \
             const int64_t end = causal ? t + 1 : T;                                                \
-            for (int64_t s = 0; s < end; s++)                                                      \
-                row[s] = 0.0f;                                                                     \
-            for (int64_t d = 0; d < D; d++) {                                                      \
-                const float qd = qt[d], *kd = kT + d * T;                                          \
-                for (int64_t s = 0; s < end; s++)                                                  \
-                    row[s] += qd * kd[s];                                                          \
+            for (int64_t s0 = 0; s0 < end; s0 += 8) {                                              \
+                float a8[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
+                for (int64_t d = 0; d < D; d++) {                                                  \
+                    const float qd = qt[d], *kd = kT + d * Tp + s0;                                \
+                    for (int j = 0; j < 8; j++)                                                    \
+                        a8[j] += qd * kd[j];                                                       \
+                }                                                                                  \
+                for (int j = 0; j < 8; j++)                                                        \
+                    acc[s0 + j] = a8[j];                                                           \
             }                                                                                      \
             float mx = -INFINITY;                                                                  \
             for (int64_t s = 0; s < end; s++) {                                                    \
-                row[s] *= scale;                                                                   \
+                row[s] = acc[s] * scale;                                                           \
                 mx = row[s] > mx ? row[s] : mx;                                                    \
             }                                                                                      \
             float sum = 0.0f;                                                                      \
@@ -396,15 +405,16 @@ void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t 
             }                                                                                      \
             for (int64_t s = 0; s < T; s++)                                                        \
                 row[s] /= sum;                                                                     \
-            float *ot = out + (b * T + t) * C + h * D;                                             \
+            float od[ATT_MAX_D];                                                                   \
             for (int64_t d = 0; d < D; d++)                                                        \
-                ot[d] = 0.0f;                                                                      \
+                od[d] = 0.0f;                                                                      \
             for (int64_t s = 0; s < end; s++) {                                                    \
                 const float *vs = v + (b * T + s) * C + h * D;                                     \
                 const float a = row[s];                                                            \
                 for (int64_t d = 0; d < D; d++)                                                    \
-                    ot[d] += a * vs[d];                                                            \
+                    od[d] += a * vs[d];                                                            \
             }                                                                                      \
+            memcpy(out + (b * T + t) * C + h * D, od, (size_t)D * sizeof *od);                     \
         }                                                                                          \
     }
 
@@ -446,13 +456,14 @@ static void attention_head_strided(float *out, float *A, const float *q, const f
     }
 }
 
-static void attention_head(float *out, float *A, float *kT, const float *q, const float *k,
-                           const float *v, int64_t b, int64_t h, int64_t T, int64_t H, int64_t D,
-                           int causal, float scale) ATTENTION_HEAD
+static void attention_head(float *out, float *A, float *kT, float *acc, const float *q,
+                           const float *k, const float *v, int64_t b, int64_t h, int64_t T,
+                           int64_t H, int64_t D, int causal, float scale) ATTENTION_HEAD
 
     __attribute__((target("avx2"))) static void attention_head_avx2(
-        float *out, float *A, float *kT, const float *q, const float *k, const float *v, int64_t b,
-        int64_t h, int64_t T, int64_t H, int64_t D, int causal, float scale) ATTENTION_HEAD
+        float *out, float *A, float *kT, float *acc, const float *q, const float *k, const float *v,
+        int64_t b, int64_t h, int64_t T, int64_t H, int64_t D, int causal,
+        float scale) ATTENTION_HEAD
 
     void fb_attention_forward(float *out, float *att, const float *q, const float *k,
                               const float *v, int64_t B, int64_t T, int64_t H, int64_t D,
@@ -465,24 +476,27 @@ static void attention_head(float *out, float *A, float *kT, const float *q, cons
 #else
     const int nt = 1;
 #endif
-    /* a transposed key block per thread; without the memory, keys are read in place (the
-     * same sums in the same order, one key at a time) */
-    float *kT = fb_malloc((size_t)nt * (size_t)(T * D) * sizeof *kT);
+    /* a transposed key block and a score row per thread; without the memory (or for heads
+     * wider than ATT_MAX_D), keys are read in place: the same sums in the same order, one key
+     * at a time */
+    const int64_t Tp = (T + 7) / 8 * 8, per = Tp * D + Tp;
+    float *kT = D <= ATT_MAX_D ? fb_malloc((size_t)nt * (size_t)per * sizeof *kT) : NULL;
 #pragma omp parallel for collapse(2)
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
             float *A = att + (b * H + h) * T * T;
 #ifdef _OPENMP
-            float *mine = kT ? kT + (size_t)omp_get_thread_num() * (size_t)(T * D) : NULL;
+            float *mine = kT ? kT + (size_t)omp_get_thread_num() * (size_t)per : NULL;
 #else
             float *mine = kT;
 #endif
             if (!mine)
                 attention_head_strided(out, A, q, k, v, b, h, T, H, D, causal, scale);
             else if (avx2)
-                attention_head_avx2(out, A, mine, q, k, v, b, h, T, H, D, causal, scale);
+                attention_head_avx2(out, A, mine, mine + Tp * D, q, k, v, b, h, T, H, D, causal,
+                                    scale);
             else
-                attention_head(out, A, mine, q, k, v, b, h, T, H, D, causal, scale);
+                attention_head(out, A, mine, mine + Tp * D, q, k, v, b, h, T, H, D, causal, scale);
         }
     fb_free(kT);
 }
