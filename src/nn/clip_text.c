@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "clip_vit.h"
 #include "core/alloc.h"
 #include "core/status.h"
 #include "kernels.h"
@@ -28,40 +29,10 @@ struct fb_clip_text {
 
 /* ---------------------------------------------------------------- config.json -- */
 
-static fb_status get_int(const char *path, const cJSON *o, const char *key, int64_t def,
-                         int64_t *out)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v) {
-        if (def < 0) return fb_set_error(FB_ERR_FORMAT, "%s: text_config lacks '%s'", path, key);
-        *out = def;
-        return FB_OK;
-    }
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 0x1p31) ||
-        v->valuedouble != (double)(int64_t)v->valuedouble)
-        return fb_set_error(FB_ERR_FORMAT,
-                            "%s: text_config field '%s' must be a non-negative "
-                            "integer",
-                            path, key);
-    *out = (int64_t)v->valuedouble;
-    return FB_OK;
-}
-
 fb_status fb_clip_text_config_load(const char *path, fb_clip_text_config *out)
 {
-    fb_source *src;
-    fb_status st = fb_source_open(path, &src);
-    if (st) return st;
-    char *text = src->size < (1u << 24) ? fb_malloc((size_t)src->size + 1) : NULL;
-    if (!text) {
-        fb_source_unref(src);
-        return fb_set_error(FB_ERR_FORMAT, "%s: too large for a config.json", path);
-    }
-    st = fb_source_pread(src, 0, (size_t)src->size, text);
-    text[src->size] = '\0';
-    fb_source_unref(src);
-    cJSON *root = st ? NULL : cJSON_Parse(text);
-    fb_free(text);
+    cJSON *root;
+    fb_status st = fb_clip_json_load(path, &root);
     if (st) return st;
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "text_config");
     if (!cJSON_IsObject(o)) {
@@ -73,27 +44,15 @@ fb_status fb_clip_text_config_load(const char *path, fb_clip_text_config *out)
     }
     /* transformers' CLIPTextConfig defaults for the fields a config.json may leave out */
     fb_clip_text_config c = {0};
-    st = get_int(path, o, "vocab_size", 49408, &c.vocab);
-    if (!st) st = get_int(path, o, "hidden_size", 512, &c.hidden);
-    if (!st) st = get_int(path, o, "intermediate_size", 2048, &c.intermediate);
-    if (!st) st = get_int(path, o, "num_attention_heads", 8, &c.heads);
-    if (!st) st = get_int(path, o, "num_hidden_layers", 12, &c.layers);
-    if (!st) st = get_int(path, o, "max_position_embeddings", 77, &c.max_positions);
-    if (!st) st = get_int(path, o, "eos_token_id", 49407, &c.eos_token_id);
-    if (!st) st = get_int(path, root, "projection_dim", 512, &c.projection);
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
-    const char *a = cJSON_IsString(act) ? act->valuestring : "quick_gelu";
-    if (!st) {
-        if (!strcmp(a, "quick_gelu"))
-            c.quick_gelu = 1;
-        else if (!strcmp(a, "gelu"))
-            c.quick_gelu = 0;
-        else
-            st = fb_set_error(FB_ERR_FORMAT,
-                              "%s: text_config hidden_act '%s' is not quick_gelu "
-                              "or gelu",
-                              path, a);
-    }
+    st = fb_clip_json_int(path, o, "vocab_size", 49408, &c.vocab);
+    if (!st) st = fb_clip_json_int(path, o, "hidden_size", 512, &c.hidden);
+    if (!st) st = fb_clip_json_int(path, o, "intermediate_size", 2048, &c.intermediate);
+    if (!st) st = fb_clip_json_int(path, o, "num_attention_heads", 8, &c.heads);
+    if (!st) st = fb_clip_json_int(path, o, "num_hidden_layers", 12, &c.layers);
+    if (!st) st = fb_clip_json_int(path, o, "max_position_embeddings", 77, &c.max_positions);
+    if (!st) st = fb_clip_json_int(path, o, "eos_token_id", 49407, &c.eos_token_id);
+    if (!st) st = fb_clip_json_int(path, root, "projection_dim", 512, &c.projection);
+    if (!st) st = fb_clip_json_act(path, "text_config ", o, &c.quick_gelu);
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(o, "layer_norm_eps");
     c.eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
     cJSON_Delete(root);
@@ -101,7 +60,7 @@ fb_status fb_clip_text_config_load(const char *path, fb_clip_text_config *out)
     if (!c.vocab || !c.hidden || !c.intermediate || !c.heads || !c.layers || !c.max_positions ||
         c.hidden % c.heads || c.layers > MAX_LAYERS || c.hidden > (1 << 16) ||
         c.intermediate > (1 << 18) || c.max_positions > 4096 || c.projection > (1 << 16) ||
-        !(c.eps > 0))
+        c.vocab > (1 << 24) || !(c.eps > 0))
         return fb_set_error(FB_ERR_FORMAT,
                             "%s: text_config sizes are inconsistent (hidden %lld, "
                             "heads %lld, layers %lld, positions %lld)",

@@ -61,8 +61,8 @@ struct fb_clip {
 
 /* ---------------------------------------------------------------- config.json -- */
 
-static fb_status get_int(const char *where, const cJSON *o, const char *key, int64_t def,
-                         int64_t *out)
+fb_status fb_clip_json_int(const char *where, const cJSON *o, const char *key, int64_t def,
+                           int64_t *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v) {
@@ -75,6 +75,43 @@ static fb_status get_int(const char *where, const cJSON *o, const char *key, int
         return fb_set_error(FB_ERR_FORMAT, "%s: field '%s' must be a non-negative integer", where,
                             key);
     *out = (int64_t)v->valuedouble;
+    return FB_OK;
+}
+
+fb_status fb_clip_json_act(const char *where, const char *prefix, const cJSON *o, int *quick_gelu)
+{
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+    const char *a = cJSON_IsString(act) ? act->valuestring : "quick_gelu";
+    if (!strcmp(a, "quick_gelu") || !strcmp(a, "gelu")) {
+        *quick_gelu = !strcmp(a, "quick_gelu");
+        return FB_OK;
+    }
+    return fb_set_error(FB_ERR_FORMAT, "%s: %shidden_act '%s' is not quick_gelu or gelu", where,
+                        prefix, a);
+}
+
+fb_status fb_clip_json_load(const char *path, cJSON **out)
+{
+    *out = NULL;
+    fb_source *src;
+    fb_status st = fb_source_open(path, &src);
+    if (st) return st;
+    char *text = src->size < (1u << 24) ? fb_malloc((size_t)src->size + 1) : NULL;
+    if (!text) {
+        fb_source_unref(src);
+        return fb_set_error(FB_ERR_FORMAT, "%s: too large for a config.json", path);
+    }
+    st = fb_source_pread(src, 0, (size_t)src->size, text);
+    text[src->size] = '\0';
+    fb_source_unref(src);
+    cJSON *root = st ? NULL : cJSON_Parse(text);
+    fb_free(text);
+    if (st) return st;
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fb_set_error(FB_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    *out = root;
     return FB_OK;
 }
 
@@ -122,51 +159,26 @@ fb_status fb_clip_config_check(const fb_clip_config *c, const char *where)
 
 fb_status fb_clip_config_load(const char *path, fb_clip_config *out)
 {
-    fb_source *src;
-    fb_status st = fb_source_open(path, &src);
+    cJSON *root;
+    fb_status st = fb_clip_json_load(path, &root);
     if (st) return st;
-    char *text = src->size < (1u << 24) ? fb_malloc((size_t)src->size + 1) : NULL;
-    if (!text) {
-        fb_source_unref(src);
-        return fb_set_error(FB_ERR_FORMAT, "%s: too large for a config.json", path);
-    }
-    st = fb_source_pread(src, 0, (size_t)src->size, text);
-    text[src->size] = '\0';
-    fb_source_unref(src);
-    cJSON *root = st ? NULL : cJSON_Parse(text);
-    fb_free(text);
-    if (st) return st;
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fb_set_error(FB_ERR_FORMAT, "%s: not a JSON object", path);
-    }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "vision_config");
     const cJSON *o = cJSON_IsObject(v) ? v : root;
     fb_clip_config c = {0};
-    st = get_int(path, o, "hidden_size", -1, &c.hidden);
-    if (!st) st = get_int(path, o, "intermediate_size", -1, &c.intermediate);
-    if (!st) st = get_int(path, o, "num_attention_heads", -1, &c.heads);
-    if (!st) st = get_int(path, o, "num_hidden_layers", -1, &c.layers);
-    if (!st) st = get_int(path, o, "image_size", -1, &c.image_size);
-    if (!st) st = get_int(path, o, "patch_size", -1, &c.patch_size);
-    if (!st) st = get_int(path, o, "num_channels", 3, &c.channels);
+    st = fb_clip_json_int(path, o, "hidden_size", -1, &c.hidden);
+    if (!st) st = fb_clip_json_int(path, o, "intermediate_size", -1, &c.intermediate);
+    if (!st) st = fb_clip_json_int(path, o, "num_attention_heads", -1, &c.heads);
+    if (!st) st = fb_clip_json_int(path, o, "num_hidden_layers", -1, &c.layers);
+    if (!st) st = fb_clip_json_int(path, o, "image_size", -1, &c.image_size);
+    if (!st) st = fb_clip_json_int(path, o, "patch_size", -1, &c.patch_size);
+    if (!st) st = fb_clip_json_int(path, o, "num_channels", 3, &c.channels);
     if (!st) {
         int64_t proj = 0;
         const cJSON *po = cJSON_GetObjectItemCaseSensitive(o, "projection_dim") ? o : root;
-        st = get_int(path, po, "projection_dim", 0, &proj);
+        st = fb_clip_json_int(path, po, "projection_dim", 0, &proj);
         c.projection = proj;
     }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
-    const char *a = cJSON_IsString(act) ? act->valuestring : "quick_gelu";
-    if (!st) {
-        if (!strcmp(a, "quick_gelu"))
-            c.quick_gelu = 1;
-        else if (!strcmp(a, "gelu"))
-            c.quick_gelu = 0;
-        else
-            st = fb_set_error(FB_ERR_FORMAT, "%s: hidden_act '%s' is not quick_gelu or gelu", path,
-                              a);
-    }
+    if (!st) st = fb_clip_json_act(path, "", o, &c.quick_gelu);
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(o, "layer_norm_eps");
     c.eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
     cJSON_Delete(root);

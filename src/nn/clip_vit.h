@@ -29,6 +29,18 @@ typedef struct fb_clip_config {
 fb_status fb_clip_config_load(const char *path, fb_clip_config *out);
 fb_status fb_clip_config_check(const fb_clip_config *c, const char *where);
 
+/* A config.json read and parsed (at most 16 MB, a JSON object; errors name the file): free
+ * with cJSON_Delete. An integer field of o: absent -> def (def < 0: an error naming `where`
+ * and the key); a value that is not a non-negative integer is an error. */
+struct cJSON;
+fb_status fb_clip_json_load(const char *path, struct cJSON **out);
+fb_status fb_clip_json_int(const char *where, const struct cJSON *o, const char *key, int64_t def,
+                           int64_t *out);
+/* o's hidden_act: quick_gelu (the default) or gelu; another is an error naming `where`,
+ * prefix and the value. */
+fb_status fb_clip_json_act(const char *where, const char *prefix, const struct cJSON *o,
+                           int *quick_gelu);
+
 typedef struct fb_clip fb_clip;
 
 /* A network for batches of up to max_batch images; parameters zeroed. */

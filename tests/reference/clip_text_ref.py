@@ -29,7 +29,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import st  # noqa: E402
-from clip_torch import clip_forward, clip_params  # noqa: E402
+from clip_torch import clip_forward, clip_params, encoder_layer_params  # noqa: E402
 
 OUT = os.path.join(sys.argv[1], "clip")
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -174,18 +174,7 @@ def text_params(cfg, V):
          "text_model.embeddings.position_embedding.weight":
              torch.randn(cfg["max_position_embeddings"], E, generator=g) * 0.3}
     for l in range(L):
-        pre = f"text_model.encoder.layers.{l}."
-        for nm in ["k_proj", "v_proj", "q_proj", "out_proj"]:
-            P[pre + f"self_attn.{nm}.weight"] = torch.randn(E, E, generator=g) / math.sqrt(E)
-            P[pre + f"self_attn.{nm}.bias"] = 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm1.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm1.bias"] = 0.1 * torch.randn(E, generator=g)
-        P[pre + "mlp.fc1.weight"] = torch.randn(I, E, generator=g) / math.sqrt(E)
-        P[pre + "mlp.fc1.bias"] = 0.1 * torch.randn(I, generator=g)
-        P[pre + "mlp.fc2.weight"] = torch.randn(E, I, generator=g) / math.sqrt(I)
-        P[pre + "mlp.fc2.bias"] = 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm2.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm2.bias"] = 0.1 * torch.randn(E, generator=g)
+        encoder_layer_params(P, f"text_model.encoder.layers.{l}.", E, I, g)
     P["text_model.final_layer_norm.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
     P["text_model.final_layer_norm.bias"] = 0.1 * torch.randn(E, generator=g)
     return P

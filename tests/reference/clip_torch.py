@@ -55,6 +55,21 @@ def clip_forward(P, cfg, images, record=None, linear=F.linear):
     return pooled
 
 
+def encoder_layer_params(P, pre, E, I, g):
+    """One transformer layer's random parameters under transformers' CLIP names."""
+    for nm in ["k_proj", "v_proj", "q_proj", "out_proj"]:
+        P[pre + f"self_attn.{nm}.weight"] = torch.randn(E, E, generator=g) / math.sqrt(E)
+        P[pre + f"self_attn.{nm}.bias"] = 0.1 * torch.randn(E, generator=g)
+    P[pre + "layer_norm1.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
+    P[pre + "layer_norm1.bias"] = 0.1 * torch.randn(E, generator=g)
+    P[pre + "mlp.fc1.weight"] = torch.randn(I, E, generator=g) / math.sqrt(E)
+    P[pre + "mlp.fc1.bias"] = 0.1 * torch.randn(I, generator=g)
+    P[pre + "mlp.fc2.weight"] = torch.randn(E, I, generator=g) / math.sqrt(I)
+    P[pre + "mlp.fc2.bias"] = 0.1 * torch.randn(E, generator=g)
+    P[pre + "layer_norm2.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
+    P[pre + "layer_norm2.bias"] = 0.1 * torch.randn(E, generator=g)
+
+
 def clip_params(cfg, g):
     E, I, C, ps = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_channels"], cfg["patch_size"]
     T = (cfg["image_size"] // ps) ** 2 + 1
@@ -65,18 +80,7 @@ def clip_params(cfg, g):
          vm + "pre_layrnorm.weight": 1 + 0.1 * torch.randn(E, generator=g),
          vm + "pre_layrnorm.bias": 0.1 * torch.randn(E, generator=g)}
     for l in range(cfg["num_hidden_layers"]):
-        pre = f"{vm}encoder.layers.{l}."
-        for nm in ["k_proj", "v_proj", "q_proj", "out_proj"]:
-            P[pre + f"self_attn.{nm}.weight"] = torch.randn(E, E, generator=g) / math.sqrt(E)
-            P[pre + f"self_attn.{nm}.bias"] = 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm1.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm1.bias"] = 0.1 * torch.randn(E, generator=g)
-        P[pre + "mlp.fc1.weight"] = torch.randn(I, E, generator=g) / math.sqrt(E)
-        P[pre + "mlp.fc1.bias"] = 0.1 * torch.randn(I, generator=g)
-        P[pre + "mlp.fc2.weight"] = torch.randn(E, I, generator=g) / math.sqrt(I)
-        P[pre + "mlp.fc2.bias"] = 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm2.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
-        P[pre + "layer_norm2.bias"] = 0.1 * torch.randn(E, generator=g)
+        encoder_layer_params(P, f"{vm}encoder.layers.{l}.", E, I, g)
     P[vm + "post_layernorm.weight"] = 1 + 0.1 * torch.randn(E, generator=g)
     P[vm + "post_layernorm.bias"] = 0.1 * torch.randn(E, generator=g)
     if cfg.get("projection_dim"):
