@@ -400,6 +400,13 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     REQUIRE(run_cli(&out, (const char *[]){"zoo", zarg, NULL}) == 0);
     EXPECT(out && strstr(out, "up to date"));
     free(out);
+    /* --force (the subcommand's option, anywhere after `zoo`) rebuilds it, to the same bytes */
+    REQUIRE(run_cli(&out, (const char *[]){"--threads", "2", "zoo", "--force", zarg, NULL}) == 0);
+    EXPECT(out && !strstr(out, "up to date") && strstr(out, "done"));
+    free(out);
+    snprintf(a, sizeof a, "%s/_pretrained_.safetensors", fb_test_path("zoo1"));
+    snprintf(b, sizeof b, "%s/_pretrained_.safetensors", fb_test_path("zoo2"));
+    EXPECT(same_file(a, b));
     /* the merged pool is evaluated on every task */
     char mp[4200], tp[4200], rp[4200];
     snprintf(mp, sizeof mp, "modelpool=%s/modelpool.yaml", fb_test_path("zoo1"));

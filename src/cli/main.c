@@ -1110,7 +1110,10 @@ int main(int argc, char **argv)
             multirun = 1;
             continue;
         }
-        if (strncmp(a, "--", 2) != 0 && strcmp(a, "-h") != 0) {
+        /* after `zoo`, its own options (--force, --help) are the subcommand's */
+        int zoo_opt = nrest > 0 && !strcmp(rest[0], "zoo") &&
+                      (!strcmp(a, "--force") || !strcmp(a, "--help") || !strcmp(a, "-h"));
+        if ((strncmp(a, "--", 2) != 0 && strcmp(a, "-h") != 0) || zoo_opt) {
             rest[nrest++] = argv[i];
             continue;
         }
