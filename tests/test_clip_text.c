@@ -509,3 +509,60 @@ TEST(clip_inference_network_gives_the_training_networks_bytes)
     fb_clip_free(a);
     fb_clip_free(b);
 }
+
+TEST(fusionbench_own_taskpool_file_loads_unchanged)
+{
+    /* FusionBench's clip-vit-classification_TA8_B16.yaml, with B/32 as base_model: its
+     * datasets from the defaults list (test_datasets: ???), its interpolations and PyTorch keys */
+    const char *yaml = "defaults:\n"
+                       "  - _self_\n"
+                       "  - /dataset/image_classification/test@test_datasets:\n"
+                       "      - sun397\n      - eurosat\n      - mnist\n"
+                       "_target_: fusion_bench.taskpool.CLIPVisionModelTaskPool\n"
+                       "_recursive_: false\n"
+                       "test_datasets: ???\n"
+                       "base_model: openai/clip-vit-base-patch32\n"
+                       "clip_model:\n"
+                       "  _target_: transformers.CLIPModel.from_pretrained\n"
+                       "  pretrained_model_name_or_path: ${..base_model}\n"
+                       "processor:\n"
+                       "  _target_: transformers.CLIPProcessor.from_pretrained\n"
+                       "  pretrained_model_name_or_path: ${..base_model}\n"
+                       "data_processor: ${.processor}\n"
+                       "dataloader_kwargs:\n"
+                       "  batch_size: 7\n  num_workers: 8\n  pin_memory: True\n  drop_last: False\n"
+                       "  shuffle: False\n"
+                       "layer_wise_feature_save_path: null\n";
+    fb_test_write_file(fb_test_path("fb_ta8.yaml"), yaml, strlen(yaml));
+    set_env();
+    cJSON *c = cases();
+    REQUIRE(c);
+    char mp[4200], tp[4200], rp[4200];
+    snprintf(mp, sizeof mp, "modelpool=%s", two_task_pool());
+    snprintf(tp, sizeof tp, "taskpool=%s", fb_test_path("fb_ta8.yaml"));
+    snprintf(rp, sizeof rp, "report_save_path=%s", fb_test_path("report_fb.json"));
+    /* sun397 has no data here: evaluate narrows the datasets to those it names */
+    const char *argv[] = {
+        fb_test_cli, "method=dummy", mp, tp, "taskpool.evaluate=[mnist,eurosat]", rp, NULL};
+    char *err = NULL;
+    int rc = fb_test_run(argv, NULL, &err);
+    if (rc != 0) fb_test_fail(__FILE__, __LINE__, "exit %d: %s", rc, err ? err : "");
+    cJSON *r = rc ? NULL : fb_test_read_json(fb_test_path("report_fb.json"));
+    const cJSON *tpr = r ? cJSON_GetObjectItem(r, "taskpool") : NULL;
+    const cJSON *w = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "eval"), "pretrained");
+    for (int i = 0; tpr && i < 2; i++) {
+        const char *t = i ? "mnist" : "eurosat";
+        const double gl = cJSON_GetObjectItem(cJSON_GetObjectItem(tpr, t), "loss")->valuedouble;
+        const double el = cJSON_GetObjectItem(cJSON_GetObjectItem(w, t), "loss")->valuedouble;
+        if (fabs(gl - el) > 1e-5 * fabs(el))
+            fb_test_fail(__FILE__, __LINE__, "%s: loss %g, PyTorch %g", t, gl, el);
+    }
+    EXPECT(tpr && !cJSON_GetObjectItem(tpr, "sun397"));
+    /* a name evaluate gives that the pool lacks */
+    const char *bad[] = {fb_test_cli, "method=dummy", mp, tp, "taskpool.evaluate=[dtd]", NULL};
+    expect_cli_error(bad, "'dtd' is not one of the task pool's datasets");
+    cJSON_Delete(r);
+    cJSON_Delete(c);
+    free(err);
+    unset_env();
+}

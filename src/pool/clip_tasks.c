@@ -188,6 +188,33 @@ static fb_status dataset_names(ctx *c)
                                     fb_cfg_where(td), s);
         c->tasks[c->ntasks++].name = s;
     }
+    /* `evaluate` narrows them: only those are checked, loaded and given heads */
+    const fb_config *ev = fb_cfg_map_get(c->node, "evaluate");
+    if (fb_cfg_is_null(ev)) return FB_OK;
+    if (ev->kind != FB_CFG_SEQ || ev->count == 0)
+        return fb_set_error(FB_ERR_CONFIG, "%s: taskpool.evaluate must be a list of dataset names",
+                            fb_cfg_where(ev));
+    int kept = 0;
+    for (int i = 0; i < c->ntasks; i++) {
+        int want = 0;
+        for (int j = 0; j < ev->count && !want; j++)
+            want = ev->items[j]->kind == FB_CFG_SCALAR &&
+                   !strcmp(ev->items[j]->value, c->tasks[i].name);
+        if (want) c->tasks[kept++] = c->tasks[i];
+    }
+    for (int j = 0; j < ev->count; j++) {
+        const char *s;
+        if (fb_cfg_string(ev->items[j], "taskpool.evaluate", &s)) return FB_ERR_CONFIG;
+        int found = 0;
+        for (int i = 0; i < kept && !found; i++)
+            found = !strcmp(c->tasks[i].name, s);
+        if (!found)
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: taskpool.evaluate: '%s' is not one of the "
+                                "task pool's datasets",
+                                fb_cfg_where(ev->items[j]), s);
+    }
+    c->ntasks = kept;
     return FB_OK;
 }
 
@@ -637,22 +664,6 @@ fb_status fb_clip_tasks_translate(const fb_config *node, fb_config **native, fb_
             fb_buf_json_string(&b, c.image_cache);
             fb_buf_puts(&b, "\n");
         }
-    }
-    const fb_config *ev = fb_cfg_map_get(node, "evaluate");
-    if (!st && !fb_cfg_is_null(ev)) {
-        if (ev->kind != FB_CFG_SEQ)
-            st = fb_set_error(FB_ERR_CONFIG,
-                              "%s: taskpool.evaluate must be a list of dataset "
-                              "names",
-                              fb_cfg_where(ev));
-        fb_buf_puts(&b, "evaluate: [");
-        for (int i = 0; i < (ev->kind == FB_CFG_SEQ ? ev->count : 0) && !st; i++) {
-            const char *s;
-            if ((st = fb_cfg_string(ev->items[i], "taskpool.evaluate", &s))) break;
-            fb_buf_puts(&b, i ? ", " : "");
-            fb_buf_json_string(&b, s);
-        }
-        fb_buf_puts(&b, "]\n");
     }
     if (!st) {
         fb_buf_puts(&b, "sources:\n");
