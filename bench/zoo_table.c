@@ -35,7 +35,8 @@
 /* The methods that merge a pool of fine-tuned models, each with FusionBench's defaults (left
  * out: the two-model methods linear_interpolation, expo and slerp, the one-model
  * magnitude_diff_pruning, and depth_upscaling and passthrough, which restructure layers).
- * "name:key=value" passes a parameter: mergekit's methods weigh every model 1 and scale the
+ * "name:key=value[:key=value...]" passes parameters (SMILE gets FusionBench's B/32 choice,
+ * k 32 and gate_k 16, since its default k 128 exceeds the zoo's width of 96): mergekit's methods weigh every model 1 and scale the
  * merged task vector by lambda, so they get FusionBench's task-arithmetic scale, 0.3.
  * AdaMerging runs 100 of its default 1000 steps, to keep `make demo` within minutes. */
 static const char *default_methods =
@@ -44,7 +45,7 @@ static const char *default_methods =
     "breadcrumbs:lambda=0.3,breadcrumbs_ties:lambda=0.3,della:lambda=0.3,"
     "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging,"
     "clip_task_wise_adamerging:max_steps=100,clip_layer_wise_adamerging:max_steps=100,"
-    "fisher_merging,regmean,regmean_plusplus,simple_ensemble";
+    "fisher_merging,regmean,regmean_plusplus,simple_ensemble,smile_upscaling:k=32:gate_k=16";
 
 enum { MAX_TASKS = 64, MAX_ROWS = 128 };
 
@@ -281,16 +282,25 @@ int main(int argc, char **argv)
     n++;
     char *list = strdup(methods);
     for (char *m = strtok(list, ","); m && n < MAX_ROWS; m = strtok(NULL, ",")) {
-        char arg[128], param[128] = "";
+        char arg[128], param[4][128], label[128] = "";
+        char *extra[5] = {arg};
+        int nextra = 1;
         char *colon = strchr(m, ':');
-        if (colon) {
+        if (colon) { /* name:key=value[:key=value...] */
             *colon = '\0';
-            snprintf(param, sizeof param, "method.%s", colon + 1);
+            snprintf(label, sizeof label, " %s", colon + 1);
+            for (char *kv = colon + 1; kv && *kv && nextra < 5;) {
+                char *next = strchr(kv, ':');
+                if (next) *next++ = '\0';
+                snprintf(param[nextra - 1], sizeof param[0], "method.%s", kv);
+                extra[nextra] = param[nextra - 1];
+                nextra++;
+                kv = next;
+            }
         }
         snprintf(arg, sizeof arg, "method=%s", m);
-        char *extra[] = {arg, param};
-        snprintf(rows[n].name, sizeof rows[n].name, "%s%s%s", m, colon ? " " : "", colon ? colon + 1 : "");
-        rows[n].ok = !evaluate(cli, zoo, out, m, extra, colon ? 2 : 1, rows[n].acc, &rows[n].seconds);
+        snprintf(rows[n].name, sizeof rows[n].name, "%s%s", m, label);
+        rows[n].ok = !evaluate(cli, zoo, out, m, extra, nextra, rows[n].acc, &rows[n].seconds);
         failed += !rows[n].ok;
         printf("%-28s %s (%.1f s)\n", m, rows[n].ok ? "done" : "FAILED", rows[n].seconds);
         fflush(stdout);

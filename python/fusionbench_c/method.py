@@ -163,6 +163,11 @@ def _convert(owned, modelpool):
     src = modelpool._models["_pretrained_" if "_pretrained_" in names else names[0]]
     memo = {}
     src_sd = src.state_dict(keep_vars=True)
+    extra = [k for k in sd if k not in src_sd]
+    if extra:  # an upscaled model (smile_upscaling) has another structure than the module
+        raise ValueError(f"the result has tensors the module lacks ({extra[0]}, ...): its "
+                         "structure differs from the pool's modules; give state dicts (or a "
+                         "path) instead to get it")
     for key, old in src_sd.items():
         new = sd.get(key)
         if new is None:

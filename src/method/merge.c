@@ -1167,6 +1167,15 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
         !(xpath = fb_extras_path(path)))
         st = FB_ERR_NOMEM;
     if (!st && path) st = check_outputs(pool, path, xpath); /* before any work */
+    if (!st && m->ops->build) { /* the whole output made by the method */
+        fb_model *out = NULL;
+        st = m->ops->build(m->state, pool, opts, &out);
+        if (!st && path) st = fb_model_save(out, path, save);
+        if (!st && merged) *merged = out;
+        else fb_model_free(out);
+        fb_free(xpath);
+        return st;
+    }
     if (!st) st = collect_inputs(&J, m, pool);
     if (!st && m->ops->learn) st = m->ops->learn(m->state, pool, opts); /* inputs checked first */
     if (!st) st = plan_output(&J, opts);

@@ -170,6 +170,11 @@ typedef struct fb_method_ops {
      * weights ensemble_weights gives. Merging with one is an error. */
     int ensemble;
     fb_status (*ensemble_weights)(const void *state, int num_models, double *weights);
+    /* Upscaling methods (SMILE) whose output is not a merge of like tensors: build makes the
+     * whole output model in memory from the pool (its tensors owned, its structure named in
+     * its metadata); the driver then saves it (atomically) and/or hands it back. */
+    fb_status (*build)(void *state, fb_modelpool *pool, const fb_run_options *opts,
+                       fb_model **out);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);

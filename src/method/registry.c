@@ -41,6 +41,7 @@ extern const fb_method_ops fb_method_wudi;
 extern const fb_method_ops fb_method_tall_mask;
 extern const fb_method_ops fb_method_emr_merging;
 extern const fb_method_ops fb_method_dummy;
+extern const fb_method_ops fb_method_smile_upscaling;
 extern const fb_method_ops fb_method_clip_task_wise_adamerging;
 extern const fb_method_ops fb_method_clip_layer_wise_adamerging;
 extern const fb_method_ops fb_method_fisher_merging;
@@ -83,6 +84,7 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_depth_upscaling,      &fb_method_passthrough,
     &fb_method_wudi,                 &fb_method_tall_mask,
     &fb_method_emr_merging,          &fb_method_dummy,
+    &fb_method_smile_upscaling,
     &fb_method_clip_task_wise_adamerging, &fb_method_clip_layer_wise_adamerging,
     &fb_method_fisher_merging,       &fb_method_regmean,
     &fb_method_regmean_plusplus,

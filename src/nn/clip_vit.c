@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -40,8 +41,20 @@ typedef struct view {
     int64_t shape[4]; /* as transformers stores the tensor */
 } view;
 
+/* A linear layer upscaled by SMILE (src/method/smile_upscaling.c): E low-rank experts and the
+ * router's projections, added to the layer's own output. */
+typedef struct smile_linear {
+    int64_t E, k, gk;
+    float *gate;           /* [E * gk, in] */
+    float *u, *svh, *bias; /* E x [out, k], E x [k, in], E x [out] or NULL */
+} smile_linear;
+
+enum { SL_Q, SL_K, SL_V, SL_O, SL_FC1, SL_FC2, SL_PER_LAYER };
+
 struct fb_clip {
     fb_clip_config c;
+    smile_linear *smile; /* layers x SL_PER_LAYER + 1 (visual_projection), or NULL */
+    int64_t smile_top_k;
     int inference; /* activations of one layer only: forward passes, no backward */
     int64_t max_batch, batch, T, NP;
     float *params, *grads;
@@ -398,9 +411,23 @@ static fb_status create(const fb_clip_config *cfg, int64_t max_batch, int infere
     return FB_OK;
 }
 
+static void smile_free(fb_clip *n)
+{
+    if (!n->smile) return;
+    for (int64_t i = 0; i < n->c.layers * SL_PER_LAYER + 1; i++) {
+        fb_free(n->smile[i].gate);
+        fb_free(n->smile[i].u);
+        fb_free(n->smile[i].svh);
+        fb_free(n->smile[i].bias);
+    }
+    fb_free(n->smile);
+    n->smile = NULL;
+}
+
 void fb_clip_free(fb_clip *n)
 {
     if (!n) return;
+    smile_free(n);
     fb_free(n->params);
     fb_free(n->grads);
     fb_free(n->arena);
@@ -519,6 +546,13 @@ fb_status fb_clip_set_params_from(fb_clip *n, const fb_model *w, const fb_model 
     for (int64_t i = 0; i < n->num_views; i++) {
         const view *v = &n->views[i];
         const fb_tensor *t = fb_model_find(w, v->name);
+        if (!t) { /* a SMILE layer keeps its own weights as <layer>.pretrained_model.* */
+            const char *dot = strrchr(v->name, '.');
+            char alt[200];
+            snprintf(alt, sizeof alt, "%.*s.pretrained_model%s", (int)(dot - v->name), v->name,
+                     dot);
+            t = fb_model_find(w, alt);
+        }
         if (!t && fallback) t = fb_model_find(fallback, v->name);
         if (!t)
             return fb_set_error(FB_ERR_NOT_FOUND, "%s: checkpoint lacks parameter '%s'",
@@ -541,6 +575,206 @@ void fb_clip_zero_grad(fb_clip *n)
 
 #define G(n, p) ((n)->grads + ((p) - (n)->params)) /* the gradient view of a parameter */
 
+/* ------------------------------------------------------------------- SMILE -- */
+
+/* Adds SMILE's experts to y [N, out], the layer's own output for x [N, in], as FusionBench's
+ * SmileMoELinear: router logits ||gate_i x|| per expert, softmax, the top_k kept (ties to the
+ * lower index) and renormalised; the selected experts' u (svh x) + bias, weighted, summed in
+ * expert order into a zeroed buffer, which is then added to y. Returns nonzero when out of
+ * memory. Rows are independent and every GEMM's blocks follow from its row count: the same
+ * bytes for any thread count. */
+static int smile_apply(const fb_clip *n, int64_t layer, int slot, const float *x, float *y,
+                       int64_t N, int64_t in, int64_t out)
+{
+    if (!n->smile) return 0;
+    const smile_linear *sl = &n->smile[layer * SL_PER_LAYER + slot];
+    if (!sl->E) return 0;
+    const int64_t E = sl->E, gk = sl->gk, k = sl->k, K = n->smile_top_k;
+    float *G = fb_malloc((size_t)(N * E * gk) * sizeof *G);
+    float *w = fb_malloc((size_t)(N * K) * sizeof *w);
+    int32_t *sel = fb_malloc((size_t)(N * K) * sizeof *sel);
+    int64_t *rows = fb_malloc((size_t)N * sizeof *rows);
+    float *X = fb_malloc((size_t)(N * in) * sizeof *X),
+          *Tm = fb_malloc((size_t)(N * k) * sizeof *Tm);
+    float *Y = fb_malloc((size_t)(N * out) * sizeof *Y),
+          *acc = fb_calloc((size_t)(N * out), sizeof *acc);
+    int fail = !G || !w || !sel || !rows || !X || !Tm || !Y || !acc;
+    if (!fail) {
+        fb_linear_forward(G, x, sl->gate, NULL, N, in, E * gk);
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < N; r++) {
+            float p[256];
+            const float *g = G + r * E * gk;
+            float mx = -INFINITY, sum = 0.0f;
+            for (int64_t i = 0; i < E; i++) {
+                float s2 = 0.0f;
+                for (int64_t j = 0; j < gk; j++)
+                    s2 += g[i * gk + j] * g[i * gk + j];
+                p[i] = E == 1 ? 1.0f : sqrtf(s2); /* FusionBench's one-expert gate gives 1 */
+                mx = p[i] > mx ? p[i] : mx;
+            }
+            for (int64_t i = 0; i < E; i++)
+                sum += p[i] = expf(p[i] - mx);
+            for (int64_t i = 0; i < E; i++)
+                p[i] /= sum;
+            float tot = 0.0f;
+            for (int64_t j = 0; j < K; j++) { /* the j-th largest, lowest index on ties */
+                int64_t best = -1;
+                for (int64_t i = 0; i < E; i++) {
+                    int taken = 0;
+                    for (int64_t m = 0; m < j; m++)
+                        taken |= sel[r * K + m] == i;
+                    if (!taken && (best < 0 || p[i] > p[best])) best = i;
+                }
+                sel[r * K + j] = (int32_t)best;
+                w[r * K + j] = p[best];
+                tot += p[best];
+            }
+            for (int64_t j = 0; j < K; j++)
+                w[r * K + j] /= tot;
+        }
+        for (int64_t i = 0; i < E; i++) {
+            int64_t cnt = 0;
+            for (int64_t r = 0; r < N; r++)
+                for (int64_t j = 0; j < K; j++)
+                    if (sel[r * K + j] == i) rows[cnt++] = r * K + j;
+            if (!cnt) continue;
+#pragma omp parallel for schedule(static)
+            for (int64_t c = 0; c < cnt; c++)
+                memcpy(X + c * in, x + (rows[c] / K) * in, (size_t)in * sizeof *X);
+            fb_linear_forward(Tm, X, sl->svh + i * k * in, NULL, cnt, in, k);
+            fb_linear_forward(Y, Tm, sl->u + i * out * k, sl->bias ? sl->bias + i * out : NULL, cnt,
+                              k, out);
+#pragma omp parallel for schedule(static)
+            for (int64_t c = 0; c < cnt; c++) {
+                const float wc = w[rows[c]];
+                float *a = acc + (rows[c] / K) * out;
+                for (int64_t o = 0; o < out; o++)
+                    a[o] += Y[c * out + o] * wc;
+            }
+        }
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t o = 0; o < out; o++)
+                y[r * out + o] += acc[r * out + o];
+    }
+    fb_free(G);
+    fb_free(w);
+    fb_free(sel);
+    fb_free(rows);
+    fb_free(X);
+    fb_free(Tm);
+    fb_free(Y);
+    fb_free(acc);
+    return fail;
+}
+
+/* one expert tensor of a SMILE layer into dst (n floats), checked */
+static fb_status smile_tensor(const fb_model *m, const char *name, int64_t n, float *dst)
+{
+    const fb_tensor *t = fb_model_find(m, name);
+    if (!t)
+        return fb_set_error(FB_ERR_NOT_FOUND, "%s: SMILE model lacks tensor '%s'",
+                            fb_model_label(m), name);
+    if (fb_tensor_numel(t) != n || !fb_dtype_is_float(fb_tensor_dtype(t)))
+        return fb_set_error(FB_ERR_MISMATCH,
+                            "%s: SMILE tensor '%s' has %lld elements, the layer "
+                            "needs %lld",
+                            fb_model_label(m), name, (long long)fb_tensor_numel(t), (long long)n);
+    return fb_tensor_to_f32(t, dst);
+}
+
+static fb_status smile_load(fb_clip *n, const fb_model *m, const char *prefix, int64_t E,
+                            int64_t in, int64_t out, int has_bias, smile_linear *sl)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.gate.weights", prefix);
+    const fb_tensor *g = fb_model_find(m, name);
+    char uname[256];
+    snprintf(uname, sizeof uname, "%s.experts.0.u", prefix);
+    const fb_tensor *u0 = fb_model_find(m, uname);
+    if (!g && u0)
+        return fb_set_error(FB_ERR_FORMAT, "%s: SMILE model lacks router tensor '%s'",
+                            fb_model_label(m), name);
+    if (!g) return FB_OK; /* a plain layer: no fine-tune changed it */
+    snprintf(name, sizeof name, "%s", uname);
+    if (!u0 || fb_tensor_ndim(u0) != 2 || fb_tensor_shape(u0)[0] != out)
+        return fb_set_error(FB_ERR_NOT_FOUND, "%s: SMILE model lacks tensor '%s' [%lld, k]",
+                            fb_model_label(m), name, (long long)out);
+    const int64_t k = fb_tensor_shape(u0)[1], rows = fb_tensor_shape(g)[0];
+    if (fb_tensor_ndim(g) != 2 || fb_tensor_shape(g)[1] != in || rows % E || k <= 0)
+        return fb_set_error(FB_ERR_MISMATCH,
+                            "%s: SMILE router '%s.gate.weights' must be "
+                            "[%lld x gate_k, %lld]",
+                            fb_model_label(m), prefix, (long long)E, (long long)in);
+    (void)n;
+    sl->E = E;
+    sl->k = k;
+    sl->gk = rows / E;
+    sl->gate = fb_malloc((size_t)(rows * in) * sizeof *sl->gate);
+    sl->u = fb_malloc((size_t)(E * out * k) * sizeof *sl->u);
+    sl->svh = fb_malloc((size_t)(E * k * in) * sizeof *sl->svh);
+    sl->bias = has_bias ? fb_malloc((size_t)(E * out) * sizeof *sl->bias) : NULL;
+    if (!sl->gate || !sl->u || !sl->svh || (has_bias && !sl->bias)) return FB_ERR_NOMEM;
+    fb_status st = fb_tensor_to_f32(g, sl->gate);
+    for (int64_t i = 0; i < E && !st; i++) {
+        snprintf(name, sizeof name, "%s.experts.%lld.u", prefix, (long long)i);
+        st = smile_tensor(m, name, out * k, sl->u + i * out * k);
+        snprintf(name, sizeof name, "%s.experts.%lld.svh", prefix, (long long)i);
+        if (!st) st = smile_tensor(m, name, k * in, sl->svh + i * k * in);
+        snprintf(name, sizeof name, "%s.experts.%lld.bias", prefix, (long long)i);
+        if (!st && has_bias) st = smile_tensor(m, name, out, sl->bias + i * out);
+    }
+    return st;
+}
+
+fb_status fb_clip_set_smile(fb_clip *n, const fb_model *m)
+{
+    smile_free(n);
+    const char *kind = fb_model_get_metadata(m, "fusionbench_c.structure");
+    if (!kind || strcmp(kind, "smile_upscaling")) return FB_OK;
+    const char *ne = fb_model_get_metadata(m, "smile.num_experts");
+    const char *tk = fb_model_get_metadata(m, "smile.top_k");
+    const long long E = ne ? atoll(ne) : 0, K = tk ? atoll(tk) : 0;
+    if (E < 1 || E > 256 || K < 1 || K > E)
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: SMILE metadata smile.num_experts '%s' and "
+                            "smile.top_k '%s' must be 1 <= top_k <= experts <= 256",
+                            fb_model_label(m), ne ? ne : "", tk ? tk : "");
+    const fb_clip_config *c = &n->c;
+    const int64_t slots = c->layers * SL_PER_LAYER + 1;
+    if (!(n->smile = fb_calloc((size_t)slots, sizeof *n->smile))) return FB_ERR_NOMEM;
+    n->smile_top_k = K;
+    static const char *const names[SL_PER_LAYER] = {"self_attn.q_proj", "self_attn.k_proj",
+                                                    "self_attn.v_proj", "self_attn.out_proj",
+                                                    "mlp.fc1",          "mlp.fc2"};
+    fb_status st = FB_OK;
+    int any = 0;
+    for (int64_t l = 0; l < c->layers && !st; l++)
+        for (int s = 0; s < SL_PER_LAYER && !st; s++) {
+            char prefix[160];
+            snprintf(prefix, sizeof prefix, "vision_model.encoder.layers.%lld.%s", (long long)l,
+                     names[s]);
+            const int64_t in = s == SL_FC2 ? c->intermediate : c->hidden;
+            const int64_t out = s == SL_FC1 ? c->intermediate : c->hidden;
+            smile_linear *sl = &n->smile[l * SL_PER_LAYER + s];
+            st = smile_load(n, m, prefix, E, in, out, 1, sl);
+            any |= sl->E > 0;
+        }
+    if (!st && c->projection) {
+        st = smile_load(n, m, "visual_projection", E, c->hidden, c->projection, 0,
+                        &n->smile[c->layers * SL_PER_LAYER]);
+        any |= n->smile[c->layers * SL_PER_LAYER].E > 0;
+    }
+    if (!st && !any)
+        st = fb_set_error(FB_ERR_FORMAT,
+                          "%s: a SMILE model without any upscaled layer of the "
+                          "vision tower",
+                          fb_model_label(m));
+    if (st) smile_free(n);
+    return st;
+}
+
 /* ------------------------------------------------------------------- forward -- */
 
 fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const float **features)
@@ -551,6 +785,7 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
     const fb_clip_config *c = &n->c;
     const int64_t E = c->hidden, I = c->intermediate, H = c->heads, T = n->T, NP = n->NP;
     n->batch = B;
+    int smile_status = 0; /* a SMILE layer's scratch could not be allocated */
     fb_nn_blas_single(1);
     fb_patch_embed_forward(n->pe, n->cols, images, n->pe_w, B, c->channels, c->image_size,
                            c->patch_size, E);
@@ -571,17 +806,23 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
         fb_linear_forward(A->q, A->ln1, p->q_w, p->q_b, BT, E, E);
         fb_linear_forward(A->k, A->ln1, p->k_w, p->k_b, BT, E, E);
         fb_linear_forward(A->v, A->ln1, p->v_w, p->v_b, BT, E, E);
+        smile_status |= smile_apply(n, l, SL_Q, A->ln1, A->q, BT, E, E);
+        smile_status |= smile_apply(n, l, SL_K, A->ln1, A->k, BT, E, E);
+        smile_status |= smile_apply(n, l, SL_V, A->ln1, A->v, BT, E, E);
         fb_attention_forward(A->a, A->att, A->q, A->k, A->v, B, T, H, E / H, 0);
         fb_linear_forward(A->x1, A->a, p->o_w, p->o_b, BT, E, E);
+        smile_status |= smile_apply(n, l, SL_O, A->a, A->x1, BT, E, E);
         for (int64_t j = 0; j < BT * E; j++)
             A->x1[j] += A->in[j];
         fb_layernorm_forward(A->ln2, A->mean2, A->rstd2, A->x1, p->ln2_w, p->ln2_b, BT, E, c->eps);
         fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, BT, E, I);
+        smile_status |= smile_apply(n, l, SL_FC1, A->ln2, A->h, BT, E, I);
         if (c->quick_gelu)
             fb_quick_gelu_forward(A->g, A->h, BT * I);
         else
             fb_gelu_forward(A->g, A->h, BT * I);
         fb_linear_forward(A->out, A->g, p->fc2_w, p->fc2_b, BT, I, E);
+        smile_status |= smile_apply(n, l, SL_FC2, A->g, A->out, BT, I, E);
         for (int64_t j = 0; j < BT * E; j++)
             A->out[j] += A->x1[j];
     }
@@ -590,13 +831,15 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
         memcpy(n->pooled_in + b * E, last + b * T * E, (size_t)E * sizeof(float));
     fb_layernorm_forward(n->pooled, n->meanp, n->rstdp, n->pooled_in, n->post_w, n->post_b, B, E,
                          c->eps);
-    if (n->proj_w)
+    if (n->proj_w) {
         fb_linear_forward(n->features, n->pooled, n->proj_w, NULL, B, E, c->projection);
-    else
+        smile_status |= smile_apply(n, c->layers, 0, n->pooled, n->features, B, E, c->projection);
+    } else {
         memcpy(n->features, n->pooled, (size_t)(B * E) * sizeof(float));
+    }
     *features = n->features;
     fb_nn_blas_single(0);
-    return FB_OK;
+    return smile_status ? FB_ERR_NOMEM : FB_OK;
 }
 
 /* ------------------------------------------------------------------ backward -- */
@@ -608,6 +851,7 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
     const int64_t BT = B * T, NP = n->NP;
     if (B <= 0) return fb_set_error(FB_ERR_ARG, "backward before a forward pass");
     if (n->inference) return fb_set_error(FB_ERR_ARG, "backward through an inference network");
+    if (n->smile) return fb_set_error(FB_ERR_ARG, "backward through SMILE experts");
     fb_nn_blas_single(1);
     memset(n->dpooled, 0, (size_t)(B * E) * sizeof(float));
     if (n->proj_w)

@@ -59,6 +59,13 @@ fb_status fb_clip_set_params(fb_clip *net, const fb_model *weights);
  * FusionBench's classifier holds it. */
 fb_status fb_clip_set_params_from(fb_clip *net, const fb_model *weights, const fb_model *fallback);
 
+/* The SMILE experts of an upscaled model (src/method/smile_upscaling.c; its metadata
+ * fusionbench_c.structure = smile_upscaling), added to the linear layers they upscale in every
+ * later forward pass; a model without that metadata clears them. The layers' own weights come
+ * from fb_clip_set_params (which reads <layer>.pretrained_model.weight). A missing or
+ * misshapen router or expert tensor is an error naming it. Forward only (backward refuses). */
+fb_status fb_clip_set_smile(fb_clip *net, const fb_model *weights);
+
 fb_clip_config fb_clip_get_config(const fb_clip *net);
 int64_t fb_clip_max_batch(const fb_clip *net);
 
