@@ -16,13 +16,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
-from clip_torch import clip_forward, clip_params  # noqa: E402
+from clip_torch import B32, clip_forward, clip_params  # noqa: E402
 
 threads, reps, B = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
-cfg = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-       "num_hidden_layers": 12, "image_size": 224, "patch_size": 32, "num_channels": 3,
-       "projection_dim": 512, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+cfg = B32
 g = torch.Generator().manual_seed(0)
 params = clip_params(cfg, g)
 images = torch.randn(B, 3, 224, 224, generator=g)

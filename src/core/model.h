@@ -60,6 +60,9 @@ void fb_tensor_release_cache(const fb_tensor *t);
 fb_status fb_tensor_view(const fb_tensor *t, size_t offset, size_t n, void *scratch,
                          const void **out);
 
+/* The tensor as a new f32 array (fb_malloc'd, at least one element); *out NULL on failure. */
+fb_status fb_tensor_to_f32_copy(const fb_tensor *t, float **out);
+
 /* A label for messages: the model's path, or "in memory". */
 const char *fb_model_label(const fb_model *model);
 

@@ -190,18 +190,6 @@ static fb_status classify(const char *adapter, const fb_tensor *t, char *module,
                         adapter, t->name);
 }
 
-static fb_status to_f32(const fb_tensor *t, float **out)
-{
-    *out = fb_malloc((size_t)(t->numel ? t->numel : 1) * sizeof **out);
-    if (!*out) return FB_ERR_NOMEM;
-    fb_status st = fb_tensor_to_f32(t, *out);
-    if (st) {
-        fb_free(*out);
-        *out = NULL;
-    }
-    return st;
-}
-
 /* The computed tensor W + scale L R (or W + add) under W's name. */
 static fb_status add_adapted(fb_model *out, const fb_tensor *W, const char *adapter_file, delta *d)
 {
@@ -348,7 +336,7 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
                 st = fb_set_error(FB_ERR_MISMATCH, "%s: '%s' has %lld entries for the %lld of '%s'",
                                   weights, p->bias->name, (long long)p->bias->numel,
                                   (long long)W->numel, W->name);
-            if (!st) st = to_f32(p->bias, &d->add);
+            if (!st) st = fb_tensor_to_f32_copy(p->bias, &d->add);
         } else {
             const fb_tensor *A = p->A, *B = p->B;
             if (!A || !B || A->ndim != 2 || B->ndim != 2 || W->ndim != 2)
@@ -375,8 +363,8 @@ fb_status fb_lora_apply(const fb_model *base, const char *adapter_dir, fb_model 
                                       (long long)B->shape[1], W->name, (long long)d->rows,
                                       (long long)d->cols);
                 float *a = NULL, *b = NULL;
-                if (!st) st = to_f32(A, &a);
-                if (!st) st = to_f32(B, &b);
+                if (!st) st = fb_tensor_to_f32_copy(A, &a);
+                if (!st) st = fb_tensor_to_f32_copy(B, &b);
                 if (!st && p->embedding) { /* L = A^T [vocab, r], R = B^T [r, dim] */
                     d->L = fb_malloc((size_t)(d->rows * rank) * sizeof *d->L);
                     d->R = fb_malloc((size_t)(rank * d->cols) * sizeof *d->R);

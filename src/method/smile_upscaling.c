@@ -117,19 +117,6 @@ static fb_status truncated_svd(const float *D, int64_t m, int64_t n, int64_t r, 
     return st;
 }
 
-/* the f32 copy of a tensor (fb_malloc'd) */
-static fb_status to_f32(const fb_tensor *t, float **out)
-{
-    *out = fb_malloc((size_t)(fb_tensor_numel(t) ? fb_tensor_numel(t) : 1) * sizeof(float));
-    if (!*out) return FB_ERR_NOMEM;
-    fb_status st = fb_tensor_to_f32(t, *out);
-    if (st) {
-        fb_free(*out);
-        *out = NULL;
-    }
-    return st;
-}
-
 static fb_status add_f32(fb_model *m, const char *name, int ndim, const int64_t *shape,
                          const float *data)
 {
@@ -151,11 +138,11 @@ static fb_status upscale_linear(const state *s, const char *prefix, const fb_ten
                             (long long)s->k, (long long)s->gate_k);
     float *w0 = NULL, *b0 = NULL;
     float **D = fb_calloc((size_t)E, sizeof *D);
-    fb_status st = D ? to_f32(w0t, &w0) : FB_ERR_NOMEM;
-    if (!st && b0t) st = to_f32(b0t, &b0);
+    fb_status st = D ? fb_tensor_to_f32_copy(w0t, &w0) : FB_ERR_NOMEM;
+    if (!st && b0t) st = fb_tensor_to_f32_copy(b0t, &b0);
     int all_zero = 1;
     for (int i = 0; i < E && !st; i++) {
-        if ((st = to_f32(wt[i], &D[i]))) break;
+        if ((st = fb_tensor_to_f32_copy(wt[i], &D[i]))) break;
         for (int64_t j = 0; j < O * I; j++) {
             D[i][j] -= w0[j];
             all_zero &= D[i][j] == 0.0f;
@@ -194,7 +181,7 @@ static fb_status upscale_linear(const state *s, const char *prefix, const fb_ten
                    (size_t)(gk * I) * sizeof *gate);
         } else { /* the fine-tuned weight's own singular vectors */
             float *Wi = NULL, *u1 = NULL, *s1 = NULL;
-            st = to_f32(wt[i], &Wi);
+            st = fb_tensor_to_f32_copy(wt[i], &Wi);
             if (!st && (!(u1 = fb_malloc((size_t)(O * gk) * sizeof *u1)) ||
                         !(s1 = fb_malloc((size_t)gk * sizeof *s1))))
                 st = FB_ERR_NOMEM;
@@ -240,7 +227,7 @@ static fb_status upscale_linear(const state *s, const char *prefix, const fb_ten
         if (!st) st = add_f32(out, name, 2, ss, svh);
         if (!st && b0t) {
             float *b = NULL;
-            if (!(st = to_f32(bt[i], &b))) {
+            if (!(st = fb_tensor_to_f32_copy(bt[i], &b))) {
                 for (int64_t o = 0; o < O; o++)
                     bi[o] = b[o] - b0[o];
                 snprintf(name, sizeof name, "%s.experts.%d.bias", prefix, i);
@@ -380,7 +367,7 @@ static fb_status build(void *p, fb_modelpool *pool, const fb_run_options *opts, 
                                   fb_modelpool_model_name(pool, i), name);
                 break;
             }
-            if ((st = to_f32(ti, &v))) break;
+            if ((st = fb_tensor_to_f32_copy(ti, &v))) break;
             for (int64_t j = 0; j < numel; j++)
                 mean[j] += v[j];
             fb_free(v);

@@ -7,6 +7,12 @@ import torch.nn.functional as F
 
 
 
+# CLIP-ViT-B/32's vision tower (openai/clip-vit-base-patch32's vision_config), for benchmarks
+B32 = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+       "num_hidden_layers": 12, "image_size": 224, "patch_size": 32, "num_channels": 3,
+       "projection_dim": 512, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+
+
 def clip_forward(P, cfg, images, record=None, linear=F.linear):
     """record: a dict that receives, per linear weight name, the inputs [rows, in] it saw.
     linear: the function that applies every linear layer (F.linear's signature)."""
