@@ -31,7 +31,7 @@ TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
 BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table $(BUILD)/bench_adamerging \
             $(BUILD)/bench_torch_bin \
-            $(BUILD)/bench_scale $(BUILD)/bench_eval $(BUILD)/bench_smile
+            $(BUILD)/bench_scale $(BUILD)/bench_eval $(BUILD)/bench_smile $(BUILD)/bench_fidelity
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 DATA_OK  := $(BUILD)/.data-deps-ok
@@ -125,7 +125,7 @@ fuzz: $(DEPS_OK)
 
 # The main job: the model zoo (trained once, then reused) merged by every method, scored on
 # every task; the table goes to outputs/zoo_table.{md,json,png}.
-demo: $(DATA_OK) $(CLI) $(EXAMPLES) $(BUILD)/bench_zoo_table
+demo: $(DATA_OK) $(CLI) $(EXAMPLES) $(BUILD)/bench_zoo_table $(BUILD)/bench_fidelity
 	@sh examples/demo.sh $(BUILD)
 
 bench: $(BENCHES) $(CLI)
