@@ -10,35 +10,14 @@
 #include "alloc.h"
 #include "status.h"
 
-const char *fb_tensor_name(const fb_tensor *t)
-{
-    return t->name;
-}
-fb_dtype fb_tensor_dtype(const fb_tensor *t)
-{
-    return t->dtype;
-}
-int fb_tensor_ndim(const fb_tensor *t)
-{
-    return t->ndim;
-}
-const int64_t *fb_tensor_shape(const fb_tensor *t)
-{
-    return t->shape;
-}
-int64_t fb_tensor_numel(const fb_tensor *t)
-{
-    return t->numel;
-}
-size_t fb_tensor_nbytes(const fb_tensor *t)
-{
-    return t->nbytes;
-}
+const char *fb_tensor_name(const fb_tensor *t) { return t->name; }
+fb_dtype fb_tensor_dtype(const fb_tensor *t) { return t->dtype; }
+int fb_tensor_ndim(const fb_tensor *t) { return t->ndim; }
+const int64_t *fb_tensor_shape(const fb_tensor *t) { return t->shape; }
+int64_t fb_tensor_numel(const fb_tensor *t) { return t->numel; }
+size_t fb_tensor_nbytes(const fb_tensor *t) { return t->nbytes; }
 
-void *fb_tensor_mutable_data(fb_tensor *t)
-{
-    return t->owns_data ? t->data : NULL;
-}
+void *fb_tensor_mutable_data(fb_tensor *t) { return t->owns_data ? t->data : NULL; }
 
 fb_status fb_tensor_data(const fb_tensor *t, const void **data)
 {
@@ -159,10 +138,8 @@ fb_status fb_model_create(fb_model **out)
 static void tensor_free(fb_tensor *t)
 {
     if (!t) return;
-    if (t->owns_data == FB_OWNS_PAGES)
-        fb_free_pages(t->data, t->nbytes);
-    else if (t->owns_data)
-        fb_free(t->data);
+    if (t->owns_data == FB_OWNS_PAGES) fb_free_pages(t->data, t->nbytes);
+    else if (t->owns_data) fb_free(t->data);
     if (t->src) fb_source_unref(t->src);
     fb_free(t->name);
     fb_free(t);
@@ -171,8 +148,7 @@ static void tensor_free(fb_tensor *t)
 void fb_model_free(fb_model *m)
 {
     if (!m) return;
-    for (int64_t i = 0; i < m->count; i++)
-        tensor_free(m->tensors[i]);
+    for (int64_t i = 0; i < m->count; i++) tensor_free(m->tensors[i]);
     fb_free(m->tensors);
     fb_strmap_clear(&m->index);
     for (int64_t i = 0; i < m->meta_count; i++) {
@@ -187,10 +163,7 @@ void fb_model_free(fb_model *m)
     fb_free(m);
 }
 
-const char *fb_model_label(const fb_model *m)
-{
-    return m->path ? m->path : "in memory";
-}
+const char *fb_model_label(const fb_model *m) { return m->path ? m->path : "in memory"; }
 
 /* Makes a tensor record with name, dtype and shape checked; no bytes yet. */
 static fb_status tensor_new(const fb_model *m, const char *name, fb_dtype dtype, int ndim,
@@ -214,8 +187,7 @@ static fb_status tensor_new(const fb_model *m, const char *name, fb_dtype dtype,
     }
     t->dtype = dtype;
     t->ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        t->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     *out = t;
     return FB_OK;
 }
@@ -249,9 +221,8 @@ fb_status fb_model_add_tensor(fb_model *m, const char *name, fb_dtype dtype, int
     fb_status st = tensor_new(m, name, dtype, ndim, shape, &t);
     if (st) return st;
     int pages = t->nbytes >= FB_PAGES_MIN;
-    t->data = pages  ? fb_alloc_pages(t->nbytes)
-              : data ? fb_malloc(t->nbytes)
-                     : fb_calloc(1, t->nbytes);
+    t->data = pages ? fb_alloc_pages(t->nbytes)
+                    : data ? fb_malloc(t->nbytes) : fb_calloc(1, t->nbytes);
     if (!t->data) {
         tensor_free(t);
         return FB_ERR_NOMEM;
@@ -297,10 +268,7 @@ fb_status fb_model_declare_tensor(fb_model *m, const char *name, fb_dtype dtype,
     return st ? st : model_append(m, t);
 }
 
-int64_t fb_model_num_tensors(const fb_model *m)
-{
-    return m->count;
-}
+int64_t fb_model_num_tensors(const fb_model *m) { return m->count; }
 
 const fb_tensor *fb_model_tensor(const fb_model *m, int64_t i)
 {
@@ -316,8 +284,7 @@ const fb_tensor *fb_model_find(const fb_model *m, const char *name)
 int64_t fb_model_num_params(const fb_model *m)
 {
     int64_t n = 0;
-    for (int64_t i = 0; i < m->count; i++)
-        n += m->tensors[i]->numel;
+    for (int64_t i = 0; i < m->count; i++) n += m->tensors[i]->numel;
     return n;
 }
 
@@ -363,10 +330,7 @@ const char *fb_model_get_metadata(const fb_model *m, const char *key)
     return NULL;
 }
 
-int64_t fb_model_num_metadata(const fb_model *m)
-{
-    return m->meta_count;
-}
+int64_t fb_model_num_metadata(const fb_model *m) { return m->meta_count; }
 
 void fb_model_metadata_at(const fb_model *m, int64_t i, const char **key, const char **value)
 {
