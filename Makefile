@@ -31,7 +31,7 @@ TESTS    := $(BUILD)/fb_tests
 EXAMPLES := $(BUILD)/quickstart $(BUILD)/make_pool
 BENCHES  := $(BUILD)/bench_merge $(BUILD)/bench_nn $(BUILD)/bench_zoo_table $(BUILD)/bench_adamerging \
             $(BUILD)/bench_torch_bin \
-            $(BUILD)/bench_scale $(BUILD)/bench_eval $(BUILD)/bench_smile $(BUILD)/bench_fidelity
+            $(BUILD)/bench_scale $(BUILD)/bench_eval $(BUILD)/bench_smile $(BUILD)/bench_wemoe $(BUILD)/bench_fidelity
 DEPS_OK  := $(BUILD)/.deps-ok
 TDEPS_OK := $(BUILD)/.test-deps-ok
 DATA_OK  := $(BUILD)/.data-deps-ok
@@ -93,6 +93,7 @@ test: $(TDEPS_OK) $(CLI) $(TESTS) $(EXAMPLES) $(BENCHES) $(SOLIB)
 	$(PYTHON) tests/reference/mergekit_ref.py $(BUILD)/ref
 	$(PYTHON) tests/reference/clip_text_ref.py $(BUILD)/ref
 	$(PYTHON) tests/reference/smile_ref.py $(BUILD)/ref
+	$(PYTHON) tests/reference/wemoe_ref.py $(BUILD)/ref
 	$(TESTS) --ref $(BUILD)/ref --cli $(CLI) --bin $(BUILD)
 
 # The whole suite under AddressSanitizer, UndefinedBehaviorSanitizer and LeakSanitizer, in a

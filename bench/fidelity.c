@@ -2,8 +2,8 @@
  * bench/fidelity.c: does the demo table rank methods as FusionBench's real benchmark does?
  * Reads a table's JSON (bench_zoo_table's outputs/zoo_table.json), prints, for the methods
  * both have, each one's average beside FusionBench's published CLIP-ViT-B/32 average
- * (docs/modelpool/clip_vit.md of FusionBench), the Spearman rank correlation of the two
- * columns, and the ordering checks issue 18 asks of the zoo. Exit status 0 whatever the result
+ * (docs/modelpool/clip_vit.md of FusionBench; WEMoE from its paper), the Spearman rank
+ * correlation of the two columns, and the ordering checks issue 18 asks of the zoo. Exit status 0 whatever the result
  * (it measures; it does not judge), 1 if the file cannot be read.
  *
  *     bench_fidelity outputs/zoo_table.json
@@ -35,6 +35,7 @@ static const struct {
     {"task_singular_vector", "TSV-M", 83.1},
     {"wudi", "WUDI", 84.5},
     {"simple_ensemble", "simple ensemble", 75.8},
+    {"weight_ensembling_moe", "Weight-Ensembling MoE", 89.2},
 };
 enum { NPUB = sizeof published / sizeof published[0] };
 

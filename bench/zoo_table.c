@@ -45,7 +45,8 @@ static const char *default_methods =
     "breadcrumbs:lambda=0.3,breadcrumbs_ties:lambda=0.3,della:lambda=0.3,"
     "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging,"
     "clip_task_wise_adamerging:max_steps=100,clip_layer_wise_adamerging:max_steps=100,"
-    "fisher_merging,regmean,regmean_plusplus,simple_ensemble,smile_upscaling:k=32:gate_k=16";
+    "fisher_merging,regmean,regmean_plusplus,simple_ensemble,smile_upscaling:k=32:gate_k=16,"
+    "weight_ensembling_moe:max_steps=100";
 
 enum { MAX_TASKS = 64, MAX_ROWS = 128 };
 

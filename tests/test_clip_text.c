@@ -462,8 +462,9 @@ TEST(fusionbench_clip_taskpool_feeds_the_data_driven_methods)
     const char *methods[][3] = {
         {"method=adamerging", "method.max_steps=2", "method.batch_size=4"},
         {"method=regmean", "method.num_regmean_examples=8", "method.batch_size=4"},
+        {"method=weight_ensembling_moe", "method.max_steps=2", "method.batch_size=4"},
     };
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         const char *argv[] = {fb_test_cli,
                               methods[i][0],
                               mp,

@@ -429,6 +429,30 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
     REQUIRE(run_cli(NULL, (const char *[]){"--threads", "2", "method=adamerging", "method.max_steps=3",
                                           mp, tp, o2, NULL}) == 0);
     EXPECT(same_file(fb_test_path("ada1.safetensors"), fb_test_path("ada2.safetensors")));
+    /* Weight-Ensembling MoE: the routers adapted on the same batches to the same bytes; the
+     * saved model evaluates like the run that made it */
+    snprintf(o1, sizeof o1, "merged_model_save_path=%s", fb_test_path("we1.safetensors"));
+    snprintf(o2, sizeof o2, "merged_model_save_path=%s", fb_test_path("we2.safetensors"));
+    REQUIRE(run_cli(&out, (const char *[]){"--threads", "1", "method=weight_ensembling_moe",
+                                          "method.max_steps=3", "method.batch_size=4", mp, tp, o1,
+                                          NULL}) == 0);
+    EXPECT(out && strstr(out, "learned in 3 steps") && strstr(out, "average"));
+    REQUIRE(run_cli(NULL, (const char *[]){"--threads", "2", "method=weight_ensembling_moe",
+                                          "method.max_steps=3", "method.batch_size=4", mp, tp, o2,
+                                          NULL}) == 0);
+    EXPECT(same_file(fb_test_path("we1.safetensors"), fb_test_path("we2.safetensors")));
+    {
+        char ck[4200];
+        char *out2 = NULL;
+        snprintf(ck, sizeof ck, "method.checkpoint=%s", fb_test_path("we1.safetensors"));
+        REQUIRE(run_cli(&out2, (const char *[]){"method=weight_ensembling_moe", ck, mp, tp,
+                                               NULL}) == 0);
+        const char *a = out ? strstr(out, "  task ") : NULL, *b = out2 ? strstr(out2, "  task ") : NULL;
+        const char *ea = a ? strstr(a, "(evaluation") : NULL, *eb = b ? strstr(b, "(evaluation") : NULL;
+        EXPECT(a && b && ea && eb && ea - a == eb - b && !memcmp(a, b, (size_t)(ea - a)));
+        free(out2);
+    }
+    free(out);
     /* the same through the C API: a pool, a task pool, a method; then the evaluation the
      * command printed */
     {

@@ -1,10 +1,12 @@
 /*
- * linalg.c: thin SVD, polar factor and products over LAPACKE and CBLAS (OpenBLAS).
+ * linalg.c: thin SVD, polar factor and products over LAPACKE and CBLAS (OpenBLAS), and
+ * torch.quantile's linear interpolation.
  */
 #include "linalg.h"
 
 #include <cblas.h>
 #include <lapacke.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,4 +77,48 @@ fb_status fb_solve(double *A, int64_t n, double *B, int64_t nrhs, const char *wh
                             what, (long long)n, (long long)n);
     if (info < 0) return fb_set_error(FB_ERR_INTERNAL, "%s: LAPACKE_dgesv argument %d", what, (int)-info);
     return FB_OK;
+}
+
+/* The k-th smallest of v[0..n) (0-based), reordering v: Hoare's selection, O(n). */
+static float select_kth(float *v, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i <= j) {
+                float t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return v[k];
+    }
+    return v[k];
+}
+
+/* torch.quantile(x, q) with linear interpolation, in f32 as torch computes it. */
+float fb_quantile_f32(float *v, int64_t n, float q)
+{
+    float rank = q * (float)(n - 1);
+    int64_t below = (int64_t)rank, above = (int64_t)ceilf(rank);
+    float lo = select_kth(v, n, below);
+    float hi = lo;
+    if (above != below) { /* the smallest of the entries above `below` */
+        hi = v[below + 1];
+        for (int64_t j = below + 2; j < n; j++)
+            if (v[j] < hi) hi = v[j];
+    }
+    float w = rank - (float)below;
+    return w < 0.5f ? lo + w * (hi - lo) : hi - (hi - lo) * (1.0f - w);
 }

@@ -28,4 +28,8 @@ void fb_matmul_tn(const double *A, const double *B, double *C, int64_t m, int64_
 /* Solves A X = B (A n x n, B n x nrhs; LAPACK's dgesv, LU with partial pivoting): X replaces
  * B, A is destroyed. A singular A is an error naming `what`. */
 fb_status fb_solve(double *A, int64_t n, double *B, int64_t nrhs, const char *what);
+
+/* torch.quantile(v, q) with linear interpolation, in f32 as torch computes it; v (n > 0
+ * values) is reordered. */
+float fb_quantile_f32(float *v, int64_t n, float q);
 #endif

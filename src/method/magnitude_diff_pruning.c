@@ -26,6 +26,7 @@
 
 #include "core/alloc.h"
 #include "core/status.h"
+#include "linalg.h"
 #include "method.h"
 
 enum { MINOR, MAJOR, UNSTRUCTURED, SEMISTRUCTURED };
@@ -142,50 +143,6 @@ static int by_key_then_position(const void *pa, const void *pb)
     return (a->at > b->at) - (a->at < b->at);
 }
 
-/* The k-th smallest of v[0..n) (0-based), reordering v: Hoare's selection, O(n). */
-static float select_kth(float *v, int64_t n, int64_t k)
-{
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        float pivot = v[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] < pivot)
-                i++;
-            while (v[j] > pivot)
-                j--;
-            if (i <= j) {
-                float t = v[i];
-                v[i++] = v[j];
-                v[j--] = t;
-            }
-        }
-        if (k <= j)
-            hi = j;
-        else if (k >= i)
-            lo = i;
-        else
-            return v[k];
-    }
-    return v[k];
-}
-
-/* torch.quantile(x, q) with linear interpolation, in f32 as torch computes it. */
-static float quantile(float *v, int64_t n, float q)
-{
-    float rank = q * (float)(n - 1);
-    int64_t below = (int64_t)rank, above = (int64_t)ceilf(rank);
-    float lo = select_kth(v, n, below);
-    float hi = lo;
-    if (above != below) { /* the smallest of the entries above `below` */
-        hi = v[below + 1];
-        for (int64_t j = below + 2; j < n; j++)
-            if (v[j] < hi) hi = v[j];
-    }
-    float w = rank - (float)below;
-    return w < 0.5f ? lo + w * (hi - lo) : hi - (hi - lo) * (1.0f - w);
-}
-
 static fb_status merge(const void *p, const fb_merge_chunk *c)
 {
     state *s = (state *)p; /* the work buffer is reused from tensor to tensor */
@@ -219,7 +176,7 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     if (s->type == UNSTRUCTURED) {
         for (int64_t j = 0; j < n; j++)
             s->work[j] = fabsf(d[j]);
-        float q = quantile(s->work, n, s->ratio);
+        float q = fb_quantile_f32(s->work, n, s->ratio);
         float keep = (float)(1.0 - (double)s->ratio);
         for (int64_t j = 0; j < n; j++) {
             float v = fabsf(d[j]) > q ? d[j] : 0.0f;

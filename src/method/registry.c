@@ -42,6 +42,8 @@ extern const fb_method_ops fb_method_tall_mask;
 extern const fb_method_ops fb_method_emr_merging;
 extern const fb_method_ops fb_method_dummy;
 extern const fb_method_ops fb_method_smile_upscaling;
+extern const fb_method_ops fb_method_weight_ensembling_moe;
+extern const fb_method_ops fb_method_sparse_weight_ensembling_moe;
 extern const fb_method_ops fb_method_clip_task_wise_adamerging;
 extern const fb_method_ops fb_method_clip_layer_wise_adamerging;
 extern const fb_method_ops fb_method_fisher_merging;
@@ -85,6 +87,8 @@ const fb_method_ops *const fb_method_registry[] = {
     &fb_method_wudi,                 &fb_method_tall_mask,
     &fb_method_emr_merging,          &fb_method_dummy,
     &fb_method_smile_upscaling,
+    &fb_method_weight_ensembling_moe,
+    &fb_method_sparse_weight_ensembling_moe,
     &fb_method_clip_task_wise_adamerging, &fb_method_clip_layer_wise_adamerging,
     &fb_method_fisher_merging,       &fb_method_regmean,
     &fb_method_regmean_plusplus,
@@ -128,10 +132,20 @@ const char *fb_method_registry_target(int i)
     return i >= 0 && i < fb_method_registry_size ? fb_method_registry[i]->target_class : NULL;
 }
 
+/* FusionBench's algorithm names (its config's `name:`) where they differ from the method's. */
+static const struct {
+    const char *name, *method;
+} name_aliases[] = {
+    {"clip_weight_ensembling_moe", "weight_ensembling_moe"},
+    {"sparse_clip_weight_ensembling_moe", "sparse_weight_ensembling_moe"},
+};
+
 const fb_method_ops *fb_method_lookup(const char *name)
 {
     for (int i = 0; i < fb_method_registry_size; i++)
         if (strcmp(fb_method_registry[i]->name, name) == 0) return fb_method_registry[i];
+    for (size_t i = 0; i < sizeof name_aliases / sizeof name_aliases[0]; i++)
+        if (!strcmp(name_aliases[i].name, name)) return fb_method_lookup(name_aliases[i].method);
     return NULL;
 }
 
@@ -621,6 +635,11 @@ fb_status fb_method_create_from_config(const fb_config *node, fb_method **out)
     fb_status st;
     if (name && !fb_cfg_is_null(name)) {
         if ((st = fb_cfg_string(name, "method.name", &s))) return st;
+        if (!strcmp(s, "?" "?" "?"))
+            return fb_set_error(FB_ERR_CONFIG,
+                                "%s: method name is '?" "?" "?' (a value FusionBench's config leaves "
+                                "to you): give method.name=NAME",
+                                fb_cfg_where(name));
         if (!(ops = fb_method_lookup(s))) return fb_method_unknown(s);
     } else if (target && !fb_cfg_is_null(target)) {
         if ((st = fb_cfg_string(target, "method._target_", &s))) return st;

@@ -51,8 +51,37 @@ typedef struct smile_linear {
 
 enum { SL_Q, SL_K, SL_V, SL_O, SL_FC1, SL_FC2, SL_PER_LAYER };
 
+/* The Weight-Ensembling MoE state (fb_clip_set_wemoe): per layer the experts' task vectors of
+ * the MLP (fc1.weight, fc1.bias, fc2.weight, fc2.bias: the layout of the tower's own MLP
+ * parameters, M floats) and the router's parameters, activations and routing weights. */
+typedef struct wemoe_layer {
+    const float **tv;       /* E x 4: each expert's task vector of fc1.weight ... fc2.bias */
+    float *own;             /* those converted from another dtype (else borrowed) */
+    float *gate, *dgate;    /* within wemoe.params / .grads */
+    float *gin;             /* router input [BT, Din]: the layer's position encoding and x */
+    float *u, *h1, *z;      /* router: fc1 output, its relu [BT, Din]; logits [BT, E] */
+    float pe[64];           /* the layer's position encoding (P values) */
+    float *r;               /* routing weights [groups, E] of the last pass */
+    int64_t groups;
+} wemoe_layer;
+
+typedef struct wemoe {
+    int64_t E, M, depth;   /* experts, MLP parameters per layer, router_hidden_layers */
+    int64_t part_off[4], part_n[4], part_blocks[5]; /* the MLP's tensors; WM_BLOCK blocks */
+    double *partials;      /* blocks x E */
+    int batch_reduce, shared; /* shared: one router for every layer */
+    int64_t P, Din;           /* position encoding size; router input size D + P */
+    float *params, *grads; /* every layer's router, FusionBench's state-dict order */
+    int64_t num_params;
+    view *views;
+    int64_t num_views;
+    float *merged, *dmerged, *dz, *dh1, *dgin, *acts, *rs;
+    wemoe_layer L[MAX_LAYERS];
+} wemoe;
+
 struct fb_clip {
     fb_clip_config c;
+    wemoe *wm; /* NULL: plain MLPs */
     smile_linear *smile; /* layers x SL_PER_LAYER + 1 (visual_projection), or NULL */
     int64_t smile_top_k;
     int inference; /* activations of one layer only: forward passes, no backward */
@@ -424,10 +453,13 @@ static void smile_free(fb_clip *n)
     n->smile = NULL;
 }
 
+static void wemoe_free(fb_clip *n);
+
 void fb_clip_free(fb_clip *n)
 {
     if (!n) return;
     smile_free(n);
+    wemoe_free(n);
     fb_free(n->params);
     fb_free(n->grads);
     fb_free(n->arena);
@@ -546,12 +578,22 @@ fb_status fb_clip_set_params_from(fb_clip *n, const fb_model *w, const fb_model 
     for (int64_t i = 0; i < n->num_views; i++) {
         const view *v = &n->views[i];
         const fb_tensor *t = fb_model_find(w, v->name);
-        if (!t) { /* a SMILE layer keeps its own weights as <layer>.pretrained_model.* */
-            const char *dot = strrchr(v->name, '.');
+        const char *dot = strrchr(v->name, '.');
+        if (!t && dot) { /* a SMILE layer keeps its own weights as <layer>.pretrained_model.* */
             char alt[200];
             snprintf(alt, sizeof alt, "%.*s.pretrained_model%s", (int)(dot - v->name), v->name,
                      dot);
             t = fb_model_find(w, alt);
+        }
+        if (!t && dot) { /* a WE-MoE MLP keeps its own as <mlp>.base_model.fc1.weight */
+            const char *d2 = dot;
+            while (d2 > v->name && d2[-1] != '.')
+                d2--;
+            if (d2 > v->name) {
+                char alt[200];
+                snprintf(alt, sizeof alt, "%.*sbase_model.%s", (int)(d2 - v->name), v->name, d2);
+                t = fb_model_find(w, alt);
+            }
         }
         if (!t && fallback) t = fb_model_find(fallback, v->name);
         if (!t)
@@ -571,9 +613,11 @@ fb_status fb_clip_set_params_from(fb_clip *n, const fb_model *w, const fb_model 
 void fb_clip_zero_grad(fb_clip *n)
 {
     memset(n->grads, 0, (size_t)n->num_params * sizeof(float));
+    if (n->wm) memset(n->wm->grads, 0, (size_t)n->wm->num_params * sizeof(float));
 }
 
-#define G(n, p) ((n)->grads + ((p) - (n)->params)) /* the gradient view of a parameter */
+/* the gradient view of a parameter; NULL (not computed) when WE-MoE layers freeze the tower */
+#define G(n, p) ((n)->wm ? NULL : (n)->grads + ((p) - (n)->params))
 
 /* ------------------------------------------------------------------- SMILE -- */
 
@@ -775,6 +819,453 @@ fb_status fb_clip_set_smile(fb_clip *n, const fb_model *m)
     return st;
 }
 
+/* ------------------------------------------------------- weight-ensembling MoE -- */
+
+enum { WM_BLOCK = 16384 }; /* elements per block of the merge and of the dot products */
+
+/* The MLP's parameters in the tower's layout (fc1.weight, fc1.bias, fc2.weight, fc2.bias are
+ * adjacent views) and a router's tensors by depth, in FusionBench's state-dict order. */
+static const char *const mlp_parts[4] = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"};
+static const char *const gate_parts[3][4] = {
+    {"weight"},
+    {"fc.weight", "fc.bias"},
+    {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"},
+};
+
+static void wemoe_free(fb_clip *n)
+{
+    wemoe *w = n->wm;
+    if (!w) return;
+    for (int64_t l = 0; l < n->c.layers; l++)
+        fb_free((void *)w->L[l].tv), fb_free(w->L[l].own);
+    fb_free(w->params);
+    fb_free(w->grads);
+    fb_free(w->views);
+    fb_free(w->merged);
+    fb_free(w->dmerged);
+    fb_free(w->dz);
+    fb_free(w->dh1);
+    fb_free(w->dgin);
+    fb_free(w->acts);
+    fb_free(w->rs);
+    fb_free(w->partials);
+    fb_free(w);
+    n->wm = NULL;
+}
+
+/* one WE-MoE tensor, checked: into dst (numel floats), or (dst NULL, *view not NULL) its own
+ * f32 bytes when it is stored as f32 (*view NULL otherwise) */
+static fb_status wemoe_tensor(const fb_model *m, const char *name, int64_t numel, float *dst,
+                              const float **view)
+{
+    const fb_tensor *t = fb_model_find(m, name);
+    if (!t)
+        return fb_set_error(FB_ERR_NOT_FOUND, "%s: weight-ensembling MoE model lacks '%s'",
+                            fb_model_label(m), name);
+    if (fb_tensor_numel(t) != numel || !fb_dtype_is_float(fb_tensor_dtype(t)))
+        return fb_set_error(FB_ERR_MISMATCH,
+                            "%s: '%s' has %lld %s elements, the model needs %lld floats",
+                            fb_model_label(m), name, (long long)fb_tensor_numel(t),
+                            fb_dtype_name(fb_tensor_dtype(t)), (long long)numel);
+    if (!dst) {
+        const void *d = NULL;
+        *view = NULL;
+        if (fb_tensor_dtype(t) == FB_F32 && !fb_tensor_data(t, &d)) *view = d;
+        return FB_OK;
+    }
+    return fb_tensor_to_f32(t, dst);
+}
+
+static fb_status wemoe_meta_int(const fb_model *m, const char *key, int64_t lo, int64_t hi,
+                                int64_t *out)
+{
+    const char *v = fb_model_get_metadata(m, key);
+    char *end = NULL;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || end == v || *end || x < lo || x > hi)
+        return fb_set_error(FB_ERR_FORMAT,
+                            "%s: weight-ensembling MoE metadata %s is '%s', expected %lld to %lld",
+                            fb_model_label(m), key, v ? v : "(absent)", (long long)lo,
+                            (long long)hi);
+    *out = x;
+    return FB_OK;
+}
+
+fb_status fb_clip_set_wemoe(fb_clip *n, const fb_model *m)
+{
+    wemoe_free(n);
+    const char *kind = fb_model_get_metadata(m, "fusionbench_c.structure");
+    if (!kind || strcmp(kind, "weight_ensembling_moe")) return FB_OK;
+    const fb_clip_config *c = &n->c;
+    const int64_t D = c->hidden, I = c->intermediate, NL = c->layers;
+    const int64_t BT = n->max_batch * n->T;
+    int64_t E = 0, depth = 0;
+    fb_status st = wemoe_meta_int(m, "wemoe.num_experts", 1, 256, &E);
+    if (!st) st = wemoe_meta_int(m, "wemoe.router_hidden_layers", 0, 2, &depth);
+    const char *br = fb_model_get_metadata(m, "wemoe.batch_reduce");
+    const char *sg = fb_model_get_metadata(m, "wemoe.shared_gate");
+    if (!st && br && strcmp(br, "true") && strcmp(br, "false"))
+        st = fb_set_error(FB_ERR_FORMAT,
+                          "%s: weight-ensembling MoE metadata wemoe.batch_reduce is '%s', "
+                          "expected true or false",
+                          fb_model_label(m), br);
+    if (!st && sg && strcmp(sg, "true") && strcmp(sg, "false"))
+        st = fb_set_error(FB_ERR_FORMAT,
+                          "%s: weight-ensembling MoE metadata wemoe.shared_gate is '%s', "
+                          "expected true or false",
+                          fb_model_label(m), sg);
+    int64_t P = 0;
+    if (!st && fb_model_get_metadata(m, "wemoe.position_encoding_dim"))
+        st = wemoe_meta_int(m, "wemoe.position_encoding_dim", 0, 64, &P);
+    if (!st && (P % 2 || (P && depth == 0)))
+        st = fb_set_error(FB_ERR_FORMAT,
+                          "%s: weight-ensembling MoE metadata wemoe.position_encoding_dim %lld "
+                          "must be even, and 0 for a Depth_0 router",
+                          fb_model_label(m), (long long)P);
+    if (st) return st;
+    const int64_t Din = D + P;
+    wemoe *w = fb_calloc(1, sizeof *w);
+    if (!w) return FB_ERR_NOMEM;
+    n->wm = w;
+    w->E = E;
+    w->depth = depth;
+    w->M = 2 * D * I + I + D;
+    const int64_t pn[4] = {I * D, I, D * I, D};
+    for (int j = 0; j < 4; j++) {
+        w->part_n[j] = pn[j];
+        w->part_off[j] = j ? w->part_off[j - 1] + pn[j - 1] : 0;
+        w->part_blocks[j + 1] = w->part_blocks[j] + (pn[j] + WM_BLOCK - 1) / WM_BLOCK;
+    }
+    w->batch_reduce = br && !strcmp(br, "true");
+    w->shared = sg && !strcmp(sg, "true");
+    w->P = P;
+    w->Din = Din;
+    const int64_t shapes[3][4][2] = {
+        {{E, 0}},
+        {{E, Din}, {E, 0}},
+        {{Din, Din}, {Din, 0}, {E, Din}, {E, 0}},
+    };
+    const int parts = depth == 0 ? 1 : depth == 1 ? 2 : 4;
+    w->views = fb_calloc((size_t)(NL * parts), sizeof *w->views);
+    if (!w->views) st = FB_ERR_NOMEM;
+    for (int64_t l = 0; l < NL && !st; l++)
+        for (int j = 0; j < parts; j++) {
+            view *v = &w->views[w->num_views++];
+            snprintf(v->name, sizeof v->name, "vision_model.encoder.layers.%lld.mlp.gate.%s",
+                     (long long)l, gate_parts[depth][j]);
+            v->ndim = shapes[depth][j][1] ? 2 : 1;
+            v->shape[0] = shapes[depth][j][0];
+            v->shape[1] = shapes[depth][j][1];
+            v->numel = v->shape[0] * (v->ndim == 2 ? v->shape[1] : 1);
+            if (w->shared && l) { /* every layer's names, one set of parameters */
+                v->offset = w->views[j].offset;
+                continue;
+            }
+            v->offset = w->num_params;
+            w->num_params += v->numel;
+        }
+    const int64_t stored = n->inference ? 1 : NL; /* router activations kept for backward */
+    const int64_t per = (depth == 2 ? 2 * BT * Din : 0) + (depth ? BT * E : 0) + (P ? BT * Din : 0);
+    if (!st) {
+        w->params = fb_malloc((size_t)w->num_params * sizeof(float));
+        w->grads = fb_calloc((size_t)w->num_params, sizeof(float));
+        w->merged = fb_malloc((size_t)w->M * sizeof(float));
+        w->acts = fb_malloc((size_t)(stored * per + 1) * sizeof(float));
+        w->rs = fb_malloc((size_t)(NL * n->max_batch * E) * sizeof(float));
+        w->partials = fb_malloc((size_t)(w->part_blocks[4] * E) * sizeof(double));
+        if (!n->inference) {
+            w->dmerged = fb_malloc((size_t)w->M * sizeof(float));
+            w->dz = fb_malloc((size_t)(BT * E) * sizeof(float));
+            w->dh1 = fb_malloc((size_t)(BT * Din) * sizeof(float));
+            w->dgin = fb_malloc((size_t)(BT * Din) * sizeof(float));
+        }
+        if (!w->params || !w->grads || !w->merged || !w->acts || !w->rs || !w->partials ||
+            (!n->inference && (!w->dmerged || !w->dz || !w->dh1 || !w->dgin)))
+            st = FB_ERR_NOMEM;
+    }
+    for (int64_t i = 0; i < w->num_views && !st; i++) {
+        const view *v = &w->views[i];
+        if (!w->shared || i < parts) {
+            st = wemoe_tensor(m, v->name, v->numel, w->params + v->offset, NULL);
+            continue;
+        }
+        /* a shared router appears under every layer's names: the same values */
+        float *tmp = fb_malloc((size_t)v->numel * sizeof *tmp);
+        if (!tmp) st = FB_ERR_NOMEM;
+        if (!st) st = wemoe_tensor(m, v->name, v->numel, tmp, NULL);
+        if (!st && memcmp(tmp, w->params + v->offset, (size_t)v->numel * sizeof *tmp))
+            st = fb_set_error(FB_ERR_FORMAT,
+                              "%s: '%s' differs from layer 0's, but the router is shared "
+                              "(wemoe.shared_gate)",
+                              fb_model_label(m), v->name);
+        fb_free(tmp);
+    }
+    const int64_t *part_n = w->part_n;
+    for (int64_t l = 0; l < NL && !st; l++) {
+        wemoe_layer *W = &w->L[l];
+        W->gate = w->params + w->views[l * parts].offset;
+        W->dgate = w->grads + w->views[l * parts].offset;
+        float *a = w->acts + (n->inference ? 0 : l) * per;
+        if (depth == 2) W->u = a, W->h1 = a + BT * Din, W->z = a + 2 * BT * Din;
+        if (depth == 1) W->z = a;
+        if (P) W->gin = a + (depth == 2 ? 2 * BT * Din : 0) + BT * E;
+        for (int64_t i = 0; i < P / 2; i++) { /* sin(l w_i), then cos(l w_i) */
+            const double rate = 1.0 / pow(10000.0, (double)(2 * i) / (double)P);
+            W->pe[i] = (float)sin((double)l * rate);
+            W->pe[P / 2 + i] = (float)cos((double)l * rate);
+        }
+        W->r = w->rs + l * n->max_batch * E;
+        if (!(W->tv = fb_calloc((size_t)(E * 4), sizeof *W->tv))) {
+            st = FB_ERR_NOMEM;
+            break;
+        }
+        /* f32 tensors are borrowed; the others converted into one buffer */
+        int64_t own = 0;
+        for (int pass = 0; pass < 2 && !st; pass++) {
+            for (int64_t i = 0; i < E && !st; i++)
+                for (int j = 0; j < 4 && !st; j++) {
+                    char name[200];
+                    snprintf(name, sizeof name,
+                             "vision_model.encoder.layers.%lld.mlp.task_vectors.%lld.%s",
+                             (long long)l, (long long)i, mlp_parts[j]);
+                    if (!pass) {
+                        st = wemoe_tensor(m, name, part_n[j], NULL, &W->tv[i * 4 + j]);
+                        own += W->tv[i * 4 + j] ? 0 : part_n[j];
+                    } else if (!W->tv[i * 4 + j]) {
+                        float *dst = W->own + own;
+                        st = wemoe_tensor(m, name, part_n[j], dst, NULL);
+                        own += part_n[j];
+                        W->tv[i * 4 + j] = dst;
+                    }
+                }
+            if (!pass && own && !(W->own = fb_malloc((size_t)own * sizeof(float))))
+                st = FB_ERR_NOMEM;
+            if (!pass && !W->own) break;
+            own = 0;
+        }
+    }
+    if (st) wemoe_free(n);
+    return st;
+}
+
+void fb_clip_wemoe_batch_reduce(fb_clip *n, int on)
+{
+    if (n->wm) n->wm->batch_reduce = on != 0;
+}
+
+float *fb_clip_wemoe_router(fb_clip *n, int64_t *count)
+{
+    if (count) *count = n->wm ? n->wm->num_params : 0;
+    return n->wm ? n->wm->params : NULL;
+}
+
+float *fb_clip_wemoe_router_grad(fb_clip *n, int64_t *count)
+{
+    if (count) *count = n->wm ? n->wm->num_params : 0;
+    return n->wm ? n->wm->grads : NULL;
+}
+
+int64_t fb_clip_wemoe_num_tensors(const fb_clip *n)
+{
+    return n->wm ? n->wm->num_views : 0;
+}
+
+const char *fb_clip_wemoe_tensor_name(const fb_clip *n, int64_t i, int64_t *offset,
+                                      int64_t *numel)
+{
+    if (!n->wm || i < 0 || i >= n->wm->num_views) return NULL;
+    if (offset) *offset = n->wm->views[i].offset;
+    if (numel) *numel = n->wm->views[i].numel;
+    return n->wm->views[i].name;
+}
+
+const float *fb_clip_wemoe_routing(const fb_clip *n, int64_t l, int64_t *groups)
+{
+    if (!n->wm || l < 0 || l >= n->c.layers) return NULL;
+    if (groups) *groups = n->wm->L[l].groups;
+    return n->wm->L[l].r;
+}
+
+/* The router's r for the B images of x [B*T, D]: the mean over each group's rows (all rows
+ * with batch_reduce, else an image's tokens) of the router's logits, summed in row order in
+ * double; Depth_0: the gate's weight, one group. */
+static void wemoe_route(fb_clip *n, int64_t l, const float *x, int64_t B)
+{
+    wemoe *w = n->wm;
+    wemoe_layer *W = &w->L[l];
+    const int64_t D = n->c.hidden, E = w->E, BT = B * n->T, P = w->P, Din = w->Din;
+    const float *g = W->gate;
+    if (w->depth == 0) {
+        W->groups = 1;
+        memcpy(W->r, g, (size_t)E * sizeof(float));
+        return;
+    }
+    if (P) { /* the router sees [position encoding, x] */
+        for (int64_t i = 0; i < BT; i++) {
+            memcpy(W->gin + i * Din, W->pe, (size_t)P * sizeof(float));
+            memcpy(W->gin + i * Din + P, x + i * D, (size_t)D * sizeof(float));
+        }
+        x = W->gin;
+    }
+    if (w->depth == 1) {
+        fb_linear_forward(W->z, x, g, g + E * Din, BT, Din, E);
+    } else {
+        fb_linear_forward(W->u, x, g, g + Din * Din, BT, Din, Din);
+        fb_relu_forward(W->h1, W->u, BT * Din);
+        fb_linear_forward(W->z, W->h1, g + Din * Din + Din, g + Din * Din + Din + E * Din, BT,
+                          Din, E);
+    }
+    W->groups = w->batch_reduce ? 1 : B;
+    const int64_t R = BT / W->groups;
+    for (int64_t q = 0; q < W->groups; q++)
+        for (int64_t e = 0; e < E; e++) {
+            double s = 0;
+            for (int64_t i = q * R; i < (q + 1) * R; i++)
+                s += W->z[i * E + e];
+            W->r[q * E + e] = (float)(s / (double)R);
+        }
+}
+
+/* Block b of the MLP's parameters (blocks of WM_BLOCK within each of the four tensors): its
+ * tensor *j, offset *s within it and length. */
+static int64_t wemoe_block(const wemoe *w, int64_t b, int *j, int64_t *s)
+{
+    int k = 0;
+    while (b >= w->part_blocks[k + 1])
+        k++;
+    *j = k;
+    *s = (b - w->part_blocks[k]) * WM_BLOCK;
+    return w->part_n[k] - *s < WM_BLOCK ? w->part_n[k] - *s : WM_BLOCK;
+}
+
+/* out = theta_0 + sum_i r_i tau_i over the M MLP parameters, experts added in order */
+static void wemoe_merge(const fb_clip *n, const layer_params *p, const wemoe_layer *W,
+                        const float *r, float *out)
+{
+    const wemoe *w = n->wm;
+    const int64_t E = w->E, nb = w->part_blocks[4];
+    const float *base = p->fc1_w;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int j;
+        int64_t s;
+        const int64_t len = wemoe_block(w, b, &j, &s), o = w->part_off[j] + s;
+        for (int64_t i = 0; i < len; i++)
+            out[o + i] = base[o + i];
+        for (int64_t e = 0; e < E; e++) {
+            const float ce = r[e], *t = W->tv[e * 4 + j] + s;
+            for (int64_t i = 0; i < len; i++)
+                out[o + i] += ce * t[i];
+        }
+    }
+}
+
+/* dr[e] = <dm, tau_e>: each block's E sums in double, then the blocks in order */
+static void wemoe_dots(const wemoe *w, const wemoe_layer *W, const float *dm, double *dr)
+{
+    const int64_t E = w->E, nb = w->part_blocks[4];
+    double *part = w->partials;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int j;
+        int64_t s;
+        const int64_t len = wemoe_block(w, b, &j, &s);
+        const float *d = dm + w->part_off[j] + s;
+        for (int64_t e = 0; e < E; e++) {
+            const float *t = W->tv[e * 4 + j] + s;
+            double acc = 0;
+            for (int64_t i = 0; i < len; i++)
+                acc += (double)d[i] * t[i];
+            part[b * E + e] = acc;
+        }
+    }
+    for (int64_t e = 0; e < E; e++) {
+        double acc = 0;
+        for (int64_t b = 0; b < nb; b++)
+            acc += part[b * E + e];
+        dr[e] = acc;
+    }
+}
+
+/* A->out = MLP(A->ln2) with each group's merged weights (the residual is added by the caller) */
+static void wemoe_mlp_forward(fb_clip *n, int64_t l, const layer_params *p, layer_acts *A,
+                              int64_t B)
+{
+    wemoe *w = n->wm;
+    wemoe_layer *W = &w->L[l];
+    const int64_t D = n->c.hidden, I = n->c.intermediate, BT = B * n->T;
+    wemoe_route(n, l, A->ln2, B);
+    const int64_t R = BT / W->groups;
+    const float *mw = w->merged;
+    for (int64_t q = 0; q < W->groups; q++) {
+        wemoe_merge(n, p, W, W->r + q * w->E, w->merged);
+        float *h = A->h + q * R * I, *g = A->g + q * R * I;
+        fb_linear_forward(h, A->ln2 + q * R * D, mw, mw + I * D, R, D, I);
+        if (n->c.quick_gelu)
+            fb_quick_gelu_forward(g, h, R * I);
+        else
+            fb_gelu_forward(g, h, R * I);
+        fb_linear_forward(A->out + q * R * D, g, mw + I * D + I, mw + 2 * I * D + I, R, I, D);
+    }
+}
+
+/* n->dln = d ln2 from n->dx = d MLP output: through each group's merged MLP, and through the
+ * router, whose gradients accumulate: dr_i = <d theta, tau_i> (blocks of WM_BLOCK summed in
+ * double, then the blocks in order), d logits = dr / rows of the group. */
+static void wemoe_mlp_backward(fb_clip *n, int64_t l, const layer_params *p, const layer_acts *A)
+{
+    wemoe *w = n->wm;
+    wemoe_layer *W = &w->L[l];
+    const int64_t D = n->c.hidden, I = n->c.intermediate, E = w->E, M = w->M;
+    const int64_t BT = n->batch * n->T, R = BT / W->groups;
+    const float *mw = w->merged;
+    float *dm = w->dmerged;
+    double dr[256];
+    memset(n->dg, 0, (size_t)(BT * I) * sizeof(float));
+    memset(n->dh, 0, (size_t)(BT * I) * sizeof(float));
+    memset(n->dln, 0, (size_t)(BT * D) * sizeof(float));
+    for (int64_t q = 0; q < W->groups; q++) {
+        wemoe_merge(n, p, W, W->r + q * E, w->merged);
+        memset(dm, 0, (size_t)M * sizeof(float));
+        const int64_t rI = q * R * I, rD = q * R * D;
+        fb_linear_backward(n->dg + rI, dm + I * D + I, dm + 2 * I * D + I, n->dx + rD, A->g + rI,
+                           mw + I * D + I, R, I, D);
+        if (n->c.quick_gelu)
+            fb_quick_gelu_backward(n->dh + rI, A->h + rI, n->dg + rI, R * I);
+        else
+            fb_gelu_backward(n->dh + rI, A->h + rI, n->dg + rI, R * I);
+        fb_linear_backward(n->dln + rD, dm, dm + I * D, n->dh + rI, A->ln2 + rD, mw, R, D, I);
+        wemoe_dots(w, W, dm, dr);
+        if (w->depth == 0) {
+            for (int64_t e = 0; e < E; e++)
+                W->dgate[e] += (float)dr[e];
+        } else {
+            for (int64_t i = q * R; i < (q + 1) * R; i++)
+                for (int64_t e = 0; e < E; e++)
+                    w->dz[i * E + e] = (float)(dr[e] / (double)R);
+        }
+    }
+    if (w->depth == 0) return;
+    const int64_t P = w->P, Din = w->Din;
+    const float *g = W->gate, *x = P ? W->gin : A->ln2;
+    float *dg = W->dgate, *dx = P ? w->dgin : n->dln;
+    if (P) memset(w->dgin, 0, (size_t)(BT * Din) * sizeof(float));
+    if (w->depth == 1) {
+        fb_linear_backward(dx, dg, dg + E * Din, w->dz, x, g, BT, Din, E);
+    } else {
+        memset(w->dh1, 0, (size_t)(BT * Din) * sizeof(float));
+        fb_linear_backward(w->dh1, dg + Din * Din + Din, dg + Din * Din + Din + E * Din, w->dz,
+                           W->h1, g + Din * Din + Din, BT, Din, E);
+        for (int64_t i = 0; i < BT * Din; i++) /* relu */
+            w->dh1[i] = W->u[i] > 0.0f ? w->dh1[i] : 0.0f;
+        fb_linear_backward(dx, dg, dg + Din * Din, w->dh1, x, g, BT, Din, Din);
+    }
+    if (P) /* the position encoding has no gradient to take; x's part goes to d ln2 */
+        for (int64_t i = 0; i < BT; i++)
+            for (int64_t j = 0; j < D; j++)
+                n->dln[i * D + j] += w->dgin[i * Din + P + j];
+}
+
 /* ------------------------------------------------------------------- forward -- */
 
 fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const float **features)
@@ -815,14 +1306,18 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
         for (int64_t j = 0; j < BT * E; j++)
             A->x1[j] += A->in[j];
         fb_layernorm_forward(A->ln2, A->mean2, A->rstd2, A->x1, p->ln2_w, p->ln2_b, BT, E, c->eps);
-        fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, BT, E, I);
-        smile_status |= smile_apply(n, l, SL_FC1, A->ln2, A->h, BT, E, I);
-        if (c->quick_gelu)
-            fb_quick_gelu_forward(A->g, A->h, BT * I);
-        else
-            fb_gelu_forward(A->g, A->h, BT * I);
-        fb_linear_forward(A->out, A->g, p->fc2_w, p->fc2_b, BT, I, E);
-        smile_status |= smile_apply(n, l, SL_FC2, A->g, A->out, BT, I, E);
+        if (n->wm) {
+            wemoe_mlp_forward(n, l, p, A, B);
+        } else {
+            fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, BT, E, I);
+            smile_status |= smile_apply(n, l, SL_FC1, A->ln2, A->h, BT, E, I);
+            if (c->quick_gelu)
+                fb_quick_gelu_forward(A->g, A->h, BT * I);
+            else
+                fb_gelu_forward(A->g, A->h, BT * I);
+            fb_linear_forward(A->out, A->g, p->fc2_w, p->fc2_b, BT, I, E);
+            smile_status |= smile_apply(n, l, SL_FC2, A->g, A->out, BT, I, E);
+        }
         for (int64_t j = 0; j < BT * E; j++)
             A->out[j] += A->x1[j];
     }
@@ -870,16 +1365,21 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
         const layer_acts *A = &n->A[l];
         /* out = x1 + fc2(act(fc1(ln2(x1)))): dx is d out */
         memcpy(n->dx1, n->dx, (size_t)(BT * E) * sizeof(float));
-        memset(n->dg, 0, (size_t)(BT * I) * sizeof(float));
-        fb_linear_backward(n->dg, G(n, p->fc2_w), G(n, p->fc2_b), n->dx, A->g, p->fc2_w, BT, I, E);
-        memset(n->dh, 0, (size_t)(BT * I) * sizeof(float));
-        if (c->quick_gelu)
-            fb_quick_gelu_backward(n->dh, A->h, n->dg, BT * I);
-        else
-            fb_gelu_backward(n->dh, A->h, n->dg, BT * I);
-        memset(n->dln, 0, (size_t)(BT * E) * sizeof(float));
-        fb_linear_backward(n->dln, G(n, p->fc1_w), G(n, p->fc1_b), n->dh, A->ln2, p->fc1_w, BT, E,
-                           I);
+        if (n->wm) {
+            wemoe_mlp_backward(n, l, p, A);
+        } else {
+            memset(n->dg, 0, (size_t)(BT * I) * sizeof(float));
+            fb_linear_backward(n->dg, G(n, p->fc2_w), G(n, p->fc2_b), n->dx, A->g, p->fc2_w, BT,
+                               I, E);
+            memset(n->dh, 0, (size_t)(BT * I) * sizeof(float));
+            if (c->quick_gelu)
+                fb_quick_gelu_backward(n->dh, A->h, n->dg, BT * I);
+            else
+                fb_gelu_backward(n->dh, A->h, n->dg, BT * I);
+            memset(n->dln, 0, (size_t)(BT * E) * sizeof(float));
+            fb_linear_backward(n->dln, G(n, p->fc1_w), G(n, p->fc1_b), n->dh, A->ln2, p->fc1_w,
+                               BT, E, I);
+        }
         fb_layernorm_backward(n->dx1, G(n, p->ln2_w), G(n, p->ln2_b), n->dln, A->x1, p->ln2_w,
                               A->mean2, A->rstd2, BT, E);
         /* x1 = in + out_proj(attn(ln1(in))): dx1 is d x1; dx becomes d in */
@@ -897,6 +1397,10 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
         fb_linear_backward(n->dln, G(n, p->v_w), G(n, p->v_b), n->dv, A->ln1, p->v_w, BT, E, E);
         fb_layernorm_backward(n->dx, G(n, p->ln1_w), G(n, p->ln1_b), n->dln, A->in, p->ln1_w,
                               A->mean1, A->rstd1, BT, E);
+    }
+    if (n->wm) { /* a frozen tower: nothing below the first layer has a gradient to take */
+        fb_nn_blas_single(0);
+        return FB_OK;
     }
     memset(n->demb, 0, (size_t)(BT * E) * sizeof(float));
     fb_layernorm_backward(n->demb, G(n, n->pre_w), G(n, n->pre_b), n->dx, n->emb, n->pre_w,

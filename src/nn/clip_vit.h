@@ -66,6 +66,31 @@ fb_status fb_clip_set_params_from(fb_clip *net, const fb_model *weights, const f
  * misshapen router or expert tensor is an error naming it. Forward only (backward refuses). */
 fb_status fb_clip_set_smile(fb_clip *net, const fb_model *weights);
 
+/* The Weight-Ensembling MoE layers of an upscaled model (src/method/we_moe.c; metadata
+ * fusionbench_c.structure = weight_ensembling_moe, FusionBench's WeightEnsemblingMoE names):
+ * every encoder layer's MLP becomes  MLP(x; theta_0 + sum_i r_i tau_i)  with theta_0 the
+ * layer's <mlp>.base_model.* (read by fb_clip_set_params), tau_i <mlp>.task_vectors.<i>.*, and
+ * r the mean over tokens of the router <mlp>.gate.* applied to the MLP's input (Depth_0: r is
+ * the gate's weight). Routing is per image unless batch_reduce averages r over the batch
+ * (metadata wemoe.batch_reduce). A model without that metadata clears them. With these layers
+ * backward computes the routers' gradients only: the rest of the tower is frozen, as in
+ * FusionBench's test-time adaptation. The task vectors stored as f32 are borrowed, not
+ * copied: keep `weights` alive and unchanged while the network uses them (other dtypes are
+ * converted). Errors name a missing or misshapen tensor. */
+fb_status fb_clip_set_wemoe(fb_clip *net, const fb_model *weights);
+/* Routing over the whole batch (1) or per image (0) in later passes. */
+void fb_clip_wemoe_batch_reduce(fb_clip *net, int on);
+/* The routers' parameters and gradients (one buffer each, *n floats; NULL without WE-MoE
+ * layers), in the order of fb_clip_wemoe_tensor_name's tensors (FusionBench's names). */
+float *fb_clip_wemoe_router(fb_clip *net, int64_t *n);
+float *fb_clip_wemoe_router_grad(fb_clip *net, int64_t *n);
+int64_t fb_clip_wemoe_num_tensors(const fb_clip *net);
+const char *fb_clip_wemoe_tensor_name(const fb_clip *net, int64_t i, int64_t *offset,
+                                      int64_t *numel);
+/* Layer l's routing weights in the last forward pass: *groups rows (1, or one per image) of
+ * the experts' r_i. */
+const float *fb_clip_wemoe_routing(const fb_clip *net, int64_t l, int64_t *groups);
+
 fb_clip_config fb_clip_get_config(const fb_clip *net);
 int64_t fb_clip_max_batch(const fb_clip *net);
 

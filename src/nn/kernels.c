@@ -131,9 +131,10 @@ void fb_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            const float *w, const float *mean, const float *rstd, int64_t N,
                            int64_t C)
 {
-    /* parameter gradients: sums over rows, column by column (no races, fixed order) */
-#pragma omp parallel for
-    for (int64_t c = 0; c < C; c++) {
+    /* parameter gradients (none when dw is NULL): sums over rows, column by column (no
+     * races, fixed order) */
+#pragma omp parallel for if (dw)
+    for (int64_t c = 0; c < (dw ? C : 0); c++) {
         float gw = 0.0f, gb = 0.0f;
         for (int64_t n = 0; n < N; n++) {
             float xhat = (inp[n * C + c] - mean[n]) * rstd[n];

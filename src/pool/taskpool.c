@@ -255,7 +255,8 @@ fb_status fb_taskpool_evaluate(fb_taskpool *tp, const fb_model *model,
         const fb_task *t = &tp->set.tasks[i];
         const fb_model *m = task_models && task_models[i] ? task_models[i] : model;
         /* a SMILE-upscaled model brings its experts along */
-        if (m != loaded && ((st = fb_clip_set_params(net, m)) || (st = fb_clip_set_smile(net, m))))
+        if (m != loaded && ((st = fb_clip_set_params(net, m)) || (st = fb_clip_set_smile(net, m)) ||
+                            (st = fb_clip_set_wemoe(net, m))))
             break;
         loaded = m;
         const int64_t n = t->n[tp->split], K = t->num_classes;
