@@ -36,9 +36,10 @@
  * out: the two-model methods linear_interpolation, expo and slerp, the one-model
  * magnitude_diff_pruning, and depth_upscaling and passthrough, which restructure layers).
  * "name:key=value[:key=value...]" passes parameters (SMILE gets FusionBench's B/32 choice,
- * k 32 and gate_k 16, since its default k 128 exceeds the zoo's width of 96): mergekit's methods weigh every model 1 and scale the
- * merged task vector by lambda, so they get FusionBench's task-arithmetic scale, 0.3.
- * AdaMerging runs 100 of its default 1000 steps, to keep `make demo` within minutes. */
+ * k 32 and gate_k 16, since its default k 128 exceeds the zoo's width of 96): mergekit's
+ * methods weigh every model 1 and scale the merged task vector by lambda, so they get
+ * FusionBench's task-arithmetic scale, 0.3. AdaMerging and the two Weight-Ensembling MoEs
+ * run 100 of their default 1000 steps, to keep `make demo` within minutes. */
 static const char *default_methods =
     "simple_average,task_arithmetic,ties_merging,dare_task_arithmetic,dare_ties_merging,"
     "dare_simple_average,magmax,karcher,model_stock,consensus_task_arithmetic,tall_mask,"
@@ -46,7 +47,7 @@ static const char *default_methods =
     "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging,"
     "clip_task_wise_adamerging:max_steps=100,clip_layer_wise_adamerging:max_steps=100,"
     "fisher_merging,regmean,regmean_plusplus,simple_ensemble,smile_upscaling:k=32:gate_k=16,"
-    "weight_ensembling_moe:max_steps=100";
+    "weight_ensembling_moe:max_steps=100,sparse_weight_ensembling_moe:max_steps=100";
 
 enum { MAX_TASKS = 64, MAX_ROWS = 128 };
 
@@ -322,12 +323,12 @@ int main(int argc, char **argv)
     /* the table on the terminal */
     printf("\naccuracy (%%) on the test split of each task:");
     for (int k = 0; k < num_tasks; k++) printf("%s T%d %s", k ? "," : "", k + 1, tasks[k]);
-    printf("\n\n%-40s", "method");
+    printf("\n\n%-44s", "method");
     for (int k = 0; k < num_tasks; k++) printf("     T%d", k + 1);
     printf("    avg\n");
     for (int r = 0; r < n; r++) {
         if (!rows[r].ok) continue;
-        printf("%-40.40s", rows[r].name);
+        printf("%-44.44s", rows[r].name);
         for (int k = 0; k < num_tasks; k++) printf(" %6.1f", 100 * rows[r].acc[k]);
         printf(" %6.1f\n", 100 * rows[r].avg);
     }

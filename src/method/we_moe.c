@@ -36,7 +36,7 @@
 
 typedef struct state {
     int64_t depth, batch, steps;
-    int batch_reduce, fast_dev_run;
+    int batch_reduce, fast_dev_run, per_image;
     double init_lambda, lr;
     /* the sparse variant */
     int sparse, shared_gate, post_sparse_gate;
@@ -63,6 +63,8 @@ static const fb_param_spec params[] = {
     {"cache_dir", "outputs", "accepted for FusionBench's configs (no effect here)"},
     {"fast_dev_run", "false", "one adaptation step only, as FusionBench"},
     {"seed", "0", "the routers' initialisation and the batches drawn"},
+    {"evaluate_per_image", "true",
+     "the saved model routes each image by itself (false: each evaluation batch as one)"},
     {NULL, NULL, NULL},
 };
 
@@ -89,6 +91,8 @@ static const fb_param_spec sparse_params[] = {
     {"cache_dir", "outputs", "accepted for FusionBench's configs (no effect here)"},
     {"fast_dev_run", "false", "one adaptation step only, as FusionBench"},
     {"seed", "0", "the routers' initialisation and the batches drawn"},
+    {"evaluate_per_image", "true",
+     "the saved model routes each image by itself (false: each evaluation batch as one)"},
     {NULL, NULL, NULL},
 };
 
@@ -154,6 +158,9 @@ static fb_status create_any(const fb_config *p, int sparse, void **out)
         st = fb_cfg_bool(fd, "fast_dev_run", &s->fast_dev_run);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "seed"), "seed", &seed);
     s->seed = (uint64_t)seed;
+    if (!st)
+        st = fb_cfg_bool(fb_cfg_map_get(p, "evaluate_per_image"), "evaluate_per_image",
+                         &s->per_image);
     if (!st) st = path_param(p, "checkpoint", &s->checkpoint);
     if (!st) st = path_param(p, "save_checkpoint", &s->save_checkpoint);
     s->sparse = sparse;
@@ -322,8 +329,9 @@ static fb_status construct(const state *s, const fb_modelpool *pool, int64_t D, 
             if ((st = fb_tensor_to_f32_copy(ti, &v))) break;
             for (int64_t j = 0; j < numel; j++)
                 v[j] -= b0[j];
-            if (mlp && s->tv_prune_ratio > 0 && numel > 0) /* the sparse variant */
-                st = magnitude_prune(v, numel, s->tv_prune_ratio);
+            /* the sparse variant (at ratio 0 too: FusionBench's cut |w| > quantile(|w|, 0)
+             * then zeroes each tensor's smallest magnitudes) */
+            if (mlp && s->sparse && numel > 0) st = magnitude_prune(v, numel, s->tv_prune_ratio);
             if (st) break;
             if (mlp) {
                 snprintf(nm, sizeof nm, "%.*stask_vectors.%d.%s", (int)mlp, name, i, part);
@@ -535,18 +543,18 @@ static fb_status build(void *p, fb_modelpool *pool, const fb_run_options *opts, 
     if (!st && s->checkpoint) st = load_checkpoint(s->checkpoint, out);
     else if (!st) st = adapt(s, out, pool, opts);
     /* the sparse variant's post_sparse_gate: each router tensor pruned by magnitude (a shared
-     * router's copies alike) */
-    for (int64_t i = 0; i < fb_model_num_tensors(out) && !st && s->post_sparse_gate &&
-                        s->gate_prune_ratio > 0;
-         i++) {
+     * router's copies alike; FusionBench prunes the shared module once per layer, which gives
+     * the same: a second cut at the same ratio removes nothing more) */
+    for (int64_t i = 0; i < fb_model_num_tensors(out) && !st && s->post_sparse_gate; i++) {
         fb_tensor *t = (fb_tensor *)fb_model_tensor(out, i);
         if (strstr(fb_tensor_name(t), ".mlp.gate.") && fb_tensor_numel(t) > 0)
             st = magnitude_prune(fb_tensor_mutable_data(t), fb_tensor_numel(t),
                                  s->gate_prune_ratio);
     }
     /* evaluation routes every image by itself (FusionBench's intent: "enable sample-wise
-     * adaptation") */
-    if (!st) st = set_meta(out, s, E, 0);
+     * adaptation"; its code sets that flag on the outer model, so its modules keep routing
+     * whole batches: evaluate_per_image=false) */
+    if (!st) st = set_meta(out, s, E, !s->per_image);
     if (!st && s->save_checkpoint) st = fb_model_save(out, s->save_checkpoint, NULL);
     if (st) {
         fb_model_free(out);

@@ -68,6 +68,7 @@ typedef struct wemoe_layer {
 typedef struct wemoe {
     int64_t E, M, depth;   /* experts, MLP parameters per layer, router_hidden_layers */
     int64_t part_off[4], part_n[4], part_blocks[5]; /* the MLP's tensors; WM_BLOCK blocks */
+    int64_t chunk;         /* routings merged together (merged holds chunk x M) */
     double *partials;      /* blocks x E */
     int batch_reduce, shared; /* shared: one router for every layer */
     int64_t P, Din;           /* position encoding size; router input size D + P */
@@ -969,7 +970,10 @@ fb_status fb_clip_set_wemoe(fb_clip *n, const fb_model *m)
     if (!st) {
         w->params = fb_malloc((size_t)w->num_params * sizeof(float));
         w->grads = fb_calloc((size_t)w->num_params, sizeof(float));
-        w->merged = fb_malloc((size_t)w->M * sizeof(float));
+        /* merged MLPs made together: as many as 256 MB hold (one at least) */
+        w->chunk = (int64_t)((256 << 20) / (w->M * (int64_t)sizeof(float)));
+        w->chunk = w->chunk < 1 ? 1 : w->chunk > n->max_batch ? n->max_batch : w->chunk;
+        w->merged = fb_malloc((size_t)(w->chunk * w->M) * sizeof(float));
         w->acts = fb_malloc((size_t)(stored * per + 1) * sizeof(float));
         w->rs = fb_malloc((size_t)(NL * n->max_batch * E) * sizeof(float));
         w->partials = fb_malloc((size_t)(w->part_blocks[4] * E) * sizeof(double));
@@ -1138,24 +1142,30 @@ static int64_t wemoe_block(const wemoe *w, int64_t b, int *j, int64_t *s)
     return w->part_n[k] - *s < WM_BLOCK ? w->part_n[k] - *s : WM_BLOCK;
 }
 
-/* out = theta_0 + sum_i r_i tau_i over the M MLP parameters, experts added in order */
+/* out_q = theta_0 + sum_i r_qi tau_i over the M MLP parameters for `count` routings r_q (rows
+ * of E) into out (count x M), experts added in order; each block of the task vectors is read
+ * once for all of them */
 static void wemoe_merge(const fb_clip *n, const layer_params *p, const wemoe_layer *W,
-                        const float *r, float *out)
+                        const float *r, int64_t count, float *out)
 {
     const wemoe *w = n->wm;
-    const int64_t E = w->E, nb = w->part_blocks[4];
+    const int64_t E = w->E, M = w->M, nb = w->part_blocks[4];
     const float *base = p->fc1_w;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int j;
         int64_t s;
         const int64_t len = wemoe_block(w, b, &j, &s), o = w->part_off[j] + s;
-        for (int64_t i = 0; i < len; i++)
-            out[o + i] = base[o + i];
+        for (int64_t q = 0; q < count; q++)
+            memcpy(out + q * M + o, base + o, (size_t)len * sizeof *out);
         for (int64_t e = 0; e < E; e++) {
-            const float ce = r[e], *t = W->tv[e * 4 + j] + s;
-            for (int64_t i = 0; i < len; i++)
-                out[o + i] += ce * t[i];
+            const float *t = W->tv[e * 4 + j] + s;
+            for (int64_t q = 0; q < count; q++) {
+                const float ce = r[q * E + e];
+                float *d = out + q * M + o;
+                for (int64_t i = 0; i < len; i++)
+                    d[i] += ce * t[i];
+            }
         }
     }
 }
@@ -1196,16 +1206,19 @@ static void wemoe_mlp_forward(fb_clip *n, int64_t l, const layer_params *p, laye
     const int64_t D = n->c.hidden, I = n->c.intermediate, BT = B * n->T;
     wemoe_route(n, l, A->ln2, B);
     const int64_t R = BT / W->groups;
-    const float *mw = w->merged;
-    for (int64_t q = 0; q < W->groups; q++) {
-        wemoe_merge(n, p, W, W->r + q * w->E, w->merged);
-        float *h = A->h + q * R * I, *g = A->g + q * R * I;
-        fb_linear_forward(h, A->ln2 + q * R * D, mw, mw + I * D, R, D, I);
-        if (n->c.quick_gelu)
-            fb_quick_gelu_forward(g, h, R * I);
-        else
-            fb_gelu_forward(g, h, R * I);
-        fb_linear_forward(A->out + q * R * D, g, mw + I * D + I, mw + 2 * I * D + I, R, I, D);
+    for (int64_t q0 = 0; q0 < W->groups; q0 += w->chunk) { /* w->chunk merges at a time */
+        const int64_t cnt = W->groups - q0 < w->chunk ? W->groups - q0 : w->chunk;
+        wemoe_merge(n, p, W, W->r + q0 * w->E, cnt, w->merged);
+        for (int64_t q = q0; q < q0 + cnt; q++) {
+            const float *mw = w->merged + (q - q0) * w->M;
+            float *h = A->h + q * R * I, *g = A->g + q * R * I;
+            fb_linear_forward(h, A->ln2 + q * R * D, mw, mw + I * D, R, D, I);
+            if (n->c.quick_gelu)
+                fb_quick_gelu_forward(g, h, R * I);
+            else
+                fb_gelu_forward(g, h, R * I);
+            fb_linear_forward(A->out + q * R * D, g, mw + I * D + I, mw + 2 * I * D + I, R, I, D);
+        }
     }
 }
 
@@ -1225,7 +1238,7 @@ static void wemoe_mlp_backward(fb_clip *n, int64_t l, const layer_params *p, con
     memset(n->dh, 0, (size_t)(BT * I) * sizeof(float));
     memset(n->dln, 0, (size_t)(BT * D) * sizeof(float));
     for (int64_t q = 0; q < W->groups; q++) {
-        wemoe_merge(n, p, W, W->r + q * E, w->merged);
+        wemoe_merge(n, p, W, W->r + q * E, 1, w->merged);
         memset(dm, 0, (size_t)M * sizeof(float));
         const int64_t rI = q * R * I, rD = q * R * D;
         fb_linear_backward(n->dg + rI, dm + I * D + I, dm + 2 * I * D + I, n->dx + rD, A->g + rI,
