@@ -1209,15 +1209,28 @@ static void wemoe_mlp_forward(fb_clip *n, int64_t l, const layer_params *p, laye
     for (int64_t q0 = 0; q0 < W->groups; q0 += w->chunk) { /* w->chunk merges at a time */
         const int64_t cnt = W->groups - q0 < w->chunk ? W->groups - q0 : w->chunk;
         wemoe_merge(n, p, W, W->r + q0 * w->E, cnt, w->merged);
+        if (W->groups == 1) { /* one routing: the engine's row-blocked GEMMs */
+            const float *mw = w->merged;
+            fb_linear_forward(A->h, A->ln2, mw, mw + I * D, R, D, I);
+            if (n->c.quick_gelu)
+                fb_quick_gelu_forward(A->g, A->h, R * I);
+            else
+                fb_gelu_forward(A->g, A->h, R * I);
+            fb_linear_forward(A->out, A->g, mw + I * D + I, mw + 2 * I * D + I, R, I, D);
+            continue;
+        }
+        /* an image's tokens are few: one image per thread, each product one sgemm call */
+#pragma omp parallel for schedule(dynamic, 1)
         for (int64_t q = q0; q < q0 + cnt; q++) {
             const float *mw = w->merged + (q - q0) * w->M;
             float *h = A->h + q * R * I, *g = A->g + q * R * I;
-            fb_linear_forward(h, A->ln2 + q * R * D, mw, mw + I * D, R, D, I);
+            fb_linear_forward_serial(h, A->ln2 + q * R * D, mw, mw + I * D, R, D, I);
             if (n->c.quick_gelu)
                 fb_quick_gelu_forward(g, h, R * I);
             else
                 fb_gelu_forward(g, h, R * I);
-            fb_linear_forward(A->out + q * R * D, g, mw + I * D + I, mw + 2 * I * D + I, R, I, D);
+            fb_linear_forward_serial(A->out + q * R * D, g, mw + I * D + I, mw + 2 * I * D + I, R,
+                                     I, D);
         }
     }
 }

@@ -60,6 +60,17 @@ void fb_linear_forward(float *out, const float *inp, const float *W, const float
     blas_leave(blas);
 }
 
+void fb_linear_forward_serial(float *out, const float *inp, const float *W, const float *b,
+                              int64_t N, int64_t IC, int64_t OC)
+{
+    if (N == 0 || OC == 0) return;
+    if (b)
+        for (int64_t n = 0; n < N; n++)
+            memcpy(out + n * OC, b, (size_t)OC * sizeof *out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp,
+                (int)IC, W, (int)IC, b ? 1.0f : 0.0f, out, (int)OC);
+}
+
 void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp,
                         const float *W, int64_t N, int64_t IC, int64_t OC)
 {

@@ -17,6 +17,10 @@ void fb_nn_blas_single(int on);
 /* out[N,OC] = inp[N,IC] W[OC,IC]^T + b[OC] (b may be NULL). */
 void fb_linear_forward(float *out, const float *inp, const float *W, const float *b, int64_t N,
                        int64_t IC, int64_t OC);
+/* The same as one sgemm call on the calling thread (inside an OpenMP loop over independent
+ * products, while OpenBLAS is single-threaded: fb_nn_blas_single). */
+void fb_linear_forward_serial(float *out, const float *inp, const float *W, const float *b,
+                              int64_t N, int64_t IC, int64_t OC);
 /* dinp[N,IC] += dout W;  dW[OC,IC] += dout^T inp;  db[OC] += sum_n dout (each may be NULL). */
 void fb_linear_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp,
                         const float *W, int64_t N, int64_t IC, int64_t OC);
