@@ -174,7 +174,8 @@ int main(int argc, char **argv)
     printf("| FusionBench-C | %.2f | %.2f | %.0f |\n", ours, (double)B / ours, ours_mb);
     printf("| PyTorch (WeightEnsemblingMoE's computation) | %.2f | %.2f | %.0f |\n", ts,
            ts > 0 ? (double)B / ts : 0, tmb);
-    printf("| ratio | %.2fx | | %.2fx |\n", ours > 0 ? ts / ours : 0, ours_mb > 0 ? tmb / ours_mb : 0);
+    printf("| ratio | %.2fx | | %.2fx |\n", ours > 0 ? ts / ours : 0,
+           ours_mb > 0 ? tmb / ours_mb : 0);
     printf("\nEvaluation (forward only, inference network), images/s: routing per image %.2f, "
            "one routing per batch %.2f\n",
            eval[0], eval[1]);

@@ -37,8 +37,9 @@ static void expect_close(const char *what, const float *got, int64_t n, const cJ
         if (i < n) worst = fmax(worst, fabs(got[i] - v->valuedouble));
         i++;
     }
-    if (i != n) fb_test_fail(__FILE__, __LINE__, "%s: %lld values, want %lld", what, (long long)n,
-                             (long long)i);
+    if (i != n)
+        fb_test_fail(__FILE__, __LINE__, "%s: %lld values, want %lld", what, (long long)n,
+                     (long long)i);
     else if (worst > rel * scale)
         fb_test_fail(__FILE__, __LINE__, "%s: off by %g (largest %g)", what, worst, scale);
 }
@@ -117,8 +118,10 @@ TEST(wemoe_forward_router_gradients_and_adam_step_match_pytorch)
                 const char *tn = fb_clip_wemoe_tensor_name(net, t, &off, &n);
                 snprintf(what, sizeof what, "router %s, %s: d %s", key, kind, tn);
                 const cJSON *w = cJSON_GetObjectItem(gw, tn);
-                if (!w) fb_test_fail(__FILE__, __LINE__, "no reference for %s", tn);
-                else expect_close(what, grad + off, n, w, 2e-4);
+                if (!w)
+                    fb_test_fail(__FILE__, __LINE__, "no reference for %s", tn);
+                else
+                    expect_close(what, grad + off, n, w, 2e-4);
             }
         }
         /* one Adam step on the batch-reduced loss's gradient */
@@ -270,10 +273,10 @@ TEST(sparse_wemoe_prunes_task_vectors_and_shares_one_router)
     snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("modelshared.safetensors"));
     snprintf(out, sizeof out, "merged_model_save_path=%s", fb_test_path("sp.safetensors"));
     char *err = NULL;
-    int rc = run((const char *[]){"method=sparse_weight_ensembling_moe",
-                                  "method.position_encoding=true",
-                                  "method.position_encoding_dim=4", pool, ck, out, NULL},
-                 &err);
+    int rc =
+        run((const char *[]){"method=sparse_weight_ensembling_moe", "method.position_encoding=true",
+                             "method.position_encoding_dim=4", pool, ck, out, NULL},
+            &err);
     if (rc) fb_test_fail(__FILE__, __LINE__, "exit %d: %s", rc, err ? err : "");
     free(err);
     REQUIRE(rc == 0);
@@ -340,8 +343,8 @@ TEST(sparse_wemoe_prunes_task_vectors_and_shares_one_router)
     fb_model_free(m);
     /* position codes need a shared router, as in FusionBench */
     expect_error((const char *[]){"method=sparse_weight_ensembling_moe",
-                                  "method.position_encoding=true", "method.shared_gate=false",
-                                  pool, ck, NULL},
+                                  "method.position_encoding=true", "method.shared_gate=false", pool,
+                                  ck, NULL},
                  "position_encoding is for a shared router");
 }
 
@@ -390,8 +393,8 @@ TEST(wemoe_errors_name_the_cause)
     fb_model *orig, *cut, *cut2;
     REQUIRE_OK(fb_model_load(wref("model2.safetensors"), &orig));
     REQUIRE_OK(copy_without(orig, "vision_model.encoder.layers.1.mlp.gate.fc2.bias", &cut));
-    REQUIRE_OK(copy_without(orig, "vision_model.encoder.layers.0.mlp.task_vectors.2.fc1.bias",
-                            &cut2));
+    REQUIRE_OK(
+        copy_without(orig, "vision_model.encoder.layers.0.mlp.task_vectors.2.fc1.bias", &cut2));
     fb_clip_config cfg;
     fb_clip *net;
     REQUIRE_OK(fb_clip_config_load(wref("config.json"), &cfg));
@@ -414,22 +417,21 @@ TEST(wemoe_fusionbench_method_config_loads_unchanged)
 {
     /* FusionBench's config/method/wemoe/weight_ensembling_moe.yaml: its keys and values, with
      * the name it leaves open given on the command line */
-    static const char yaml[] =
-        "name: ???\n"
-        "checkpoint: False\n"
-        "save_checkpoint: False\n"
-        "router_hidden_layers: 2\n"
-        "init_lambda: 0.3\n"
-        "batch_reduce: true\n"
-        "lr: 1e-4\n"
-        "optimizer: adam\n"
-        "devices: 1\n"
-        "batch_size: 16\n"
-        "num_workers: 16\n"
-        "max_steps: 1000\n"
-        "use_grad_accumulate: true\n"
-        "cache_dir: outputs\n"
-        "fast_dev_run: ${fast_dev_run}\n";
+    static const char yaml[] = "name: ???\n"
+                               "checkpoint: False\n"
+                               "save_checkpoint: False\n"
+                               "router_hidden_layers: 2\n"
+                               "init_lambda: 0.3\n"
+                               "batch_reduce: true\n"
+                               "lr: 1e-4\n"
+                               "optimizer: adam\n"
+                               "devices: 1\n"
+                               "batch_size: 16\n"
+                               "num_workers: 16\n"
+                               "max_steps: 1000\n"
+                               "use_grad_accumulate: true\n"
+                               "cache_dir: outputs\n"
+                               "fast_dev_run: ${fast_dev_run}\n";
     fb_test_write_file(fb_test_path("wemoe.yaml"), yaml, strlen(yaml));
     char method[4200], pool[4200], ck[4200], out[4200];
     snprintf(method, sizeof method, "method=%s", fb_test_path("wemoe.yaml"));
@@ -437,9 +439,9 @@ TEST(wemoe_fusionbench_method_config_loads_unchanged)
     snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("model2.safetensors"));
     snprintf(out, sizeof out, "merged_model_save_path=%s", fb_test_path("fb.safetensors"));
     char *err = NULL;
-    int rc = run((const char *[]){method, "method.name=clip_weight_ensembling_moe", pool, ck, out,
-                                  NULL},
-                 &err);
+    int rc =
+        run((const char *[]){method, "method.name=clip_weight_ensembling_moe", pool, ck, out, NULL},
+            &err);
     if (rc) fb_test_fail(__FILE__, __LINE__, "exit %d: %s", rc, err ? err : "");
     free(err);
     expect_error((const char *[]){method, pool, ck, NULL}, "give method.name=NAME");

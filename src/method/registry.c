@@ -637,8 +637,8 @@ fb_status fb_method_create_from_config(const fb_config *node, fb_method **out)
         if ((st = fb_cfg_string(name, "method.name", &s))) return st;
         if (!strcmp(s, "?" "?" "?"))
             return fb_set_error(FB_ERR_CONFIG,
-                                "%s: method name is '?" "?" "?' (a value FusionBench's config leaves "
-                                "to you): give method.name=NAME",
+                                "%s: method name is '?" "?" "?' (a value FusionBench's config "
+                                "leaves to you): give method.name=NAME",
                                 fb_cfg_where(name));
         if (!(ops = fb_method_lookup(s))) return fb_method_unknown(s);
     } else if (target && !fb_cfg_is_null(target)) {

@@ -34,6 +34,9 @@
 #include "nn/optim.h"
 #include "pool/taskpool.h"
 
+/* the method's name in messages */
+#define NAME(s) ((s)->sparse ? "sparse_weight_ensembling_moe" : "weight_ensembling_moe")
+
 typedef struct state {
     int64_t depth, batch, steps;
     int batch_reduce, fast_dev_run, per_image;
@@ -134,8 +137,9 @@ static fb_status create_any(const fb_config *p, int sparse, void **out)
     fb_status st = fb_cfg_string(fb_cfg_map_get(p, "optimizer"), "optimizer", &opt);
     if (!st && strcmp(opt, "adam"))
         st = fb_set_error(FB_ERR_ARG, "method.optimizer '%s': only adam is supported", opt);
-    if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "router_hidden_layers"), "router_hidden_layers",
-                             &s->depth);
+    if (!st)
+        st = fb_cfg_int(fb_cfg_map_get(p, "router_hidden_layers"), "router_hidden_layers",
+                        &s->depth);
     if (!st && (s->depth < 0 || s->depth > 2))
         st = fb_set_error(FB_ERR_ARG,
                           "method.router_hidden_layers must be 0, 1 or 2 (FusionBench's gates), "
@@ -154,8 +158,7 @@ static fb_status create_any(const fb_config *p, int sparse, void **out)
         st = fb_set_error(FB_ERR_ARG, "method.max_steps must be >= 0, got %lld",
                           (long long)s->steps);
     const fb_config *fd = fb_cfg_map_get(p, "fast_dev_run");
-    if (!st && !fb_cfg_is_null(fd))
-        st = fb_cfg_bool(fd, "fast_dev_run", &s->fast_dev_run);
+    if (!st && !fb_cfg_is_null(fd)) st = fb_cfg_bool(fd, "fast_dev_run", &s->fast_dev_run);
     if (!st) st = fb_cfg_int(fb_cfg_map_get(p, "seed"), "seed", &seed);
     s->seed = (uint64_t)seed;
     if (!st)
@@ -172,8 +175,7 @@ static fb_status create_any(const fb_config *p, int sparse, void **out)
             st = fb_cfg_bool(fb_cfg_map_get(p, "post_sparse_gate"), "post_sparse_gate",
                              &s->post_sparse_gate);
         if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "shared_gate"), "shared_gate", &s->shared_gate);
-        if (!st)
-            st = fb_cfg_bool(fb_cfg_map_get(p, "position_encoding"), "position_encoding", &pe);
+        if (!st) st = fb_cfg_bool(fb_cfg_map_get(p, "position_encoding"), "position_encoding", &pe);
         if (!st && pe)
             st = fb_cfg_int(fb_cfg_map_get(p, "position_encoding_dim"), "position_encoding_dim",
                             &s->pe_dim);
@@ -225,8 +227,7 @@ static fb_status add_router(const state *s, fb_model *out, const char *mlp, int6
     D += s->pe_dim; /* a router with position encoding sees [code, x] */
     static const char *const names[3][4] = {
         {"weight"}, {"fc.weight", "fc.bias"}, {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}};
-    const int64_t shapes[3][4][2] = {
-        {{E, 0}}, {{E, D}, {E, 0}}, {{D, D}, {D, 0}, {E, D}, {E, 0}}};
+    const int64_t shapes[3][4][2] = {{{E, 0}}, {{E, D}, {E, 0}}, {{D, D}, {D, 0}, {E, D}, {E, 0}}};
     const int parts = s->depth == 0 ? 1 : s->depth == 1 ? 2 : 4;
     fb_status st = FB_OK;
     for (int j = 0; j < parts && !st; j++) {
@@ -316,12 +317,13 @@ static fb_status construct(const state *s, const fb_modelpool *pool, int64_t D, 
             st = add_f32(out, nm, fb_tensor_ndim(w0), fb_tensor_shape(w0), b0, NULL);
         }
         for (int i = 0; i < E && !st; i++) {
-            const fb_tensor *ti = fb_model_find(fb_modelpool_get(pool, fb_modelpool_model_name(pool, i)), name);
+            const fb_tensor *ti =
+                fb_model_find(fb_modelpool_get(pool, fb_modelpool_model_name(pool, i)), name);
             if (!ti || fb_tensor_numel(ti) != numel) {
                 st = fb_set_error(FB_ERR_MISMATCH,
-                                  "weight_ensembling_moe: model '%s' lacks '%s' of the "
+                                  "%s: model '%s' lacks '%s' of the "
                                   "pretrained model's shape",
-                                  fb_modelpool_model_name(pool, i), name);
+                                  NAME(s), fb_modelpool_model_name(pool, i), name);
                 break;
             }
             fb_free(v);
@@ -372,7 +374,8 @@ static fb_status set_meta(fb_model *out, const state *s, int E, int batch_reduce
     if (!st) st = fb_model_set_metadata(out, "wemoe.batch_reduce", batch_reduce ? "true" : "false");
     snprintf(v, sizeof v, "%.17g", s->init_lambda);
     if (!st) st = fb_model_set_metadata(out, "wemoe.init_lambda", v);
-    if (!st) st = fb_model_set_metadata(out, "wemoe.shared_gate", s->shared_gate ? "true" : "false");
+    if (!st)
+        st = fb_model_set_metadata(out, "wemoe.shared_gate", s->shared_gate ? "true" : "false");
     snprintf(v, sizeof v, "%lld", (long long)s->pe_dim);
     if (!st) st = fb_model_set_metadata(out, "wemoe.position_encoding_dim", v);
     if (!st && s->sparse) {
@@ -390,7 +393,8 @@ static fb_status store_routers(fb_clip *net, fb_model *out)
         int64_t off, n;
         const char *name = fb_clip_wemoe_tensor_name(net, i, &off, &n);
         float *dst = (float *)fb_tensor_mutable_data((fb_tensor *)fb_model_find(out, name));
-        if (!dst) return fb_set_error(FB_ERR_ARG, "weight_ensembling_moe: no router '%s'", name);
+        if (!dst)
+            return fb_set_error(FB_ERR_ARG, "no router tensor '%s' in the upscaled model", name);
         memcpy(dst, r + off, (size_t)n * sizeof *dst);
     }
     return FB_OK;
@@ -407,7 +411,8 @@ static fb_status load_checkpoint(const char *path, fb_model *out)
         const char *name = fb_tensor_name(t);
         if (!strstr(name, ".mlp.gate.")) continue;
         const fb_tensor *c = fb_model_find(ck, name);
-        if (!c || fb_tensor_numel(c) != fb_tensor_numel(t) || !fb_dtype_is_float(fb_tensor_dtype(c)))
+        if (!c || fb_tensor_numel(c) != fb_tensor_numel(t) ||
+            !fb_dtype_is_float(fb_tensor_dtype(c)))
             st = fb_set_error(FB_ERR_MISMATCH,
                               "%s: checkpoint lacks router tensor '%s' of %lld floats "
                               "(router_hidden_layers and the pool must match the saved model's)",
@@ -430,8 +435,7 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
     const int64_t steps = s->fast_dev_run && s->steps > 1 ? 1 : s->steps;
     for (int t = 0; t < T; t++)
         if (tp->set.tasks[t].n[tp->split] < 1)
-            return fb_set_error(FB_ERR_ARG,
-                                "weight_ensembling_moe: task %s has no %s examples to adapt on",
+            return fb_set_error(FB_ERR_ARG, "%s: task %s has no %s examples to adapt on", NAME(s),
                                 tp->set.tasks[t].name, fb_split_names[tp->split]);
     fb_clip *net = NULL;
     int64_t Km = 1;
@@ -448,15 +452,17 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
                        : FB_ERR_NOMEM;
     if (!st) st = fb_clip_create(&tp->clip, B, &net);
     /* a pool of vision-only fine-tunes of a whole CLIPModel has the rest from the base */
-    const fb_model *fallback = fb_modelpool_selects(pool) ? fb_modelpool_get(pool, FB_PRETRAINED)
-                                                          : NULL;
+    const fb_model *fallback =
+        fb_modelpool_selects(pool) ? fb_modelpool_get(pool, FB_PRETRAINED) : NULL;
     if (!st) st = fb_clip_set_params_from(net, out, fallback);
     if (!st) st = fb_clip_set_wemoe(net, out);
     int64_t nr = 0;
     float *router = st ? NULL : fb_clip_wemoe_router(net, &nr);
     if (!st && !router)
-        st = fb_set_error(FB_ERR_ARG, "weight_ensembling_moe: the task pool's model has no MLP "
-                                      "the pool upscaled");
+        st = fb_set_error(FB_ERR_ARG,
+                          "%s: the task pool's model has no MLP "
+                          "the pool upscaled",
+                          NAME(s));
     if (!st) fb_clip_wemoe_batch_reduce(net, s->batch_reduce);
     for (int t = 0; t < T && !st; t++) {
         if (!(heads[t] = fb_malloc((size_t)(tp->set.tasks[t].num_classes * F) * 4)))
@@ -491,7 +497,7 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
         }
         if (st) break;
         fb_adamw_step(&adam, router, grad);
-        if (opts->on_step) opts->on_step(opts->user, "weight_ensembling_moe", step, steps, loss);
+        if (opts->on_step) opts->on_step(opts->user, NAME(s), step, steps, loss);
     }
     fb_nn_blas_single(0);
     if (!st) st = store_routers(net, out);
@@ -517,39 +523,46 @@ static fb_status build(void *p, fb_modelpool *pool, const fb_run_options *opts, 
     const fb_model *base = fb_modelpool_get(pool, FB_PRETRAINED);
     const int E = fb_modelpool_num_models(pool);
     if (!base)
-        return fb_set_error(FB_ERR_ARG, "weight_ensembling_moe needs the pretrained model: the "
-                                        "pool has no '_pretrained_'");
-    if (E > 256)
-        return fb_set_error(FB_ERR_ARG, "weight_ensembling_moe: %d models, at most 256", E);
+        return fb_set_error(FB_ERR_ARG,
+                            "%s needs the pretrained model: the "
+                            "pool has no '_pretrained_'",
+                            NAME(s));
+    if (E > 256) return fb_set_error(FB_ERR_ARG, "%s: %d models, at most 256", NAME(s), E);
     if (!s->checkpoint && (!opts || !opts->taskpool))
         return fb_set_error(FB_ERR_ARG,
-                            "method weight_ensembling_moe adapts its routers on task data: give "
-                            "it a taskpool (taskpool=NAME_OR_PATH), or method.checkpoint");
+                            "method %s adapts its routers on task data: give "
+                            "it a taskpool (taskpool=NAME_OR_PATH), or method.checkpoint",
+                            NAME(s));
     /* the hidden size: the first layer's fc1.weight [I, D] */
     const fb_tensor *fc1 = fb_model_find(base, "vision_model.encoder.layers.0.mlp.fc1.weight");
     if (!fc1 || fb_tensor_ndim(fc1) != 2)
         return fb_set_error(FB_ERR_NOT_FOUND,
-                            "weight_ensembling_moe: the pretrained model has no "
-                            "'vision_model.encoder.layers.0.mlp.fc1.weight' (a CLIP vision tower)");
+                            "%s: the pretrained model has no "
+                            "'vision_model.encoder.layers.0.mlp.fc1.weight' (a CLIP vision tower)",
+                            NAME(s));
     const int64_t D = fb_tensor_shape(fc1)[1];
     fb_model *out;
     int64_t layers = 0;
     fb_status st = fb_model_create(&out);
     if (!st) st = construct(s, pool, D, out, &layers);
     if (!st && !layers)
-        st = fb_set_error(FB_ERR_ARG, "weight_ensembling_moe: the pool merges no vision encoder "
-                                      "MLP (vision_model.encoder.layers.*.mlp.*)");
+        st = fb_set_error(FB_ERR_ARG,
+                          "%s: the pool merges no vision encoder "
+                          "MLP (vision_model.encoder.layers.*.mlp.*)",
+                          NAME(s));
     if (!st) st = set_meta(out, s, E, s->batch_reduce);
-    if (!st && s->checkpoint) st = load_checkpoint(s->checkpoint, out);
-    else if (!st) st = adapt(s, out, pool, opts);
+    if (!st && s->checkpoint)
+        st = load_checkpoint(s->checkpoint, out);
+    else if (!st)
+        st = adapt(s, out, pool, opts);
     /* the sparse variant's post_sparse_gate: each router tensor pruned by magnitude (a shared
      * router's copies alike; FusionBench prunes the shared module once per layer, which gives
      * the same: a second cut at the same ratio removes nothing more) */
     for (int64_t i = 0; i < fb_model_num_tensors(out) && !st && s->post_sparse_gate; i++) {
         fb_tensor *t = (fb_tensor *)fb_model_tensor(out, i);
         if (strstr(fb_tensor_name(t), ".mlp.gate.") && fb_tensor_numel(t) > 0)
-            st = magnitude_prune(fb_tensor_mutable_data(t), fb_tensor_numel(t),
-                                 s->gate_prune_ratio);
+            st =
+                magnitude_prune(fb_tensor_mutable_data(t), fb_tensor_numel(t), s->gate_prune_ratio);
     }
     /* evaluation routes every image by itself (FusionBench's intent: "enable sample-wise
      * adaptation"; its code sets that flag on the outer model, so its modules keep routing
