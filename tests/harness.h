@@ -84,6 +84,13 @@ const char *fb_test_path(const char *name);
 /* Runs argv (NULL-terminated) with stdout and stderr captured; returns the exit status
  * (-1 if it did not exit normally). out/err may be NULL; else they receive malloc'd text. */
 int fb_test_run(const char *const *argv, char **out, char **err);
+/* fb_test_cli with args (NULL-terminated, at most 30), stdout discarded, stderr to *err. */
+int fb_test_cli_run(const char *const *args, char **err);
+/* The command with args must fail with a message containing substr. */
+void fb_test_cli_error(const char *file, int line, const char *const *args, const char *substr);
+#define EXPECT_CLI_ERROR(...) fb_test_cli_error(__FILE__, __LINE__, __VA_ARGS__) /* (args, substr) */
+/* A copy of m (its tensors' bytes, its metadata) without the tensor named drop (NULL: all). */
+fb_status fb_test_model_copy(const fb_model *m, const char *drop, fb_model **out);
 /* Reads a whole file (malloc'd, NUL-terminated); NULL if it cannot. */
 char *fb_test_read_file(const char *path, size_t *len);
 int fb_test_write_file(const char *path, const void *data, size_t len);

@@ -49,16 +49,6 @@ static float *smile_features(const char *path, int64_t *count)
     return out;
 }
 
-static int run(const char *const *args, char **err)
-{
-    const char *argv[16] = {fb_test_cli};
-    int n = 1;
-    for (; args[n - 1] && n < 15; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    return fb_test_run(argv, NULL, err);
-}
-
 TEST(smile_upscaling_matches_fusionbench_smile_moe_linear)
 {
     cJSON *cases = fb_test_read_json(sref("cases.json"));
@@ -80,8 +70,8 @@ TEST(smile_upscaling_matches_fusionbench_smile_moe_linear)
         snprintf(out, sizeof out, "merged_model_save_path=%s/%s.safetensors", fb_test_tmp(),
                  c->string);
         char *err = NULL;
-        int rc = run((const char *[]){"method=smile_upscaling", k, gk, tk, rd, ae, pool, out, NULL},
-                     &err);
+        int rc = fb_test_cli_run(
+            (const char *[]){"method=smile_upscaling", k, gk, tk, rd, ae, pool, out, NULL}, &err);
         if (rc) fb_test_fail(__FILE__, __LINE__, "%s: exit %d: %s", c->string, rc, err ? err : "");
         free(err);
         if (rc) continue;
@@ -109,12 +99,12 @@ TEST(smile_upscaling_matches_fusionbench_smile_moe_linear)
     snprintf(pool, sizeof pool, "modelpool=%s", sref("pool.yaml"));
     snprintf(o1, sizeof o1, "merged_model_save_path=%s/t1.safetensors", fb_test_tmp());
     snprintf(o2, sizeof o2, "merged_model_save_path=%s/t2.safetensors", fb_test_tmp());
-    REQUIRE(run((const char *[]){"--threads", "1", "method=smile_upscaling", "method.k=4", pool, o1,
-                                 NULL},
-                NULL) == 0);
-    REQUIRE(run((const char *[]){"--threads", "2", "method=smile_upscaling", "method.k=4", pool, o2,
-                                 NULL},
-                NULL) == 0);
+    REQUIRE(fb_test_cli_run((const char *[]){"--threads", "1", "method=smile_upscaling",
+                                             "method.k=4", pool, o1, NULL},
+                            NULL) == 0);
+    REQUIRE(fb_test_cli_run((const char *[]){"--threads", "2", "method=smile_upscaling",
+                                             "method.k=4", pool, o2, NULL},
+                            NULL) == 0);
     size_t na, nb;
     char *a = fb_test_read_file(o1 + 23, &na), *b = fb_test_read_file(o2 + 23, &nb);
     EXPECT(a && b && na == nb && !memcmp(a, b, na));
@@ -122,46 +112,15 @@ TEST(smile_upscaling_matches_fusionbench_smile_moe_linear)
     free(b);
     cJSON_Delete(cases);
 }
-
-/* a copy of m (tensors and metadata) without the tensor named `drop` */
-static fb_status copy_without(const fb_model *m, const char *drop, fb_model **out)
-{
-    fb_status st = fb_model_create(out);
-    for (int64_t i = 0; i < fb_model_num_tensors(m) && !st; i++) {
-        const fb_tensor *t = fb_model_tensor(m, i);
-        const void *d;
-        if (!strcmp(fb_tensor_name(t), drop)) continue;
-        if (!(st = fb_tensor_data(t, &d)))
-            st = fb_model_add_tensor(*out, fb_tensor_name(t), fb_tensor_dtype(t), fb_tensor_ndim(t),
-                                     fb_tensor_shape(t), d, NULL);
-    }
-    for (int64_t i = 0; i < fb_model_num_metadata(m) && !st; i++) {
-        const char *k, *v;
-        fb_model_metadata_at(m, i, &k, &v);
-        st = fb_model_set_metadata(*out, k, v);
-    }
-    return st;
-}
-
-static void expect_error(const char *const *args, const char *substr)
-{
-    char *err = NULL;
-    int rc = run(args, &err);
-    if (rc == 0 || !err || !strstr(err, substr))
-        fb_test_fail(__FILE__, __LINE__, "exit %d, stderr '%s' lacks '%s'", rc, err ? err : "",
-                     substr);
-    free(err);
-}
-
 TEST(smile_upscaling_errors_name_the_cause)
 {
     char pool[4200];
     snprintf(pool, sizeof pool, "modelpool=%s", sref("pool.yaml"));
     /* k larger than a layer's rank; top_k larger than the number of experts */
-    expect_error((const char *[]){"method=smile_upscaling", "method.k=40", pool, NULL},
-                 "rank at most 32");
-    expect_error((const char *[]){"method=smile_upscaling", "method.top_k=4", pool, NULL},
-                 "top_k 4 exceeds the 3 experts");
+    EXPECT_CLI_ERROR((const char *[]){"method=smile_upscaling", "method.k=40", pool, NULL},
+                     "rank at most 32");
+    EXPECT_CLI_ERROR((const char *[]){"method=smile_upscaling", "method.top_k=4", pool, NULL},
+                     "top_k 4 exceeds the 3 experts");
     /* a pool without _pretrained_ */
     char nob[4200];
     snprintf(nob, sizeof nob, "models:\n  a: %s\n  b: %s\n", sref("a.safetensors"),
@@ -169,18 +128,20 @@ TEST(smile_upscaling_errors_name_the_cause)
     fb_test_write_file(fb_test_path("nobase.yaml"), nob, strlen(nob));
     char p2[4200];
     snprintf(p2, sizeof p2, "modelpool=%s", fb_test_path("nobase.yaml"));
-    expect_error((const char *[]){"method=smile_upscaling", p2, NULL}, "_pretrained_");
+    EXPECT_CLI_ERROR((const char *[]){"method=smile_upscaling", p2, NULL}, "_pretrained_");
     /* a saved SMILE model with a router tensor missing */
     char out[4200];
     snprintf(out, sizeof out, "merged_model_save_path=%s", fb_test_path("s.safetensors"));
-    REQUIRE(run((const char *[]){"method=smile_upscaling", "method.k=4", pool, out, NULL}, NULL) ==
-            0);
+    REQUIRE(
+        fb_test_cli_run((const char *[]){"method=smile_upscaling", "method.k=4", pool, out, NULL},
+                        NULL) == 0);
     fb_model *orig, *cut, *m;
     REQUIRE_OK(fb_model_load(fb_test_path("s.safetensors"), &orig));
     /* without a layer's router (its experts are orphans), and without one expert tensor */
-    REQUIRE_OK(copy_without(orig, "vision_model.encoder.layers.0.mlp.fc1.gate.weights", &cut));
     REQUIRE_OK(
-        copy_without(orig, "vision_model.encoder.layers.1.self_attn.q_proj.experts.2.svh", &m));
+        fb_test_model_copy(orig, "vision_model.encoder.layers.0.mlp.fc1.gate.weights", &cut));
+    REQUIRE_OK(fb_test_model_copy(
+        orig, "vision_model.encoder.layers.1.self_attn.q_proj.experts.2.svh", &m));
     fb_clip_config cfg;
     fb_clip *net;
     REQUIRE_OK(fb_clip_config_load(sref("config.json"), &cfg));

@@ -191,76 +191,82 @@ TEST(wemoe_forward_router_gradients_and_adam_step_match_pytorch)
     cJSON_Delete(ref);
 }
 
-static int run(const char *const *args, char **err)
+/* Runs `method` with the routers of checkpoint ck (no adaptation) and extra arguments, and
+ * compares the saved model with the construction `want` (the reference's) and ck's routers:
+ * routers exactly, the rest within 1e-6 of the largest value. The loaded output in *outp;
+ * *zeros / *total: the task vectors' zero entries and size. */
+static void run_and_compare(const char *method, const char *ck, const char *want_file,
+                            const char *const *extra, fb_model **outp, int64_t *zeros,
+                            int64_t *total)
 {
-    const char *argv[16] = {fb_test_cli};
-    int n = 1;
-    for (; args[n - 1] && n < 15; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    return fb_test_run(argv, NULL, err);
-}
-
-static void expect_error(const char *const *args, const char *substr)
-{
+    char m[256], pool[4200], ckarg[4200], out[4200];
+    snprintf(m, sizeof m, "method=%s", method);
+    snprintf(pool, sizeof pool, "modelpool=%s", wref("pool.yaml"));
+    snprintf(ckarg, sizeof ckarg, "method.checkpoint=%s", wref(ck));
+    snprintf(out, sizeof out, "merged_model_save_path=%s/%s.safetensors", fb_test_tmp(), method);
+    const char *args[16] = {m, pool, ckarg, out};
+    int na = 4;
+    for (; extra && *extra && na < 15; extra++)
+        args[na++] = *extra;
+    args[na] = NULL;
     char *err = NULL;
-    int rc = run(args, &err);
-    if (rc == 0 || !err || !strstr(err, substr))
-        fb_test_fail(__FILE__, __LINE__, "exit %d, stderr '%s' lacks '%s'", rc, err ? err : "",
-                     substr);
+    int rc = fb_test_cli_run(args, &err);
+    if (rc) fb_test_fail(__FILE__, __LINE__, "%s: exit %d: %s", method, rc, err ? err : "");
     free(err);
+    *outp = NULL;
+    *zeros = *total = 0;
+    fb_model *got, *want, *ckm;
+    if (rc || fb_model_load(out + strlen("merged_model_save_path="), &got)) return;
+    if (fb_model_load(wref(want_file), &want) || fb_model_load(wref(ck), &ckm)) {
+        fb_test_fail(__FILE__, __LINE__, "%s", fb_last_error());
+        return;
+    }
+    int64_t gates = 0;
+    for (int64_t i = 0; i < fb_model_num_tensors(got); i++) {
+        const fb_tensor *t = fb_model_tensor(got, i);
+        const char *name = fb_tensor_name(t);
+        const int gate = strstr(name, ".mlp.gate.") != NULL;
+        const fb_tensor *w = fb_model_find(gate ? ckm : want, name);
+        const int64_t n = fb_tensor_numel(t);
+        if (!w || fb_tensor_numel(w) != n) {
+            fb_test_fail(__FILE__, __LINE__, "%s: unexpected tensor %s", method, name);
+            continue;
+        }
+        float *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
+        if (!a || !b || fb_tensor_to_f32(t, a) || fb_tensor_to_f32(w, b)) abort();
+        double worst = 0, big = 1e-30;
+        for (int64_t j = 0; j < n; j++) {
+            worst = fmax(worst, fabs(a[j] - b[j]));
+            big = fmax(big, fabs(b[j]));
+            if (strstr(name, ".task_vectors.")) *zeros += a[j] == 0, ++*total;
+        }
+        if (worst > (gate ? 0 : 1e-6 * big))
+            fb_test_fail(__FILE__, __LINE__, "%s: %s off by %g", method, name, worst);
+        free(a);
+        free(b);
+        gates += gate;
+    }
+    /* every tensor of the construction, and a router per layer */
+    EXPECT(fb_model_num_tensors(got) - gates == fb_model_num_tensors(want) && gates > 0);
+    fb_model_free(want);
+    fb_model_free(ckm);
+    *outp = got;
 }
 
 TEST(wemoe_method_builds_fusionbench_model_and_reads_its_checkpoint)
 {
     /* with method.checkpoint the routers come from a saved model (no adaptation, no task
      * pool); everything else is the construction FusionBench's clip_we_moe makes */
-    char pool[4200], ck[4200], out[4200];
-    snprintf(pool, sizeof pool, "modelpool=%s", wref("pool.yaml"));
-    snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("model2.safetensors"));
-    snprintf(out, sizeof out, "merged_model_save_path=%s", fb_test_path("w.safetensors"));
-    char *err = NULL;
-    int rc = run((const char *[]){"method=weight_ensembling_moe", pool, ck, out, NULL}, &err);
-    if (rc) fb_test_fail(__FILE__, __LINE__, "exit %d: %s", rc, err ? err : "");
-    free(err);
-    REQUIRE(rc == 0);
-    fb_model *got, *want, *ckm;
-    REQUIRE_OK(fb_model_load(fb_test_path("w.safetensors"), &got));
-    REQUIRE_OK(fb_model_load(wref("constructed.safetensors"), &want));
-    REQUIRE_OK(fb_model_load(wref("model2.safetensors"), &ckm));
-    int64_t checked = 0, gates = 0;
-    for (int64_t i = 0; i < fb_model_num_tensors(got); i++) {
-        const fb_tensor *t = fb_model_tensor(got, i);
-        const char *name = fb_tensor_name(t);
-        const int gate = strstr(name, ".mlp.gate.") != NULL;
-        const fb_tensor *w = fb_model_find(gate ? ckm : want, name);
-        if (!w) {
-            fb_test_fail(__FILE__, __LINE__, "unexpected tensor %s", name);
-            continue;
-        }
-        const int64_t n = fb_tensor_numel(t);
-        float *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
-        REQUIRE(a && b && n == fb_tensor_numel(w));
-        REQUIRE_OK(fb_tensor_to_f32(t, a));
-        REQUIRE_OK(fb_tensor_to_f32(w, b));
-        double worst = 0, big = 1e-30;
-        for (int64_t j = 0; j < n; j++) {
-            worst = fmax(worst, fabs(a[j] - b[j]));
-            big = fmax(big, fabs(b[j]));
-        }
-        if (worst > (gate ? 0 : 1e-6 * big))
-            fb_test_fail(__FILE__, __LINE__, "%s off by %g", name, worst);
-        free(a);
-        free(b);
-        checked++;
-        gates += gate;
-    }
-    EXPECT(checked == fb_model_num_tensors(want) + 8 && gates == 8);
+    fb_model *got;
+    int64_t zeros, total;
+    run_and_compare("weight_ensembling_moe", "model2.safetensors", "constructed.safetensors", NULL,
+                    &got, &zeros, &total);
+    REQUIRE(got);
+    EXPECT(fb_model_find(got, "vision_model.encoder.layers.1.mlp.gate.fc2.bias"));
     EXPECT(!strcmp(fb_model_get_metadata(got, "fusionbench_c.structure"), "weight_ensembling_moe"));
     EXPECT(!strcmp(fb_model_get_metadata(got, "wemoe.batch_reduce"), "false"));
+    EXPECT(zeros < total / 100);
     fb_model_free(got);
-    fb_model_free(want);
-    fb_model_free(ckm);
 }
 
 TEST(sparse_wemoe_prunes_task_vectors_and_shares_one_router)
@@ -268,70 +274,26 @@ TEST(sparse_wemoe_prunes_task_vectors_and_shares_one_router)
     /* tv_prune_ratio 0.9: each MLP task-vector tensor keeps the entries above its 0.9
      * magnitude quantile (torch.quantile); one router shared by the layers, with position
      * codes, read from a checkpoint */
-    char pool[4200], ck[4200], out[4200];
-    snprintf(pool, sizeof pool, "modelpool=%s", wref("pool.yaml"));
-    snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("modelshared.safetensors"));
-    snprintf(out, sizeof out, "merged_model_save_path=%s", fb_test_path("sp.safetensors"));
-    char *err = NULL;
-    int rc =
-        run((const char *[]){"method=sparse_weight_ensembling_moe", "method.position_encoding=true",
-                             "method.position_encoding_dim=4", pool, ck, out, NULL},
-            &err);
-    if (rc) fb_test_fail(__FILE__, __LINE__, "exit %d: %s", rc, err ? err : "");
-    free(err);
-    REQUIRE(rc == 0);
-    fb_model *got, *want, *ckm;
-    REQUIRE_OK(fb_model_load(fb_test_path("sp.safetensors"), &got));
-    REQUIRE_OK(fb_model_load(wref("constructed_sparse.safetensors"), &want));
-    REQUIRE_OK(fb_model_load(wref("modelshared.safetensors"), &ckm));
-    int64_t zeros = 0, total = 0;
-    for (int64_t i = 0; i < fb_model_num_tensors(got); i++) {
-        const fb_tensor *t = fb_model_tensor(got, i);
-        const char *name = fb_tensor_name(t);
-        const int gate = strstr(name, ".mlp.gate.") != NULL;
-        const fb_tensor *w = fb_model_find(gate ? ckm : want, name);
-        REQUIRE(w && fb_tensor_numel(w) == fb_tensor_numel(t));
-        const int64_t n = fb_tensor_numel(t);
-        float *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
-        REQUIRE(a && b);
-        REQUIRE_OK(fb_tensor_to_f32(t, a));
-        REQUIRE_OK(fb_tensor_to_f32(w, b));
-        double worst = 0, big = 1e-30;
-        for (int64_t j = 0; j < n; j++) {
-            worst = fmax(worst, fabs(a[j] - b[j]));
-            big = fmax(big, fabs(b[j]));
-            if (strstr(name, ".task_vectors.")) zeros += a[j] == 0, total++;
-        }
-        if (worst > (gate ? 0 : 1e-6 * big))
-            fb_test_fail(__FILE__, __LINE__, "%s off by %g", name, worst);
-        free(a);
-        free(b);
-    }
+    fb_model *got;
+    int64_t zeros, total;
+    run_and_compare(
+        "sparse_weight_ensembling_moe", "modelshared.safetensors", "constructed_sparse.safetensors",
+        (const char *[]){"method.position_encoding=true", "method.position_encoding_dim=4", NULL},
+        &got, &zeros, &total);
+    REQUIRE(got);
     EXPECT(total > 0 && zeros >= total * 89 / 100 && zeros <= total * 91 / 100);
     EXPECT(!strcmp(fb_model_get_metadata(got, "wemoe.shared_gate"), "true"));
     EXPECT(!strcmp(fb_model_get_metadata(got, "wemoe.position_encoding_dim"), "4"));
     fb_model_free(got);
-    fb_model_free(want);
-    fb_model_free(ckm);
+    char pool[4200], ck[4200];
+    snprintf(pool, sizeof pool, "modelpool=%s", wref("pool.yaml"));
+    snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("modelshared.safetensors"));
     /* a shared router whose copies disagree */
     fb_model *m, *bad;
     REQUIRE_OK(fb_model_load(wref("modelshared.safetensors"), &m));
-    REQUIRE_OK(fb_model_create(&bad));
-    for (int64_t i = 0; i < fb_model_num_tensors(m); i++) {
-        const fb_tensor *t = fb_model_tensor(m, i);
-        const void *d;
-        fb_tensor *nt;
-        REQUIRE_OK(fb_tensor_data(t, &d));
-        REQUIRE_OK(fb_model_add_tensor(bad, fb_tensor_name(t), fb_tensor_dtype(t),
-                                       fb_tensor_ndim(t), fb_tensor_shape(t), d, &nt));
-        if (!strcmp(fb_tensor_name(t), "vision_model.encoder.layers.1.mlp.gate.fc2.bias"))
-            ((float *)fb_tensor_mutable_data(nt))[0] += 1.0f;
-    }
-    for (int64_t i = 0; i < fb_model_num_metadata(m); i++) {
-        const char *k, *v;
-        fb_model_metadata_at(m, i, &k, &v);
-        REQUIRE_OK(fb_model_set_metadata(bad, k, v));
-    }
+    REQUIRE_OK(fb_test_model_copy(m, NULL, &bad));
+    ((float *)fb_tensor_mutable_data((fb_tensor *)fb_model_find(
+        bad, "vision_model.encoder.layers.1.mlp.gate.fc2.bias")))[0] += 1.0f;
     fb_clip_config cfg;
     fb_clip *net;
     REQUIRE_OK(fb_clip_config_load(wref("config.json"), &cfg));
@@ -342,59 +304,39 @@ TEST(sparse_wemoe_prunes_task_vectors_and_shares_one_router)
     fb_model_free(bad);
     fb_model_free(m);
     /* position codes need a shared router, as in FusionBench */
-    expect_error((const char *[]){"method=sparse_weight_ensembling_moe",
-                                  "method.position_encoding=true", "method.shared_gate=false", pool,
-                                  ck, NULL},
-                 "position_encoding is for a shared router");
+    EXPECT_CLI_ERROR((const char *[]){"method=sparse_weight_ensembling_moe",
+                                      "method.position_encoding=true", "method.shared_gate=false",
+                                      pool, ck, NULL},
+                     "position_encoding is for a shared router");
 }
-
-/* a copy of m (tensors and metadata) without the tensor named `drop` */
-static fb_status copy_without(const fb_model *m, const char *drop, fb_model **out)
-{
-    fb_status st = fb_model_create(out);
-    for (int64_t i = 0; i < fb_model_num_tensors(m) && !st; i++) {
-        const fb_tensor *t = fb_model_tensor(m, i);
-        const void *d;
-        if (!strcmp(fb_tensor_name(t), drop)) continue;
-        if (!(st = fb_tensor_data(t, &d)))
-            st = fb_model_add_tensor(*out, fb_tensor_name(t), fb_tensor_dtype(t), fb_tensor_ndim(t),
-                                     fb_tensor_shape(t), d, NULL);
-    }
-    for (int64_t i = 0; i < fb_model_num_metadata(m) && !st; i++) {
-        const char *k, *v;
-        fb_model_metadata_at(m, i, &k, &v);
-        st = fb_model_set_metadata(*out, k, v);
-    }
-    return st;
-}
-
 TEST(wemoe_errors_name_the_cause)
 {
     char pool[4200], ck[4200];
     snprintf(pool, sizeof pool, "modelpool=%s", wref("pool.yaml"));
     snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("model2.safetensors"));
     /* no task pool to adapt on */
-    expect_error((const char *[]){"method=weight_ensembling_moe", pool, NULL}, "taskpool");
+    EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe", pool, NULL}, "taskpool");
     /* a router depth FusionBench does not have; a checkpoint of another depth */
-    expect_error((const char *[]){"method=weight_ensembling_moe", "method.router_hidden_layers=3",
-                                  pool, ck, NULL},
-                 "router_hidden_layers must be 0, 1 or 2");
-    expect_error((const char *[]){"method=weight_ensembling_moe", "method.router_hidden_layers=1",
-                                  pool, ck, NULL},
-                 "lacks router tensor 'vision_model.encoder.layers.0.mlp.gate.fc.weight'");
+    EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe",
+                                      "method.router_hidden_layers=3", pool, ck, NULL},
+                     "router_hidden_layers must be 0, 1 or 2");
+    EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe",
+                                      "method.router_hidden_layers=1", pool, ck, NULL},
+                     "lacks router tensor 'vision_model.encoder.layers.0.mlp.gate.fc.weight'");
     /* a pool without _pretrained_ */
     char nob[4200], p2[4200];
     snprintf(nob, sizeof nob, "models:\n  a: %s\n  b: %s\n", wref("a.safetensors"),
              wref("b.safetensors"));
     fb_test_write_file(fb_test_path("nobase.yaml"), nob, strlen(nob));
     snprintf(p2, sizeof p2, "modelpool=%s", fb_test_path("nobase.yaml"));
-    expect_error((const char *[]){"method=weight_ensembling_moe", p2, ck, NULL}, "_pretrained_");
+    EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe", p2, ck, NULL},
+                     "_pretrained_");
     /* saved models missing a router tensor or a task vector; bad metadata */
     fb_model *orig, *cut, *cut2;
     REQUIRE_OK(fb_model_load(wref("model2.safetensors"), &orig));
-    REQUIRE_OK(copy_without(orig, "vision_model.encoder.layers.1.mlp.gate.fc2.bias", &cut));
-    REQUIRE_OK(
-        copy_without(orig, "vision_model.encoder.layers.0.mlp.task_vectors.2.fc1.bias", &cut2));
+    REQUIRE_OK(fb_test_model_copy(orig, "vision_model.encoder.layers.1.mlp.gate.fc2.bias", &cut));
+    REQUIRE_OK(fb_test_model_copy(orig, "vision_model.encoder.layers.0.mlp.task_vectors.2.fc1.bias",
+                                  &cut2));
     fb_clip_config cfg;
     fb_clip *net;
     REQUIRE_OK(fb_clip_config_load(wref("config.json"), &cfg));
@@ -439,10 +381,10 @@ TEST(wemoe_fusionbench_method_config_loads_unchanged)
     snprintf(ck, sizeof ck, "method.checkpoint=%s", wref("model2.safetensors"));
     snprintf(out, sizeof out, "merged_model_save_path=%s", fb_test_path("fb.safetensors"));
     char *err = NULL;
-    int rc =
-        run((const char *[]){method, "method.name=clip_weight_ensembling_moe", pool, ck, out, NULL},
-            &err);
+    int rc = fb_test_cli_run(
+        (const char *[]){method, "method.name=clip_weight_ensembling_moe", pool, ck, out, NULL},
+        &err);
     if (rc) fb_test_fail(__FILE__, __LINE__, "exit %d: %s", rc, err ? err : "");
     free(err);
-    expect_error((const char *[]){method, pool, ck, NULL}, "give method.name=NAME");
+    EXPECT_CLI_ERROR((const char *[]){method, pool, ck, NULL}, "give method.name=NAME");
 }

@@ -1,12 +1,14 @@
 /*
- * util.c: helpers the tests share: running a program with its output captured, whole-file
- * reads and writes, and comparing two models tensor by tensor in units of the last place.
+ * util.c: helpers the tests share: running a program (or the command with arguments) with its
+ * output captured, whole-file reads and writes, copying a model, and comparing two models
+ * tensor by tensor in units of the last place.
  */
 #include <fcntl.h>
 #include <math.h>
 #include <spawn.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -81,6 +83,44 @@ int fb_test_run(const char *const *argv, char **out, char **err)
 
 /* Distance in units of the last place between two values of a float dtype (as integers on
  * the ordered bit line); 0 for equal, huge for NaN against a number. */
+int fb_test_cli_run(const char *const *args, char **err)
+{
+    const char *argv[32] = {fb_test_cli};
+    int n = 1;
+    for (; args[n - 1] && n < 31; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    return fb_test_run(argv, NULL, err);
+}
+
+void fb_test_cli_error(const char *file, int line, const char *const *args, const char *substr)
+{
+    char *err = NULL;
+    int rc = fb_test_cli_run(args, &err);
+    if (rc == 0 || !err || !strstr(err, substr))
+        fb_test_fail(file, line, "exit %d, stderr '%s' lacks '%s'", rc, err ? err : "", substr);
+    free(err);
+}
+
+fb_status fb_test_model_copy(const fb_model *m, const char *drop, fb_model **out)
+{
+    fb_status st = fb_model_create(out);
+    for (int64_t i = 0; i < fb_model_num_tensors(m) && !st; i++) {
+        const fb_tensor *t = fb_model_tensor(m, i);
+        const void *d;
+        if (drop && !strcmp(fb_tensor_name(t), drop)) continue;
+        if (!(st = fb_tensor_data(t, &d)))
+            st = fb_model_add_tensor(*out, fb_tensor_name(t), fb_tensor_dtype(t), fb_tensor_ndim(t),
+                                     fb_tensor_shape(t), d, NULL);
+    }
+    for (int64_t i = 0; i < fb_model_num_metadata(m) && !st; i++) {
+        const char *k, *v;
+        fb_model_metadata_at(m, i, &k, &v);
+        st = fb_model_set_metadata(*out, k, v);
+    }
+    return st;
+}
+
 static uint64_t ulp_distance(fb_dtype dt, const uint8_t *a, const uint8_t *b)
 {
     int64_t x = 0, y = 0;
@@ -170,8 +210,8 @@ int fb_test_models_match(const fb_model *got, const fb_model *want, int max_ulps
         }
         if (worst > (uint64_t)max_ulps) {
             fb_test_fail(__FILE__, __LINE__, "tensor '%s' (%s): element %lld is %llu ulp off",
-                         fb_tensor_name(w), fb_dtype_name(fb_tensor_dtype(w)),
-                         (long long)worst_at, (unsigned long long)worst);
+                         fb_tensor_name(w), fb_dtype_name(fb_tensor_dtype(w)), (long long)worst_at,
+                         (unsigned long long)worst);
             ok = 0;
         }
     }
@@ -208,7 +248,8 @@ int fb_test_models_close(const fb_model *got, const fb_model *want, double rtol)
         fb_tensor_to_f32(w, b);
         double scale = 0, worst = 0;
         int64_t at = -1;
-        for (int64_t j = 0; j < n; j++) scale = fabs(b[j]) > scale ? fabs(b[j]) : scale;
+        for (int64_t j = 0; j < n; j++)
+            scale = fabs(b[j]) > scale ? fabs(b[j]) : scale;
         for (int64_t j = 0; j < n; j++) {
             double e = fabs((double)a[j] - (double)b[j]);
             if (e > worst) {
@@ -217,9 +258,12 @@ int fb_test_models_close(const fb_model *got, const fb_model *want, double rtol)
             }
         }
         /* half-precision outputs round to their own grid: allow one step of it */
-        double eps = fb_tensor_dtype(w) == FB_BF16 ? 0x1p-8 : fb_tensor_dtype(w) == FB_F16 ? 0x1p-11 : 0;
+        double eps = fb_tensor_dtype(w) == FB_BF16  ? 0x1p-8
+                     : fb_tensor_dtype(w) == FB_F16 ? 0x1p-11
+                                                    : 0;
         if (worst > (rtol + eps) * scale) {
-            fb_test_fail(__FILE__, __LINE__, "tensor '%s': element %lld off by %.3g (%.3g of max |value| %.3g)",
+            fb_test_fail(__FILE__, __LINE__,
+                         "tensor '%s': element %lld off by %.3g (%.3g of max |value| %.3g)",
                          fb_tensor_name(w), (long long)at, worst, scale ? worst / scale : 0, scale);
             ok = 0;
         }

@@ -170,33 +170,22 @@ fb_status fb_adamerging_loss_grad(fb_clip *net, const float *theta0, const float
                                   const float *const *heads, const int64_t *classes,
                                   float logit_scale, double *loss, double *grad)
 {
-    const fb_clip_config c = fb_clip_get_config(net);
-    const int64_t F = c.projection ? c.projection : c.hidden, L = fb_clip_num_tensors(net);
+    const int64_t L = fb_clip_num_tensors(net);
     int64_t Bm = 1, Km = 1;
     for (int t = 0; t < T; t++) {
         if (counts[t] > Bm) Bm = counts[t];
         if (classes[t] > Km) Km = classes[t];
     }
-    float *logits = fb_malloc((size_t)(Bm * Km) * 4), *probs = fb_malloc((size_t)(Bm * Km) * 4);
-    float *dlogits = fb_malloc((size_t)(Bm * Km) * 4), *normed = fb_malloc((size_t)(Bm * F) * 4);
-    float *norms = fb_malloc((size_t)Bm * 4), *dfeat = fb_malloc((size_t)(Bm * F) * 4);
-    float *scratch = fb_malloc((size_t)F * 4);
-    fb_status st =
-        logits && probs && dlogits && normed && norms && dfeat && scratch ? FB_OK : FB_ERR_NOMEM;
+    float *scratch = fb_malloc((size_t)fb_clip_entropy_scratch(net, Bm, Km) * sizeof *scratch);
+    fb_status st = scratch ? FB_OK : FB_ERR_NOMEM;
     compose(net, theta0, tau, K, lambda, layer_wise);
     fb_clip_zero_grad(net);
     *loss = 0;
     for (int t = 0; t < T && !st; t++) {
-        const int64_t n = counts[t], Kt = classes[t];
-        const float *feat;
-        if ((st = fb_clip_forward(net, images[t], n, &feat))) break;
-        fb_head_forward(logits, normed, norms, feat, heads[t], logit_scale, n, F, Kt);
-        *loss += fb_entropy_forward(probs, logits, n, Kt);
-        memset(dlogits, 0, (size_t)(n * Kt) * 4);
-        memset(dfeat, 0, (size_t)(n * F) * 4);
-        fb_entropy_backward(dlogits, probs, n, Kt, 1.0f);
-        fb_head_backward(dfeat, scratch, dlogits, normed, norms, heads[t], logit_scale, n, F, Kt);
-        st = fb_clip_backward(net, dfeat);
+        double lt = 0;
+        st = fb_clip_entropy_backward(net, images[t], counts[t], heads[t], classes[t],
+                                      logit_scale, scratch, &lt);
+        *loss += lt;
     }
     if (!st) {
         /* offsets of the tensors in the parameter buffer */
@@ -236,12 +225,6 @@ fb_status fb_adamerging_loss_grad(fb_clip *net, const float *theta0, const float
         fb_free(gl);
         fb_free(off);
     }
-    fb_free(logits);
-    fb_free(probs);
-    fb_free(dlogits);
-    fb_free(normed);
-    fb_free(norms);
-    fb_free(dfeat);
     fb_free(scratch);
     return st;
 }
@@ -396,16 +379,9 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
     if (!st) st = fb_adamw_init(&adam, nl, (float)s->lr, 0.0f); /* AdamW without decay = Adam */
     fb_nn_blas_single(1);
     for (int64_t step = 0; step < s->steps && !st; step++) {
-        for (int t = 0; t < T; t++) { /* batch = a function of (seed, task, step, slot) */
-            const fb_task *task = &tp->set.tasks[t];
-            const int64_t n = task->n[tp->split];
-            const uint64_t key = fb_rng_key(s->seed, task->name, 7);
-            for (int64_t b = 0; b < B; b++) {
-                uint64_t r = fb_mix64(key + (uint64_t)(step * B + b) * 0x9E3779B97F4A7C15ull);
-                fb_task_image(&tp->set, task, tp->split, (int64_t)(r % (uint64_t)n),
-                              x[t] + b * img);
-            }
-        }
+        for (int t = 0; t < T; t++) /* batch = a function of (seed, task, step, slot) */
+            fb_task_draw_batch(&tp->set, &tp->set.tasks[t], tp->split,
+                               fb_rng_key(s->seed, tp->set.tasks[t].name, 7), step, B, x[t]);
         double loss;
         st = fb_adamerging_loss_grad(net, theta0, (const float *const *)tau, K, s->lambda,
                                      s->layer_wise, T, (const float *const *)x, counts,

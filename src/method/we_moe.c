@@ -442,15 +442,12 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
     for (int t = 0; t < T; t++)
         if (tp->set.tasks[t].num_classes > Km) Km = tp->set.tasks[t].num_classes;
     float **heads = fb_calloc((size_t)T, sizeof *heads), *x = fb_malloc((size_t)(B * img) * 4);
-    float *logits = fb_malloc((size_t)(B * Km) * 4), *probs = fb_malloc((size_t)(B * Km) * 4);
-    float *dlogits = fb_malloc((size_t)(B * Km) * 4), *normed = fb_malloc((size_t)(B * F) * 4);
-    float *norms = fb_malloc((size_t)B * 4), *dfeat = fb_malloc((size_t)(B * F) * 4);
-    float *scratch = fb_malloc((size_t)F * 4);
+    float *scratch = NULL;
     fb_adamw adam = {0};
-    fb_status st = heads && x && logits && probs && dlogits && normed && norms && dfeat && scratch
-                       ? FB_OK
-                       : FB_ERR_NOMEM;
+    fb_status st = heads && x ? FB_OK : FB_ERR_NOMEM;
     if (!st) st = fb_clip_create(&tp->clip, B, &net);
+    if (!st && !(scratch = fb_malloc((size_t)fb_clip_entropy_scratch(net, B, Km) * 4)))
+        st = FB_ERR_NOMEM;
     /* a pool of vision-only fine-tunes of a whole CLIPModel has the rest from the base */
     const fb_model *fallback =
         fb_modelpool_selects(pool) ? fb_modelpool_get(pool, FB_PRETRAINED) : NULL;
@@ -459,9 +456,7 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
     int64_t nr = 0;
     float *router = st ? NULL : fb_clip_wemoe_router(net, &nr);
     if (!st && !router)
-        st = fb_set_error(FB_ERR_ARG,
-                          "%s: the task pool's model has no MLP "
-                          "the pool upscaled",
+        st = fb_set_error(FB_ERR_ARG, "%s: the task pool's model has no MLP the pool upscaled",
                           NAME(s));
     if (!st) fb_clip_wemoe_batch_reduce(net, s->batch_reduce);
     for (int t = 0; t < T && !st; t++) {
@@ -478,22 +473,12 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
         fb_clip_zero_grad(net);
         for (int t = 0; t < T && !st; t++) { /* batch = a function of (seed, task, step, slot) */
             const fb_task *task = &tp->set.tasks[t];
-            const int64_t n = task->n[tp->split], K = task->num_classes;
-            const uint64_t key = fb_rng_key(s->seed, task->name, 17);
-            for (int64_t b = 0; b < B; b++) {
-                uint64_t r = fb_mix64(key + (uint64_t)(step * B + b) * 0x9E3779B97F4A7C15ull);
-                fb_task_image(&tp->set, task, tp->split, (int64_t)(r % (uint64_t)n), x + b * img);
-            }
-            const float *feat;
-            if ((st = fb_clip_forward(net, x, B, &feat))) break;
-            fb_head_forward(logits, normed, norms, feat, heads[t], tp->logit_scale, B, F, K);
-            loss += fb_entropy_forward(probs, logits, B, K);
-            memset(dlogits, 0, (size_t)(B * K) * 4);
-            memset(dfeat, 0, (size_t)(B * F) * 4);
-            fb_entropy_backward(dlogits, probs, B, K, 1.0f);
-            fb_head_backward(dfeat, scratch, dlogits, normed, norms, heads[t], tp->logit_scale, B,
-                             F, K);
-            st = fb_clip_backward(net, dfeat);
+            double lt = 0;
+            fb_task_draw_batch(&tp->set, task, tp->split, fb_rng_key(s->seed, task->name, 17),
+                               step, B, x);
+            st = fb_clip_entropy_backward(net, x, B, heads[t], task->num_classes, tp->logit_scale,
+                                          scratch, &lt);
+            loss += lt;
         }
         if (st) break;
         fb_adamw_step(&adam, router, grad);
@@ -507,12 +492,6 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
         fb_free(heads[t]);
     fb_free(heads);
     fb_free(x);
-    fb_free(logits);
-    fb_free(probs);
-    fb_free(dlogits);
-    fb_free(normed);
-    fb_free(norms);
-    fb_free(dfeat);
     fb_free(scratch);
     return st;
 }

@@ -1447,6 +1447,33 @@ fb_status fb_clip_backward(fb_clip *n, const float *dfeatures)
     return FB_OK;
 }
 
+/* ------------------------------------------------------- entropy (adaptation) -- */
+
+int64_t fb_clip_entropy_scratch(const fb_clip *n, int64_t B, int64_t K)
+{
+    const int64_t F = n->c.projection ? n->c.projection : n->c.hidden;
+    return 3 * B * K + 2 * B * F + B + F;
+}
+
+fb_status fb_clip_entropy_backward(fb_clip *n, const float *images, int64_t B, const float *head,
+                                   int64_t K, float logit_scale, float *scratch, double *loss)
+{
+    const int64_t F = n->c.projection ? n->c.projection : n->c.hidden;
+    float *logits = scratch, *probs = logits + B * K, *dlogits = probs + B * K;
+    float *normed = dlogits + B * K, *dfeat = normed + B * F, *norms = dfeat + B * F;
+    float *tmp = norms + B;
+    const float *feat;
+    fb_status st = fb_clip_forward(n, images, B, &feat);
+    if (st) return st;
+    fb_head_forward(logits, normed, norms, feat, head, logit_scale, B, F, K);
+    *loss = fb_entropy_forward(probs, logits, B, K);
+    memset(dlogits, 0, (size_t)(B * K) * sizeof(float));
+    memset(dfeat, 0, (size_t)(B * F) * sizeof(float));
+    fb_entropy_backward(dlogits, probs, B, K, 1.0f);
+    fb_head_backward(dfeat, tmp, dlogits, normed, norms, head, logit_scale, B, F, K);
+    return fb_clip_backward(n, dfeat);
+}
+
 /* -------------------------------------------------------------- cosine head -- */
 
 void fb_head_forward(float *logits, float *normed, float *norms, const float *features,

@@ -118,6 +118,15 @@ fb_status fb_clip_forward(fb_clip *net, const float *images, int64_t B, const fl
 fb_status fb_clip_backward(fb_clip *net, const float *dfeatures);
 void fb_clip_zero_grad(fb_clip *net);
 
+/* FusionBench's test-time adaptation loss for one batch: the images' features, the cosine
+ * head's logits (logit_scale), their mean prediction entropy (+1e-8 inside the log), then
+ * backward to the parameters (gradients accumulate; zero them first). *loss gets the entropy.
+ * scratch holds fb_clip_entropy_scratch(B, K) floats for this network. */
+int64_t fb_clip_entropy_scratch(const fb_clip *net, int64_t B, int64_t K);
+fb_status fb_clip_entropy_backward(fb_clip *net, const float *images, int64_t B,
+                                   const float *head, int64_t K, float logit_scale,
+                                   float *scratch, double *loss);
+
 /* Cosine head: logits[B, K] = scale * normalize(f) normalize(W)^T ... W[K, F] is used as is
  * (FusionBench's zero-shot heads are already normalised text embeddings). Saves what backward
  * needs in `normed` [B, F] and `norms` [B]. */

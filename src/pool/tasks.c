@@ -756,3 +756,13 @@ void fb_task_image(const fb_taskset *ts, const fb_task *t, int split, int64_t i,
     else
         fb_image_normalize(t->pixels[split] + t->idx[split][i] * img, S, C, ts->mean, ts->std, dst);
 }
+
+void fb_task_draw_batch(const fb_taskset *ts, const fb_task *t, int split, uint64_t key,
+                        int64_t step, int64_t B, float *dst)
+{
+    const int64_t n = t->n[split], img = ts->channels * ts->image_size * ts->image_size;
+    for (int64_t b = 0; b < B; b++) {
+        uint64_t r = fb_mix64(key + (uint64_t)(step * B + b) * 0x9E3779B97F4A7C15ull);
+        fb_task_image(ts, t, split, (int64_t)(r % (uint64_t)n), dst + b * img);
+    }
+}

@@ -83,6 +83,11 @@ void fb_permutation(int64_t *p, int64_t n, uint64_t key);
  * size] into dst (either storage). */
 int fb_task_has_split(const fb_task *t, int split);
 void fb_task_image(const fb_taskset *ts, const fb_task *t, int split, int64_t i, float *dst);
+/* Batch `step` of B examples of `split` drawn with replacement for test-time adaptation: slot
+ * b is example mix64(key + (step B + b) golden) mod n, a function of (key, step, slot) alone;
+ * key = fb_rng_key(seed, task name, stream). Into dst [B, channels, size, size]. */
+void fb_task_draw_batch(const fb_taskset *ts, const fb_task *t, int split, uint64_t key,
+                        int64_t step, int64_t B, float *dst);
 
 /* The keys of a taskpool node that fb_taskset_load reads. */
 int fb_taskset_key(const char *key);
