@@ -38,8 +38,9 @@
  * "name:key=value[:key=value...]" passes parameters (SMILE gets FusionBench's B/32 choice,
  * k 32 and gate_k 16, since its default k 128 exceeds the zoo's width of 96): mergekit's
  * methods weigh every model 1 and scale the merged task vector by lambda, so they get
- * FusionBench's task-arithmetic scale, 0.3. AdaMerging and the two Weight-Ensembling MoEs
- * run 100 of their default 1000 steps, to keep `make demo` within minutes. */
+ * FusionBench's task-arithmetic scale, 0.3. AdaMerging runs 100 of its default 1000 steps
+ * and the two Weight-Ensembling MoEs 50 (each step adapts on every task, and evaluation
+ * routes every image by itself), to keep a second `make demo` within two minutes. */
 static const char *default_methods =
     "simple_average,task_arithmetic,ties_merging,dare_task_arithmetic,dare_ties_merging,"
     "dare_simple_average,magmax,karcher,model_stock,consensus_task_arithmetic,tall_mask,"
@@ -47,7 +48,7 @@ static const char *default_methods =
     "della_linear:lambda=0.3,task_singular_vector,iso_c,iso_cts,wudi,emr_merging,"
     "clip_task_wise_adamerging:max_steps=100,clip_layer_wise_adamerging:max_steps=100,"
     "fisher_merging,regmean,regmean_plusplus,simple_ensemble,smile_upscaling:k=32:gate_k=16,"
-    "weight_ensembling_moe:max_steps=100,sparse_weight_ensembling_moe:max_steps=100";
+    "weight_ensembling_moe:max_steps=50,sparse_weight_ensembling_moe:max_steps=50";
 
 enum { MAX_TASKS = 64, MAX_ROWS = 128 };
 
