@@ -202,4 +202,35 @@ static inline double bench_report_number(const char *report, const char *key)
     return v;
 }
 
+/* The options the PyTorch-comparison benchmarks share: --reps N, --batch N, --torch SCRIPT. */
+static inline void bench_args(int argc, char **argv, int *reps, int64_t *batch,
+                              const char **torch_script)
+{
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--reps"))
+            *reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--batch"))
+            *batch = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--torch"))
+            *torch_script = argv[i + 1];
+    }
+    if (*reps < 1) *reps = 1;
+}
+
+/* Runs `/usr/bin/python3 SCRIPT THREADS REPS BATCH` and reads its line "TAG A B" into *a, *b
+ * (left 0 when it prints none). */
+static inline void bench_torch_pair(const char *script, int threads, int reps, int64_t batch,
+                                    const char *tag, double *a, double *b)
+{
+    char cmd[1024], line[256], pat[64];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d %d %lld", script, threads, reps,
+             (long long)batch);
+    snprintf(pat, sizeof pat, "%s %%lf %%lf", tag);
+    *a = *b = 0;
+    FILE *py = popen(cmd, "r");
+    while (py && fgets(line, sizeof line, py))
+        sscanf(line, pat, a, b);
+    if (py) pclose(py);
+}
+
 #endif

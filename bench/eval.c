@@ -61,15 +61,7 @@ int main(int argc, char **argv)
     int reps = 3;
     int64_t B = 128;
     const char *torch_script = "bench/eval_torch.py";
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--reps"))
-            reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--batch"))
-            B = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--torch"))
-            torch_script = argv[i + 1];
-    }
-    if (reps < 1) reps = 1;
+    bench_args(argc, argv, &reps, &B, &torch_script);
     const int threads = fb_get_num_threads();
     double *t = calloc((size_t)reps, sizeof *t);
 

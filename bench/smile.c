@@ -43,15 +43,7 @@ int main(int argc, char **argv)
     int reps = 3;
     int64_t B = 32;
     const char *torch_script = "bench/smile_torch.py";
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--reps"))
-            reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--batch"))
-            B = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--torch"))
-            torch_script = argv[i + 1];
-    }
-    if (reps < 1) reps = 1;
+    bench_args(argc, argv, &reps, &B, &torch_script);
     const int threads = fb_get_num_threads(), E = 8, k = 32, gk = 16;
     const fb_clip_config cfg = {768, 3072, 12, 12, 224, 32, 3, 512, 1, 1e-5f};
     fb_clip *net;
@@ -107,15 +99,8 @@ int main(int argc, char **argv)
     free(images);
     fb_clip_free(net);
 
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d %d %lld", torch_script, threads, reps,
-             (long long)B);
-    double tf = 0, tmb = 0;
-    FILE *py = popen(cmd, "r");
-    char line[256];
-    while (py && fgets(line, sizeof line, py))
-        sscanf(line, "smile %lf %lf", &tf, &tmb);
-    if (py) pclose(py);
+    double tf, tmb;
+    bench_torch_pair(torch_script, threads, reps, B, "smile", &tf, &tmb);
     printf("\nSMILE forward, CLIP-ViT-B/32 tower, 8 experts per linear layer (k 32, gate_k 16, "
            "top_k 1), batch %lld, %d threads, median of %d, same run\n\n",
            (long long)B, threads, reps);

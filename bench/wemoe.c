@@ -48,15 +48,7 @@ int main(int argc, char **argv)
     int reps = 3;
     int64_t B = 16;
     const char *torch_script = "bench/wemoe_torch.py";
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--reps"))
-            reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--batch"))
-            B = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--torch"))
-            torch_script = argv[i + 1];
-    }
-    if (reps < 1) reps = 1;
+    bench_args(argc, argv, &reps, &B, &torch_script);
     const int threads = fb_get_num_threads(), E = 8, K = 10;
     const int64_t D = 768, I = 3072, F = 512;
     const fb_clip_config cfg = {D, I, 12, 12, 224, 32, 3, F, 1, 1e-5f};
@@ -158,15 +150,8 @@ int main(int argc, char **argv)
     fb_clip_free(net);
     fb_model_free(m);
 
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d %d %lld", torch_script, threads, reps,
-             (long long)B);
-    double ts = 0, tmb = 0;
-    FILE *py = popen(cmd, "r");
-    char line[256];
-    while (py && fgets(line, sizeof line, py))
-        sscanf(line, "wemoe %lf %lf", &ts, &tmb);
-    if (py) pclose(py);
+    double ts, tmb;
+    bench_torch_pair(torch_script, threads, reps, B, "wemoe", &ts, &tmb);
     printf("\nWeight-Ensembling MoE adaptation step, CLIP-ViT-B/32 tower, 8 experts, Depth_2 "
            "routers, batch_reduce, batch %lld, %d threads, median of %d, same run\n\n",
            (long long)B, threads, reps);
