@@ -323,6 +323,23 @@ TEST(wemoe_errors_name_the_cause)
     EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe",
                                       "method.router_hidden_layers=1", pool, ck, NULL},
                      "lacks router tensor 'vision_model.encoder.layers.0.mlp.gate.fc.weight'");
+    /* save_checkpoint onto the checkpoint it reads or onto a pool model: refused before any
+     * work, the input untouched */
+    {
+        size_t n0, n1;
+        char *before = fb_test_read_file(wref("model2.safetensors"), &n0);
+        char sc[4200];
+        snprintf(sc, sizeof sc, "method.save_checkpoint=%s", wref("model2.safetensors"));
+        EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe", pool, ck, sc, NULL},
+                         "method.save_checkpoint");
+        snprintf(sc, sizeof sc, "method.save_checkpoint=%s", wref("a.safetensors"));
+        EXPECT_CLI_ERROR((const char *[]){"method=weight_ensembling_moe", pool, ck, sc, NULL},
+                         "is the input file of model 'a'");
+        char *after = fb_test_read_file(wref("model2.safetensors"), &n1);
+        EXPECT(before && after && n0 == n1 && !memcmp(before, after, n0));
+        free(before);
+        free(after);
+    }
     /* a pool without _pretrained_ */
     char nob[4200], p2[4200];
     snprintf(nob, sizeof nob, "models:\n  a: %s\n  b: %s\n", wref("a.safetensors"),

@@ -577,7 +577,7 @@ static fb_status check_outputs(const cli *c, const char *out_path, const char *r
     cap = n;
     if (!st) st = config_inputs(c->root, 0, 0, &inputs, &n, &cap);
     char *xpath = NULL;
-    fb_output_path outs[3];
+    fb_output_path outs[5];
     int k = 0;
     if (!st && out_path) {
         outs[k++] = (fb_output_path){out_path, "merged_model_save_path"};
@@ -587,6 +587,7 @@ static fb_status check_outputs(const cli *c, const char *out_path, const char *r
         }
     }
     if (report_path) outs[k++] = (fb_output_path){report_path, "report_save_path"};
+    if (!st) st = fb_method_files(c->method, outs, &k, &inputs, &n, &cap);
     if (!st) st = fb_outputs_check(outs, k, inputs, n);
     fb_free(xpath);
     fb_input_paths_free(inputs, n);

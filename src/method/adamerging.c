@@ -439,6 +439,13 @@ static fb_status merge(const void *p, const fb_merge_chunk *c)
     return FB_OK;
 }
 
+static void files(const void *p, fb_output_path *write, fb_output_path *read)
+{
+    const state *s = p;
+    write[0] = (fb_output_path){s->save_path, "method.save_merging_weights"};
+    read[0] = (fb_output_path){s->weights_path, "method.weights"};
+}
+
 static fb_status create_task_wise(const fb_config *p, void **out)
 {
     return create(p, 0, out);
@@ -457,6 +464,7 @@ const fb_method_ops fb_method_clip_task_wise_adamerging = {
     .needs_base = 1,
     .create = create_task_wise,
     .learn = learn,
+    .files = files,
     .merge = merge,
     .destroy = destroy,
 };
@@ -469,6 +477,7 @@ const fb_method_ops fb_method_clip_layer_wise_adamerging = {
     .needs_base = 1,
     .create = create_layer_wise,
     .learn = learn,
+    .files = files,
     .merge = merge,
     .destroy = destroy,
 };

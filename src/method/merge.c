@@ -386,15 +386,35 @@ static fb_status plan_output(job *J, const fb_run_options *opts)
     return st;
 }
 
-/* Every path this merge writes (the model, its masks) against every file of the pool, the
- * models this method does not read included, and against each other: before any work. */
-static fb_status check_outputs(const fb_modelpool *pool, const char *path, const char *xpath)
+fb_status fb_method_files(const fb_method *m, fb_output_path *outs, int *k,
+                          fb_input_path **inputs, int *n, int64_t *cap)
+{
+    fb_output_path write[2] = {{0}}, read[2] = {{0}};
+    fb_status st = FB_OK;
+    if (m->ops->files) m->ops->files(m->state, write, read);
+    for (int i = 0; i < 2; i++) {
+        if (write[i].path) outs[(*k)++] = write[i];
+        if (read[i].path && !st)
+            st = fb_input_paths_add(inputs, n, cap, read[i].path, "method input", read[i].what);
+    }
+    return st;
+}
+
+/* Every path this merge writes (the model, its masks, the method's own files) against every
+ * file of the pool, the models this method does not read included, the files the method
+ * reads, and against each other: before any work. */
+static fb_status check_outputs(const fb_method *m, const fb_modelpool *pool, const char *path,
+                               const char *xpath)
 {
     fb_input_path *inputs = NULL;
-    int n = 0;
+    int n = 0, k = 0;
     fb_status st = fb_modelpool_input_files(pool, &inputs, &n);
-    const fb_output_path outs[2] = {{path, "merged model path"}, {xpath, "masks path"}};
-    if (!st) st = fb_outputs_check(outs, xpath ? 2 : 1, inputs, n);
+    int64_t cap = n;
+    fb_output_path outs[4];
+    if (path) outs[k++] = (fb_output_path){path, "merged model path"};
+    if (xpath) outs[k++] = (fb_output_path){xpath, "masks path"};
+    if (!st) st = fb_method_files(m, outs, &k, &inputs, &n, &cap);
+    if (!st && k) st = fb_outputs_check(outs, k, inputs, n);
     fb_input_paths_free(inputs, n);
     return st;
 }
@@ -1166,7 +1186,7 @@ static fb_status run(fb_method *m, fb_modelpool *pool, const fb_run_options *opt
     if (!st && path && (m->ops->model_masks || m->ops->model_scalars) &&
         !(xpath = fb_extras_path(path)))
         st = FB_ERR_NOMEM;
-    if (!st && path) st = check_outputs(pool, path, xpath); /* before any work */
+    if (!st) st = check_outputs(m, pool, path, xpath); /* before any work */
     if (!st && m->ops->build) { /* the whole output made by the method */
         fb_model *out = NULL;
         st = m->ops->build(m->state, pool, opts, &out);

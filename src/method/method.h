@@ -175,6 +175,11 @@ typedef struct fb_method_ops {
      * its metadata); the driver then saves it (atomically) and/or hands it back. */
     fb_status (*build)(void *state, fb_modelpool *pool, const fb_run_options *opts,
                        fb_model **out);
+    /* Files the method itself writes and reads beside the pool (AdaMerging's
+     * save_merging_weights / weights, WEMoE's save_checkpoint / checkpoint): up to 2 each,
+     * {path, parameter}, into write / read (path NULL: none). The run checks them with its
+     * other outputs before any work. NULL op: none. */
+    void (*files)(const void *state, fb_output_path *write, fb_output_path *read);
     /* Merges one chunk. Must not allocate or set errors unless it fails. */
     fb_status (*merge)(const void *state, const fb_merge_chunk *chunk);
     void (*destroy)(void *state);
@@ -237,6 +242,11 @@ void fb_method_reset_variants(fb_method *m);
 /* Where a merge to `path` puts its per-model extras: "<path without .safetensors>.masks.
  * safetensors" (fb_malloc'd; NULL when out of memory). */
 char *fb_extras_path(const char *path);
+
+/* Adds the files m itself writes (as outputs, after outs[*k]; outs has room for 2 more) and
+ * reads (to the input list) to a run's check (fb_outputs_check). */
+fb_status fb_method_files(const fb_method *m, fb_output_path *outs, int *k,
+                          fb_input_path **inputs, int *n, int64_t *cap);
 
 /* The registry: every method, in the order --list-methods shows them. */
 const fb_method_ops *fb_method_lookup(const char *name);

@@ -556,6 +556,13 @@ static fb_status build(void *p, fb_modelpool *pool, const fb_run_options *opts, 
     return FB_OK;
 }
 
+static void files(const void *p, fb_output_path *write, fb_output_path *read)
+{
+    const state *s = p;
+    write[0] = (fb_output_path){s->save_checkpoint, "method.save_checkpoint"};
+    read[0] = (fb_output_path){s->checkpoint, "method.checkpoint"};
+}
+
 static fb_status create(const fb_config *p, void **out)
 {
     return create_any(p, 0, out);
@@ -576,6 +583,7 @@ const fb_method_ops fb_method_weight_ensembling_moe = {
     .min_models = 1,
     .create = create,
     .build = build,
+    .files = files,
     .destroy = destroy,
 };
 
@@ -589,5 +597,6 @@ const fb_method_ops fb_method_sparse_weight_ensembling_moe = {
     .min_models = 1,
     .create = create_sparse,
     .build = build,
+    .files = files,
     .destroy = destroy,
 };
