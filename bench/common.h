@@ -202,6 +202,14 @@ static inline double bench_report_number(const char *report, const char *key)
     return v;
 }
 
+/* Uniform in [-scale/2, scale/2) from a 64-bit LCG (Knuth's MMIX constants): the benchmarks'
+ * random weights and images, the same on every machine. */
+static inline float bench_rnd(uint64_t *state, float scale)
+{
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return ((float)((*state >> 40) & 0xffffff) / 16777216.0f - 0.5f) * scale;
+}
+
 /* The options the PyTorch-comparison benchmarks share: --reps N, --batch N, --torch SCRIPT. */
 static inline void bench_args(int argc, char **argv, int *reps, int64_t *batch,
                               const char **torch_script)

@@ -24,8 +24,7 @@ static void die(const char *what)
 static uint64_t seed = 1;
 static float rnd(float scale)
 {
-    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    return ((float)((seed >> 40) & 0xffffff) / 16777216.0f - 0.5f) * scale;
+    return bench_rnd(&seed, scale);
 }
 
 static void add_random(fb_model *m, const char *name, int ndim, int64_t d0, int64_t d1, float s)

@@ -49,54 +49,41 @@ typedef struct state {
     char *checkpoint, *save_checkpoint;
 } state;
 
-static const fb_param_spec params[] = {
-    {"name", "null", "FusionBench's algorithm name (accepted)"},
-    {"checkpoint", "false", "a model saved by this method: its routers are used, no adaptation"},
-    {"save_checkpoint", "false", "also write the upscaled model here (safetensors)"},
-    {"router_hidden_layers", "2", "the router's depth: 0 (a vector), 1 or 2 linear layers"},
-    {"init_lambda", "0.3", "every routing weight's start, and task arithmetic's scale"},
-    {"batch_reduce", "true", "during adaptation, one routing over the whole batch"},
-    {"lr", "1e-4", "Adam's learning rate"},
-    {"optimizer", "adam", "adam (torch.optim.Adam)"},
-    {"devices", "1", "accepted for FusionBench's configs (threads: --threads)"},
-    {"batch_size", "16", "unlabelled test images per task and step"},
-    {"num_workers", "16", "accepted for FusionBench's configs (no effect here)"},
-    {"max_steps", "1000", "Adam steps"},
-    {"use_grad_accumulate", "true", "accepted (the gradient is the same either way)"},
-    {"cache_dir", "outputs", "accepted for FusionBench's configs (no effect here)"},
-    {"fast_dev_run", "false", "one adaptation step only, as FusionBench"},
-    {"seed", "0", "the routers' initialisation and the batches drawn"},
-    {"evaluate_per_image", "true",
-     "the saved model routes each image by itself (false: each evaluation batch as one)"},
-    {NULL, NULL, NULL},
-};
+/* The parameters both variants share, in FusionBench's order around the sparse ones. */
+#define WEMOE_HEAD_PARAMS                                                                       \
+    {"name", "null", "FusionBench's algorithm name (accepted)"},                                \
+        {"checkpoint", "false",                                                                 \
+         "a model saved by this method: its routers are used, no adaptation"},                  \
+        {"save_checkpoint", "false", "also write the upscaled model here (safetensors)"},       \
+        {"router_hidden_layers", "2", "the router's depth: 0 (a vector), 1 or 2 linear layers"}, \
+        {"init_lambda", "0.3", "every routing weight's start, and task arithmetic's scale"},    \
+        {"batch_reduce", "true", "during adaptation, one routing over the whole batch"}
+#define WEMOE_TAIL_PARAMS(grad_accumulate)                                                      \
+    {"lr", "1e-4", "Adam's learning rate"}, {"optimizer", "adam", "adam (torch.optim.Adam)"},   \
+        {"devices", "1", "accepted for FusionBench's configs (threads: --threads)"},            \
+        {"batch_size", "16", "unlabelled test images per task and step"},                       \
+        {"num_workers", "16", "accepted for FusionBench's configs (no effect here)"},           \
+        {"max_steps", "1000", "Adam steps"},                                                    \
+        {"use_grad_accumulate", grad_accumulate,                                                \
+         "accepted (the gradient is the same either way)"},                                     \
+        {"cache_dir", "outputs", "accepted for FusionBench's configs (no effect here)"},        \
+        {"fast_dev_run", "false", "one adaptation step only, as FusionBench"},                  \
+        {"seed", "0", "the routers' initialisation and the batches drawn"},                     \
+        {"evaluate_per_image", "true",                                                          \
+         "the saved model routes each image by itself (false: each evaluation batch as one)"},  \
+        {NULL, NULL, NULL}
+
+static const fb_param_spec params[] = {WEMOE_HEAD_PARAMS, WEMOE_TAIL_PARAMS("true")};
 
 static const fb_param_spec sparse_params[] = {
-    {"name", "null", "FusionBench's algorithm name (accepted)"},
-    {"checkpoint", "false", "a model saved by this method: its routers are used, no adaptation"},
-    {"save_checkpoint", "false", "also write the upscaled model here (safetensors)"},
-    {"router_hidden_layers", "2", "the router's depth: 0 (a vector), 1 or 2 linear layers"},
-    {"init_lambda", "0.3", "every routing weight's start, and task arithmetic's scale"},
-    {"batch_reduce", "true", "during adaptation, one routing over the whole batch"},
+    WEMOE_HEAD_PARAMS,
     {"tv_prune_ratio", "0.9", "share of each MLP task-vector tensor zeroed (smallest magnitudes)"},
     {"post_sparse_gate", "false", "after adaptation, prune the routers' tensors by magnitude"},
     {"gate_prune_ratio", "0.0", "share of each router tensor zeroed by post_sparse_gate"},
     {"shared_gate", "true", "one router for every layer"},
     {"position_encoding", "false", "the shared router also sees its layer's sinusoidal code"},
     {"position_encoding_dim", "8", "the code's size (even)"},
-    {"lr", "1e-4", "Adam's learning rate"},
-    {"optimizer", "adam", "adam (torch.optim.Adam)"},
-    {"devices", "1", "accepted for FusionBench's configs (threads: --threads)"},
-    {"batch_size", "16", "unlabelled test images per task and step"},
-    {"num_workers", "16", "accepted for FusionBench's configs (no effect here)"},
-    {"max_steps", "1000", "Adam steps"},
-    {"use_grad_accumulate", "false", "accepted (the gradient is the same either way)"},
-    {"cache_dir", "outputs", "accepted for FusionBench's configs (no effect here)"},
-    {"fast_dev_run", "false", "one adaptation step only, as FusionBench"},
-    {"seed", "0", "the routers' initialisation and the batches drawn"},
-    {"evaluate_per_image", "true",
-     "the saved model routes each image by itself (false: each evaluation batch as one)"},
-    {NULL, NULL, NULL},
+    WEMOE_TAIL_PARAMS("false"),
 };
 
 static void destroy(void *p)

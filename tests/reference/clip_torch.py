@@ -94,3 +94,17 @@ def clip_params(cfg, g):
     return P
 
 
+def save_pool(out, cfg, models):
+    """A reference pool in folder out: <name>.safetensors per state dict of `models` (a dict,
+    `_pretrained_` first), pool.yaml listing them, and the tower's config.json."""
+    import json
+    import os
+
+    import st
+
+    for name, P in models.items():
+        st.save(os.path.join(out, name + ".safetensors"), P)
+    with open(os.path.join(out, "pool.yaml"), "w") as f:
+        f.write("models:\n" + "".join(f"  {n}: {n}.safetensors\n" for n in models))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402
-from clip_torch import clip_forward, clip_params  # noqa: E402
+from clip_torch import clip_forward, clip_params, save_pool  # noqa: E402
 
 OUT = os.path.join(sys.argv[1], "smile")
 os.makedirs(OUT, exist_ok=True)
@@ -93,13 +93,7 @@ def main():
                   "vision_model.encoder.layers.1.mlp.fc2.bias"):
             P[n] = base[n].clone()
         fines.append(P)
-    names = ["_pretrained_", "a", "b", "c"]
-    for nm, P in zip(names, [base] + fines):
-        st.save(os.path.join(OUT, nm + ".safetensors"), P)
-    with open(os.path.join(OUT, "pool.yaml"), "w") as f:
-        f.write("models:\n" + "".join(f"  {n}: {n}.safetensors\n" for n in names))
-    with open(os.path.join(OUT, "config.json"), "w") as f:
-        json.dump(CFG, f)
+    save_pool(OUT, CFG, dict(zip(["_pretrained_", "a", "b", "c"], [base] + fines)))
     images = torch.randn(5, 3, 16, 16, generator=g)
     st.save(os.path.join(OUT, "images.safetensors"), {"images": images})
     out = {}

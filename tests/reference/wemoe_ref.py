@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402
-from clip_torch import clip_forward, clip_params  # noqa: E402
+from clip_torch import clip_forward, clip_params, save_pool  # noqa: E402
 
 g = torch.Generator().manual_seed(23)
 CFG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
@@ -134,13 +134,7 @@ def main():
     base = clip_params(CFG, g)
     fines = [{n: t + 0.05 * (m + 1) * torch.randn(t.shape, generator=g) for n, t in base.items()}
              for m in range(E)]
-    names = ["_pretrained_", "a", "b", "c"]
-    for nm, P in zip(names, [base] + fines):
-        st.save(os.path.join(OUT, nm + ".safetensors"), P)
-    with open(os.path.join(OUT, "pool.yaml"), "w") as f:
-        f.write("models:\n" + "".join(f"  {n}: {n}.safetensors\n" for n in names))
-    with open(os.path.join(OUT, "config.json"), "w") as f:
-        json.dump(CFG, f)
+    save_pool(OUT, CFG, dict(zip(["_pretrained_", "a", "b", "c"], [base] + fines)))
     images = torch.randn(4, 3, 16, 16, generator=g)
     head = F.normalize(torch.randn(5, CFG["projection_dim"], generator=g), dim=-1)
     st.save(os.path.join(OUT, "inputs.safetensors"), {"images": images, "head": head})
