@@ -364,7 +364,7 @@ fb_status fb_taskpool_evaluate_model(fb_taskpool *taskpool, const fb_model *mode
 /* ------------------------------------------------------------ interrupted runs -- */
 
 /* Asks the merge running now (in any thread) to stop: it returns FB_ERR_INTERRUPTED at its next
- * tensor, its temporaries removed and nothing at the output path. Async-signal-safe; the
+ * tensor (or adaptation step), its temporaries removed and nothing at the output path. Async-signal-safe; the
  * request is cleared when the next run starts. */
 void fb_interrupt(void);
 

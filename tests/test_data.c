@@ -355,6 +355,13 @@ static int same_file(const char *a, const char *b)
     return same;
 }
 
+static void interrupt_at_step(void *user, const char *what, int64_t step, int64_t steps,
+                              double loss)
+{
+    (void)user, (void)what, (void)step, (void)steps, (void)loss;
+    fb_interrupt();
+}
+
 TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
 {
     fb_config *c = synthetic_taskpool("");
@@ -475,6 +482,16 @@ TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
         REQUIRE_OK(fb_method_run(m, pool, &ro, &merged));
         REQUIRE_OK(fb_model_load(fb_test_path("ada1.safetensors"), &cli_merged));
         EXPECT(fb_test_models_match(merged, cli_merged, 0));
+        /* a request to stop ends a learning method at its next step, nothing returned */
+        {
+            fb_method *we;
+            fb_model *none = NULL;
+            REQUIRE_OK(fb_method_create("weight_ensembling_moe", "{max_steps: 50}", &we));
+            fb_run_options ri = {.taskpool = tpool, .on_step = interrupt_at_step};
+            EXPECT_ERROR(fb_method_run(we, pool, &ri, &none), FB_ERR_INTERRUPTED, "interrupted");
+            EXPECT(none == NULL);
+            fb_method_free(we);
+        }
         fb_task_result res[2];
         REQUIRE_OK(fb_taskpool_evaluate_model(tpool, merged, res));
         char line[256];

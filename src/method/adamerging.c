@@ -387,6 +387,7 @@ static fb_status learn(void *p, fb_modelpool *pool, const fb_run_options *opts)
                                      s->layer_wise, T, (const float *const *)x, counts,
                                      (const float *const *)heads, classes, tp->logit_scale, &loss,
                                      grad);
+        if (!st) st = fb_method_check_interrupt();
         if (st) break;
         for (int64_t i = 0; i < nl; i++)
             g32[i] = (float)grad[i];

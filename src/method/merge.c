@@ -944,7 +944,7 @@ static atomic_int interrupt_requested;
 
 void fb_interrupt(void) { atomic_store(&interrupt_requested, 1); }
 
-static fb_status check_interrupt(void)
+fb_status fb_method_check_interrupt(void)
 {
     return atomic_load(&interrupt_requested)
                ? fb_set_error(FB_ERR_INTERRUPTED, "interrupted: the merge stopped; nothing was written")
@@ -977,7 +977,7 @@ static fb_status merge_all(job *J, int report)
     const fb_method_ops *ops = J->method->ops;
     fb_status st;
     for (int64_t ti = 0; ti < J->out->count; ti++) {
-        if ((st = check_interrupt())) return st;
+        if ((st = fb_method_check_interrupt())) return st;
         double t0 = now_seconds();
         if (ops->plan) {
             st = copy_source_tensor(J, ti, J->plan.entries[ti].source, J->plan.entries[ti].scale);
@@ -1094,7 +1094,7 @@ static fb_status execute(job *J)
         for (int t = 0; t < J->threads; t++) memset(J->accs[t], 0, J->acc_bytes);
         for (int64_t ti = 0; ti < J->out->count; ti++) {
             if (!is_merged(J, ti)) continue;
-            if ((st = check_interrupt())) return st;
+            if ((st = fb_method_check_interrupt())) return st;
             select_tensor(J, ti);
             if ((st = run_tensor(J, ti, pass, stride))) return st;
             for (int k = 0; J->release && stride == 1 && !J->keep[ti] && k < J->num_inputs; k++)

@@ -248,6 +248,10 @@ char *fb_extras_path(const char *path);
 fb_status fb_method_files(const fb_method *m, fb_output_path *outs, int *k,
                           fb_input_path **inputs, int *n, int64_t *cap);
 
+/* FB_ERR_INTERRUPTED (with its message) once fb_interrupt() asked the running merge to stop:
+ * methods that learn or build for long call it between steps. */
+fb_status fb_method_check_interrupt(void);
+
 /* The registry: every method, in the order --list-methods shows them. */
 const fb_method_ops *fb_method_lookup(const char *name);
 /* Sets the "unknown method 'x' (known: ...)" error and returns FB_ERR_NOT_FOUND. */

@@ -467,6 +467,7 @@ static fb_status adapt(const state *s, fb_model *out, const fb_modelpool *pool,
                                           scratch, &lt);
             loss += lt;
         }
+        if (!st) st = fb_method_check_interrupt();
         if (st) break;
         fb_adamw_step(&adam, router, grad);
         if (opts->on_step) opts->on_step(opts->user, NAME(s), step, steps, loss);
