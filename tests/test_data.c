@@ -362,6 +362,95 @@ static void interrupt_at_step(void *user, const char *what, int64_t step, int64_
     fb_interrupt();
 }
 
+/* Writes a tiny zoo config (output zoo_<name>, `opts` appended to its pretrain and head
+ * mappings) and builds it; returns the command's output. */
+static char *tiny_zoo(const char *name, const char *pretrain_tasks, const char *pre_opt,
+                      const char *head_opt)
+{
+    char zoo[8192], path[4200], zarg[4300];
+    snprintf(zoo, sizeof zoo,
+             "taskpool: %s\noutput_dir: %s_%s\nseed: 5\n"
+             "model: {hidden_size: 8, intermediate_size: 16, num_attention_heads: 2,\n"
+             "        num_hidden_layers: 1, patch_size: 2, projection_dim: 6}\n"
+             "pretrain: {tasks: %s, steps: 20, batch_size: 16, examples_per_task: 200,\n"
+             "           lr: 0.003, weight_decay: 0.0%s}\n"
+             "head: {examples: 200, steps: 0, lr: 0.01%s}\n"
+             "finetune: {optimizer: adamw, momentum: 0.9, steps: 3, batch_size: 16, lr: 0.003,\n"
+             "           weight_decay: 0.0}\n",
+             fb_test_path("tasks.yaml"), fb_test_path("zoo"), name, pretrain_tasks, pre_opt, head_opt);
+    snprintf(path, sizeof path, "%s.yaml", fb_test_path(name));
+    fb_test_write_file(path, zoo, strlen(zoo));
+    snprintf(zarg, sizeof zarg, "zoo=%s", path);
+    char *out = NULL;
+    if (run_cli(&out, (const char *[]){"zoo", zarg, NULL}) != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* 1 when tensor `name` of zoo_<a>/<file> and zoo_<b>/<file> hold the same bytes */
+static int same_tensor(const char *a, const char *b, const char *file, const char *name)
+{
+    char pa[4200], pb[4200];
+    snprintf(pa, sizeof pa, "%s_%s/%s", fb_test_path("zoo"), a, file);
+    snprintf(pb, sizeof pb, "%s_%s/%s", fb_test_path("zoo"), b, file);
+    fb_model *ma = NULL, *mb = NULL;
+    int same = 0;
+    if (!fb_model_load(pa, &ma) && !fb_model_load(pb, &mb)) {
+        const fb_tensor *ta = fb_model_find(ma, name), *tb = fb_model_find(mb, name);
+        const void *da, *db;
+        if (ta && tb && !fb_tensor_data(ta, &da) && !fb_tensor_data(tb, &db) &&
+            fb_tensor_nbytes(ta) == fb_tensor_nbytes(tb))
+            same = !memcmp(da, db, (size_t)fb_tensor_nbytes(ta));
+        else
+            fb_test_fail(__FILE__, __LINE__, "tensor %s missing in %s or %s", name, pa, pb);
+    }
+    fb_model_free(ma);
+    fb_model_free(mb);
+    return same;
+}
+
+TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
+{
+    fb_config *c = synthetic_taskpool("");
+    REQUIRE(c);
+    char *y = fb_cfg_to_yaml(c);
+    fb_config_free(c);
+    REQUIRE(y);
+    fb_test_write_file(fb_test_path("tasks.yaml"), y, strlen(y));
+    free(y);
+    char *out = tiny_zoo("own", "[all]", "", "");
+    REQUIRE(out);
+    free(out);
+    /* one pretraining task without a class map: its labels are its source's, the same run */
+    REQUIRE((out = tiny_zoo("src", "[all]", ", labels: source", "")));
+    free(out);
+    EXPECT(same_tensor("own", "src", "_pretrained_.safetensors", "visual_projection.weight"));
+    EXPECT(same_tensor("own", "src", "heads.safetensors", "pairs"));
+    /* heads of the untransformed images: the same for `all` (no transform), not for `pairs`
+     * (rot90 + invert), from the same pretrained tower */
+    REQUIRE((out = tiny_zoo("unt", "[all]", "", ", images: untransformed")));
+    free(out);
+    EXPECT(same_tensor("own", "unt", "_pretrained_.safetensors", "visual_projection.weight"));
+    EXPECT(same_tensor("own", "unt", "heads.safetensors", "all"));
+    EXPECT(!same_tensor("own", "unt", "heads.safetensors", "pairs"));
+    /* both tasks: their 5 + 2 classes side by side, or the source's 5 shared */
+    REQUIRE((out = tiny_zoo("both", "[all, pairs]", "", "")));
+    EXPECT(strstr(out, "of 2 tasks (7 classes)"));
+    free(out);
+    REQUIRE((out = tiny_zoo("both_src", "[all, pairs]", ", labels: source", "")));
+    EXPECT(strstr(out, "of 2 tasks (5 classes)"));
+    free(out);
+    EXPECT(!same_tensor("both", "both_src", "_pretrained_.safetensors", "visual_projection.weight"));
+    char zarg[4300];
+    snprintf(zarg, sizeof zarg, "zoo=%s.yaml", fb_test_path("own"));
+    EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "head.images=sideways", NULL}),
+                     "head.images must be task or untransformed");
+    EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "pretrain.labels=[source]", NULL}),
+                     "pretrain.labels");
+}
+
 TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
 {
     fb_config *c = synthetic_taskpool("");

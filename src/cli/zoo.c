@@ -4,10 +4,12 @@
  * FusionBench's flagship pool is CLIP-ViT-B/32 (pretrained by OpenAI) fine-tuned on eight
  * tasks, each evaluated through a fixed zero-shot head. The zoo rebuilds that recipe at a size
  * this machine can train, on the tasks of a taskpool:
- *   1. pretrain a small CLIP-layout vision tower on a generic objective over a mixture of
- *      every task's training images (self-supervised: which of four rotations was applied),
- *   2. give each task a head from the frozen pretrained features (class prototypes, refined
- *      by logistic regression): the analogue of CLIP's zero-shot text heads,
+ *   1. pretrain a small CLIP-layout vision tower on a mixture of the pretraining tasks'
+ *      training images, one classifier over their classes side by side (or over their
+ *      sources' classes, shared by the tasks drawn from one source: pretrain.labels),
+ *   2. give each task a head from the frozen pretrained features (class prototypes of its own
+ *      images, or of the same images without the task's transform: head.images; optionally
+ *      refined by logistic regression): the analogue of CLIP's zero-shot text heads,
  *   3. fine-tune the whole tower per task with its head frozen (as FusionBench's models were),
  *   4. write _pretrained_ + one model per task (safetensors), config.json, heads.safetensors,
  *      modelpool.yaml and taskpool.yaml, then zoo.json last: its fingerprint of the inputs
@@ -56,6 +58,8 @@ typedef struct zoo_opts {
     int64_t pre_steps, pre_batch, pre_per_task, head_steps, head_examples, ft_steps, ft_batch;
     double pre_lr, pre_wd, head_lr, ft_lr, ft_wd, ft_momentum, logit_scale;
     int ft_sgd;
+    int pre_source_labels;  /* pretrain.labels: source */
+    int head_untransformed; /* head.images: untransformed */
     int tty;
     double t0;
 } zoo_opts;
@@ -80,6 +84,21 @@ static fb_status get_i64(const fb_config *cfg, const char *dotted, int64_t lo, i
         st = fb_set_error(FB_ERR_CONFIG, "%s must be an integer", dotted);
     if (!st) *out = (int64_t)v;
     return st;
+}
+
+/* An optional key with two values: *out = 0 for `first` (also when absent), 1 for `second`. */
+static fb_status get_choice(const fb_config *cfg, const char *dotted, const char *first,
+                            const char *second, int *out)
+{
+    const fb_config *n = fb_config_get(cfg, dotted);
+    const char *s = first;
+    fb_status st = n && !fb_cfg_is_null(n) ? fb_cfg_string(n, dotted, &s) : FB_OK;
+    if (st) return st;
+    if (strcmp(s, first) && strcmp(s, second))
+        return fb_set_error(FB_ERR_CONFIG, "%s: %s must be %s or %s", fb_cfg_where(n), dotted, first,
+                            second);
+    *out = !strcmp(s, second);
+    return FB_OK;
 }
 
 static const char *const zoo_keys[] = {"taskpool", "output_dir", "seed", "model", "pretrain",
@@ -127,6 +146,9 @@ static fb_status read_opts(zoo_opts *z)
         return fb_set_error(FB_ERR_CONFIG, "%s: finetune.optimizer must be sgd or adamw", fb_cfg_where(on));
     z->ft_sgd = !strcmp(opt, "sgd");
     (void)v;
+    if ((st = get_choice(c, "pretrain.labels", "task", "source", &z->pre_source_labels))) return st;
+    if ((st = get_choice(c, "head.images", "task", "untransformed", &z->head_untransformed)))
+        return st;
     const fb_config *pt = fb_config_get(c, "pretrain.tasks"), *tasks = fb_cfg_map_get(z->taskpool, "tasks");
     if (!pt || pt->kind != FB_CFG_SEQ || pt->count == 0)
         return fb_set_error(FB_ERR_CONFIG, "zoo config: pretrain.tasks must list the taskpool tasks "
@@ -262,36 +284,51 @@ static void init_params(fb_clip *net, uint64_t seed)
     }
 }
 
-/* Pretraining: one classifier over the joint label space of the pretraining tasks (their
- * classes side by side), on their training splits: the "pretraining mixture". */
+/* The name of task t's source in the taskpool ("" when it has none). */
+static const char *task_source(const zoo_opts *z, const char *task)
+{
+    const fb_config *tasks = fb_cfg_map_get(z->taskpool, "tasks");
+    const fb_config *t = tasks ? fb_cfg_map_get(tasks, task) : NULL;
+    const fb_config *s = t ? fb_cfg_map_get(t, "source") : NULL;
+    return s && s->kind == FB_CFG_SCALAR ? s->value : "";
+}
+
+/* Pretraining: one classifier over the joint label space of the pretraining tasks, on their
+ * training splits: the "pretraining mixture". The classes are each task's side by side, or
+ * (pretrain.labels: source; ts then holds the tasks without their class maps) their sources'
+ * classes, one label per source class whichever task an image came from. */
 static fb_status pretrain(const zoo_opts *z, fb_clip *net, const fb_taskset *ts)
 {
     const int64_t img = ts->channels * ts->image_size * ts->image_size;
     const fb_config *list = fb_config_get(z->cfg, "pretrain.tasks");
-    int64_t n = 0, K = 0;
+    int64_t n = 0, K = 0, base[64];
+    if (ts->num_tasks > 64) return fb_set_error(FB_ERR_CONFIG, "zoo: a taskpool of at most 64 tasks");
     for (int i = 0; i < ts->num_tasks; i++) {
         const fb_task *t = &ts->tasks[i];
         int used = 0;
         for (int j = 0; j < list->count; j++) used |= !strcmp(list->items[j]->value, t->name);
+        base[i] = -1;
         if (!used) continue;
         n += t->n[FB_SPLIT_TRAIN] < z->pre_per_task ? t->n[FB_SPLIT_TRAIN] : z->pre_per_task;
-        K += t->num_classes;
+        int shared = -1; /* an earlier used task of the same source */
+        for (int j = 0; z->pre_source_labels && j < i && shared < 0; j++)
+            if (base[j] >= 0 && !strcmp(task_source(z, ts->tasks[j].name), task_source(z, t->name)))
+                shared = j;
+        base[i] = shared >= 0 ? base[shared] : K;
+        if (shared < 0) K += t->num_classes;
     }
     const int64_t F = z->model.projection ? z->model.projection : z->model.hidden;
     float *x = fb_malloc((size_t)(n * img) * sizeof(float)), *head = fb_malloc((size_t)(K * F) * 4);
     int32_t *y = fb_malloc((size_t)n * sizeof(int32_t));
     fb_status st = x && y && head ? FB_OK : FB_ERR_NOMEM;
-    int64_t k = 0, k0 = 0;
+    int64_t k = 0;
     for (int i = 0; i < ts->num_tasks && !st; i++) {
         const fb_task *t = &ts->tasks[i];
-        int used = 0;
-        for (int j = 0; j < list->count; j++) used |= !strcmp(list->items[j]->value, t->name);
-        if (!used) continue;
+        if (base[i] < 0) continue;
         int64_t m = t->n[FB_SPLIT_TRAIN] < z->pre_per_task ? t->n[FB_SPLIT_TRAIN] : z->pre_per_task;
         memcpy(x + k * img, t->x[FB_SPLIT_TRAIN], (size_t)(m * img) * sizeof(float));
-        for (int64_t j = 0; j < m; j++) y[k + j] = (int32_t)(k0 + t->y[FB_SPLIT_TRAIN][j]);
+        for (int64_t j = 0; j < m; j++) y[k + j] = (int32_t)(base[i] + t->y[FB_SPLIT_TRAIN][j]);
         k += m;
-        k0 += t->num_classes;
     }
     /* random unit rows: initial logits within +-logit_scale, as CLIP's normalised heads */
     uint64_t hkey = fb_rng_key((uint64_t)z->seed, "zoo/pretrain_head", 0);
@@ -326,8 +363,8 @@ static fb_status pretrain(const zoo_opts *z, fb_clip *net, const fb_taskset *ts)
  * on their average and normalised (so the heads point apart, as CLIP's text heads do, instead
  * of all along the features' common direction), then head_steps of full-batch AdamW on the
  * cross-entropy of the cosine logits (0: the prototypes as they are). */
-static fb_status fit_head(const zoo_opts *z, fb_clip *net, const fb_task *t, int64_t img,
-                          float *W)
+static fb_status fit_head(const zoo_opts *z, fb_clip *net, const fb_task *t, const float *xh,
+                          int64_t img, float *W)
 {
     const int64_t K = t->num_classes, F = z->model.projection ? z->model.projection : z->model.hidden;
     const int64_t n = t->n[FB_SPLIT_TRAIN] < z->head_examples ? t->n[FB_SPLIT_TRAIN] : z->head_examples;
@@ -341,7 +378,7 @@ static fb_status fit_head(const zoo_opts *z, fb_clip *net, const fb_task *t, int
     for (int64_t i = 0; i < n && !st; i += B) {
         int64_t b = n - i < B ? n - i : B;
         const float *f;
-        if (!(st = fb_clip_forward(net, t->x[FB_SPLIT_TRAIN] + i * img, b, &f)))
+        if (!(st = fb_clip_forward(net, xh + i * img, b, &f)))
             memcpy(feat + i * F, f, (size_t)(b * F) * 4);
     }
     if (st) goto done;
@@ -491,6 +528,20 @@ static fb_status write_modelpool(const zoo_opts *z, const fb_taskset *ts)
     return st;
 }
 
+/* The training splits of the taskpool's tasks with key `drop` removed from every task. */
+static fb_status variant_load(const zoo_opts *z, const char *drop, fb_taskset *out)
+{
+    fb_config *tp;
+    fb_status st = fb_cfg_copy(z->taskpool, &tp);
+    if (st) return st;
+    fb_config *tasks = fb_cfg_map_get(tp, "tasks");
+    for (int i = 0; tasks && tasks->kind == FB_CFG_MAP && i < tasks->count; i++)
+        if (tasks->items[i]->kind == FB_CFG_MAP) fb_cfg_map_remove(tasks->items[i], drop);
+    st = fb_taskset_load(tp, FB_SPLIT_BIT(FB_SPLIT_TRAIN), NULL, out);
+    fb_config_free(tp);
+    return st;
+}
+
 static fb_status build(zoo_opts *z, uint64_t fp)
 {
     fb_taskset ts;
@@ -498,6 +549,22 @@ static fb_status build(zoo_opts *z, uint64_t fp)
     fb_status st = fb_taskset_load(z->taskpool, FB_SPLIT_BIT(FB_SPLIT_TRAIN) | FB_SPLIT_BIT(FB_SPLIT_VAL),
                                    NULL, &ts);
     if (st) return st;
+    /* the same tasks without their transforms (head.images: untransformed) or without their
+     * class maps (pretrain.labels: source): the same seeded example draws */
+    fb_taskset hts = {0}, pts = {0};
+    if (z->head_untransformed && !(st = variant_load(z, "transform", &hts)))
+        for (int i = 0; i < ts.num_tasks && !st; i++)
+            if (hts.tasks[i].n[FB_SPLIT_TRAIN] != ts.tasks[i].n[FB_SPLIT_TRAIN] ||
+                memcmp(hts.tasks[i].y[FB_SPLIT_TRAIN], ts.tasks[i].y[FB_SPLIT_TRAIN],
+                       (size_t)ts.tasks[i].n[FB_SPLIT_TRAIN] * sizeof(int32_t)))
+                st = fb_set_error(FB_ERR_INTERNAL, "zoo: task %s: untransformed examples differ",
+                                  ts.tasks[i].name);
+    if (!st && z->pre_source_labels) st = variant_load(z, "classes", &pts);
+    if (st) {
+        fb_taskset_free(&hts);
+        fb_taskset_free(&ts);
+        return st;
+    }
     const int64_t img = ts.channels * ts.image_size * ts.image_size;
     const int64_t F = z->model.projection ? z->model.projection : z->model.hidden;
     int64_t maxb = z->pre_batch > z->ft_batch ? z->pre_batch : z->ft_batch;
@@ -512,7 +579,7 @@ static fb_status build(zoo_opts *z, uint64_t fp)
     if (st) goto done;
     init_params(net, (uint64_t)z->seed);
     fb_nn_blas_single(1);
-    if ((st = pretrain(z, net, &ts))) goto done;
+    if ((st = pretrain(z, net, z->pre_source_labels ? &pts : &ts))) goto done;
     const int64_t np = fb_clip_num_params(net);
     if (!(theta0 = fb_malloc((size_t)np * 4))) {
         st = FB_ERR_NOMEM;
@@ -529,7 +596,8 @@ static fb_status build(zoo_opts *z, uint64_t fp)
             st = FB_ERR_NOMEM;
             break;
         }
-        if ((st = fit_head(z, net, t, img, W))) break;
+        const float *xh = z->head_untransformed ? hts.tasks[i].x[FB_SPLIT_TRAIN] : t->x[FB_SPLIT_TRAIN];
+        if ((st = fit_head(z, net, t, xh, img, W))) break;
         double acc0 = 0, acc1 = 0;
         const float *xv = t->x[FB_SPLIT_VAL];
         if (t->n[FB_SPLIT_VAL] &&
@@ -605,6 +673,8 @@ done:
     fb_model_free(heads);
     fb_clip_free(net);
     fb_taskset_free(&ts);
+    fb_taskset_free(&hts);
+    fb_taskset_free(&pts);
     return st;
 }
 
