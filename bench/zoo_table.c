@@ -5,8 +5,11 @@
  * then the methods) go to a markdown table, a JSON file and a PNG bar chart.
  *
  *     bench_zoo_table [--cli build/fusion_bench] [--zoo outputs/zoo/fmnist8]
- *                     [--out outputs] [--methods a,b,c]
+ *                     [--out outputs] [--methods a,b,c] [--jobs N]
  *
+ * Rows run as separate fusion_bench processes, N at a time (default: one per CPU), each with
+ * --threads 1: the zoo's model is small, so two one-thread rows finish sooner than two
+ * two-thread rows one after the other, and the numbers do not depend on the thread count.
  * Every run's JSON report is kept under OUT/zoo_table/reports/ for inspection.
  */
 #include <cjson/cJSON.h>
@@ -61,14 +64,6 @@ typedef struct row {
 static char tasks[MAX_TASKS][64];
 static int num_tasks;
 
-/* Runs argv with stdout and stderr to log; returns the exit status (or -1). */
-static int run(char **argv, const char *log)
-{
-    int code;
-    bench_spawn_status(argv, log, &code);
-    return code;
-}
-
 static cJSON *read_json(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -87,46 +82,129 @@ static cJSON *read_json(const char *path)
     return j;
 }
 
-/* One fusion_bench run; fills accuracies of the tasks in its report. Returns 0 on success. */
-static int evaluate(const char *cli, const char *zoo, const char *out, const char *label,
-                    char **extra, int nextra, double *acc, double *seconds)
+/* One fusion_bench run of the table: a row (or, for the individual models, one task of it). */
+typedef struct job {
+    char label[128];
+    char *argv[40];
+    char buf[8][4300]; /* the arguments' text */
+    int row, task;     /* task >= 0: only that task's accuracy goes to the row */
+    pid_t pid;
+    double start;
+} job;
+
+/* Fills j's command: cli --threads 1 modelpool taskpool report extra... */
+static void job_init(job *j, const char *cli, const char *zoo, const char *out, const char *label,
+                     char **extra, int nextra, int row, int task)
 {
-    char mp[4200], tp[4200], rep[4200], log[4200];
-    snprintf(mp, sizeof mp, "modelpool=%s/modelpool.yaml", zoo);
-    snprintf(tp, sizeof tp, "taskpool=%s/taskpool.yaml", zoo);
-    snprintf(rep, sizeof rep, "%s/zoo_table/reports/%s.json", out, label);
-    snprintf(log, sizeof log, "%s/zoo_table/reports/%s.log", out, label);
-    char rep_arg[4300];
-    snprintf(rep_arg, sizeof rep_arg, "report_save_path=%s", rep);
-    char *argv[32] = {(char *)cli, mp, tp, rep_arg};
-    int argc = 4;
-    for (int i = 0; i < nextra && argc < 31; i++) argv[argc++] = extra[i];
-    argv[argc] = NULL;
-    unlink(rep);
-    double t = bench_now();
-    int rc = run(argv, log);
-    *seconds = bench_now() - t;
-    if (rc != 0) {
-        fprintf(stderr, "zoo_table: %s failed (exit %d); see %s\n", label, rc, log);
+    memset(j, 0, sizeof *j);
+    snprintf(j->label, sizeof j->label, "%s", label);
+    snprintf(j->buf[0], sizeof j->buf[0], "modelpool=%s/modelpool.yaml", zoo);
+    snprintf(j->buf[1], sizeof j->buf[1], "taskpool=%s/taskpool.yaml", zoo);
+    snprintf(j->buf[2], sizeof j->buf[2], "report_save_path=%s/zoo_table/reports/%s.json", out, label);
+    int argc = 0;
+    j->argv[argc++] = (char *)cli;
+    j->argv[argc++] = "--threads";
+    j->argv[argc++] = "1";
+    for (int i = 0; i < 3; i++) j->argv[argc++] = j->buf[i];
+    for (int i = 0; i < nextra && i < 5; i++) {
+        snprintf(j->buf[3 + i], sizeof j->buf[0], "%s", extra[i]);
+        j->argv[argc++] = j->buf[3 + i];
+    }
+    j->argv[argc] = NULL;
+    j->row = row;
+    j->task = task;
+}
+
+static pid_t job_start(job *j, const char *out)
+{
+    char log[4300];
+    snprintf(log, sizeof log, "%s/zoo_table/reports/%s.log", out, j->label);
+    unlink(j->buf[2] + strlen("report_save_path="));
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    j->start = bench_now();
+    if (posix_spawn(&j->pid, j->argv[0], &fa, NULL, j->argv, environ)) j->pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    return j->pid;
+}
+
+/* Reads j's report into acc (the task's accuracy alone when j->task >= 0). Returns 0 on
+ * success. */
+static int job_finish(const job *j, int status, const char *out, double *acc)
+{
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "zoo_table: %s failed (exit %d); see %s/zoo_table/reports/%s.log\n", j->label,
+                WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, j->label);
         return -1;
     }
-    cJSON *j = read_json(rep);
-    cJSON *pool = j ? cJSON_GetObjectItem(j, "taskpool") : NULL;
+    const char *rep = j->buf[2] + strlen("report_save_path=");
+    cJSON *r = read_json(rep);
+    cJSON *pool = r ? cJSON_GetObjectItem(r, "taskpool") : NULL;
     if (!pool) {
-        cJSON_Delete(j);
-        fprintf(stderr, "zoo_table: %s: no taskpool results in %s\n", label, rep);
+        cJSON_Delete(r);
+        fprintf(stderr, "zoo_table: %s: no taskpool results in %s\n", j->label, rep);
         return -1;
     }
     for (cJSON *it = pool->child; it; it = it->next) {
         if (!strcmp(it->string, "average")) continue;
         int k = 0;
         while (k < num_tasks && strcmp(tasks[k], it->string)) k++;
-        if (k == num_tasks && num_tasks < MAX_TASKS) snprintf(tasks[num_tasks++], 64, "%s", it->string);
+        if (k == num_tasks && num_tasks < MAX_TASKS && j->task < 0)
+            snprintf(tasks[num_tasks++], 64, "%s", it->string);
         cJSON *a = cJSON_GetObjectItem(it, "accuracy");
-        if (k < MAX_TASKS && cJSON_IsNumber(a)) acc[k] = a->valuedouble;
+        if (k < num_tasks && cJSON_IsNumber(a) && (j->task < 0 || j->task == k)) acc[k] = a->valuedouble;
     }
-    cJSON_Delete(j);
+    cJSON_Delete(r);
     return 0;
+}
+
+/* Runs jobs[0..n) at most `par` at a time; rows[] collect accuracies, seconds (summed over a
+ * row's jobs) and failures; a row's line is printed when its last job ends. */
+static int run_jobs(job *jobs, int n, int par, row *rows, const char *out)
+{
+    int next = 0, running = 0, failed = 0, left[MAX_ROWS] = {0};
+    for (int i = 0; i < n; i++) left[jobs[i].row]++;
+    while (next < n || running > 0) {
+        while (next < n && running < par) {
+            if (job_start(&jobs[next], out) < 0) {
+                fprintf(stderr, "zoo_table: cannot start %s\n", jobs[next].argv[0]);
+                rows[jobs[next].row].ok = 0;
+                left[jobs[next].row]--;
+                failed++;
+            } else {
+                running++;
+            }
+            next++;
+        }
+        if (!running) break;
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        for (int i = 0; i < next; i++) {
+            if (jobs[i].pid != pid) continue;
+            job *j = &jobs[i];
+            j->pid = 0;
+            running--;
+            row *r = &rows[j->row];
+            r->seconds += bench_now() - j->start;
+            if (job_finish(j, status, out, r->acc)) {
+                r->ok = 0;
+                failed++;
+            }
+            if (--left[j->row] == 0) {
+                printf("%-28s %s (%.1f s)\n", j->task >= 0 ? "individual" : j->label,
+                       r->ok ? "done" : "FAILED", r->seconds);
+                fflush(stdout);
+            }
+            break;
+        }
+    }
+    return failed;
 }
 
 /* ------------------------------------------------------------------------ outputs -- */
@@ -236,16 +314,21 @@ int main(int argc, char **argv)
 {
     const char *cli = "build/fusion_bench", *zoo = "outputs/zoo/fmnist8", *out = "outputs";
     const char *methods = default_methods;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int par = ncpu > 0 ? (int)ncpu : 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--cli")) cli = argv[i + 1];
         else if (!strcmp(argv[i], "--zoo")) zoo = argv[i + 1];
         else if (!strcmp(argv[i], "--out")) out = argv[i + 1];
         else if (!strcmp(argv[i], "--methods")) methods = argv[i + 1];
+        else if (!strcmp(argv[i], "--jobs")) par = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: bench_zoo_table [--cli P] [--zoo DIR] [--out DIR] [--methods a,b]\n");
+            fprintf(stderr, "usage: bench_zoo_table [--cli P] [--zoo DIR] [--out DIR] [--methods a,b] "
+                            "[--jobs N]\n");
             return 2;
         }
     }
+    if (par < 1) par = 1;
     char dir[4200];
     snprintf(dir, sizeof dir, "%s", out);
     mkdir(dir, 0755);
@@ -257,14 +340,17 @@ int main(int argc, char **argv)
     int n = 0, failed = 0;
     double t0 = bench_now();
 
-    /* pretrained: the backbone with each task's head */
+    static job jobs[MAX_ROWS + MAX_TASKS];
+    int nj = 0;
+    /* pretrained (the backbone with each task's head) first, alone: its report names the tasks */
     char *pre[] = {"method=dummy"};
     snprintf(rows[n].name, sizeof rows[n].name, "Pretrained");
-    rows[n].ok = !evaluate(cli, zoo, out, "pretrained", pre, 1, rows[n].acc, &rows[n].seconds);
-    printf("%-28s %s (%.1f s)\n", "pretrained", rows[n].ok ? "done" : "FAILED", rows[n].seconds);
-    fflush(stdout);
+    rows[n].ok = 1;
+    job_init(&jobs[nj++], cli, zoo, out, "pretrained", pre, 1, n, -1);
+    run_jobs(jobs, nj, 1, rows, out);
+    if (!rows[n].ok) return 1;
     n++;
-    if (!rows[0].ok) return 1;
+    nj = 0;
     /* individual: each fine-tuned model on its own task */
     snprintf(rows[n].name, sizeof rows[n].name, "Individual (fine-tuned)");
     rows[n].ok = 1;
@@ -274,14 +360,8 @@ int main(int argc, char **argv)
         snprintf(b, sizeof b, "taskpool.evaluate=[%s]", tasks[k]);
         snprintf(label, sizeof label, "individual_%s", tasks[k]);
         char *extra[] = {"method=dummy", a, b};
-        double acc[MAX_TASKS] = {0}, s;
-        int saved = num_tasks;
-        if (evaluate(cli, zoo, out, label, extra, 3, acc, &s)) rows[n].ok = 0;
-        num_tasks = saved;
-        rows[n].acc[k] = acc[k];
-        rows[n].seconds += s;
+        job_init(&jobs[nj++], cli, zoo, out, label, extra, 3, n, k);
     }
-    printf("%-28s %s (%.1f s)\n", "individual", rows[n].ok ? "done" : "FAILED", rows[n].seconds);
     n++;
     char *list = strdup(methods);
     for (char *m = strtok(list, ","); m && n < MAX_ROWS; m = strtok(NULL, ",")) {
@@ -303,12 +383,11 @@ int main(int argc, char **argv)
         }
         snprintf(arg, sizeof arg, "method=%s", m);
         snprintf(rows[n].name, sizeof rows[n].name, "%s%s", m, label);
-        rows[n].ok = !evaluate(cli, zoo, out, m, extra, nextra, rows[n].acc, &rows[n].seconds);
-        failed += !rows[n].ok;
-        printf("%-28s %s (%.1f s)\n", m, rows[n].ok ? "done" : "FAILED", rows[n].seconds);
-        fflush(stdout);
+        rows[n].ok = 1;
+        job_init(&jobs[nj++], cli, zoo, out, m, extra, nextra, n, -1);
         n++;
     }
+    failed = run_jobs(jobs, nj, par, rows, out);
     free(list);
     for (int r = 0; r < n; r++) {
         rows[r].avg = 0;
