@@ -362,6 +362,17 @@ static void interrupt_at_step(void *user, const char *what, int64_t step, int64_
     fb_interrupt();
 }
 
+/* The synthetic taskpool as tasks.yaml in the test folder; 0 if it cannot be written. */
+static int write_synthetic_tasks(void)
+{
+    fb_config *c = synthetic_taskpool("");
+    char *y = c ? fb_cfg_to_yaml(c) : NULL;
+    fb_config_free(c);
+    int ok = y && fb_test_write_file(fb_test_path("tasks.yaml"), y, strlen(y)) == 0;
+    free(y);
+    return ok;
+}
+
 /* Writes a tiny zoo config (output zoo_<name>, `opts` appended to its pretrain and head
  * mappings) and builds it; returns the command's output. */
 static char *tiny_zoo(const char *name, const char *pretrain_tasks, const char *pre_opt,
@@ -413,13 +424,7 @@ static int same_tensor(const char *a, const char *b, const char *file, const cha
 
 TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
 {
-    fb_config *c = synthetic_taskpool("");
-    REQUIRE(c);
-    char *y = fb_cfg_to_yaml(c);
-    fb_config_free(c);
-    REQUIRE(y);
-    fb_test_write_file(fb_test_path("tasks.yaml"), y, strlen(y));
-    free(y);
+    REQUIRE(write_synthetic_tasks());
     char *out = tiny_zoo("own", "[all]", "", "");
     REQUIRE(out);
     free(out);
@@ -453,13 +458,7 @@ TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
 
 TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
 {
-    fb_config *c = synthetic_taskpool("");
-    REQUIRE(c);
-    char *y = fb_cfg_to_yaml(c);
-    fb_config_free(c);
-    REQUIRE(y);
-    fb_test_write_file(fb_test_path("tasks.yaml"), y, strlen(y));
-    free(y);
+    REQUIRE(write_synthetic_tasks());
     char zoo[8192];
     snprintf(zoo, sizeof zoo,
              "taskpool: %s\noutput_dir: %s\nseed: 5\n"

@@ -54,16 +54,24 @@ model = CLIPModel.from_pretrained(REPO).eval()
 snap = glob.glob(os.path.join(REF, "hub", "models--openai--clip-vit-base-patch32", "snapshots", "*"))[0]
 
 # --- tokenizers
-tokenizers = {}
-for name in ("CLIPTokenizer", "CLIPTokenizerFast"):
-    cls = getattr(transformers, name, None)
-    if cls is None:
-        print(f"skip {name}: not in this transformers")
-        continue
-    try:
-        tokenizers[name] = cls.from_pretrained(REPO)
-    except Exception as e:  # a missing optional dependency, say
-        print(f"skip {name}: {type(e).__name__}: {e}")
+
+
+def load_each(names, source):
+    """{class name: instance from source} for those of the classes this transformers has."""
+    got = {}
+    for name in names:
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            print(f"skip {name}: not in this transformers")
+            continue
+        try:
+            got[name] = cls.from_pretrained(source)
+        except Exception as e:  # a missing optional dependency, say
+            print(f"skip {name}: {type(e).__name__}: {e}")
+    return got
+
+
+tokenizers = load_each(("CLIPTokenizer", "CLIPTokenizerFast"), REPO)
 for name, tok in tokenizers.items():
     bad = []
     for c in cases["tokens"]:
@@ -111,16 +119,7 @@ for t, want in cases["heads"].items():
     report(f"zero-shot head {t}", (heads[t] - torch.tensor(want)).abs().max().item(), 1e-5)
 
 # --- accuracy and loss through CLIPImageProcessor
-processors = {}
-for name in ("CLIPImageProcessor", "CLIPImageProcessorFast"):
-    cls = getattr(transformers, name, None)
-    if cls is None:
-        print(f"skip {name}: not in this transformers")
-        continue
-    try:
-        processors[name] = cls.from_pretrained(snap)
-    except Exception as e:
-        print(f"skip {name}: {type(e).__name__}: {e}")
+processors = load_each(("CLIPImageProcessor", "CLIPImageProcessorFast"), snap)
 proc = processors.get("CLIPImageProcessor") or next(iter(processors.values()))
 pretrained = {k: v.clone() for k, v in model.state_dict().items()}
 tasks = list(cases["heads"])
