@@ -8,8 +8,9 @@
  *                     [--out outputs] [--methods a,b,c] [--jobs N]
  *
  * Rows run as separate fusion_bench processes, N at a time (default: one per CPU), each with
- * --threads 1: the zoo's model is small, so two one-thread rows finish sooner than two
- * two-thread rows one after the other, and the numbers do not depend on the thread count.
+ * the CPUs over N threads (1 by default): the zoo's model is small, so two one-thread rows
+ * finish sooner than two two-thread rows one after the other, and the numbers do not depend
+ * on the thread count.
  * Every run's JSON report is kept under OUT/zoo_table/reports/ for inspection.
  */
 #include <cjson/cJSON.h>
@@ -63,6 +64,7 @@ typedef struct row {
 
 static char tasks[MAX_TASKS][64];
 static int num_tasks;
+static char row_threads[16] = "1"; /* --threads of every row: the CPUs over the jobs */
 
 static cJSON *read_json(const char *path)
 {
@@ -92,7 +94,7 @@ typedef struct job {
     double start;
 } job;
 
-/* Fills j's command: cli --threads 1 modelpool taskpool report extra... */
+/* Fills j's command: cli --threads T modelpool taskpool report extra... */
 static void job_init(job *j, const char *cli, const char *zoo, const char *out, const char *label,
                      char **extra, int nextra, int row, int task)
 {
@@ -104,7 +106,7 @@ static void job_init(job *j, const char *cli, const char *zoo, const char *out, 
     int argc = 0;
     j->argv[argc++] = (char *)cli;
     j->argv[argc++] = "--threads";
-    j->argv[argc++] = "1";
+    j->argv[argc++] = row_threads;
     for (int i = 0; i < 3; i++) j->argv[argc++] = j->buf[i];
     for (int i = 0; i < nextra && i < 5; i++) {
         snprintf(j->buf[3 + i], sizeof j->buf[0], "%s", extra[i]);
@@ -329,6 +331,7 @@ int main(int argc, char **argv)
         }
     }
     if (par < 1) par = 1;
+    snprintf(row_threads, sizeof row_threads, "%ld", ncpu > par ? ncpu / par : 1);
     char dir[4200];
     snprintf(dir, sizeof dir, "%s", out);
     mkdir(dir, 0755);
