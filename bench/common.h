@@ -152,10 +152,9 @@ static inline void bench_evict_files(char *const *paths, int n)
     }
 }
 
-/* Runs argv with stdout to /dev/null, or stdout and stderr to `log` when it is not NULL;
- * returns wall seconds and sets *code to its exit status (-1 when it could not start or a
- * signal ended it, as the out-of-memory killer does). */
-static inline double bench_spawn_status(char *const *argv, const char *log, int *code)
+/* Starts argv with stdout to /dev/null, or stdout and stderr to `log` when it is not NULL,
+ * without waiting; returns posix_spawn's result (0: started, *pid set). */
+static inline int bench_spawn_start(char *const *argv, const char *log, pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -165,16 +164,24 @@ static inline double bench_spawn_status(char *const *argv, const char *log, int 
     } else {
         posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     }
+    int rc = posix_spawn(pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc;
+}
+
+/* Runs argv as bench_spawn_start does and waits: returns wall seconds and sets *code to its
+ * exit status (-1 when it could not start or a signal ended it, as the out-of-memory killer
+ * does). */
+static inline double bench_spawn_status(char *const *argv, const char *log, int *code)
+{
     pid_t pid;
     int status;
     double t0 = bench_now();
     *code = -1;
-    if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) == 0 &&
-        waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+    if (bench_spawn_start(argv, log, &pid) == 0 && waitpid(pid, &status, 0) == pid &&
+        WIFEXITED(status))
         *code = WEXITSTATUS(status);
-    double t = bench_now() - t0;
-    posix_spawn_file_actions_destroy(&fa);
-    return t;
+    return bench_now() - t0;
 }
 
 /* The same, exiting when the command fails. */

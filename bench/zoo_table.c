@@ -122,13 +122,8 @@ static pid_t job_start(job *j, const char *out)
     char log[4300];
     snprintf(log, sizeof log, "%s/zoo_table/reports/%s.log", out, j->label);
     unlink(j->buf[2] + strlen("report_save_path="));
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
     j->start = bench_now();
-    if (posix_spawn(&j->pid, j->argv[0], &fa, NULL, j->argv, environ)) j->pid = -1;
-    posix_spawn_file_actions_destroy(&fa);
+    if (bench_spawn_start(j->argv, log, &j->pid)) j->pid = -1;
     return j->pid;
 }
 
