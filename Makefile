@@ -7,7 +7,7 @@ PYTHON   ?= /usr/bin/python3
 PKGS     := yaml-0.1 libcjson openblas lapacke zlib stb
 DEB_LIBS := pkg-config libyaml-dev libcjson-dev libopenblas-dev liblapacke-dev zlib1g-dev libstb-dev
 DEB_TEST := python3-torch python3-numpy python3-pil
-DEB_DATA := dataset-fashion-mnist python3-sklearn
+DEB_DATA := dataset-fashion-mnist python3-sklearn fonts-dejavu-core fonts-dejavu-extra
 
 OPT      ?= -O3
 WARN     := -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-format-truncation

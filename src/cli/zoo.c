@@ -200,16 +200,21 @@ static uint64_t fingerprint(const zoo_opts *z)
         const fb_config *s = src->items[i];
         for (int j = 0; s->kind == FB_CFG_MAP && j < s->count; j++) {
             const fb_config *v = s->items[j];
-            if (v->kind != FB_CFG_SCALAR) continue;
-            char *dir = v->origin ? fb_path_dirname(v->origin) : NULL;
-            char *path = fb_path_join(dir, v->value);
-            struct stat sb;
-            if (path && stat(path, &sb) == 0) {
-                int64_t x[2] = {(int64_t)sb.st_size, (int64_t)sb.st_mtime};
-                h = fnv(h, x, sizeof x);
+            /* a scalar that names a file, or a list of them (a glyph source's fonts) */
+            const int n = v->kind == FB_CFG_SEQ ? v->count : v->kind == FB_CFG_SCALAR;
+            for (int e = 0; e < n; e++) {
+                const fb_config *f = v->kind == FB_CFG_SEQ ? v->items[e] : v;
+                if (f->kind != FB_CFG_SCALAR) continue;
+                char *dir = f->origin ? fb_path_dirname(f->origin) : NULL;
+                char *path = fb_path_join(dir, f->value);
+                struct stat sb;
+                if (path && stat(path, &sb) == 0) {
+                    int64_t x[2] = {(int64_t)sb.st_size, (int64_t)sb.st_mtime};
+                    h = fnv(h, x, sizeof x);
+                }
+                fb_free(dir);
+                fb_free(path);
             }
-            fb_free(dir);
-            fb_free(path);
         }
     }
     return h;

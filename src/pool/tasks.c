@@ -16,6 +16,7 @@
 #include "core/rng.h"
 #include "core/status.h"
 #include "io/dataset.h"
+#include "io/render.h"
 #include "io/writer.h"
 
 const char *const fb_split_names[FB_NUM_SPLITS] = {"train", "val", "test"};
@@ -48,7 +49,9 @@ typedef struct source {
 
 static const char *const source_keys[] = {
     "type",         "path",         "train",       "test",        "images",  "labels",
-    "train_images", "train_labels", "test_images", "test_labels", "package", "class_names"};
+    "train_images", "train_labels", "test_images", "test_labels", "package", "class_names",
+    "fonts",        "chars",        "seed",        "kind",        "clutter", "max_rotation",
+    "polarity"};
 
 static fb_status check_keys(const fb_config *node, const char *const *keys, size_t n,
                             const char *what)
@@ -141,7 +144,7 @@ static fb_status load_images(const fb_config *src, const char *sname, const char
     } else {
         st = fb_set_error(FB_ERR_CONFIG,
                           "%s: sources.%s.type '%s' is not one of idx, digits_csv, "
-                          "image_folder",
+                          "image_folder, glyphs, procedural",
                           fb_cfg_where(src), sname, type);
     }
 done:
@@ -180,6 +183,122 @@ static fb_status conform(fb_images *d, int64_t size, int64_t channels, int resam
     return FB_OK;
 }
 
+/* An optional number key of a generated source. */
+static fb_status gen_number(const fb_config *src, const char *key, const char *sname, double dflt,
+                            double *out)
+{
+    const fb_config *n = fb_cfg_map_get(src, key);
+    *out = dflt;
+    if (fb_cfg_is_null(n)) return FB_OK;
+    char where[160];
+    snprintf(where, sizeof where, "sources.%s.%s", sname, key);
+    return fb_cfg_double(n, where, out);
+}
+
+/* Class names live with the training pool; one not drawn takes the test pool's. */
+static fb_status names_to_train(source *out)
+{
+    if (out->train.class_names || !out->test.class_names) return FB_OK;
+    out->train.class_names = out->test.class_names;
+    out->train.num_classes = out->test.num_classes;
+    out->test.class_names = NULL;
+    return FB_OK;
+}
+
+/* A source drawn rather than read (io/render.h): `glyphs` renders `chars` from `fonts`,
+ * `procedural` draws `kind`; `train` and `test` are image counts (test only: one pool). */
+static fb_status generate(const fb_config *src, const char *sname, const char *type, int64_t size,
+                          int64_t channels, const load_opts *lo, source *out, int *has_train,
+                          int *has_test)
+{
+    if (channels != 1)
+        return fb_set_error(FB_ERR_CONFIG,
+                            "%s: sources.%s: %s images have one channel, the taskpool wants %lld",
+                            fb_cfg_where(src), sname, type, (long long)channels);
+    int64_t count[2] = {0, 0};
+    static const char *const split_keys[2] = {"train", "test"};
+    for (int i = 0; i < 2; i++) {
+        const fb_config *n = fb_cfg_map_get(src, split_keys[i]);
+        char where[160];
+        snprintf(where, sizeof where, "sources.%s.%s", sname, split_keys[i]);
+        fb_status st = fb_cfg_is_null(n) ? FB_OK : fb_cfg_int(n, where, &count[i]);
+        if (st) return st;
+        if (count[i] < 0 || count[i] > (1 << 24))
+            return fb_set_error(FB_ERR_CONFIG, "%s: %s must be a count in 0..16777216",
+                                fb_cfg_where(n), where);
+    }
+    if (!count[0])
+        return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s draws no training images (set train)",
+                            fb_cfg_where(src), sname);
+    int64_t seed = 0;
+    double rot;
+    const fb_config *sd = fb_cfg_map_get(src, "seed");
+    fb_status st = fb_cfg_is_null(sd) ? FB_OK : fb_cfg_int(sd, "seed", &seed);
+    if (!st) st = gen_number(src, "max_rotation", sname, 10, &rot);
+    if (!st && (rot < 0 || rot > 180))
+        st = fb_set_error(FB_ERR_CONFIG, "%s: sources.%s.max_rotation must be 0..180 degrees",
+                          fb_cfg_where(src), sname);
+    int clutter = 0;
+    const fb_config *cn = fb_cfg_map_get(src, "clutter");
+    if (!st && !fb_cfg_is_null(cn)) st = fb_cfg_bool(cn, "clutter", &clutter);
+    int polarity = FB_POLARITY_EITHER;
+    const fb_config *pn = fb_cfg_map_get(src, "polarity");
+    if (!st && !fb_cfg_is_null(pn)) {
+        const char *v;
+        static const char *const pol[] = {"either", "dark", "light"};
+        if (!(st = fb_cfg_string(pn, "polarity", &v))) {
+            polarity = -1;
+            for (int i = 0; i < 3; i++)
+                if (!strcmp(v, pol[i])) polarity = i;
+            if (polarity < 0)
+                st = fb_set_error(FB_ERR_CONFIG,
+                                  "%s: sources.%s.polarity '%s' is not one of either, dark, light",
+                                  fb_cfg_where(pn), sname, v);
+        }
+    }
+    if (st) return st;
+    /* with a test pool, an evaluation that needs no training split skips drawing it */
+    *has_test = count[1] > 0;
+    *has_train = !(*has_test && lo->skip_train);
+    if (!*has_train) count[0] = 0;
+    fb_images *pools[2] = {&out->train, &out->test};
+    if (!strcmp(type, "procedural")) {
+        const fb_config *kn = fb_cfg_map_get(src, "kind");
+        const char *kind;
+        if (!kn)
+            return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs a kind (textures, shapes, "
+                                "counts)", fb_cfg_where(src), sname);
+        if ((st = fb_cfg_string(kn, "kind", &kind))) return st;
+        for (int i = 0; i < 2 && !st; i++)
+            if (count[i])
+                st = fb_procedural_render(kind, count[i], size, (uint64_t)seed, split_keys[i],
+                                          polarity, pools[i]);
+        return st ? st : names_to_train(out);
+    }
+    const fb_config *fn = fb_cfg_map_get(src, "fonts"), *chn = fb_cfg_map_get(src, "chars");
+    if (!fn || fn->kind != FB_CFG_SEQ || fn->count < 1 || !chn)
+        return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs fonts (a list of font files) "
+                            "and chars", fb_cfg_where(src), sname);
+    fb_glyph_options o = {.n = 0, .size = size, .seed = (uint64_t)seed, .max_rotation = rot,
+                          .clutter = clutter, .nfonts = fn->count, .polarity = polarity};
+    if ((st = fb_cfg_string(chn, "chars", &o.chars))) return st;
+    char **paths = fb_calloc((size_t)fn->count, sizeof *paths);
+    if (!paths) return FB_ERR_NOMEM;
+    for (int i = 0; i < fn->count && !st; i++)
+        st = fb_cfg_path(fn->items[i], "fonts", &paths[i]);
+    o.fonts = (const char *const *)paths;
+    for (int i = 0; i < 2 && !st; i++)
+        if (count[i]) {
+            o.n = count[i];
+            o.stream = split_keys[i];
+            st = with_package(fb_glyphs_render(&o, pools[i]), src);
+        }
+    for (int i = 0; i < fn->count; i++)
+        fb_free(paths[i]);
+    fb_free(paths);
+    return st ? st : names_to_train(out);
+}
+
 static fb_status source_load(const fb_config *src, const char *sname, int64_t size,
                              int64_t channels, const load_opts *lo, source *out)
 {
@@ -196,13 +315,18 @@ static fb_status source_load(const fb_config *src, const char *sname, int64_t si
         return fb_set_error(FB_ERR_CONFIG, "%s: sources.%s needs a type", fb_cfg_where(src), sname);
     if ((st = fb_cfg_string(t, where, &type))) return st;
     int has_train = 0, has_test = 0, has_all = 0;
-    if (!lo->skip_train)
-        st = load_images(src, sname, type, "train_images", "train_labels", "train", size, channels,
-                         lo, &out->train, &has_train);
-    if (!st)
-        st = load_images(src, sname, type, "test_images", "test_labels", "test", size, channels, lo,
-                         &out->test, &has_test);
-    if (!st && !has_train && !has_test) {
+    const int generated = !strcmp(type, "glyphs") || !strcmp(type, "procedural");
+    if (generated) {
+        st = generate(src, sname, type, size, channels, lo, out, &has_train, &has_test);
+    } else {
+        if (!lo->skip_train)
+            st = load_images(src, sname, type, "train_images", "train_labels", "train", size,
+                             channels, lo, &out->train, &has_train);
+        if (!st)
+            st = load_images(src, sname, type, "test_images", "test_labels", "test", size,
+                             channels, lo, &out->test, &has_test);
+    }
+    if (!st && !generated && !has_train && !has_test) {
         st = load_images(src, sname, type, "images", "labels", "path", size, channels, lo,
                          &out->train, &has_all);
         if (!st && !has_all)
