@@ -179,20 +179,26 @@ TEST(glyph_errors_name_the_font_and_the_character)
     EXPECT_ERROR(fb_glyphs_render(&o, &d), FB_ERR_IO, "/nonexistent/font.ttf");
 }
 
-static fb_status load(const char *sources, int64_t channels, fb_taskset *ts)
+static fb_status load_ex(const char *sources, int64_t channels, const char *storage,
+                         unsigned splits, fb_taskset *ts)
 {
     char yaml[4096];
     snprintf(yaml, sizeof yaml,
              "image_size: 28\nchannels: %lld\nmean: [0.5]\nstd: [0.25]\nseed: 1\n"
-             "storage: bytes\nsources:\n%s"
+             "storage: %s\nsources:\n%s"
              "tasks:\n  t:\n    source: s\n    train: 100\n    val: 20\n    test: 50\n",
-             (long long)channels, sources);
+             (long long)channels, storage, sources);
     fb_config *c;
     fb_status st = fb_config_parse(yaml, &c);
     if (st) return st;
-    st = fb_taskset_load(c, 7, NULL, ts);
+    st = fb_taskset_load(c, splits, NULL, ts);
     fb_config_free(c);
     return st;
+}
+
+static fb_status load(const char *sources, int64_t channels, fb_taskset *ts)
+{
+    return load_ex(sources, channels, "bytes", 7, ts);
 }
 
 TEST(taskpools_draw_sources_with_test_pools_of_their_own)
@@ -212,6 +218,19 @@ TEST(taskpools_draw_sources_with_test_pools_of_their_own)
             shared +=
                 !memcmp(t->pixels[2] + t->idx[2][i] * 784, t->pixels[0] + t->idx[0][j] * 784, 784);
     EXPECT(shared == 0);
+    /* an evaluation (test split only) does not draw the training pool, and sees the same
+     * test images as a load of every split */
+    const char *abc = "  s:\n    type: glyphs\n    fonts: [" FONT_DIR "DejaVuSans.ttf]\n"
+                      "    chars: ABC\n    seed: 2\n    train: 150\n    test: 60\n";
+    fb_taskset all, only;
+    REQUIRE_OK(load_ex(abc, 1, "float", 7, &all));
+    REQUIRE_OK(load_ex(abc, 1, "float", FB_SPLIT_BIT(FB_SPLIT_TEST), &only));
+    EXPECT(only.tasks[0].n[0] == 0 && only.tasks[0].n[2] == 50);
+    EXPECT(!strcmp(only.tasks[0].class_names[1], "B"));
+    EXPECT(!memcmp(all.tasks[0].x[2], only.tasks[0].x[2], 50 * 784 * sizeof(float)));
+    EXPECT(!memcmp(all.tasks[0].y[2], only.tasks[0].y[2], 50 * sizeof(int32_t)));
+    fb_taskset_free(&all);
+    fb_taskset_free(&only);
     fb_taskset_free(&ts);
     REQUIRE_OK(load("  s:\n    type: procedural\n    kind: shapes\n    train: 200\n", 1, &ts));
     EXPECT(ts.tasks[0].num_classes == 8 && !strcmp(ts.tasks[0].class_names[7], "cross"));

@@ -31,6 +31,7 @@ typedef struct load_opts {
     int resample;
     const char *cache_dir;
     int skip_train;
+    int no_train_splits; /* neither train nor val is wanted: a drawn source skips drawing it */
 } load_opts;
 
 int fb_taskset_key(const char *key)
@@ -259,7 +260,7 @@ static fb_status generate(const fb_config *src, const char *sname, const char *t
     if (st) return st;
     /* with a test pool, an evaluation that needs no training split skips drawing it */
     *has_test = count[1] > 0;
-    *has_train = !(*has_test && lo->skip_train);
+    *has_train = !(*has_test && lo->no_train_splits);
     if (!*has_train) count[0] = 0;
     fb_images *pools[2] = {&out->train, &out->test};
     if (!strcmp(type, "procedural")) {
@@ -649,7 +650,11 @@ static fb_status task_build(fb_task *t, const task_def *d, const fb_taskset *ts,
     if (want[FB_SPLIT_TEST] < 0) want[FB_SPLIT_TEST] = nte;
     if (want[FB_SPLIT_TRAIN] < 0) want[FB_SPLIT_TRAIN] = ntr - off - want[FB_SPLIT_VAL];
     int64_t need_tr = off + want[FB_SPLIT_VAL] + want[FB_SPLIT_TRAIN];
-    if (want[FB_SPLIT_TRAIN] < 0 || need_tr > ntr || want[FB_SPLIT_TEST] > nte) {
+    /* a training pool left undrawn (only the test split wanted) is not counted against */
+    const int undrawn = !s->single && s->train.n == 0 &&
+                        !(splits & (FB_SPLIT_BIT(FB_SPLIT_TRAIN) | FB_SPLIT_BIT(FB_SPLIT_VAL)));
+    if (want[FB_SPLIT_TRAIN] < 0 && undrawn) want[FB_SPLIT_TRAIN] = 0;
+    if (want[FB_SPLIT_TRAIN] < 0 || (need_tr > ntr && !undrawn) || want[FB_SPLIT_TEST] > nte) {
         if (s->single)
             st = fb_set_error(FB_ERR_CONFIG,
                               "task %s asks for %lld train + %lld val + %lld test "
@@ -796,8 +801,8 @@ fb_status fb_taskset_load(const fb_config *node, unsigned splits, const fb_confi
     if (!st && !fb_cfg_is_null(n = fb_cfg_map_get(node, "image_cache")))
         st = fb_cfg_path(n, "image_cache", &cache);
     lo.cache_dir = cache;
-    lo.skip_train =
-        out->bytes && !(splits & (FB_SPLIT_BIT(FB_SPLIT_TRAIN) | FB_SPLIT_BIT(FB_SPLIT_VAL)));
+    lo.no_train_splits = !(splits & (FB_SPLIT_BIT(FB_SPLIT_TRAIN) | FB_SPLIT_BIT(FB_SPLIT_VAL)));
+    lo.skip_train = out->bytes && lo.no_train_splits;
     out->resample = lo.resample;
     if (st) {
         fb_free(cache);
