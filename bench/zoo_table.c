@@ -4,7 +4,7 @@
  * scores the result on every task, and the rows (pretrained, individual fine-tuned models,
  * then the methods) go to a markdown table, a JSON file and a PNG bar chart.
  *
- *     bench_zoo_table [--cli build/fusion_bench] [--zoo outputs/zoo/fmnist8]
+ *     bench_zoo_table [--cli build/fusion_bench] [--zoo outputs/zoo/mixed8]
  *                     [--out outputs] [--methods a,b,c] [--jobs N]
  *
  * Rows run as separate fusion_bench processes, N at a time (default: one per CPU), each with
@@ -309,7 +309,7 @@ static void write_png(const char *path, const row *rows, int n)
 
 int main(int argc, char **argv)
 {
-    const char *cli = "build/fusion_bench", *zoo = "outputs/zoo/fmnist8", *out = "outputs";
+    const char *cli = "build/fusion_bench", *zoo = "outputs/zoo/mixed8", *out = "outputs";
     const char *methods = default_methods;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int par = ncpu > 0 ? (int)ncpu : 1;

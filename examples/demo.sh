@@ -6,16 +6,16 @@
 #      model on every task; rows = methods, columns = tasks + average, as FusionBench prints,
 #   3. the Spearman rank correlation of the averages with FusionBench's published B/32 ones,
 #      and the ordering checks (bench/fidelity).
-# Outputs: outputs/zoo/fmnist8/ (the zoo), outputs/zoo_table.{md,json,png} (the table).
+# Outputs: outputs/zoo/mixed8/ (the zoo), outputs/zoo_table.{md,json,png} (the table).
 # Usage: sh examples/demo.sh BUILD_DIR
 set -eu
 B=${1:-build}
 start=$(date +%s)
-echo "== 1. the model zoo (fusion_bench zoo; config/zoo/fmnist8.yaml)"
+echo "== 1. the model zoo (fusion_bench zoo; config/zoo/mixed8.yaml)"
 "$B/fusion_bench" zoo
 echo
 echo "== 2. every method on the zoo (bench/zoo_table; reports in outputs/zoo_table/reports/)"
-"$B/bench_zoo_table" --cli "$B/fusion_bench" --zoo outputs/zoo/fmnist8 --out outputs
+"$B/bench_zoo_table" --cli "$B/fusion_bench" --zoo outputs/zoo/mixed8 --out outputs
 echo
 echo "== 3. how the table ranks methods against FusionBench's CLIP-ViT-B/32 table (bench/fidelity)"
 "$B/bench_fidelity" outputs/zoo_table.json

@@ -456,6 +456,27 @@ TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
                      "pretrain.labels");
 }
 
+TEST(zoo_finetune_eps_defaults_to_torch_and_changes_the_models)
+{
+    REQUIRE(write_synthetic_tasks());
+    char *out = tiny_zoo("eps0", "[all]", "", "");
+    REQUIRE(out);
+    free(out);
+    char zarg[4300], o1[4300], o2[4300];
+    snprintf(zarg, sizeof zarg, "zoo=%s.yaml", fb_test_path("eps0"));
+    snprintf(o1, sizeof o1, "output_dir=%s_eps1", fb_test_path("zoo"));
+    snprintf(o2, sizeof o2, "output_dir=%s_eps2", fb_test_path("zoo"));
+    /* absent, finetune.eps is torch's 1e-8: the same models as when it is given */
+    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o1, "finetune.eps=0.00000001", NULL}) == 0);
+    EXPECT(same_tensor("eps0", "eps1", "all.safetensors", "visual_projection.weight"));
+    /* a large one damps the small-gradient updates: other fine-tuned models, same pretraining */
+    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o2, "finetune.eps=0.01", NULL}) == 0);
+    EXPECT(same_tensor("eps0", "eps2", "_pretrained_.safetensors", "visual_projection.weight"));
+    EXPECT(!same_tensor("eps0", "eps2", "all.safetensors", "visual_projection.weight"));
+    EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.eps=0", NULL}),
+                     "finetune.eps must be in");
+}
+
 TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
 {
     REQUIRE(write_synthetic_tasks());

@@ -56,7 +56,7 @@ typedef struct zoo_opts {
     int64_t seed;
     fb_clip_config model;
     int64_t pre_steps, pre_batch, pre_per_task, head_steps, head_examples, ft_steps, ft_batch;
-    double pre_lr, pre_wd, head_lr, ft_lr, ft_wd, ft_momentum, logit_scale;
+    double pre_lr, pre_wd, head_lr, ft_lr, ft_wd, ft_momentum, ft_eps, logit_scale;
     int ft_sgd;
     int pre_source_labels;  /* pretrain.labels: source */
     int head_untransformed; /* head.images: untransformed */
@@ -138,6 +138,9 @@ static fb_status read_opts(zoo_opts *z)
     if ((st = get_num(c, "finetune.lr", 0, 10, &z->ft_lr))) return st;
     if ((st = get_num(c, "finetune.weight_decay", 0, 10, &z->ft_wd))) return st;
     if ((st = get_num(c, "finetune.momentum", 0, 1, &z->ft_momentum))) return st;
+    z->ft_eps = 1e-8; /* optional: torch's default */
+    if (fb_config_get(c, "finetune.eps") && (st = get_num(c, "finetune.eps", 1e-12, 1, &z->ft_eps)))
+        return st;
     const char *opt;
     const fb_config *on = fb_config_get(c, "finetune.optimizer");
     if (!on) return fb_set_error(FB_ERR_CONFIG, "zoo config lacks 'finetune.optimizer'");
@@ -614,7 +617,7 @@ static fb_status build(zoo_opts *z, uint64_t fp)
         step_ctx sc = {z, what, z->ft_steps, 0};
         fb_train_options o = {.steps = z->ft_steps, .batch = z->ft_batch, .adamw = !z->ft_sgd,
                               .lr = (float)z->ft_lr, .weight_decay = (float)z->ft_wd,
-                              .momentum = (float)z->ft_momentum,
+                              .momentum = (float)z->ft_momentum, .adam_eps = (float)z->ft_eps,
                               .head_scale = (float)z->logit_scale, .train_backbone = 1,
                               .train_head = 0, .cosine = 1, .warmup = z->ft_steps / 20,
                               .seed = fb_rng_key((uint64_t)z->seed, t->name, 3),
@@ -728,7 +731,7 @@ static void zoo_usage(void)
     printf("usage: fusion_bench zoo [--force] [zoo=NAME_OR_PATH] [key.path=value ...]\n\n"
            "Builds the model zoo: pretrains a small CLIP-layout vision tower, fits a head per task\n"
            "and fine-tunes one model per task of the zoo's taskpool (config/zoo/NAME.yaml;\n"
-           "default fmnist8). Reuses the zoo when nothing it depends on changed.\n\n"
+           "default mixed8). Reuses the zoo when nothing it depends on changed.\n\n"
            "  --force              rebuild even when the zoo is up to date\n"
            "  output_dir=DIR       where to write it (default from the zoo config)\n"
            "  pretrain.steps=N     any key of the zoo config, e.g. finetune.lr=0.0005\n");
@@ -737,7 +740,7 @@ static void zoo_usage(void)
 int fb_zoo_main(const char *config_dir, int argc, char **argv)
 {
     zoo_opts z = {.t0 = now(), .tty = isatty(1)};
-    const char *zoo_name = "fmnist8";
+    const char *zoo_name = "mixed8";
     int force = 0, rc = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {

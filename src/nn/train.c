@@ -45,6 +45,7 @@ fb_status fb_clip_train(fb_clip *net, float *head, int64_t K, const float *image
     if (!st && o->adamw) {
         st = fb_adamw_init(&adam[0], np, o->lr, o->weight_decay);
         if (!st) st = fb_adamw_init(&adam[1], nh, o->lr, o->weight_decay);
+        if (!st && o->adam_eps > 0) adam[0].eps = adam[1].eps = o->adam_eps;
     } else if (!st) {
         fb_sgd_init(&sgd[0], np, o->lr, o->momentum, o->weight_decay);
         fb_sgd_init(&sgd[1], nh, o->lr, o->momentum, o->weight_decay);

@@ -13,6 +13,7 @@ typedef struct fb_train_options {
     int64_t steps, batch;
     int adamw;            /* 1: AdamW (lr, weight_decay); 0: SGD (lr, momentum, weight_decay) */
     float lr, momentum, weight_decay;
+    float adam_eps;       /* AdamW's epsilon; 0: torch's default, 1e-8 */
     float head_scale;     /* logit scale of the cosine head */
     int train_backbone;   /* 0: the backbone is frozen */
     int train_head;       /* 0: the head is frozen */
