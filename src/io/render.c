@@ -439,6 +439,53 @@ static int in_poly(const double *v, int n, double x, double y)
     return in;
 }
 
+/* Coverage of each pixel of an S x S image by a figure: the fraction of a 4 x 4 grid of
+ * sample points inside it, by the figure's own test. */
+static void coverage(int64_t S, double *cov, int (*inside)(const void *, double, double),
+                     const void *fig)
+{
+    for (int64_t y = 0; y < S; y++)
+        for (int64_t x = 0; x < S; x++) {
+            int hits = 0;
+            for (int sy = 0; sy < 4; sy++)
+                for (int sx = 0; sx < 4; sx++)
+                    hits += inside(fig, (double)x + (sx + 0.5) / 4, (double)y + (sy + 0.5) / 4);
+            cov[y * S + x] = hits / 16.0;
+        }
+}
+
+/* shape k: 0 disc, 1 ring (radius inner to R), else polygon v of n vertices */
+typedef struct shape_geom {
+    int k, n;
+    const double *v;
+    double cx, cy, R, inner;
+} shape_geom;
+
+static int in_shape(const void *fig, double px, double py)
+{
+    const shape_geom *g = fig;
+    const double r2 = (px - g->cx) * (px - g->cx) + (py - g->cy) * (py - g->cy);
+    if (g->k == 0) return r2 < g->R * g->R;
+    if (g->k == 1) return r2 < g->R * g->R && r2 > g->inner * g->inner;
+    return in_poly(g->v, g->n, px, py);
+}
+
+typedef struct dot_geom {
+    int n;
+    double r;
+    const double (*p)[2];
+} dot_geom;
+
+static int in_dots(const void *fig, double px, double py)
+{
+    const dot_geom *g = fig;
+    for (int i = 0; i < g->n; i++) {
+        const double dx = px - g->p[i][0], dy = py - g->p[i][1];
+        if (dx * dx + dy * dy < g->r * g->r) return 1;
+    }
+    return 0;
+}
+
 static void shape(draws *d, int k, int64_t S, double *cov)
 {
     const double R = urange(d, 0.25, 0.42) * S;
@@ -469,23 +516,8 @@ static void shape(draws *d, int k, int64_t S, double *cov)
             v[2 * i] = cx + c * x - s * y, v[2 * i + 1] = cy + s * x + c * y;
         }
     }
-    const double inner = urange(d, 0.45, 0.7) * R;
-    for (int64_t y = 0; y < S; y++)
-        for (int64_t x = 0; x < S; x++) {
-            int hits = 0;
-            for (int sy = 0; sy < 4; sy++)
-                for (int sx = 0; sx < 4; sx++) {
-                    const double px = (double)x + (sx + 0.5) / 4, py = (double)y + (sy + 0.5) / 4;
-                    const double r2 = (px - cx) * (px - cx) + (py - cy) * (py - cy);
-                    if (k == 0)
-                        hits += r2 < R * R;
-                    else if (k == 1)
-                        hits += r2 < R * R && r2 > inner * inner;
-                    else
-                        hits += in_poly(v, n, px, py);
-                }
-            cov[y * S + x] = hits / 16.0;
-        }
+    const shape_geom g = {k, n, v, cx, cy, R, urange(d, 0.45, 0.7) * R};
+    coverage(S, cov, in_shape, &g);
 }
 
 static void dots(draws *d, int k, int64_t S, double *cov)
@@ -507,22 +539,8 @@ static void dots(draws *d, int k, int64_t S, double *cov)
         }
         if (placed == n) break;
     }
-    for (int64_t y = 0; y < S; y++)
-        for (int64_t x = 0; x < S; x++) {
-            int hits = 0;
-            for (int sy = 0; sy < 4; sy++)
-                for (int sx = 0; sx < 4; sx++) {
-                    const double px = (double)x + (sx + 0.5) / 4, py = (double)y + (sy + 0.5) / 4;
-                    for (int i = 0; i < n; i++) {
-                        const double dx = px - p[i][0], dy = py - p[i][1];
-                        if (dx * dx + dy * dy < r * r) {
-                            hits++;
-                            break;
-                        }
-                    }
-                }
-            cov[y * S + x] = hits / 16.0;
-        }
+    const dot_geom g = {n, r, p};
+    coverage(S, cov, in_dots, &g);
 }
 
 fb_status fb_procedural_render(const char *kind, int64_t n, int64_t size, uint64_t seed,
