@@ -475,6 +475,9 @@ TEST(zoo_finetune_eps_defaults_to_torch_and_changes_the_models)
     EXPECT(!same_tensor("eps0", "eps2", "all.safetensors", "visual_projection.weight"));
     EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.eps=0", NULL}),
                      "finetune.eps must be in");
+    /* a misspelt key is named, not ignored */
+    EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.esp=0.01", NULL}),
+                     "unknown zoo key 'finetune.esp'");
 }
 
 TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)

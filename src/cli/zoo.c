@@ -104,6 +104,34 @@ static fb_status get_choice(const fb_config *cfg, const char *dotted, const char
 static const char *const zoo_keys[] = {"taskpool", "output_dir", "seed", "model", "pretrain",
                                        "head", "finetune"};
 
+/* the keys each section may hold; NULL ends a list */
+static const char *const section_keys[][9] = {
+    {"model", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+     "patch_size", "projection_dim", NULL},
+    {"pretrain", "tasks", "steps", "batch_size", "examples_per_task", "lr", "weight_decay",
+     "labels", NULL},
+    {"head", "examples", "steps", "lr", "images", NULL},
+    {"finetune", "optimizer", "momentum", "steps", "batch_size", "lr", "weight_decay", "eps",
+     NULL},
+};
+
+/* A misspelt key (finetune.esp) is an error, not a default silently used. */
+static fb_status check_sections(const fb_config *c)
+{
+    for (size_t s = 0; s < sizeof section_keys / sizeof *section_keys; s++) {
+        const fb_config *sec = fb_cfg_map_get(c, section_keys[s][0]);
+        if (!sec || sec->kind != FB_CFG_MAP) continue; /* a missing key is reported when read */
+        for (int i = 0; i < sec->count; i++) {
+            int j = 1;
+            while (section_keys[s][j] && strcmp(sec->keys[i], section_keys[s][j])) j++;
+            if (!section_keys[s][j])
+                return fb_set_error(FB_ERR_CONFIG, "%s: unknown zoo key '%s.%s'",
+                                    fb_cfg_where(sec->items[i]), section_keys[s][0], sec->keys[i]);
+        }
+    }
+    return FB_OK;
+}
+
 static fb_status read_opts(zoo_opts *z)
 {
     const fb_config *c = z->cfg;
@@ -115,7 +143,8 @@ static fb_status read_opts(zoo_opts *z)
             return fb_set_error(FB_ERR_CONFIG, "%s: unknown zoo key '%s'", fb_cfg_where(c->items[i]),
                                 c->keys[i]);
     }
-    fb_status st;
+    fb_status st = check_sections(c);
+    if (st) return st;
     int64_t v;
     fb_clip_config *m = &z->model;
     if ((st = get_i64(c, "seed", 0, INT64_MAX / 2, &z->seed))) return st;
