@@ -16,6 +16,7 @@
 #include "core/alloc.h"
 #include "core/rng.h"
 #include "core/status.h"
+#include "core/utf8.h"
 
 #define STB_TRUETYPE_IMPLEMENTATION
 #define STBTT_STATIC
@@ -121,30 +122,6 @@ static fb_status alloc_images(int64_t n, int64_t size, int64_t K, fb_images *out
 
 /* ---------------------------------------------------------------------- glyphs -- */
 
-/* Decodes one UTF-8 code point at *s (advancing it); -1 when malformed. */
-static int32_t utf8_next(const char **s)
-{
-    const unsigned char *p = (const unsigned char *)*s;
-    int32_t c;
-    int extra;
-    if (p[0] < 0x80)
-        c = p[0], extra = 0;
-    else if ((p[0] & 0xE0) == 0xC0)
-        c = p[0] & 0x1F, extra = 1;
-    else if ((p[0] & 0xF0) == 0xE0)
-        c = p[0] & 0x0F, extra = 2;
-    else if ((p[0] & 0xF8) == 0xF0)
-        c = p[0] & 0x07, extra = 3;
-    else
-        return -1;
-    for (int i = 1; i <= extra; i++) {
-        if ((p[i] & 0xC0) != 0x80) return -1;
-        c = (c << 6) | (p[i] & 0x3F);
-    }
-    *s += extra + 1;
-    return c;
-}
-
 typedef struct font {
     uint8_t *data;
     stbtt_fontinfo info;
@@ -233,18 +210,24 @@ static void fonts_free(font *f, int n)
 fb_status fb_glyphs_render(const fb_glyph_options *o, fb_images *out)
 {
     memset(out, 0, sizeof *out);
-    int32_t cps[256];
+    uint32_t cps[256];
+    size_t at[257]; /* where each character starts in o->chars */
     int K = 0;
-    for (const char *s = o->chars; *s;) {
-        int32_t c = utf8_next(&s);
-        if (c < 0) return fb_set_error(FB_ERR_CONFIG, "glyphs: chars is not valid UTF-8");
+    const size_t nchars = strlen(o->chars);
+    for (size_t i = 0; i < nchars;) {
+        uint32_t c;
+        const int nb = fb_utf8_decode((const unsigned char *)o->chars + i, nchars - i, &c);
+        if (!nb) return fb_set_error(FB_ERR_CONFIG, "glyphs: chars is not valid UTF-8");
         if (K == 256) return fb_set_error(FB_ERR_CONFIG, "glyphs: more than 256 chars");
         for (int k = 0; k < K; k++)
             if (cps[k] == c)
                 return fb_set_error(FB_ERR_CONFIG, "glyphs: character U+%04X is listed twice",
                                     (unsigned)c);
+        at[K] = i;
         cps[K++] = c;
+        i += (size_t)nb;
     }
+    at[K] = nchars;
     if (K < 2) return fb_set_error(FB_ERR_CONFIG, "glyphs: chars needs at least 2 characters");
     if (o->nfonts < 1) return fb_set_error(FB_ERR_CONFIG, "glyphs: fonts names no font file");
     if (o->n < 0 || o->size < 8 || o->size > 1024)
@@ -263,19 +246,14 @@ fb_status fb_glyphs_render(const fb_glyph_options *o, fb_images *out)
             break;
         }
         for (int k = 0; k < K && !st; k++)
-            if (!stbtt_FindGlyphIndex(&fonts[i].info, cps[k]))
+            if (!stbtt_FindGlyphIndex(&fonts[i].info, (int)cps[k]))
                 st = fb_set_error(FB_ERR_CONFIG, "%s: the font has no glyph for U+%04X",
                                   o->fonts[i], (unsigned)cps[k]);
     }
     if (!st) st = alloc_images(o->n, o->size, K, out);
     for (int k = 0; k < K && !st; k++) {
         char name[8] = {0};
-        const char *s = o->chars;
-        for (int j = 0; j < k; j++)
-            utf8_next(&s);
-        const char *e = s;
-        utf8_next(&e);
-        memcpy(name, s, (size_t)(e - s));
+        memcpy(name, o->chars + at[k], at[k + 1] - at[k]);
         if (!(out->class_names[k] = fb_strdup(name))) st = FB_ERR_NOMEM;
     }
     const int64_t S = o->size;
@@ -296,7 +274,7 @@ fb_status fb_glyphs_render(const fb_glyph_options *o, fb_images *out)
         memset(cov, 0, (size_t)(S * S) * sizeof *cov);
         uint8_t *bm;
         int w, h;
-        if ((st = raster(f, cps[k], height, 0.8 * S, &bm, &w, &h))) break;
+        if ((st = raster(f, (int32_t)cps[k], height, 0.8 * S, &bm, &w, &h))) break;
         stamp(cov, S, bm, w, h, cx, cy, th);
         const double gap = urange(&d, 0.05, 0.2) * S;
         const double half = w / 2.0;
@@ -304,7 +282,7 @@ fb_status fb_glyphs_render(const fb_glyph_options *o, fb_images *out)
         if (o->clutter)
             for (int side = -1; side <= 1 && !st; side += 2) {
                 /* a neighbouring character, partly in view, as in house-number crops */
-                const int32_t nb = cps[upick(&d, K)];
+                const int32_t nb = (int32_t)cps[upick(&d, K)];
                 int nw, nh;
                 if ((st = raster(f, nb, height, 0.8 * S, &bm, &nw, &nh))) break;
                 const double off = half + gap + nw / 2.0;

@@ -15,6 +15,7 @@
 #include "core/alloc.h"
 #include "core/status.h"
 #include "core/strmap.h"
+#include "core/utf8.h"
 #include "io/dataset.h"
 #include "unicode_data.h"
 
@@ -88,23 +89,6 @@ static int to_lower(uint32_t cp, uint32_t out[2])
     }
     out[0] = cp;
     return 1;
-}
-
-/* One code point from UTF-8 at s[0..n); its length, or 0 if the bytes are not valid UTF-8. */
-static int utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    if (s[0] < 0x80) return *cp = s[0], 1;
-    int len = s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
-    if (!len || s[0] > 0xF4 || (size_t)len > n) return 0;
-    uint32_t c = s[0] & (0x3F >> (len - 1));
-    for (int i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        c = c << 6 | (s[i] & 0x3F);
-    }
-    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (c < min[len] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
-    *cp = c;
-    return len;
 }
 
 static int utf8_encode(uint32_t cp, char *out)
@@ -386,7 +370,7 @@ fb_status fb_clip_tokenize(fb_clip_tokenizer *t, const char *text, int32_t *ids,
     int64_t n = 0, out = 0;
     for (size_t i = 0; i < len && !st;) {
         uint32_t c;
-        int k = utf8_decode((const unsigned char *)text + i, len - i, &c);
+        int k = fb_utf8_decode((const unsigned char *)text + i, len - i, &c);
         if (!k) {
             st = fb_set_error(FB_ERR_ARG, "text '%.40s' is not valid UTF-8 (byte %zu)", text, i);
             break;
