@@ -456,7 +456,7 @@ TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
                      "pretrain.labels");
 }
 
-TEST(zoo_finetune_eps_defaults_to_torch_and_changes_the_models)
+TEST(zoo_finetune_eps_and_examples_default_to_torch_and_all_and_change_the_models)
 {
     REQUIRE(write_synthetic_tasks());
     char *out = tiny_zoo("eps0", "[all]", "", "");
@@ -475,6 +475,17 @@ TEST(zoo_finetune_eps_defaults_to_torch_and_changes_the_models)
     EXPECT(!same_tensor("eps0", "eps2", "all.safetensors", "visual_projection.weight"));
     EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.eps=0", NULL}),
                      "finetune.eps must be in");
+    /* finetune.examples: the first N training examples; at least the split's size is all */
+    char o3[4300], o4[4300];
+    snprintf(o3, sizeof o3, "output_dir=%s_ex3", fb_test_path("zoo"));
+    snprintf(o4, sizeof o4, "output_dir=%s_ex4", fb_test_path("zoo"));
+    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o3, "finetune.examples=1000000", NULL}) == 0);
+    EXPECT(same_tensor("eps0", "ex3", "all.safetensors", "visual_projection.weight"));
+    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o4, "finetune.examples=5", NULL}) == 0);
+    EXPECT(same_tensor("eps0", "ex4", "_pretrained_.safetensors", "visual_projection.weight"));
+    EXPECT(!same_tensor("eps0", "ex4", "all.safetensors", "visual_projection.weight"));
+    EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.examples=0", NULL}),
+                     "finetune.examples");
     /* a misspelt key is named, not ignored */
     EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.esp=0.01", NULL}),
                      "unknown zoo key 'finetune.esp'");

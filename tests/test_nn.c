@@ -121,6 +121,54 @@ TEST(activations_match_pytorch)
     }
 }
 
+/* Quick GELU's own exponential and layer norm's interleaved rows: the bytes of the scalar
+ * loop at every SIMD level, across ACT_BLOCK and LN_ROWS edges and at the clamps */
+TEST(quick_gelu_and_layernorm_give_the_same_bytes_at_every_simd_level)
+{
+    const int64_t n = 2 * 4096 + 13, C = 96, N = 13;
+    float *x = zeros(n), *d = zeros(n);
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = (float)((i * 7919) % 20011) / 100.0f - 100.0f; /* -100 .. 100: past both clamps */
+        d[i] = (float)((i * 31) % 97) / 50.0f - 1.0f;
+    }
+    const float special[] = {NAN, INFINITY, -INFINITY, -0.0f, 0.0f, 88.0f / -1.702f,
+                             -87.0f / -1.702f, 1e30f, -1e30f, 1e-40f};
+    memcpy(x + 4090, special, sizeof special);
+    float *out[2], *dx[2];
+    for (int l = 0; l < 2; l++) {
+        REQUIRE_OK(fb_simd_set(l ? fb_simd_name(fb_simd_best()) : "scalar"));
+        out[l] = zeros(n), dx[l] = zeros(n);
+        fb_quick_gelu_forward(out[l], x, n);
+        fb_quick_gelu_backward(dx[l], x, d, n);
+    }
+    EXPECT(!memcmp(out[0], out[1], (size_t)n * sizeof(float)));
+    EXPECT(!memcmp(dx[0], dx[1], (size_t)n * sizeof(float)));
+    EXPECT(out[0][4094] == 0.0f && signbit(out[0][4093]) && out[0][4091] == INFINITY);
+    /* layer norm: each row as a plain loop over c computes it */
+    float *y = zeros(N * C), mean[13], rstd[13], w[96], b[96];
+    for (int64_t c = 0; c < C; c++)
+        w[c] = 1.0f + (float)c / 97.0f, b[c] = (float)(c % 5) / 7.0f;
+    fb_layernorm_forward(y, mean, rstd, d, w, b, N, C, 1e-5f);
+    for (int64_t r = 0; r < N; r++) {
+        const float *xr = d + r * C;
+        float m = 0.0f, v = 0.0f;
+        for (int64_t c = 0; c < C; c++)
+            m += xr[c];
+        m /= (float)C;
+        for (int64_t c = 0; c < C; c++)
+            v += (xr[c] - m) * (xr[c] - m);
+        v /= (float)C;
+        const float s = 1.0f / sqrtf(v + 1e-5f);
+        int same = mean[r] == m && rstd[r] == s;
+        for (int64_t c = 0; c < C; c++)
+            same &= y[r * C + c] == (xr[c] - m) * s * w[c] + b[c];
+        if (!same) fb_test_fail(__FILE__, __LINE__, "layer norm row %lld", (long long)r);
+    }
+    free(x), free(d), free(y);
+    for (int l = 0; l < 2; l++)
+        free(out[l]), free(dx[l]);
+}
+
 TEST(softmax_cross_entropy_and_entropy_match_pytorch)
 {
     fb_model *m = load_nn("softmax");
@@ -171,6 +219,35 @@ TEST(attention_matches_pytorch_causal_or_not)
         close_to("attention dk", dk, get(m, "dk", NULL), 60, 1e-4f);
         close_to("attention dv", dv, get(m, "dv", NULL), 60, 1e-4f);
         fb_model_free(m);
+    }
+}
+
+TEST(attention_of_the_first_queries_gives_the_full_rows_bytes)
+{
+    /* B 3, T 11, H 2, D 40 (the vector path) and D 300 (past ATT_MAX_D: keys read in place) */
+    for (int wide = 0; wide < 2; wide++) {
+        const int64_t B = 3, T = 11, H = 2, D = wide ? 300 : 40, C = H * D;
+        float *q = zeros(B * T * C), *k = zeros(B * T * C), *v = zeros(B * T * C);
+        float *out = zeros(B * T * C), *att = zeros(B * H * T * T);
+        float *q2 = zeros(B * 2 * C), *out2 = zeros(B * 2 * C), *att2 = zeros(B * H * 2 * T);
+        for (int64_t i = 0; i < B * T * C; i++) {
+            q[i] = (float)((i * 7919) % 1013) / 300.0f - 1.7f;
+            k[i] = (float)((i * 104729) % 997) / 250.0f - 2.0f;
+            v[i] = (float)((i * 31) % 89) / 40.0f - 1.1f;
+        }
+        fb_attention_forward(out, att, q, k, v, B, T, H, D, 0);
+        for (int64_t Q = 1; Q <= 2; Q++) {
+            for (int64_t b = 0; b < B; b++)
+                memcpy(q2 + b * Q * C, q + b * T * C, (size_t)(Q * C) * sizeof(float));
+            fb_attention_forward_first(out2, att2, q2, k, v, B, T, Q, H, D);
+            for (int64_t b = 0; b < B; b++) {
+                EXPECT(!memcmp(out2 + b * Q * C, out + b * T * C, (size_t)(Q * C) * sizeof(float)));
+                for (int64_t h = 0; h < H; h++)
+                    EXPECT(!memcmp(att2 + (b * H + h) * Q * T, att + (b * H + h) * T * T,
+                                   (size_t)(Q * T) * sizeof(float)));
+            }
+        }
+        free(q), free(k), free(v), free(out), free(att), free(q2), free(out2), free(att2);
     }
 }
 

@@ -56,6 +56,7 @@ typedef struct zoo_opts {
     int64_t seed;
     fb_clip_config model;
     int64_t pre_steps, pre_batch, pre_per_task, head_steps, head_examples, ft_steps, ft_batch;
+    int64_t ft_examples; /* the first N training examples fine-tune; 0: all */
     double pre_lr, pre_wd, head_lr, ft_lr, ft_wd, ft_momentum, ft_eps, logit_scale;
     int ft_sgd;
     int pre_source_labels;  /* pretrain.labels: source */
@@ -105,14 +106,14 @@ static const char *const zoo_keys[] = {"taskpool", "output_dir", "seed", "model"
                                        "head", "finetune"};
 
 /* the keys each section may hold; NULL ends a list */
-static const char *const section_keys[][9] = {
+static const char *const section_keys[][10] = {
     {"model", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
      "patch_size", "projection_dim", NULL},
     {"pretrain", "tasks", "steps", "batch_size", "examples_per_task", "lr", "weight_decay",
      "labels", NULL},
     {"head", "examples", "steps", "lr", "images", NULL},
     {"finetune", "optimizer", "momentum", "steps", "batch_size", "lr", "weight_decay", "eps",
-     NULL},
+     "examples", NULL},
 };
 
 /* A misspelt key (finetune.esp) is an error, not a default silently used. */
@@ -167,6 +168,10 @@ static fb_status read_opts(zoo_opts *z)
     if ((st = get_num(c, "finetune.lr", 0, 10, &z->ft_lr))) return st;
     if ((st = get_num(c, "finetune.weight_decay", 0, 10, &z->ft_wd))) return st;
     if ((st = get_num(c, "finetune.momentum", 0, 1, &z->ft_momentum))) return st;
+    z->ft_examples = 0; /* optional: every training example */
+    if (fb_config_get(c, "finetune.examples") &&
+        (st = get_i64(c, "finetune.examples", 1, 1 << 30, &z->ft_examples)))
+        return st;
     z->ft_eps = 1e-8; /* optional: torch's default */
     if (fb_config_get(c, "finetune.eps") && (st = get_num(c, "finetune.eps", 1e-12, 1, &z->ft_eps)))
         return st;
@@ -652,9 +657,12 @@ static fb_status build(zoo_opts *z, uint64_t fp)
                               .seed = fb_rng_key((uint64_t)z->seed, t->name, 3),
                               .on_step = on_step, .user = &sc};
         float loss;
+        const int64_t nft = z->ft_examples && z->ft_examples < t->n[FB_SPLIT_TRAIN]
+                                ? z->ft_examples
+                                : t->n[FB_SPLIT_TRAIN];
         if (z->ft_steps > 0 &&
-            (st = fb_clip_train(net, W, K, t->x[FB_SPLIT_TRAIN], t->y[FB_SPLIT_TRAIN],
-                                t->n[FB_SPLIT_TRAIN], &o, &loss)))
+            (st = fb_clip_train(net, W, K, t->x[FB_SPLIT_TRAIN], t->y[FB_SPLIT_TRAIN], nft, &o,
+                                &loss)))
             break;
         if (t->n[FB_SPLIT_VAL] &&
             (st = fb_clip_accuracy(net, W, K, (float)z->logit_scale, xv, t->y[FB_SPLIT_VAL],

@@ -418,12 +418,25 @@ static int in_poly(const double *v, int n, double x, double y)
 }
 
 /* Coverage of each pixel of an S x S image by a figure: the fraction of a 4 x 4 grid of
- * sample points inside it, by the figure's own test. */
+ * sample points inside it, by the figure's own test. The figure lies inside the union of
+ * nbox boxes (x0, x1, y0, y1; its test is false outside them, by a margin far above
+ * rounding), so a pixel whose samples all miss every box is 0 without testing them: the same
+ * bytes, in a third of the time for shapes. */
 static void coverage(int64_t S, double *cov, int (*inside)(const void *, double, double),
-                     const void *fig)
+                     const void *fig, const double (*box)[4], int nbox)
 {
     for (int64_t y = 0; y < S; y++)
         for (int64_t x = 0; x < S; x++) {
+            const double lo_x = (double)x + 0.125, hi_x = (double)x + 0.875;
+            const double lo_y = (double)y + 0.125, hi_y = (double)y + 0.875;
+            int near = 0;
+            for (int b = 0; b < nbox && !near; b++)
+                near = hi_x >= box[b][0] && lo_x <= box[b][1] && hi_y >= box[b][2] &&
+                       lo_y <= box[b][3];
+            if (!near) {
+                cov[y * S + x] = 0.0;
+                continue;
+            }
             int hits = 0;
             for (int sy = 0; sy < 4; sy++)
                 for (int sx = 0; sx < 4; sx++)
@@ -495,7 +508,19 @@ static void shape(draws *d, int k, int64_t S, double *cov)
         }
     }
     const shape_geom g = {k, n, v, cx, cy, R, urange(d, 0.45, 0.7) * R};
-    coverage(S, cov, in_shape, &g);
+    const double m = 1e-3; /* the margin: rounding moves an edge by 1e-14 here */
+    double box[1][4] = {{cx - R - m, cx + R + m, cy - R - m, cy + R + m}};
+    if (n) { /* a polygon's test is false outside its vertices' box (crossings pair up) */
+        box[0][0] = box[0][1] = v[0], box[0][2] = box[0][3] = v[1];
+        for (int i = 1; i < n; i++) {
+            box[0][0] = v[2 * i] < box[0][0] ? v[2 * i] : box[0][0];
+            box[0][1] = v[2 * i] > box[0][1] ? v[2 * i] : box[0][1];
+            box[0][2] = v[2 * i + 1] < box[0][2] ? v[2 * i + 1] : box[0][2];
+            box[0][3] = v[2 * i + 1] > box[0][3] ? v[2 * i + 1] : box[0][3];
+        }
+        box[0][0] -= m, box[0][1] += m, box[0][2] -= m, box[0][3] += m;
+    }
+    coverage(S, cov, in_shape, &g, (const double (*)[4])box, 1);
 }
 
 static void dots(draws *d, int k, int64_t S, double *cov)
@@ -518,7 +543,11 @@ static void dots(draws *d, int k, int64_t S, double *cov)
         if (placed == n) break;
     }
     const dot_geom g = {n, r, p};
-    coverage(S, cov, in_dots, &g);
+    double box[6][4];
+    for (int i = 0; i < n; i++)
+        box[i][0] = p[i][0] - r - 1e-3, box[i][1] = p[i][0] + r + 1e-3,
+        box[i][2] = p[i][1] - r - 1e-3, box[i][3] = p[i][1] + r + 1e-3;
+    coverage(S, cov, in_dots, &g, (const double (*)[4])box, n);
 }
 
 fb_status fb_procedural_render(const char *kind, int64_t n, int64_t size, uint64_t seed,

@@ -1294,6 +1294,47 @@ static void wemoe_mlp_backward(fb_clip *n, int64_t l, const layer_params *p, con
 
 /* ------------------------------------------------------------------- forward -- */
 
+/* The last layer of an inference pass: only each image's class token reaches the features,
+ * so the keys and values are made for every token and the rest for the class tokens alone
+ * (a quarter of the layer's work at 17 tokens), packed B rows deep, straight into pooled_in.
+ * Every product and norm is per row, so the rows are the full layer's, to the byte (tested).
+ * Buffers: ln2 holds the class tokens' ln1 until their queries are made; the smaller ones
+ * use the front of the layer's own. Returns SMILE's status as smile_apply does. */
+static int last_layer_class_tokens(fb_clip *n, const layer_params *p, layer_acts *A, int64_t B)
+{
+    const fb_clip_config *c = &n->c;
+    const int64_t E = c->hidden, I = c->intermediate, H = c->heads, T = n->T, BT = B * T;
+    const int64_t L = c->layers - 1;
+    int smile_status = 0;
+    fb_layernorm_forward(A->ln1, A->mean1, A->rstd1, A->in, p->ln1_w, p->ln1_b, BT, E, c->eps);
+    fb_linear_forward(A->k, A->ln1, p->k_w, p->k_b, BT, E, E);
+    fb_linear_forward(A->v, A->ln1, p->v_w, p->v_b, BT, E, E);
+    smile_status |= smile_apply(n, L, SL_K, A->ln1, A->k, BT, E, E);
+    smile_status |= smile_apply(n, L, SL_V, A->ln1, A->v, BT, E, E);
+    for (int64_t b = 0; b < B; b++)
+        memcpy(A->ln2 + b * E, A->ln1 + b * T * E, (size_t)E * sizeof(float));
+    fb_linear_forward(A->q, A->ln2, p->q_w, p->q_b, B, E, E);
+    smile_status |= smile_apply(n, L, SL_Q, A->ln2, A->q, B, E, E);
+    fb_attention_forward_first(A->a, A->att, A->q, A->k, A->v, B, T, 1, H, E / H);
+    fb_linear_forward(A->x1, A->a, p->o_w, p->o_b, B, E, E);
+    smile_status |= smile_apply(n, L, SL_O, A->a, A->x1, B, E, E);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < E; j++)
+            A->x1[b * E + j] += A->in[b * T * E + j];
+    fb_layernorm_forward(A->ln2, A->mean2, A->rstd2, A->x1, p->ln2_w, p->ln2_b, B, E, c->eps);
+    fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, B, E, I);
+    smile_status |= smile_apply(n, L, SL_FC1, A->ln2, A->h, B, E, I);
+    if (c->quick_gelu)
+        fb_quick_gelu_forward(A->g, A->h, B * I);
+    else
+        fb_gelu_forward(A->g, A->h, B * I);
+    fb_linear_forward(n->pooled_in, A->g, p->fc2_w, p->fc2_b, B, I, E);
+    smile_status |= smile_apply(n, L, SL_FC2, A->g, n->pooled_in, B, I, E);
+    for (int64_t j = 0; j < B * E; j++)
+        n->pooled_in[j] += A->x1[j];
+    return smile_status;
+}
+
 fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const float **features)
 {
     if (B <= 0 || B > n->max_batch)
@@ -1315,10 +1356,17 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
                 e[(1 + p) * E + j] = n->pe[(b * NP + p) * E + j] + n->pos[(1 + p) * E + j];
     }
     fb_layernorm_forward(n->x0, n->mean0, n->rstd0, n->emb, n->pre_w, n->pre_b, B * T, E, c->eps);
+    /* an inference pass of plain or SMILE MLPs needs only the class tokens of the last layer
+     * (the Weight-Ensembling MoE routes each image by all of its tokens) */
+    const int class_only = n->inference && !n->wm;
     for (int64_t l = 0; l < c->layers; l++) {
         const layer_params *p = &n->L[l];
         layer_acts *A = &n->A[l];
         const int64_t BT = B * T;
+        if (class_only && l == c->layers - 1) {
+            smile_status |= last_layer_class_tokens(n, p, A, B);
+            break;
+        }
         fb_layernorm_forward(A->ln1, A->mean1, A->rstd1, A->in, p->ln1_w, p->ln1_b, BT, E, c->eps);
         fb_linear_forward(A->q, A->ln1, p->q_w, p->q_b, BT, E, E);
         fb_linear_forward(A->k, A->ln1, p->k_w, p->k_b, BT, E, E);
@@ -1348,7 +1396,7 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
             A->out[j] += A->x1[j];
     }
     const float *last = n->A[c->layers - 1].out;
-    for (int64_t b = 0; b < B; b++)
+    for (int64_t b = 0; b < B && !class_only; b++)
         memcpy(n->pooled_in + b * E, last + b * T * E, (size_t)E * sizeof(float));
     fb_layernorm_forward(n->pooled, n->meanp, n->rstdp, n->pooled_in, n->post_w, n->post_b, B, E,
                          c->eps);

@@ -64,6 +64,12 @@ void fb_entropy_backward(float *dlogits, const float *probs, int64_t N, int64_t 
  * att's size. */
 void fb_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                           int64_t B, int64_t T, int64_t H, int64_t D, int causal);
+/* The same for the first Q positions' queries only (each image's class token: Q = 1), as
+ * inference needs in the last layer: q and out are [B, Q, H*D], att [B, H, Q, T]; each row is
+ * fb_attention_forward's row, to the byte. Not causal. */
+void fb_attention_forward_first(float *out, float *att, const float *q, const float *k,
+                                const float *v, int64_t B, int64_t T, int64_t Q, int64_t H,
+                                int64_t D);
 void fb_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout,
                            const float *att, const float *q, const float *k, const float *v,
                            int64_t B, int64_t T, int64_t H, int64_t D);
