@@ -1294,6 +1294,24 @@ static void wemoe_mlp_backward(fb_clip *n, int64_t l, const layer_params *p, con
 
 /* ------------------------------------------------------------------- forward -- */
 
+/* out = fc2(act(fc1(A->ln2))) over N rows (SMILE's experts added), through A->h and A->g;
+ * returns SMILE's status as smile_apply does */
+static int mlp_forward(fb_clip *n, int64_t l, const layer_params *p, layer_acts *A, float *out,
+                       int64_t N)
+{
+    const int64_t E = n->c.hidden, I = n->c.intermediate;
+    int smile_status = 0;
+    fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, N, E, I);
+    smile_status |= smile_apply(n, l, SL_FC1, A->ln2, A->h, N, E, I);
+    if (n->c.quick_gelu)
+        fb_quick_gelu_forward(A->g, A->h, N * I);
+    else
+        fb_gelu_forward(A->g, A->h, N * I);
+    fb_linear_forward(out, A->g, p->fc2_w, p->fc2_b, N, I, E);
+    smile_status |= smile_apply(n, l, SL_FC2, A->g, out, N, I, E);
+    return smile_status;
+}
+
 /* The last layer of an inference pass: only each image's class token reaches the features,
  * so the keys and values are made for every token and the rest for the class tokens alone
  * (a quarter of the layer's work at 17 tokens), packed B rows deep, straight into pooled_in.
@@ -1303,7 +1321,7 @@ static void wemoe_mlp_backward(fb_clip *n, int64_t l, const layer_params *p, con
 static int last_layer_class_tokens(fb_clip *n, const layer_params *p, layer_acts *A, int64_t B)
 {
     const fb_clip_config *c = &n->c;
-    const int64_t E = c->hidden, I = c->intermediate, H = c->heads, T = n->T, BT = B * T;
+    const int64_t E = c->hidden, H = c->heads, T = n->T, BT = B * T;
     const int64_t L = c->layers - 1;
     int smile_status = 0;
     fb_layernorm_forward(A->ln1, A->mean1, A->rstd1, A->in, p->ln1_w, p->ln1_b, BT, E, c->eps);
@@ -1322,14 +1340,7 @@ static int last_layer_class_tokens(fb_clip *n, const layer_params *p, layer_acts
         for (int64_t j = 0; j < E; j++)
             A->x1[b * E + j] += A->in[b * T * E + j];
     fb_layernorm_forward(A->ln2, A->mean2, A->rstd2, A->x1, p->ln2_w, p->ln2_b, B, E, c->eps);
-    fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, B, E, I);
-    smile_status |= smile_apply(n, L, SL_FC1, A->ln2, A->h, B, E, I);
-    if (c->quick_gelu)
-        fb_quick_gelu_forward(A->g, A->h, B * I);
-    else
-        fb_gelu_forward(A->g, A->h, B * I);
-    fb_linear_forward(n->pooled_in, A->g, p->fc2_w, p->fc2_b, B, I, E);
-    smile_status |= smile_apply(n, L, SL_FC2, A->g, n->pooled_in, B, I, E);
+    smile_status |= mlp_forward(n, L, p, A, n->pooled_in, B);
     for (int64_t j = 0; j < B * E; j++)
         n->pooled_in[j] += A->x1[j];
     return smile_status;
@@ -1341,7 +1352,7 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
         return fb_set_error(FB_ERR_ARG, "batch of %lld images; this network takes 1 to %lld",
                             (long long)B, (long long)n->max_batch);
     const fb_clip_config *c = &n->c;
-    const int64_t E = c->hidden, I = c->intermediate, H = c->heads, T = n->T, NP = n->NP;
+    const int64_t E = c->hidden, H = c->heads, T = n->T, NP = n->NP;
     n->batch = B;
     int smile_status = 0; /* a SMILE layer's scratch could not be allocated */
     fb_nn_blas_single(1);
@@ -1383,14 +1394,7 @@ fb_status fb_clip_forward(fb_clip *n, const float *images, int64_t B, const floa
         if (n->wm) {
             wemoe_mlp_forward(n, l, p, A, B);
         } else {
-            fb_linear_forward(A->h, A->ln2, p->fc1_w, p->fc1_b, BT, E, I);
-            smile_status |= smile_apply(n, l, SL_FC1, A->ln2, A->h, BT, E, I);
-            if (c->quick_gelu)
-                fb_quick_gelu_forward(A->g, A->h, BT * I);
-            else
-                fb_gelu_forward(A->g, A->h, BT * I);
-            fb_linear_forward(A->out, A->g, p->fc2_w, p->fc2_b, BT, I, E);
-            smile_status |= smile_apply(n, l, SL_FC2, A->g, A->out, BT, I, E);
+            smile_status |= mlp_forward(n, l, p, A, A->out, BT);
         }
         for (int64_t j = 0; j < BT * E; j++)
             A->out[j] += A->x1[j];
