@@ -1315,7 +1315,8 @@ static int mlp_forward(fb_clip *n, int64_t l, const layer_params *p, layer_acts 
 /* The last layer of an inference pass: only each image's class token reaches the features,
  * so the keys and values are made for every token and the rest for the class tokens alone
  * (a quarter of the layer's work at 17 tokens), packed B rows deep, straight into pooled_in.
- * Every product and norm is per row, so the rows are the full layer's, to the byte (tested).
+ * Every product and norm is per row, the full layer's computations; OpenBLAS may round a row
+ * differently where it sits in a block, so the features agree to float rounding (tested).
  * Buffers: ln2 holds the class tokens' ln1 until their queries are made; the smaller ones
  * use the front of the layer's own. Returns SMILE's status as smile_apply does. */
 static int last_layer_class_tokens(fb_clip *n, const layer_params *p, layer_acts *A, int64_t B)

@@ -115,7 +115,7 @@ void fb_nn_blas_single(int on)
 
 /* LN_ROWS rows at a time: each row's mean and variance are still summed over c in order,
  * but the rows' sums interleave, so the adds no longer wait on one another (the same bytes
- * as one row at a time, a third of the time) */
+ * as one row at a time, half the time) */
 enum { LN_ROWS = 8 };
 
 void fb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
