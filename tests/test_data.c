@@ -456,32 +456,35 @@ TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
                      "pretrain.labels");
 }
 
+/* Rebuilds the zoo config `zarg` into <zoo>_<suffix> with one override; the CLI's status. */
+static int zoo_variant(const char *zarg, const char *suffix, const char *override)
+{
+    char out[4300];
+    snprintf(out, sizeof out, "output_dir=%s_%s", fb_test_path("zoo"), suffix);
+    return run_cli(NULL, (const char *[]){"zoo", zarg, out, override, NULL});
+}
+
 TEST(zoo_finetune_eps_and_examples_default_to_torch_and_all_and_change_the_models)
 {
     REQUIRE(write_synthetic_tasks());
     char *out = tiny_zoo("eps0", "[all]", "", "");
     REQUIRE(out);
     free(out);
-    char zarg[4300], o1[4300], o2[4300];
+    char zarg[4300];
     snprintf(zarg, sizeof zarg, "zoo=%s.yaml", fb_test_path("eps0"));
-    snprintf(o1, sizeof o1, "output_dir=%s_eps1", fb_test_path("zoo"));
-    snprintf(o2, sizeof o2, "output_dir=%s_eps2", fb_test_path("zoo"));
     /* absent, finetune.eps is torch's 1e-8: the same models as when it is given */
-    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o1, "finetune.eps=0.00000001", NULL}) == 0);
+    REQUIRE(zoo_variant(zarg, "eps1", "finetune.eps=0.00000001") == 0);
     EXPECT(same_tensor("eps0", "eps1", "all.safetensors", "visual_projection.weight"));
     /* a large one damps the small-gradient updates: other fine-tuned models, same pretraining */
-    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o2, "finetune.eps=0.01", NULL}) == 0);
+    REQUIRE(zoo_variant(zarg, "eps2", "finetune.eps=0.01") == 0);
     EXPECT(same_tensor("eps0", "eps2", "_pretrained_.safetensors", "visual_projection.weight"));
     EXPECT(!same_tensor("eps0", "eps2", "all.safetensors", "visual_projection.weight"));
     EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.eps=0", NULL}),
                      "finetune.eps must be in");
     /* finetune.examples: the first N training examples; at least the split's size is all */
-    char o3[4300], o4[4300];
-    snprintf(o3, sizeof o3, "output_dir=%s_ex3", fb_test_path("zoo"));
-    snprintf(o4, sizeof o4, "output_dir=%s_ex4", fb_test_path("zoo"));
-    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o3, "finetune.examples=1000000", NULL}) == 0);
+    REQUIRE(zoo_variant(zarg, "ex3", "finetune.examples=1000000") == 0);
     EXPECT(same_tensor("eps0", "ex3", "all.safetensors", "visual_projection.weight"));
-    REQUIRE(run_cli(NULL, (const char *[]){"zoo", zarg, o4, "finetune.examples=5", NULL}) == 0);
+    REQUIRE(zoo_variant(zarg, "ex4", "finetune.examples=5") == 0);
     EXPECT(same_tensor("eps0", "ex4", "_pretrained_.safetensors", "visual_projection.weight"));
     EXPECT(!same_tensor("eps0", "ex4", "all.safetensors", "visual_projection.weight"));
     EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "finetune.examples=0", NULL}),
