@@ -494,6 +494,59 @@ TEST(zoo_finetune_eps_and_examples_default_to_torch_and_all_and_change_the_model
                      "unknown zoo key 'finetune.esp'");
 }
 
+/* The Gram matrix of a head's rows (K x K), from zoo <suffix>; 0 when the head is missing. */
+static int head_gram(const char *suffix, const char *task, double *gram, int64_t max_k, int64_t *k)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s_%s/heads.safetensors", fb_test_path("zoo"), suffix);
+    fb_model *m = NULL;
+    const void *d = NULL;
+    int ok = !fb_model_load(path, &m);
+    const fb_tensor *t = ok ? fb_model_find(m, task) : NULL;
+    ok = t && !fb_tensor_data(t, &d) && fb_tensor_ndim(t) == 2 && fb_tensor_shape(t)[0] <= max_k;
+    if (ok) {
+        const float *w = d;
+        const int64_t K = fb_tensor_shape(t)[0], F = fb_tensor_shape(t)[1];
+        for (int64_t a = 0; a < K; a++)
+            for (int64_t b = 0; b < K; b++) {
+                double s = 0;
+                for (int64_t j = 0; j < F; j++) s += (double)w[a * F + j] * w[b * F + j];
+                gram[a * K + b] = s;
+            }
+        *k = K;
+    }
+    fb_model_free(m);
+    return ok;
+}
+
+TEST(zoo_head_gap_turns_every_head_by_one_rotation)
+{
+    REQUIRE(write_synthetic_tasks());
+    char *out = tiny_zoo("gap0", "[all]", "", "");
+    REQUIRE(out);
+    free(out);
+    char zarg[4300];
+    snprintf(zarg, sizeof zarg, "zoo=%s.yaml", fb_test_path("gap0"));
+    /* absent, head.gap is 0: the tower's own prototypes */
+    REQUIRE(zoo_variant(zarg, "gap1", "head.gap=0") == 0);
+    EXPECT(same_tensor("gap0", "gap1", "heads.safetensors", "all"));
+    /* 1: the rows turned by an orthogonal matrix, so their inner products stay as they were */
+    REQUIRE(zoo_variant(zarg, "gap2", "head.gap=1") == 0);
+    EXPECT(!same_tensor("gap0", "gap2", "heads.safetensors", "all"));
+    EXPECT(same_tensor("gap0", "gap2", "_pretrained_.safetensors", "visual_projection.weight"));
+    double g0[64 * 64], g2[64 * 64];
+    int64_t k0 = 0, k2 = 0;
+    REQUIRE(head_gram("gap0", "all", g0, 64, &k0) && head_gram("gap2", "all", g2, 64, &k2));
+    REQUIRE(k0 == k2 && k0 > 1);
+    for (int64_t i = 0; i < k0 * k0; i++) EXPECT(fabs(g2[i] - g0[i]) < 1e-5);
+    /* between: unit rows, other fine-tuned models */
+    REQUIRE(zoo_variant(zarg, "gap3", "head.gap=0.5") == 0);
+    REQUIRE(head_gram("gap3", "all", g2, 64, &k2));
+    for (int64_t i = 0; i < k2; i++) EXPECT(fabs(g2[i * k2 + i] - 1.0) < 1e-5);
+    EXPECT(!same_tensor("gap0", "gap3", "all.safetensors", "visual_projection.weight"));
+    EXPECT_CLI_ERROR(((const char *[]){"zoo", zarg, "head.gap=1.5", NULL}), "head.gap must be in");
+}
+
 TEST(zoo_builds_a_tiny_pool_deterministically_and_reuses_it)
 {
     REQUIRE(write_synthetic_tasks());

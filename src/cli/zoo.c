@@ -9,7 +9,8 @@
  *      sources' classes, shared by the tasks drawn from one source: pretrain.labels),
  *   2. give each task a head from the frozen pretrained features (class prototypes of its own
  *      images, or of the same images without the task's transform: head.images; optionally
- *      refined by logistic regression): the analogue of CLIP's zero-shot text heads,
+ *      turned by one rotation shared by every task, head.gap, and refined by logistic
+ *      regression): the analogue of CLIP's zero-shot text heads,
  *   3. fine-tune the whole tower per task with its head frozen (as FusionBench's models were),
  *   4. write _pretrained_ + one model per task (safetensors), config.json, heads.safetensors,
  *      modelpool.yaml and taskpool.yaml, then zoo.json last: its fingerprint of the inputs
@@ -58,6 +59,7 @@ typedef struct zoo_opts {
     int64_t pre_steps, pre_batch, pre_per_task, head_steps, head_examples, ft_steps, ft_batch;
     int64_t ft_examples; /* the first N training examples fine-tune; 0: all */
     double pre_lr, pre_wd, head_lr, ft_lr, ft_wd, ft_momentum, ft_eps, logit_scale;
+    double head_gap; /* head.gap: how far every head is turned by one shared rotation */
     int ft_sgd;
     int pre_source_labels;  /* pretrain.labels: source */
     int head_untransformed; /* head.images: untransformed */
@@ -111,7 +113,7 @@ static const char *const section_keys[][10] = {
      "patch_size", "projection_dim", NULL},
     {"pretrain", "tasks", "steps", "batch_size", "examples_per_task", "lr", "weight_decay",
      "labels", NULL},
-    {"head", "examples", "steps", "lr", "images", NULL},
+    {"head", "examples", "steps", "lr", "images", "gap", NULL},
     {"finetune", "optimizer", "momentum", "steps", "batch_size", "lr", "weight_decay", "eps",
      "examples", NULL},
 };
@@ -171,6 +173,9 @@ static fb_status read_opts(zoo_opts *z)
     z->ft_examples = 0; /* optional: every training example */
     if (fb_config_get(c, "finetune.examples") &&
         (st = get_i64(c, "finetune.examples", 1, 1 << 30, &z->ft_examples)))
+        return st;
+    z->head_gap = 0; /* optional: the heads as the tower's own prototypes */
+    if (fb_config_get(c, "head.gap") && (st = get_num(c, "head.gap", 0, 1, &z->head_gap)))
         return st;
     z->ft_eps = 1e-8; /* optional: torch's default */
     if (fb_config_get(c, "finetune.eps") && (st = get_num(c, "finetune.eps", 1e-12, 1, &z->ft_eps)))
@@ -401,6 +406,47 @@ static fb_status pretrain(const zoo_opts *z, fb_clip *net, const fb_taskset *ts)
     return st;
 }
 
+/* head.gap g > 0: every head row p becomes (1 - g) p + g Q p, normalised, with Q one random
+ * orthogonal matrix shared by every task (seeded). CLIP's text heads sit in another region of
+ * the embedding space than its image features (the modality gap) and every task's fine-tuning
+ * partly corrects the same misalignment; g = 1 leaves the heads near chance. */
+static fb_status turn_heads(const zoo_opts *z, float *W, int64_t K, int64_t F)
+{
+    double *q = fb_malloc((size_t)(F * F) * sizeof(double));
+    double *row = fb_malloc((size_t)F * sizeof(double));
+    if (!q || !row) {
+        fb_free(q);
+        fb_free(row);
+        return FB_ERR_NOMEM;
+    }
+    const uint64_t key = fb_rng_key((uint64_t)z->seed, "zoo/head_gap", 0);
+    for (int64_t i = 0; i < F; i++) { /* rows of Q: Gram-Schmidt on Gaussian rows, twice */
+        for (int64_t j = 0; j < F; j++) q[i * F + j] = gauss(key, (uint64_t)(i * F + j), 1.0f);
+        for (int pass = 0; pass < 2; pass++)
+            for (int64_t r = 0; r < i; r++) {
+                double d = 0;
+                for (int64_t j = 0; j < F; j++) d += q[i * F + j] * q[r * F + j];
+                for (int64_t j = 0; j < F; j++) q[i * F + j] -= d * q[r * F + j];
+            }
+        double s = 0;
+        for (int64_t j = 0; j < F; j++) s += q[i * F + j] * q[i * F + j];
+        for (int64_t j = 0; j < F; j++) q[i * F + j] /= sqrt(s);
+    }
+    for (int64_t k = 0; k < K; k++) {
+        double s = 0;
+        for (int64_t i = 0; i < F; i++) {
+            double d = 0;
+            for (int64_t j = 0; j < F; j++) d += q[i * F + j] * W[k * F + j];
+            row[i] = (1 - z->head_gap) * W[k * F + i] + z->head_gap * d;
+            s += row[i] * row[i];
+        }
+        for (int64_t i = 0; i < F; i++) W[k * F + i] = (float)(row[i] / (sqrt(s) + 1e-12));
+    }
+    fb_free(q);
+    fb_free(row);
+    return FB_OK;
+}
+
 /* Head of task t from frozen features: the class means of the normalised features, centred
  * on their average and normalised (so the heads point apart, as CLIP's text heads do, instead
  * of all along the features' common direction), then head_steps of full-batch AdamW on the
@@ -448,6 +494,7 @@ static fb_status fit_head(const zoo_opts *z, fb_clip *net, const fb_task *t, con
         float inv = (float)(1.0 / (sqrt(s) + 1e-12));
         for (int64_t j = 0; j < F; j++) W[k * F + j] *= inv;
     }
+    if (z->head_gap > 0 && (st = turn_heads(z, W, K, F))) goto done;
     if (z->head_steps > 0 && (st = fb_adamw_init(&opt, K * F, (float)z->head_lr, 0.0f))) goto done;
     for (int64_t s = 0; s < z->head_steps; s++) {
         fb_head_forward(logits, normed, norms, feat, W, (float)z->logit_scale, n, F, K);
