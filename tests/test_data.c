@@ -456,6 +456,16 @@ TEST(zoo_heads_from_untransformed_images_and_pretraining_on_source_labels)
                      "pretrain.labels");
 }
 
+/* Builds tiny zoo <name> over every task; zarg gets the zoo= argument that names its config. */
+static int base_zoo(const char *name, char *zarg, size_t size)
+{
+    char *out = tiny_zoo(name, "[all]", "", "");
+    if (!out) return 0;
+    free(out);
+    snprintf(zarg, size, "zoo=%s.yaml", fb_test_path(name));
+    return 1;
+}
+
 /* Rebuilds the zoo config `zarg` into <zoo>_<suffix> with one override; the CLI's status. */
 static int zoo_variant(const char *zarg, const char *suffix, const char *override)
 {
@@ -467,11 +477,8 @@ static int zoo_variant(const char *zarg, const char *suffix, const char *overrid
 TEST(zoo_finetune_eps_and_examples_default_to_torch_and_all_and_change_the_models)
 {
     REQUIRE(write_synthetic_tasks());
-    char *out = tiny_zoo("eps0", "[all]", "", "");
-    REQUIRE(out);
-    free(out);
     char zarg[4300];
-    snprintf(zarg, sizeof zarg, "zoo=%s.yaml", fb_test_path("eps0"));
+    REQUIRE(base_zoo("eps0", zarg, sizeof zarg));
     /* absent, finetune.eps is torch's 1e-8: the same models as when it is given */
     REQUIRE(zoo_variant(zarg, "eps1", "finetune.eps=0.00000001") == 0);
     EXPECT(same_tensor("eps0", "eps1", "all.safetensors", "visual_projection.weight"));
@@ -522,11 +529,8 @@ static int head_gram(const char *suffix, const char *task, double *gram, int64_t
 TEST(zoo_head_gap_turns_every_head_by_one_rotation)
 {
     REQUIRE(write_synthetic_tasks());
-    char *out = tiny_zoo("gap0", "[all]", "", "");
-    REQUIRE(out);
-    free(out);
     char zarg[4300];
-    snprintf(zarg, sizeof zarg, "zoo=%s.yaml", fb_test_path("gap0"));
+    REQUIRE(base_zoo("gap0", zarg, sizeof zarg));
     /* absent, head.gap is 0: the tower's own prototypes */
     REQUIRE(zoo_variant(zarg, "gap1", "head.gap=0") == 0);
     EXPECT(same_tensor("gap0", "gap1", "heads.safetensors", "all"));
